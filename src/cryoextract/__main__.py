@@ -1,0 +1,5 @@
+"""``python -m cryoextract``."""
+
+from cryoextract.cli.app import main
+
+main()

@@ -1,0 +1,1 @@
+"""Command-line interface (typer): thin, draws progress, turns errors into messages."""

@@ -1,0 +1,160 @@
+"""The ``cryoextract`` command: thin wrappers over the library."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from cryoextract.errors import CryoExtractError
+from cryoextract.ops.boxes import EdgeMode
+from cryoextract.ops.normalize import NormMode
+from cryoextract.pipeline.extract import ExtractionSummary, extract
+from cryoextract.pipeline.params import ExtractParams, SubpixelMode, resolve_output_box
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Particle extraction and particle-stack preparation for cryo-EM.")
+err = Console(stderr=True)
+out = Console()
+
+EXIT_INPUT_ERROR = 2
+
+
+@app.callback()
+def _root() -> None:
+    """Particle extraction and particle-stack preparation for cryo-EM."""
+
+
+def fail(message: str) -> None:
+    """Print a one-line error and exit with code 2."""
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(EXIT_INPUT_ERROR)
+
+
+@app.command("extract")
+def extract_command(
+    micrographs: Annotated[str, typer.Option(
+        help="Micrographs STAR (RELION 3.0 or 3.1+) or a glob of MRC files.")],
+    box: Annotated[int, typer.Option(help="Extraction box, micrograph pixels (even).")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Output directory.")],
+    coords_dir: Annotated[Path | None, typer.Option(
+        help="Directory of per-micrograph coordinate files (as RELION's --coord_dir).")] = None,
+    coords_suffix: Annotated[str | None, typer.Option(
+        help="Suffix replacing the micrograph extension, e.g. _autopick.star.")] = None,
+    coords: Annotated[Path | None, typer.Option(
+        help="One coordinate file (a particles STAR with rlnMicrographName, or any format "
+             "for a single micrograph).")] = None,
+    coords_format: Annotated[str, typer.Option(
+        help="auto (by extension), star, box or txt.")] = "auto",
+    pixel_size: Annotated[float | None, typer.Option(
+        help="Micrograph pixel size in A (required for a glob; overrides the STAR).")] = None,
+    bin_to: Annotated[int | None, typer.Option(help="Fourier-crop to this box (px).")] = None,
+    bin_factor: Annotated[float | None, typer.Option(
+        help="Fourier-crop by this factor (nearest even box).")] = None,
+    pixel_size_out: Annotated[float | None, typer.Option(
+        help="Fourier-crop to about this pixel size in A (nearest even box; exact size "
+             "reported).")] = None,
+    norm: Annotated[NormMode, typer.Option(
+        help="ramp: background plane + mean/std (RELION); mean: no ramp; whole: whole box; "
+             "none.")] = NormMode.RAMP,
+    bg_radius: Annotated[float | None, typer.Option(
+        help="Background radius in output pixels [default: 0.375 x output box].")] = None,
+    invert: Annotated[bool, typer.Option(
+        help="Invert contrast after normalisation (white particles).")] = True,
+    white_dust: Annotated[float | None, typer.Option(
+        help="Replace pixels above mean + SIGMA*std by noise.")] = None,
+    black_dust: Annotated[float | None, typer.Option(
+        help="Replace pixels below mean - SIGMA*std by noise.")] = None,
+    edge: Annotated[EdgeMode, typer.Option(
+        help="Boxes leaving the micrograph: drop them, or keep them and fill outside pixels.")
+    ] = EdgeMode.DROP,
+    subpixel: Annotated[SubpixelMode, typer.Option(
+        help="Fraction of a pick: origin (record it in rlnOriginX/YAngst), shift (Fourier-"
+             "shift onto the centre), drop (lose it, as RELION).")] = SubpixelMode.ORIGIN,
+    float16: Annotated[bool, typer.Option(help="Write MRC mode 12 (float16) stacks.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed for dust and noise fill.")] = 0,
+    workers: Annotated[int | None, typer.Option(
+        help="Processes [default: all cores].")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
+) -> None:
+    """Cut particles out of micrographs at picked coordinates into stacks + a RELION STAR."""
+    try:
+        out_box = resolve_output_box(
+            box, bin_to_px=bin_to, bin_factor=bin_factor,
+            pixel_size_out_angstrom=pixel_size_out,
+            pixel_size_angstrom=pixel_size if pixel_size_out is None else
+            _pixel_size_for_binning(micrographs, pixel_size),
+        )
+        params = ExtractParams(
+            box_px=box, out_box_px=out_box, norm=norm, bg_radius_px=bg_radius, invert=invert,
+            white_dust_sigma=white_dust, black_dust_sigma=black_dust, edge=edge,
+            subpixel=subpixel, float16=float16, seed=seed,
+        )
+        with _progress() as progress:
+            bar = progress.add_task("micrographs", total=None)
+            summary = extract(
+                micrographs, out_dir, params, coords_dir=coords_dir, coords_suffix=coords_suffix,
+                coords=coords, coords_format=coords_format, pixel_size_angstrom=pixel_size,
+                workers=workers, overwrite=overwrite,
+                on_start=lambda n: progress.update(bar, total=n),
+                on_progress=lambda _: progress.advance(bar),
+            )
+    except CryoExtractError as exc:
+        fail(str(exc))
+        return
+    print_summary(summary)
+
+
+def _pixel_size_for_binning(micrographs: str, pixel_size: float | None) -> float | None:
+    if pixel_size is not None:
+        return pixel_size
+    from cryoextract.io.micrographs import read_micrograph_set
+
+    optics = read_micrograph_set(micrographs).optics
+    return float(optics["rlnMicrographPixelSize"].iloc[0])
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[progress.description]{task.description}"), BarColumn(),
+        MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=True,
+        disable=not err.is_terminal,
+    )
+
+
+def print_summary(summary: ExtractionSummary) -> None:
+    """The run summary as tables on stdout, warnings on stderr."""
+    for warning in summary.warnings:
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+    table = Table(title="cryoextract extract", show_header=False)
+    table.add_row("micrographs done", str(summary.micrographs_done))
+    table.add_row("micrographs skipped", str(len(summary.micrographs_skipped)))
+    table.add_row("particles kept", str(summary.particles_kept))
+    for reason, count in summary.particles_dropped.items():
+        table.add_row(f"particles dropped: {reason}", str(count))
+    table.add_row("box", f"{summary.box_px} px -> {summary.output_box_px} px")
+    for group, size in summary.output_pixel_size_angstrom.items():
+        table.add_row(f"pixel size ({group})", f"{size:.6g} A")
+    table.add_row("particles STAR", summary.particles_star)
+    out.print(table)
+    if summary.micrographs_skipped:
+        skipped = Table(title="skipped micrographs", show_header=True)
+        skipped.add_column("micrograph")
+        skipped.add_column("reason")
+        for name, reason in summary.micrographs_skipped.items():
+            skipped.add_row(name, reason)
+        out.print(skipped)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)

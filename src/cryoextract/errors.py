@@ -1,0 +1,40 @@
+"""Exception types of cryoextract.
+
+Every error a user can cause derives from :class:`CryoExtractError`; the CLI turns
+these into a one-line message and exit code 2.  Anything else is a bug.
+"""
+
+from __future__ import annotations
+
+from os import PathLike
+
+
+class CryoExtractError(Exception):
+    """Base class of all errors caused by input or parameters."""
+
+
+class ParameterError(CryoExtractError, ValueError):
+    """A parameter (box size, binning, option combination) is invalid."""
+
+
+class InputError(CryoExtractError):
+    """An input file is missing, unreadable or malformed.
+
+    The message names the file and, for text formats, the 1-based line.
+    """
+
+    def __init__(
+        self, message: str, path: str | PathLike[str] | None = None, line: int | None = None
+    ):
+        self.path = None if path is None else str(path)
+        self.line = line
+        self.reason = message
+        where = ""
+        if self.path is not None:
+            where = self.path if line is None else f"{self.path}:{line}"
+            where += ": "
+        super().__init__(f"{where}{message}")
+
+
+class MicrographError(InputError):
+    """One micrograph cannot be used; the job skips it and goes on."""

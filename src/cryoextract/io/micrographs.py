@@ -1,0 +1,133 @@
+"""The list of micrographs to extract from: a RELION micrographs STAR or a glob of MRC files."""
+
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from cryoextract.errors import InputError
+from cryoextract.io.star import find_block, read_star
+
+OPTICS_COLUMNS = (
+    "rlnOpticsGroupName", "rlnOpticsGroup", "rlnMicrographOriginalPixelSize",
+    "rlnMicrographPixelSize", "rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast",
+    "rlnBeamTiltX", "rlnBeamTiltY",
+)
+# Per-micrograph columns handed to each of its particles (RELION does the same).
+PARTICLE_CARRIED_COLUMNS = (
+    "rlnOpticsGroup", "rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnCtfBfactor",
+    "rlnCtfScalefactor", "rlnPhaseShift", "rlnCtfMaxResolution", "rlnCtfFigureOfMerit",
+    "rlnCtfAstigmatism",
+)
+
+
+@dataclass(frozen=True)
+class MicrographSet:
+    """Micrographs and their optics.
+
+    ``micrographs`` has one row per micrograph with ``rlnMicrographName`` (as written
+    in the input), ``path`` (where to read it), ``rlnOpticsGroup`` and any per-micrograph
+    columns (CTF). ``optics`` has one row per optics group with at least
+    ``rlnOpticsGroup``, ``rlnOpticsGroupName`` and ``rlnMicrographPixelSize`` (Å).
+    """
+
+    micrographs: pd.DataFrame
+    optics: pd.DataFrame
+    source: str
+
+
+def read_micrograph_set(
+    spec: str, *, pixel_size_angstrom: float | None = None, base_dir: Path | None = None
+) -> MicrographSet:
+    """Read micrographs from a STAR file (RELION 3.0 or 3.1+) or a glob of MRC files.
+
+    Parameters
+    ----------
+    spec : str
+        A ``.star`` path, or a glob pattern / single path of MRC files.
+    pixel_size_angstrom : float, optional
+        Pixel size; required for a glob, overrides a STAR's when given.
+    base_dir : Path, optional
+        Relative micrograph names in a STAR are looked up here first (default: the
+        working directory, as RELION), then beside the STAR file.
+    """
+    if spec.endswith(".star"):
+        return _from_star(Path(spec), pixel_size_angstrom, base_dir or Path.cwd())
+    return _from_glob(spec, pixel_size_angstrom)
+
+
+def _from_glob(pattern: str, pixel_size_angstrom: float | None) -> MicrographSet:
+    paths = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+    paths = [p for p in paths if Path(p).suffix.lower() in (".mrc", ".mrcs", ".st", ".map")]
+    if not paths:
+        raise InputError("no MRC micrographs match", pattern)
+    if pixel_size_angstrom is None:
+        raise InputError("a glob of micrographs needs --pixel-size", pattern)
+    micrographs = pd.DataFrame({"rlnMicrographName": paths, "path": paths, "rlnOpticsGroup": 1})
+    optics = pd.DataFrame({
+        "rlnOpticsGroupName": ["opticsGroup1"], "rlnOpticsGroup": [1],
+        "rlnMicrographPixelSize": [float(pixel_size_angstrom)],
+    })
+    return MicrographSet(micrographs, optics, pattern)
+
+
+def _from_star(path: Path, pixel_size_angstrom: float | None, base_dir: Path) -> MicrographSet:
+    tables = read_star(path)
+    micrographs = find_block(tables, path, ("rlnMicrographName",), preferred=("micrographs",))
+    micrographs = micrographs.copy()
+    if "optics" in tables and "rlnOpticsGroup" in micrographs.columns:
+        optics = tables["optics"].copy()
+    else:
+        micrographs, optics = _optics_from_rows(micrographs, path)
+    if pixel_size_angstrom is not None:
+        optics["rlnMicrographPixelSize"] = float(pixel_size_angstrom)
+    elif "rlnMicrographPixelSize" not in optics.columns:
+        if "rlnImagePixelSize" in optics.columns:
+            optics["rlnMicrographPixelSize"] = optics["rlnImagePixelSize"]
+        else:
+            raise InputError("no pixel size (rlnMicrographPixelSize); give --pixel-size", path)
+    if "rlnOpticsGroupName" not in optics.columns:
+        optics["rlnOpticsGroupName"] = [f"opticsGroup{g}" for g in optics["rlnOpticsGroup"]]
+    unknown = set(micrographs["rlnOpticsGroup"]) - set(optics["rlnOpticsGroup"])
+    if unknown:
+        raise InputError(f"optics groups {sorted(unknown)} are not in data_optics", path)
+    if (optics["rlnMicrographPixelSize"] <= 0).any():
+        raise InputError("pixel size must be > 0", path)
+    micrographs["path"] = [
+        _locate(str(name), base_dir, path.parent) for name in micrographs["rlnMicrographName"]
+    ]
+    return MicrographSet(micrographs.reset_index(drop=True), optics, str(path))
+
+
+def _optics_from_rows(micrographs: pd.DataFrame, path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """RELION 3.0 style: optics columns on every row; make one group per distinct set."""
+    micrographs = micrographs.copy()
+    if "rlnMicrographPixelSize" not in micrographs.columns and {
+        "rlnDetectorPixelSize", "rlnMagnification"
+    } <= set(micrographs.columns):
+        micrographs["rlnMicrographPixelSize"] = (
+            1e4 * micrographs["rlnDetectorPixelSize"] / micrographs["rlnMagnification"]
+        )
+    keys = [c for c in OPTICS_COLUMNS[2:] if c in micrographs.columns]
+    if keys:
+        groups = micrographs.groupby(keys, sort=False, dropna=False).ngroup() + 1
+    else:
+        groups = pd.Series(1, index=micrographs.index)
+    micrographs["rlnOpticsGroup"] = groups.to_numpy()
+    optics = micrographs.drop_duplicates("rlnOpticsGroup")[["rlnOpticsGroup", *keys]]
+    micrographs = micrographs.drop(columns=keys)
+    return micrographs, optics.reset_index(drop=True)
+
+
+def _locate(name: str, *dirs: Path) -> str:
+    if os.path.isabs(name):
+        return name
+    for directory in dirs:
+        candidate = directory / name
+        if candidate.exists():
+            return str(candidate)
+    return str(dirs[0] / name)

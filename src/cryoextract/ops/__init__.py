@@ -1,0 +1,1 @@
+"""Pure array functions. They never touch files. Conventions: docs/conventions.md."""

@@ -1,0 +1,1 @@
+"""Per-micrograph tasks and their orchestration."""

@@ -1,0 +1,155 @@
+"""Typed parameter records of an extraction job."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryoextract.errors import ParameterError
+from cryoextract.ops.boxes import EdgeMode
+from cryoextract.ops.normalize import NormMode
+
+
+class SubpixelMode(str, enum.Enum):
+    """What happens to the fractional part of a pick (docs/conventions.md, "Box centre").
+
+    ``origin``: the box is centred on the truncated pick and the residual is written to
+    ``rlnOriginXAngst/YAngst``. ``shift``: the box is Fourier-shifted so the pick lies
+    exactly on the box centre; origins are zero. ``drop``: RELION's behaviour, the
+    fraction is lost.
+    """
+
+    ORIGIN = "origin"
+    SHIFT = "shift"
+    DROP = "drop"
+
+
+@dataclass(frozen=True)
+class ExtractParams:
+    """Everything that decides what one extraction job computes.
+
+    Sizes are in pixels: ``box_px`` in micrograph pixels, ``out_box_px`` in output
+    pixels (``None``: no downsampling). ``bg_radius_px`` is in output pixels
+    (``None``: 0.375 of the output box, RELION GUI's default).
+    """
+
+    box_px: int
+    out_box_px: int | None = None
+    norm: NormMode = NormMode.RAMP
+    bg_radius_px: float | None = None
+    invert: bool = True
+    white_dust_sigma: float | None = None
+    black_dust_sigma: float | None = None
+    edge: EdgeMode = EdgeMode.DROP
+    subpixel: SubpixelMode = SubpixelMode.ORIGIN
+    float16: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_box_size(self.box_px, "box")
+        if self.out_box_px is not None:
+            check_box_size(self.out_box_px, "output box")
+            if self.out_box_px > self.box_px:
+                raise ParameterError(
+                    f"output box {self.out_box_px} px is larger than the extraction box "
+                    f"{self.box_px} px: Fourier cropping only downsamples"
+                )
+        for name in ("white_dust_sigma", "black_dust_sigma"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ParameterError(f"{name.replace('_', ' ')} must be > 0, got {value}")
+        if self.bg_radius_px is not None:
+            if not 0 < self.bg_radius_px:
+                raise ParameterError(f"background radius must be > 0, got {self.bg_radius_px}")
+            if 2 * self.bg_radius_px > self.output_box_px:
+                raise ParameterError(
+                    f"background radius {self.bg_radius_px} px leaves no background in a "
+                    f"{self.output_box_px} px box (2*radius > box)"
+                )
+
+    @property
+    def output_box_px(self) -> int:
+        """Side of the written particle images, in output pixels."""
+        return self.box_px if self.out_box_px is None else self.out_box_px
+
+    @property
+    def background_radius_px(self) -> float:
+        """Radius beyond which pixels are background, in output pixels."""
+        if self.bg_radius_px is not None:
+            return self.bg_radius_px
+        return float(round(0.375 * self.output_box_px))
+
+    def output_pixel_size(self, pixel_size_angstrom: float) -> float:
+        """Exact output pixel size for a micrograph pixel size (Fourier crop is exact)."""
+        return pixel_size_angstrom * self.box_px / self.output_box_px
+
+
+def check_box_size(size: int, what: str = "box") -> None:
+    """Raise ParameterError unless ``size`` is a positive even integer."""
+    if isinstance(size, bool) or int(size) != size:
+        raise ParameterError(f"{what} size must be an integer, got {size!r}")
+    if size <= 0:
+        raise ParameterError(f"{what} size must be > 0, got {size}")
+    if size % 2:
+        raise ParameterError(f"{what} size must be even, got {size}")
+
+
+def resolve_output_box(
+    box_px: int,
+    *,
+    bin_to_px: int | None = None,
+    bin_factor: float | None = None,
+    pixel_size_out_angstrom: float | None = None,
+    pixel_size_angstrom: float | None = None,
+) -> int | None:
+    """Output box from one of the three ways of asking for downsampling.
+
+    ``bin_factor`` and ``pixel_size_out_angstrom`` round to the nearest even box; the
+    exact resulting pixel size is ``pixel_size * box / out_box`` (reported by the job).
+    """
+    given = [v is not None for v in (bin_to_px, bin_factor, pixel_size_out_angstrom)]
+    if sum(given) > 1:
+        raise ParameterError("give at most one of --bin-to, --bin-factor, --pixel-size-out")
+    if bin_to_px is not None:
+        return None if bin_to_px == box_px else int(bin_to_px)
+    if bin_factor is not None:
+        if not bin_factor >= 1:
+            raise ParameterError(f"bin factor must be >= 1, got {bin_factor}")
+        target = box_px / bin_factor
+    elif pixel_size_out_angstrom is not None:
+        if pixel_size_angstrom is None:
+            raise ParameterError("--pixel-size-out needs the micrograph pixel size")
+        if not pixel_size_out_angstrom >= pixel_size_angstrom:
+            raise ParameterError(
+                f"output pixel size {pixel_size_out_angstrom} A is smaller than the "
+                f"micrograph pixel size {pixel_size_angstrom} A: Fourier cropping only downsamples"
+            )
+        target = box_px * pixel_size_angstrom / pixel_size_out_angstrom
+    else:
+        return None
+    out = max(2, 2 * round(target / 2))
+    return None if out == box_px else out
+
+
+@dataclass(frozen=True)
+class JobPaths:
+    """Where a job writes: stacks under ``Particles/``, one STAR, a summary."""
+
+    out_dir: Path
+
+    @property
+    def particles_dir(self) -> Path:
+        return self.out_dir / "Particles"
+
+    @property
+    def particles_star(self) -> Path:
+        return self.out_dir / "particles.star"
+
+    @property
+    def summary_json(self) -> Path:
+        return self.out_dir / "summary.json"
+
+    @property
+    def rejected_tsv(self) -> Path:
+        return self.out_dir / "rejected_particles.tsv"

@@ -1,0 +1,277 @@
+"""One micrograph in, one particle stack and its metadata rows out.
+
+:func:`run_task` is pure apart from reading its micrograph (and picks file) and writing
+its stack: local processes and cluster workers run it alike.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pandas as pd
+
+from cryoextract.errors import CryoExtractError, MicrographError
+from cryoextract.io.coords import read_picks
+from cryoextract.io.mrc import open_micrograph
+from cryoextract.ops.boxes import (
+    REASON_BAD_COORDINATE,
+    REASON_EDGE,
+    REASON_NOT_FINITE,
+    REASON_OUTSIDE,
+    EdgeMode,
+    box_fraction_outside,
+    cut_boxes,
+    integer_centres,
+)
+from cryoextract.ops.fourier import fourier_crop_2d
+from cryoextract.ops.normalize import normalise
+from cryoextract.pipeline.params import ExtractParams, SubpixelMode
+
+# Boxes processed at once: bounds memory to about this many bytes of float32 pixels.
+CHUNK_BYTES = 64 * 2**20
+# Pixel-size disagreement between header and STAR that earns a warning.
+PIXEL_SIZE_TOLERANCE = 0.01
+
+
+@dataclass(frozen=True)
+class MicrographTask:
+    """Everything needed to extract one micrograph.
+
+    ``picks`` is the picks table, or ``None`` when the picks are read from
+    ``coords_path`` by the worker. ``metadata`` holds per-micrograph columns given to
+    every particle (optics group, CTF).
+    """
+
+    index: int
+    micrograph_name: str
+    micrograph_path: str
+    pixel_size_angstrom: float
+    stack_path: str
+    stack_name: str
+    params: ExtractParams
+    picks: pd.DataFrame | None = None
+    coords_path: str | None = None
+    coords_format: str = "auto"
+    metadata: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass
+class MicrographResult:
+    """What one task did: particle rows written, picks dropped (with reasons), or an error."""
+
+    index: int
+    micrograph_name: str
+    particles: pd.DataFrame | None = None
+    dropped: pd.DataFrame | None = None
+    error: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    detail: str | None = None
+
+    @property
+    def n_particles(self) -> int:
+        return 0 if self.particles is None else len(self.particles)
+
+
+def run_task(task: MicrographTask) -> MicrographResult:
+    """Extract one micrograph; never raises for bad input (the result carries the error)."""
+    try:
+        return _extract(task)
+    except CryoExtractError as exc:
+        return MicrographResult(task.index, task.micrograph_name, error=str(exc))
+    except Exception as exc:  # one micrograph never aborts the job; keep the trace
+        return MicrographResult(
+            task.index, task.micrograph_name,
+            error=f"{task.micrograph_path}: unexpected error ({type(exc).__name__}: {exc})",
+            detail=traceback.format_exc(),
+        )
+
+
+def task_rng(task: MicrographTask) -> np.random.Generator:
+    """Random source that depends on the seed and micrograph only, not on scheduling."""
+    return np.random.default_rng([task.params.seed, zlib.crc32(task.micrograph_name.encode())])
+
+
+def _extract(task: MicrographTask) -> MicrographResult:
+    params = task.params
+    picks = task.picks
+    if picks is None:
+        if task.coords_path is None:
+            raise MicrographError("no picks", task.micrograph_path)
+        picks = read_picks(task.coords_path, task.coords_format)
+    result = MicrographResult(task.index, task.micrograph_name)
+    with open_micrograph(task.micrograph_path) as (image, header):
+        ny, nx = header.shape_yx
+        if params.box_px > min(ny, nx):
+            raise MicrographError(
+                f"box {params.box_px} px is larger than the micrograph ({nx}x{ny})",
+                task.micrograph_path,
+            )
+        _check_header_pixel_size(header.pixel_size_angstrom, task, result)
+        coords = picks[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(np.float64)
+        reasons = _drop_reasons(coords, image, header.shape_yx, params)
+        keep = reasons == ""
+        result.dropped = _dropped_table(picks, reasons)
+        kept = picks[keep].reset_index(drop=True)
+        centres, residuals = integer_centres(np.nan_to_num(coords[keep]))
+        if len(kept):
+            _write_particles(task, image, centres, residuals, result)
+        result.particles = _particle_rows(task, kept, centres, residuals)
+    return result
+
+
+def _check_header_pixel_size(
+    header_px: float, task: MicrographTask, result: MicrographResult
+) -> None:
+    star_px = task.pixel_size_angstrom
+    if header_px > 0 and abs(header_px - star_px) > PIXEL_SIZE_TOLERANCE * star_px:
+        result.warnings.append(
+            f"{task.micrograph_path}: header pixel size {header_px:.4f} A differs from the "
+            f"given {star_px:.4f} A; using {star_px:.4f} A"
+        )
+
+
+def _drop_reasons(
+    coords: np.ndarray, image: np.ndarray, shape_yx: tuple[int, int], params: ExtractParams
+) -> np.ndarray:
+    """``(n,)`` reason each pick is dropped, ``""`` for kept ones."""
+    reasons = np.full(len(coords), "", dtype=object)
+    finite = np.isfinite(coords).all(axis=1)
+    reasons[~finite] = REASON_BAD_COORDINATE
+    ny, nx = shape_yx
+    centres, _ = integer_centres(np.nan_to_num(coords))
+    x, y = centres[:, 0], centres[:, 1]
+    inside = (x >= 0) & (x < nx) & (y >= 0) & (y < ny)
+    reasons[finite & ~inside] = REASON_OUTSIDE
+    candidates = finite & inside
+    outside_fraction = box_fraction_outside(centres, params.box_px, shape_yx)
+    if params.edge is EdgeMode.DROP:
+        reasons[candidates & (outside_fraction > 0)] = REASON_EDGE
+    candidates = reasons == ""
+    if np.issubdtype(image.dtype, np.floating) and candidates.any():
+        bad = _boxes_touching_nonfinite(image, centres, params.box_px)
+        reasons[candidates & bad] = REASON_NOT_FINITE
+    return reasons
+
+
+def _boxes_touching_nonfinite(image: np.ndarray, centres: np.ndarray, box_px: int) -> np.ndarray:
+    """``(n,)`` True where a box contains a NaN or inf pixel (summed-area table)."""
+    bad = ~np.isfinite(image)
+    if not bad.any():
+        return np.zeros(len(centres), dtype=bool)
+    table = np.zeros((bad.shape[0] + 1, bad.shape[1] + 1), dtype=np.int64)
+    table[1:, 1:] = bad.cumsum(0).cumsum(1)
+    half = box_px // 2
+    x0 = np.clip(centres[:, 0] - half, 0, bad.shape[1])
+    x1 = np.clip(centres[:, 0] + half, 0, bad.shape[1])
+    y0 = np.clip(centres[:, 1] - half, 0, bad.shape[0])
+    y1 = np.clip(centres[:, 1] + half, 0, bad.shape[0])
+    return (table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]) > 0
+
+
+def _dropped_table(picks: pd.DataFrame, reasons: np.ndarray) -> pd.DataFrame:
+    mask = reasons != ""
+    return pd.DataFrame({
+        "rlnCoordinateX": picks.loc[mask, "rlnCoordinateX"].to_numpy(),
+        "rlnCoordinateY": picks.loc[mask, "rlnCoordinateY"].to_numpy(),
+        "reason": reasons[mask].astype(str),
+    })
+
+
+def _write_particles(
+    task: MicrographTask, image: np.ndarray, centres: np.ndarray, residuals: np.ndarray,
+    result: MicrographResult,
+) -> None:
+    """Cut, process and write the stack chunk by chunk into a memory-mapped MRC."""
+    params = task.params
+    out_px = params.output_box_px
+    rng = task_rng(task)
+    fill = float(np.mean(image, dtype=np.float64)) if params.edge is EdgeMode.MEAN else 0.0
+    chunk = max(1, CHUNK_BYTES // (4 * params.box_px**2))
+    path = Path(task.stack_path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    mode = 12 if params.float16 else 2
+    dust = 0
+    try:
+        with mrcfile.new_mmap(tmp, shape=(len(centres), out_px, out_px), mrc_mode=mode,
+                              overwrite=True) as out:
+            for start in range(0, len(centres), chunk):
+                stop = start + chunk
+                boxes = cut_boxes(image, centres[start:stop], params.box_px, edge=params.edge,
+                                  fill_value=fill, rng=rng)
+                processed, replaced = process_boxes(boxes, residuals[start:stop], params, rng)
+                out.data[start:stop] = processed
+                dust += int(replaced.sum())
+            out.set_image_stack()
+            out.voxel_size = params.output_pixel_size(task.pixel_size_angstrom)
+            out.update_header_stats()
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    if dust:
+        result.warnings.append(f"{task.micrograph_path}: {dust} dust pixels replaced")
+
+
+def process_boxes(
+    boxes: np.ndarray, residuals: np.ndarray, params: ExtractParams, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sub-pixel shift, Fourier crop, normalise and invert a chunk of boxes.
+
+    Parameters
+    ----------
+    boxes : np.ndarray
+        ``(n, box, box)`` float32 raw boxes, modified or replaced.
+    residuals : np.ndarray
+        ``(n, 2)`` sub-pixel part ``(x, y)`` of each pick, in ``[0, 1)``.
+
+    Returns
+    -------
+    images : np.ndarray
+        ``(n, out, out)`` float32.
+    dust_count : np.ndarray
+        ``(n,)`` pixels replaced as dust.
+    """
+    shifts = -residuals if params.subpixel is SubpixelMode.SHIFT else None
+    images = fourier_crop_2d(boxes, params.output_box_px, shifts_xy=shifts)
+    if images is boxes:
+        images = images.copy()
+    dust, _ = normalise(
+        images, params.norm, radius_px=params.background_radius_px, rng=rng,
+        white_sigma=params.white_dust_sigma, black_sigma=params.black_dust_sigma,
+    )
+    if params.invert:
+        np.negative(images, out=images)
+    return images, dust
+
+
+def _particle_rows(
+    task: MicrographTask, kept: pd.DataFrame, centres: np.ndarray, residuals: np.ndarray
+) -> pd.DataFrame:
+    """Output metadata: carried pick columns, then ours (docs/conventions.md, "Origins")."""
+    rows = kept.copy()
+    for column, value in task.metadata.items():
+        if column not in rows.columns:
+            rows[column] = value
+    n = len(rows)
+    rows["rlnImageName"] = [f"{i:06d}@{task.stack_name}" for i in range(1, n + 1)]
+    rows["rlnMicrographName"] = task.micrograph_name
+    apix = task.pixel_size_angstrom
+    subpixel = task.params.subpixel
+    if subpixel is SubpixelMode.ORIGIN:
+        # true position = coordinate - origin (RELION); the box is centred on the integer part
+        rows["rlnCoordinateX"] = centres[:, 0].astype(np.float64)
+        rows["rlnCoordinateY"] = centres[:, 1].astype(np.float64)
+        for axis, name in enumerate(("rlnOriginXAngst", "rlnOriginYAngst")):
+            previous = rows[name].to_numpy(np.float64) if name in rows.columns else np.zeros(n)
+            rows[name] = previous - residuals[:, axis] * apix
+    else:
+        for name in ("rlnOriginXAngst", "rlnOriginYAngst"):
+            if name not in rows.columns:
+                rows[name] = 0.0
+    return rows

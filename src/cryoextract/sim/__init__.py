@@ -1,0 +1,1 @@
+"""Simulation of realistic test data (micrographs with particles, CTF and noise, picks)."""
