@@ -35,8 +35,10 @@ Findings from probing RELION 3.1.3 (Debian ``relion_preprocess``, ``relion_stack
     the row and column indices), verified exactly on a gradient image for picks 2-3 px
     from every edge and corners. A box fully outside (e.g. x = -8 with box 16:
     ``xF = xpos + N/2 - 1 < 0``) aborts the whole run with rc 1 and
-    "particle<k> lies completely outside micrograph"; stacks of micrographs done
-    earlier stay on disk, no part_star is written. x = -7 (one column inside) extracts.
+    "particle<k> lies completely outside micrograph"; stacks already written (earlier
+    micrographs, earlier particles of this one) stay on disk, no part_star is written.
+    x = -7 (one column inside) extracts. A pick whose *centre* is outside but whose box
+    overlaps the micrograph (e.g. x = -5, box 64) is extracted with replication.
 (d) uint16 (MRC mode 6): RELION 3.1 reads it as *signed* int16: values < 32768 are exact,
     32768 -> -32768, 40000 -> -25536, 65535 -> -1. Output stacks are always float32 (mode 2,
     voxel size = output pixel size). A micrograph with a single particle gives an MRC with
@@ -62,6 +64,12 @@ Findings from probing RELION 3.1.3 (Debian ``relion_preprocess``, ``relion_stack
     unless ``--apply_transformation``. ``relion_image_handler --i in.mrcs --o out.mrcs``
     also round-trips a stack exactly. RELION 3.1 refuses MRC mode 12 (float16):
     "RELION 3.1 does not support half-precision floating point numbers".
+    Files without rlnOpticsGroup in data_particles are accepted too.
+(g) Origin sign (checked with ``--reextract_data_star p.star --recenter``): a particle with
+    rlnCoordinateX 30, rlnOriginXAngst -1.35 (= -0.9 px at 1.5 A/px) is re-extracted at
+    x = 31 with origin +0.15 A, i.e. RELION keeps ``coord - origin_A / mic_apix`` (= 30.9)
+    invariant: the particle lies at ``rlnCoordinateX - rlnOriginXAngst / mic_pixel_size``.
+    A pick at 30.9 boxed at 30 therefore has rlnOriginXAngst = -0.9 * mic_pixel_size.
 """
 
 from __future__ import annotations
@@ -304,8 +312,9 @@ def make_dataset(
             "rlnOpticsGroup": [1] * len(ds.micrographs),
         }
     )
-    starfile.write({"optics": optics, "micrographs": mics}, root / ds.micrographs_star,
-                   overwrite=True)
+    starfile.write(
+        {"optics": optics, "micrographs": mics}, root / ds.micrographs_star, overwrite=True
+    )
     return ds
 
 
@@ -360,7 +369,9 @@ def particle_keys(parts: pd.DataFrame) -> list[tuple[str, int, int]]:
     return [
         (str(m), math.trunc(float(x)), math.trunc(float(y)))
         for m, x, y in zip(
-            parts["rlnMicrographName"], parts["rlnCoordinateX"], parts["rlnCoordinateY"],
+            parts["rlnMicrographName"],
+            parts["rlnCoordinateX"],
+            parts["rlnCoordinateY"],
             strict=True,
         )
     ]

@@ -45,18 +45,20 @@ def fourier_crop_2d(
     if out_px == n and shifts_xy is None:
         return np.asarray(images, dtype=np.float32)
     half = out_px // 2
-    # Separable: crop columns after the x transform so the y transform runs on fewer columns.
-    spectrum = scipy.fft.rfft(np.asarray(images, dtype=np.float32), axis=-1, workers=workers)
-    spectrum = scipy.fft.fft(spectrum[..., : half + 1], axis=-2, workers=workers)
+    images = np.asarray(images, dtype=np.float32)
     if out_px < n:
-        # rows ky = 0..m/2 then ky = -(m/2 - 1)..-1, in numpy order for size m
+        # The 2D DFT is separable: drop columns kx > m/2 before the y transform, then keep
+        # rows ky = 0..m/2 and -(m/2 - 1)..-1 (numpy order for size m).
+        spectrum = scipy.fft.rfft(images, axis=-1, workers=workers)[..., : half + 1]
+        spectrum = scipy.fft.fft(spectrum, axis=-2, workers=workers, overwrite_x=True)
         spectrum = np.concatenate(
             [spectrum[..., : half + 1, :], spectrum[..., n - half + 1 :, :]], axis=-2
         )
+    else:
+        spectrum = scipy.fft.rfft2(images, workers=workers)
     if shifts_xy is not None:
-        spectrum = spectrum * _phase_ramp(np.asarray(shifts_xy) * (out_px / n), out_px)
-    out = scipy.fft.ifft(spectrum, axis=-2, workers=workers)
-    out = scipy.fft.irfft(out, n=out_px, axis=-1, workers=workers)
+        spectrum *= _phase_ramp(np.asarray(shifts_xy) * (out_px / n), out_px)
+    out = scipy.fft.irfft2(spectrum, s=(out_px, out_px), workers=workers, overwrite_x=True)
     if out_px < n:
         out *= (out_px / n) ** 2
     return out.astype(np.float32, copy=False)

@@ -31,11 +31,12 @@ def background_mask(box_px: int, radius_px: float) -> np.ndarray:
     return offsets[:, None] ** 2 + offsets[None, :] ** 2 > radius_px**2
 
 
-def _stats(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and population std along the last axis, in float64: ``(n,)``, ``(n,)``."""
-    mean = values.mean(axis=-1, dtype=np.float64)
-    std = np.sqrt(np.mean((values - mean[:, None]) ** 2, axis=-1))
-    return mean, std
+def _masked_stats(images: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and population std of each ``(n, h, w)`` image over a ``(h, w)`` bool mask."""
+    count = int(mask.sum())
+    mean = np.sum(images * mask, axis=(1, 2)) / count
+    deviation = (images - mean[:, None, None]) * mask
+    return mean, np.sqrt(np.sum(np.square(deviation), axis=(1, 2)) / count)
 
 
 def remove_dust(
@@ -69,7 +70,7 @@ def remove_dust(
         ``(n,)`` int number of replaced pixels per image.
     """
     flat = images.reshape(len(images), -1)
-    mean, std = _stats(flat[:, background.ravel()])
+    mean, std = _masked_stats(images, background)
     deviation = flat - mean[:, None]
     dust = np.zeros(flat.shape, dtype=bool)
     if white_sigma is not None:
@@ -82,8 +83,11 @@ def remove_dust(
     return dust.sum(axis=1)
 
 
-def subtract_ramp(images: np.ndarray, background: np.ndarray) -> None:
-    """Subtract the least-squares plane ``a*x + b*y + c`` fitted to the background, in place.
+def fit_background_planes(images: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """Least-squares planes ``a*x + b*y + c`` fitted to each image's background.
+
+    ``x`` and ``y`` are array indices (column, row). Solved through the 3x3 normal
+    equations shared by every image (the mask is the same for all).
 
     Parameters
     ----------
@@ -91,15 +95,45 @@ def subtract_ramp(images: np.ndarray, background: np.ndarray) -> None:
         ``(n, h, w)`` float stack.
     background : np.ndarray
         ``(h, w)`` bool background mask.
+
+    Returns
+    -------
+    np.ndarray
+        ``(n, 3)`` float64 coefficients ``(a, b, c)``.
+    """
+    index = np.flatnonzero(background.ravel())
+    values = images.reshape(len(images), -1)[:, index].astype(np.float64)
+    return _fit_planes(values, index, images.shape[-1])
+
+
+def _fit_planes(values: np.ndarray, index: np.ndarray, width: int) -> np.ndarray:
+    """``(n, 3)`` plane coefficients of ``(n, k)`` background values at flat ``index``."""
+    x = (index % width).astype(np.float64)
+    y = (index // width).astype(np.float64)
+    basis = np.stack([x, y, np.ones_like(x)])  # (3, k)
+    normal = basis @ basis.T
+    # einsum, not BLAS: many small products in worker processes oversubscribe BLAS threads
+    rhs = np.einsum("nk,jk->jn", values, basis)
+    return np.linalg.solve(normal, rhs).T
+
+
+def subtract_ramp(images: np.ndarray, background: np.ndarray) -> None:
+    """Subtract the least-squares background plane of each ``(n, h, w)`` image, in place."""
+    _apply_affine(images, fit_background_planes(images, background), np.ones(len(images)))
+
+
+def _apply_affine(images: np.ndarray, planes: np.ndarray, scale: np.ndarray) -> None:
+    """``images = (images - plane) * scale`` in place, in the stack's dtype.
+
+    ``planes`` is ``(n, 3)`` ``(a, b, c)`` of ``a*x + b*y + c``; ``scale`` is ``(n,)``.
     """
     h, w = images.shape[-2:]
-    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
-    design = np.stack([x[background], y[background], np.ones(int(background.sum()))], axis=1)
-    # One pseudo-inverse serves every image: the mask is the same for all.
-    solver = np.linalg.pinv(design)  # (3, n_bg)
-    coefficients = images.reshape(len(images), -1)[:, background.ravel()] @ solver.T
-    planes = coefficients @ np.stack([x.ravel(), y.ravel(), np.ones(h * w)])
-    images -= planes.reshape(images.shape).astype(images.dtype)
+    dtype = images.dtype
+    x = np.arange(w, dtype=np.float64)
+    y = np.arange(h, dtype=np.float64)
+    images -= (planes[:, 0, None, None] * x).astype(dtype)  # (n, 1, w)
+    images -= (planes[:, 1, None] * y + planes[:, 2, None])[:, :, None].astype(dtype)  # (n, h, 1)
+    images *= scale[:, None, None].astype(dtype)
 
 
 def normalise(
@@ -110,13 +144,17 @@ def normalise(
     rng: np.random.Generator | None = None,
     white_sigma: float | None = None,
     black_sigma: float | None = None,
+    invert: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Normalise a stack in place and report what was done per image.
+
+    Statistics and plane fits are computed in float64 over the background pixels, as
+    RELION; the correction is applied in one pass in the stack's dtype.
 
     Parameters
     ----------
     images : np.ndarray
-        ``(n, h, w)`` float32 stack.
+        ``(n, h, w)`` float stack, modified in place.
     mode : NormMode
         ``ramp`` and ``mean`` use the background outside ``radius_px``; ``whole``
         uses every pixel and no ramp; ``none`` leaves the values (dust is still
@@ -127,6 +165,8 @@ def normalise(
         Random source for dust replacement.
     white_sigma, black_sigma : float, optional
         Dust thresholds; ``None`` disables.
+    invert : bool
+        Multiply by -1 after normalising (RELION's ``--invert_contrast``).
 
     Returns
     -------
@@ -136,8 +176,8 @@ def normalise(
         ``(n,)`` bool, True where the background std was below 1e-10 and the image
         was left unscaled.
     """
-    n = len(images)
-    background = background_mask(images.shape[-1], radius_px)
+    n, _, width = images.shape
+    background = background_mask(width, radius_px)
     if mode is NormMode.WHOLE:
         background = np.ones_like(background)
     dust_count = np.zeros(n, dtype=np.int64)
@@ -146,14 +186,21 @@ def normalise(
             images, background, rng or np.random.default_rng(0),
             white_sigma=white_sigma, black_sigma=black_sigma,
         )
+    sign = -1.0 if invert else 1.0
     if mode is NormMode.NONE:
+        if invert:
+            np.negative(images, out=images)
         return dust_count, np.zeros(n, dtype=bool)
+    index = np.flatnonzero(background.ravel())
+    values = images.reshape(n, -1)[:, index].astype(np.float64)
+    planes = np.zeros((n, 3))
     if mode is NormMode.RAMP:
-        subtract_ramp(images, background)
-    mean, std = _stats(images.reshape(n, -1)[:, background.ravel()])
-    flat = std < MIN_STD
-    scale = np.where(flat, 1.0, 1.0 / np.where(flat, 1.0, std))
-    offset = np.where(flat, 0.0, mean)
-    images -= offset[:, None, None].astype(images.dtype)
-    images *= scale[:, None, None].astype(images.dtype)
-    return dust_count, flat
+        planes = _fit_planes(values, index, width)
+        values -= np.einsum("nj,jk->nk", planes[:, :2], np.stack([index % width, index // width]))
+        values -= planes[:, 2, None]
+    mean = values.mean(axis=1)
+    std = np.sqrt(np.mean(np.square(values - mean[:, None]), axis=1))
+    is_flat = std < MIN_STD
+    planes[:, 2] += np.where(is_flat, 0.0, mean)
+    _apply_affine(images, planes, sign / np.where(is_flat, 1.0, std))
+    return dust_count, is_flat

@@ -6,19 +6,16 @@ its stack: local processes and cluster workers run it alike.
 
 from __future__ import annotations
 
-import os
 import traceback
 import zlib
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import mrcfile
 import numpy as np
 import pandas as pd
 
 from cryoextract.errors import CryoExtractError, MicrographError
 from cryoextract.io.coords import read_picks
-from cryoextract.io.mrc import open_micrograph
+from cryoextract.io.mrc import StackWriter, open_micrograph
 from cryoextract.ops.boxes import (
     REASON_BAD_COORDINATE,
     REASON_EDGE,
@@ -34,7 +31,8 @@ from cryoextract.ops.normalize import normalise
 from cryoextract.pipeline.params import ExtractParams, SubpixelMode
 
 # Boxes processed at once: bounds memory to about this many bytes of float32 pixels.
-CHUNK_BYTES = 64 * 2**20
+# Small enough that the FFT and normalisation temporaries stay in cache.
+CHUNK_BYTES = 8 * 2**20
 # Pixel-size disagreement between header and STAR that earns a warning.
 PIXEL_SIZE_TOLERANCE = 0.01
 
@@ -193,27 +191,17 @@ def _write_particles(
     rng = task_rng(task)
     fill = float(np.mean(image, dtype=np.float64)) if params.edge is EdgeMode.MEAN else 0.0
     chunk = max(1, CHUNK_BYTES // (4 * params.box_px**2))
-    path = Path(task.stack_path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    mode = 12 if params.float16 else 2
     dust = 0
-    try:
-        with mrcfile.new_mmap(tmp, shape=(len(centres), out_px, out_px), mrc_mode=mode,
-                              overwrite=True) as out:
-            for start in range(0, len(centres), chunk):
-                stop = start + chunk
-                boxes = cut_boxes(image, centres[start:stop], params.box_px, edge=params.edge,
-                                  fill_value=fill, rng=rng)
-                processed, replaced = process_boxes(boxes, residuals[start:stop], params, rng)
-                out.data[start:stop] = processed
-                dust += int(replaced.sum())
-            out.set_image_stack()
-            out.voxel_size = params.output_pixel_size(task.pixel_size_angstrom)
-            out.update_header_stats()
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with StackWriter(task.stack_path, len(centres), (out_px, out_px),
+                     params.output_pixel_size(task.pixel_size_angstrom),
+                     float16=params.float16) as writer:
+        for start in range(0, len(centres), chunk):
+            stop = start + chunk
+            boxes = cut_boxes(image, centres[start:stop], params.box_px, edge=params.edge,
+                              fill_value=fill, rng=rng)
+            processed, replaced = process_boxes(boxes, residuals[start:stop], params, rng)
+            writer.write(processed)
+            dust += int(replaced.sum())
     if dust:
         result.warnings.append(f"{task.micrograph_path}: {dust} dust pixels replaced")
 
@@ -244,9 +232,8 @@ def process_boxes(
     dust, _ = normalise(
         images, params.norm, radius_px=params.background_radius_px, rng=rng,
         white_sigma=params.white_dust_sigma, black_sigma=params.black_dust_sigma,
+        invert=params.invert,
     )
-    if params.invert:
-        np.negative(images, out=images)
     return images, dust
 
 
