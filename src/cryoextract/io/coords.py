@@ -8,6 +8,7 @@ input, which the extraction carries to its output.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
@@ -17,6 +18,7 @@ import pandas as pd
 from cryoextract.errors import InputError
 from cryoextract.io.star import find_block, read_star
 
+_JOB_DIR = re.compile(r"job\d{3}")
 COORDINATE_COLUMNS = ("rlnCoordinateX", "rlnCoordinateY")
 FORMATS = ("star", "box", "txt")
 _EXTENSIONS = {".star": "star", ".box": "box", ".txt": "txt", ".coord": "txt", ".csv": "txt",
@@ -105,7 +107,8 @@ def _read_text(path: Path) -> pd.DataFrame:
 def coordinate_file_candidates(micrograph_name: str, coords_dir: Path, suffix: str) -> list[Path]:
     """Where RELION-style ``--coord_dir``/``--coord_suffix`` may put a micrograph's picks.
 
-    In order: the micrograph path without its job prefix (``Job/jobNNN/``), the full
+    In order: the micrograph path without its job prefix (everything up to a ``jobNNN``
+    directory after the first component, as RELION's ``decomposePipelineFileName``), the full
     relative path, and the bare file name, each with the extension replaced by
     ``suffix`` under ``coords_dir``.
     """
@@ -114,8 +117,10 @@ def coordinate_file_candidates(micrograph_name: str, coords_dir: Path, suffix: s
         parts = parts[1:]
     stem_parts = [*parts[:-1], PurePosixPath(parts[-1]).stem + suffix]
     options = []
-    if len(stem_parts) >= 3 and stem_parts[1].startswith("job"):
-        options.append(stem_parts[2:])
+    job = next((i for i, part in enumerate(stem_parts[1:-1], start=1)
+                if _JOB_DIR.match(part)), None)
+    if job is not None:
+        options.append(stem_parts[job + 1 :])
     options += [stem_parts, stem_parts[-1:]]
     seen: list[Path] = []
     for option in options:

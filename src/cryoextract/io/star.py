@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import warnings
 from pathlib import Path
+from typing import TextIO
 
 import pandas as pd
 import starfile
@@ -54,12 +56,41 @@ def find_block(
 
 
 def write_star(path: str | os.PathLike[str], blocks: dict[str, pd.DataFrame]) -> None:
-    """Write blocks to a STAR file atomically (temporary name, then rename)."""
+    """Write blocks as STAR loops, atomically (temporary name, then rename).
+
+    Floats are written with 6 decimals (as RELION); strings holding whitespace are quoted.
+    A plain writer, so a million-row table takes seconds, not minutes.
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        starfile.write(blocks, tmp, overwrite=True)
+        with open(tmp, "w", newline="\n") as stream:
+            stream.write("\n# version 30001 (written by cryoextract)\n")
+            for name, table in blocks.items():
+                _write_loop(stream, name, table)
         os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
+
+
+def _write_loop(stream: TextIO, name: str, table: pd.DataFrame) -> None:
+    stream.write(f"\ndata_{name}\n\nloop_\n")
+    for number, column in enumerate(table.columns, start=1):
+        stream.write(f"_{column} #{number}\n")
+    table = table.copy()
+    for column in table.columns:
+        if table[column].dtype == object or pd.api.types.is_string_dtype(table[column]):
+            text = table[column].astype(str)
+            needs_quotes = text.str.contains(r"\s", regex=True) | (text == "")
+            if needs_quotes.any():
+                text[needs_quotes] = [_quote(v) for v in text[needs_quotes]]
+            table[column] = text
+    table.to_csv(stream, sep="\t", header=False, index=False, float_format="%.6f",
+                 quoting=csv.QUOTE_NONE, escapechar="\\", lineterminator="\n")
+    stream.write("\n")
+
+
+def _quote(text: str) -> str:
+    if text == "" or any(c.isspace() for c in text):
+        return '"' + text.replace('"', "'") + '"'
+    return text
