@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -32,7 +33,7 @@ def _root() -> None:
 
 def fail(message: str) -> None:
     """Print a one-line error and exit with code 2."""
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(EXIT_INPUT_ERROR)
 
 
@@ -101,8 +102,8 @@ def extract_command(
                 micrographs, out_dir, params, coords_dir=coords_dir, coords_suffix=coords_suffix,
                 coords=coords, coords_format=coords_format, pixel_size_angstrom=pixel_size,
                 workers=workers, overwrite=overwrite,
-                on_start=lambda n: progress.update(bar, total=n),
-                on_progress=lambda _: progress.advance(bar),
+                on_start=lambda n: progress.update(bar, total=n, refresh=True),
+                on_progress=lambda _: progress.update(bar, advance=1, refresh=True),
             )
     except CryoExtractError as exc:
         fail(str(exc))
@@ -124,13 +125,15 @@ def _progress() -> Progress:
         TextColumn("[progress.description]{task.description}"), BarColumn(),
         MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=True,
         disable=not err.is_terminal,
+        # no refresh thread: worker processes are forked while the bar is live
+        auto_refresh=False,
     )
 
 
 def print_summary(summary: ExtractionSummary) -> None:
     """The run summary as tables on stdout, warnings on stderr."""
     for warning in summary.warnings:
-        err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+        err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     table = Table(title="cryoextract extract", show_header=False)
     table.add_row("micrographs done", str(summary.micrographs_done))
     table.add_row("micrographs skipped", str(len(summary.micrographs_skipped)))
@@ -140,14 +143,14 @@ def print_summary(summary: ExtractionSummary) -> None:
     table.add_row("box", f"{summary.box_px} px -> {summary.output_box_px} px")
     for group, size in summary.output_pixel_size_angstrom.items():
         table.add_row(f"pixel size ({group})", f"{size:.6g} A")
-    table.add_row("particles STAR", summary.particles_star)
+    table.add_row("particles STAR", escape(summary.particles_star))
     out.print(table)
     if summary.micrographs_skipped:
         skipped = Table(title="skipped micrographs", show_header=True)
         skipped.add_column("micrograph")
         skipped.add_column("reason")
         for name, reason in summary.micrographs_skipped.items():
-            skipped.add_row(name, reason)
+            skipped.add_row(escape(name), escape(reason))
         out.print(skipped)
 
 

@@ -39,6 +39,8 @@ def guess_format(path: str | os.PathLike[str]) -> str:
 def read_picks(path: str | os.PathLike[str], fmt: str = "auto") -> pd.DataFrame:
     """Read one coordinate file into a picks table (see module docstring)."""
     fmt = guess_format(path) if fmt == "auto" else fmt
+    if _is_blank(Path(path)):
+        return pd.DataFrame({"rlnCoordinateX": [], "rlnCoordinateY": []}, dtype=np.float64)
     if fmt == "star":
         picks = find_block(read_star(path), path, COORDINATE_COLUMNS, preferred=("particles",))
         picks = picks.copy()
@@ -51,6 +53,14 @@ def read_picks(path: str | os.PathLike[str], fmt: str = "auto") -> pd.DataFrame:
     for column in COORDINATE_COLUMNS:
         picks[column] = pd.to_numeric(picks[column], errors="coerce").astype(np.float64)
     return picks.reset_index(drop=True)
+
+
+def _is_blank(path: Path) -> bool:
+    """An existing file with nothing but whitespace: zero picks, not an error."""
+    try:
+        return path.stat().st_size < 4096 and not path.read_bytes().strip()
+    except OSError:
+        return False
 
 
 def _numeric_rows(path: Path, min_columns: int) -> Iterable[tuple[int, list[float]]]:

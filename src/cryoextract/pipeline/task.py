@@ -23,6 +23,7 @@ from cryoextract.ops.boxes import (
     REASON_OUTSIDE,
     EdgeMode,
     box_fraction_outside,
+    box_indices,
     cut_boxes,
     integer_centres,
 )
@@ -153,6 +154,11 @@ def _drop_reasons(
     candidates = reasons == ""
     if np.issubdtype(image.dtype, np.floating) and candidates.any():
         bad = _boxes_touching_nonfinite(image, centres, params.box_px)
+        # edge boxes read the pixels their edge mode maps to, which may lie beyond the box
+        at_edge = np.flatnonzero(candidates & (outside_fraction > 0))
+        if len(at_edge):
+            rows, cols, _ = box_indices(centres[at_edge], params.box_px, shape_yx, params.edge)
+            bad[at_edge] = ~np.isfinite(image[rows, cols]).all(axis=(1, 2))
         reasons[candidates & bad] = REASON_NOT_FINITE
     return reasons
 
@@ -172,6 +178,14 @@ def _boxes_touching_nonfinite(image: np.ndarray, centres: np.ndarray, box_px: in
     return (table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]) > 0
 
 
+def finite_mean(image: np.ndarray) -> float:
+    """Mean of the finite pixels (NaN/inf elsewhere must not poison edge fills)."""
+    if not np.issubdtype(image.dtype, np.floating):
+        return float(np.mean(image, dtype=np.float64))
+    finite = np.isfinite(image)
+    return float(np.mean(image[finite], dtype=np.float64)) if finite.any() else 0.0
+
+
 def _dropped_table(picks: pd.DataFrame, reasons: np.ndarray) -> pd.DataFrame:
     mask = reasons != ""
     return pd.DataFrame({
@@ -189,7 +203,7 @@ def _write_particles(
     params = task.params
     out_px = params.output_box_px
     rng = task_rng(task)
-    fill = float(np.mean(image, dtype=np.float64)) if params.edge is EdgeMode.MEAN else 0.0
+    fill = finite_mean(image) if params.edge is EdgeMode.MEAN else 0.0
     chunk = max(1, CHUNK_BYTES // (4 * params.box_px**2))
     dust = 0
     with StackWriter(task.stack_path, len(centres), (out_px, out_px),

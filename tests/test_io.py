@@ -1,0 +1,565 @@
+"""The io layer: MRC micrographs in, MRC stacks out, picks and micrograph lists.
+
+Expected values come from the files written here (with mrcfile or by hand) or from the
+raw bytes of real files, never from running our readers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pandas as pd
+import pytest
+
+from cryoextract.errors import InputError, MicrographError
+from cryoextract.io.coords import coordinate_file_candidates, read_picks
+from cryoextract.io.micrographs import read_micrograph_set
+from cryoextract.io.mrc import StackWriter, open_micrograph, read_stack, write_stack
+
+DATA = Path(__file__).parents[1] / ".." / "shared" / "data"
+FEI = DATA / "real" / "mrcfile_1.5.4_sdist" / "fei-extended.mrc"
+
+
+def _write_mrc(
+    path: Path, data: np.ndarray, voxel: float = 1.25, ext: np.ndarray | None = None
+) -> Path:
+    with mrcfile.new(path, overwrite=True) as mrc:
+        mrc.set_data(data)
+        if ext is not None:
+            mrc.set_extended_header(ext)
+        mrc.voxel_size = voxel
+    return path
+
+
+def _require_shared_data() -> None:
+    if not DATA.is_dir():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"shared test data missing: {DATA}")
+        pytest.skip(f"shared test data missing: {DATA}")
+
+
+# --------------------------------------------------------------------------- MRC reading
+@pytest.mark.parametrize(
+    ("dtype", "mode", "values"),
+    [
+        (np.int8, 0, [-128, -1, 0, 1, 127]),
+        (np.int16, 1, [-32768, -300, 0, 300, 32767]),
+        (np.float32, 2, [-1.5e6, -0.25, 0.0, 3.125, 7.0e5]),
+        (np.uint16, 6, [0, 1, 32767, 40000, 65535]),
+        (np.float16, 12, [-65504.0, -0.5, 0.0, 0.000122, 1024.5]),
+    ],
+)
+def test_read_modes(tmp_path: Path, dtype: type, mode: int, values: list[float]) -> None:
+    rng = np.random.default_rng(mode)
+    data = rng.choice(np.array(values, dtype=dtype), size=(37, 53))
+    data[0, :5] = np.array(values, dtype=dtype)  # every value at least once
+    path = _write_mrc(tmp_path / f"m{mode}.mrc", data, voxel=1.25)
+    with mrcfile.open(path, header_only=True) as mrc:
+        assert int(mrc.header.mode) == mode
+    with open_micrograph(path) as (image, header):
+        assert header.shape_yx == (37, 53)
+        assert header.pixel_size_angstrom == pytest.approx(1.25)
+        assert np.dtype(header.dtype) == np.dtype(dtype)
+        np.testing.assert_array_equal(np.asarray(image), data)
+        if dtype is np.uint16:
+            assert int(image.max()) == 65535
+            assert int(image[0, 3]) == 40000
+            assert float(image.astype(np.float64)[0, 3]) == 40000.0
+
+
+def test_read_single_section_3d_file(tmp_path: Path) -> None:
+    data = np.arange(6 * 8, dtype=np.float32).reshape(1, 6, 8)
+    path = _write_mrc(tmp_path / "one.mrc", data)
+    with open_micrograph(path) as (image, header):
+        assert header.shape_yx == (6, 8)
+        np.testing.assert_array_equal(image, data[0])
+
+
+def test_read_with_extended_header(tmp_path: Path) -> None:
+    data = np.random.default_rng(0).normal(size=(20, 30)).astype(np.float32)
+    ext = np.arange(100, dtype=np.int32)
+    path = _write_mrc(tmp_path / "ext.mrc", data, voxel=3.5, ext=ext)
+    assert path.stat().st_size == 1024 + 400 + data.nbytes
+    with open_micrograph(path) as (image, header):
+        assert header.shape_yx == (20, 30)
+        assert header.pixel_size_angstrom == pytest.approx(3.5)
+        np.testing.assert_array_equal(image, data)
+
+
+def _raw_mrc(path: Path) -> tuple[np.ndarray, float]:
+    """Independent reader: header words from the raw bytes, data after the extended header."""
+    raw = path.read_bytes()
+    words = np.frombuffer(raw[:1024], dtype="<i4")
+    floats = np.frombuffer(raw[:1024], dtype="<f4")
+    nx, ny, nz, mode = (int(v) for v in words[:4])
+    mx = int(words[7])
+    cella_x = float(floats[10])
+    nsymbt = int(words[23])
+    assert mode == 6 and nz == 1
+    data = np.frombuffer(raw, dtype="<u2", count=nx * ny, offset=1024 + nsymbt).reshape(ny, nx)
+    return data, cella_x / mx
+
+
+def test_read_real_fei_file() -> None:
+    _require_shared_data()
+    raw, pixel_size = _raw_mrc(FEI)
+    assert raw.shape == (3838, 3710)
+    with open_micrograph(FEI) as (image, header):
+        assert header.shape_yx == (3838, 3710)  # 3710 columns (x) by 3838 rows (y)
+        assert np.dtype(header.dtype) == np.dtype(np.uint16)
+        assert header.pixel_size_angstrom == pytest.approx(pixel_size, rel=1e-6)
+        assert header.pixel_size_angstrom == pytest.approx(0.8538, abs=1e-4)
+        np.testing.assert_array_equal(np.asarray(image), raw)
+        assert int(image.max()) == int(raw.max())
+        assert int(image.min()) >= 0
+    if raw.max() > 32767:  # unsigned values read as such, not wrapped negative
+        assert int(raw.max()) == int(np.asarray(image).astype(np.int64).max())
+
+
+def test_truncated_file_raises_naming_it(tmp_path: Path) -> None:
+    path = _write_mrc(tmp_path / "cut.mrc", np.zeros((100, 100), dtype=np.float32))
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(MicrographError) as info:
+        with open_micrograph(path):
+            pass
+    assert str(path) in str(info.value)
+    assert info.value.path == str(path)
+
+
+def test_header_only_file_raises(tmp_path: Path) -> None:
+    path = _write_mrc(tmp_path / "hdr.mrc", np.zeros((100, 100), dtype=np.float32))
+    path.write_bytes(path.read_bytes()[:1024])
+    with pytest.raises(MicrographError, match=r"hdr\.mrc"):
+        with open_micrograph(path):
+            pass
+
+
+@pytest.mark.parametrize("content", [b"", b"not an mrc file\n" * 200, bytes(2000)])
+def test_non_mrc_file_raises_naming_it(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "junk.mrc"
+    path.write_bytes(content)
+    with pytest.raises(MicrographError) as info:
+        with open_micrograph(path):
+            pass
+    assert str(path) in str(info.value)
+
+
+def test_missing_and_stack_micrographs_raise(tmp_path: Path) -> None:
+    with pytest.raises(MicrographError, match=r"nothere\.mrc"):
+        with open_micrograph(tmp_path / "nothere.mrc"):
+            pass
+    stack = _write_mrc(tmp_path / "stack.mrcs", np.zeros((3, 8, 8), dtype=np.float32))
+    with pytest.raises(MicrographError, match=r"stack\.mrcs"):
+        with open_micrograph(stack):
+            pass
+    with pytest.raises(MicrographError, match="adir"):
+        (tmp_path / "adir.mrc").mkdir()
+        with open_micrograph(tmp_path / "adir.mrc"):
+            pass
+
+
+# --------------------------------------------------------------------------- stack writing
+def _validate(path: Path) -> bool:
+    with contextlib.redirect_stdout(io.StringIO()):
+        return bool(mrcfile.validate(str(path), print_file=io.StringIO()))
+
+
+@pytest.mark.parametrize("float16", [False, True])
+def test_write_stack_round_trip(tmp_path: Path, float16: bool) -> None:
+    rng = np.random.default_rng(7)
+    images = rng.normal(3.0, 2.0, size=(5, 24, 24)).astype(np.float32)
+    path = tmp_path / "s.mrcs"
+    write_stack(path, images, 1.75, float16=float16)
+    stored = images.astype(np.float16) if float16 else images
+    assert _validate(path)
+    with mrcfile.open(path) as mrc:
+        assert int(mrc.header.mode) == (12 if float16 else 2)
+        assert mrc.is_image_stack()
+        assert mrc.data.shape == (5, 24, 24)
+        np.testing.assert_array_equal(mrc.data, stored)
+        assert float(mrc.voxel_size.x) == pytest.approx(1.75)
+        assert float(mrc.voxel_size.y) == pytest.approx(1.75)
+        values = stored.astype(np.float64)
+        assert float(mrc.header.dmin) == pytest.approx(values.min(), rel=1e-6)
+        assert float(mrc.header.dmax) == pytest.approx(values.max(), rel=1e-6)
+        assert float(mrc.header.dmean) == pytest.approx(values.mean(), rel=1e-5)
+        assert float(mrc.header.rms) == pytest.approx(values.std(), rel=1e-4)
+    np.testing.assert_array_equal(read_stack(path), stored)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.mrcs"]
+
+
+def test_stack_writer_in_chunks(tmp_path: Path) -> None:
+    rng = np.random.default_rng(8)
+    images = rng.normal(size=(7, 16, 16)).astype(np.float32)
+    path = tmp_path / "chunks.mrcs"
+    with StackWriter(path, 7, (16, 16), 2.0) as writer:
+        assert not path.exists()  # published only on close
+        for start in range(0, 7, 3):
+            writer.write(images[start : start + 3])
+    assert _validate(path)
+    with mrcfile.open(path) as mrc:
+        np.testing.assert_array_equal(mrc.data, images)
+        assert float(mrc.header.dmin) == pytest.approx(float(images.min()))
+        assert float(mrc.header.dmax) == pytest.approx(float(images.max()))
+        assert float(mrc.header.dmean) == pytest.approx(
+            float(images.mean(dtype=np.float64)), abs=1e-6
+        )
+
+
+def test_aborted_stack_writer_leaves_no_file(tmp_path: Path) -> None:
+    path = tmp_path / "aborted.mrcs"
+    with pytest.raises(RuntimeError, match="boom"):
+        with StackWriter(path, 4, (8, 8), 1.0) as writer:
+            writer.write(np.zeros((2, 8, 8), dtype=np.float32))
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+    # too few images written: close refuses and cleans up
+    with pytest.raises(ValueError):
+        with StackWriter(path, 4, (8, 8), 1.0) as writer:
+            writer.write(np.zeros((3, 8, 8), dtype=np.float32))
+    assert list(tmp_path.iterdir()) == []
+    # too many images or wrong shape: refused
+    with pytest.raises(ValueError):
+        with StackWriter(path, 1, (8, 8), 1.0) as writer:
+            writer.write(np.zeros((2, 8, 8), dtype=np.float32))
+    with pytest.raises(ValueError):
+        with StackWriter(path, 1, (8, 8), 1.0) as writer:
+            writer.write(np.zeros((1, 8, 6), dtype=np.float32))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_aborted_writer_keeps_previous_file(tmp_path: Path) -> None:
+    path = tmp_path / "keep.mrcs"
+    old = np.ones((2, 8, 8), dtype=np.float32)
+    write_stack(path, old, 1.0)
+    with pytest.raises(RuntimeError):
+        with StackWriter(path, 2, (8, 8), 1.0) as writer:
+            writer.write(np.zeros((1, 8, 8), dtype=np.float32))
+            raise RuntimeError
+    np.testing.assert_array_equal(read_stack(path), old)
+
+
+# --------------------------------------------------------------------------- picks
+STAR30 = """
+data_
+
+loop_
+_rlnCoordinateX #1
+_rlnCoordinateY #2
+_rlnAutopickFigureOfMerit #3
+_rlnClassNumber #4
+  839.125024    19.979167     0.624705            0
+  899.062526   199.791672     0.623809            0
+   10.000000   300.500000     0.100000            0
+"""
+
+STAR31 = """
+# version 30001
+
+data_optics
+
+loop_
+_rlnOpticsGroupName #1
+_rlnOpticsGroup #2
+_rlnMicrographOriginalPixelSize #3
+_rlnVoltage #4
+_rlnImagePixelSize #5
+_rlnImageSize #6
+opticsGroup1 1 0.885 300.0 3.54 64
+
+
+data_particles
+
+loop_
+_rlnCoordinateX #1
+_rlnCoordinateY #2
+_rlnImageName #3
+_rlnMicrographName #4
+_rlnOpticsGroup #5
+_rlnOriginXAngst #6
+_rlnOriginYAngst #7
+1614.0 3000.5 000001@Extract/job007/Movies/a.mrcs MotionCorr/job002/Movies/a.mrc 1 -1.5 2.0
+2000.25 1200.0 000002@Extract/job007/Movies/a.mrcs MotionCorr/job002/Movies/a.mrc 1 0.0 0.0
+100.0 150.75 000001@Extract/job007/Movies/b.mrcs MotionCorr/job002/Movies/b.mrc 1 3.0 -3.0
+"""
+
+
+def test_read_picks_relion30_star(tmp_path: Path) -> None:
+    path = tmp_path / "mic_autopick.star"
+    path.write_text(STAR30)
+    picks = read_picks(path)
+    assert len(picks) == 3
+    np.testing.assert_allclose(picks["rlnCoordinateX"], [839.125024, 899.062526, 10.0])
+    np.testing.assert_allclose(picks["rlnCoordinateY"], [19.979167, 199.791672, 300.5])
+    assert picks["rlnCoordinateX"].dtype == np.float64
+    np.testing.assert_allclose(picks["rlnAutopickFigureOfMerit"], [0.624705, 0.623809, 0.1])
+
+
+def test_read_picks_relion31_particles_star(tmp_path: Path) -> None:
+    path = tmp_path / "particles.star"
+    path.write_text(STAR31)
+    picks = read_picks(path)
+    assert len(picks) == 3
+    np.testing.assert_allclose(picks["rlnCoordinateX"], [1614.0, 2000.25, 100.0])
+    np.testing.assert_allclose(picks["rlnCoordinateY"], [3000.5, 1200.0, 150.75])
+    assert list(picks["rlnMicrographName"]) == ["MotionCorr/job002/Movies/a.mrc"] * 2 + [
+        "MotionCorr/job002/Movies/b.mrc"
+    ]
+    np.testing.assert_allclose(picks["rlnOriginXAngst"], [-1.5, 0.0, 3.0])
+    assert "rlnVoltage" not in picks.columns  # the optics block is not the picks
+
+
+def test_read_picks_eman_box(tmp_path: Path) -> None:
+    path = tmp_path / "mic.box"
+    path.write_text("100\t200\t64\t64\n  10 20 50 40 \n\n3.5 4.5 10 10 -3\n")
+    picks = read_picks(path)
+    np.testing.assert_allclose(picks["rlnCoordinateX"], [132.0, 35.0, 8.5])
+    np.testing.assert_allclose(picks["rlnCoordinateY"], [232.0, 40.0, 9.5])
+
+
+def test_read_picks_plain_text(tmp_path: Path) -> None:
+    path = tmp_path / "mic.txt"
+    path.write_text(
+        "x y score\n"
+        "# a comment line\n"
+        "10.5 20.25\n"
+        "  30,40  # trailing comment\n"
+        "\n"
+        "50.0\t60.0\t0.9\n"
+        "7e1, 8E1\n"
+    )
+    picks = read_picks(path)
+    np.testing.assert_allclose(picks["rlnCoordinateX"], [10.5, 30.0, 50.0, 70.0])
+    np.testing.assert_allclose(picks["rlnCoordinateY"], [20.25, 40.0, 60.0, 80.0])
+    csv = tmp_path / "mic.csv"
+    csv.write_text("x,y\n1,2\n3,4\n")
+    picks = read_picks(csv)
+    np.testing.assert_allclose(picks[["rlnCoordinateX", "rlnCoordinateY"]], [[1, 2], [3, 4]])
+
+
+def test_read_picks_bad_text_line_names_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.txt"
+    path.write_text("# header comment\n1 2\n3 4\n5 five\n7 8\n")
+    with pytest.raises(InputError) as info:
+        read_picks(path)
+    assert info.value.line == 4
+    assert f"{path}:4" in str(info.value)
+    short = tmp_path / "short.txt"
+    short.write_text("1 2\n3\n")
+    with pytest.raises(InputError) as info:
+        read_picks(short)
+    assert info.value.line == 2
+    assert f"{short}:2" in str(info.value)
+    box = tmp_path / "short.box"
+    box.write_text("1 2 3 4\n1 2 3\n")
+    with pytest.raises(InputError, match=r"short\.box:2"):
+        read_picks(box)
+
+
+def test_read_picks_unknown_extension_and_missing(tmp_path: Path) -> None:
+    path = tmp_path / "picks.dat"
+    path.write_text("1 2\n")
+    with pytest.raises(InputError, match=r"picks\.dat"):
+        read_picks(path)
+    # the format can be forced
+    picks = read_picks(path, "txt")
+    assert picks["rlnCoordinateX"].tolist() == [1.0]
+    with pytest.raises(InputError, match=r"gone\.txt"):
+        read_picks(tmp_path / "gone.txt")
+    with pytest.raises(InputError, match=r"gone\.star"):
+        read_picks(tmp_path / "gone.star")
+
+
+def test_read_picks_star_without_coordinates(tmp_path: Path) -> None:
+    path = tmp_path / "nocoords.star"
+    path.write_text("data_\n\nloop_\n_rlnMicrographName #1\n_rlnDefocusU #2\na.mrc 1000\n")
+    with pytest.raises(InputError, match=r"nocoords\.star"):
+        read_picks(path)
+
+
+def test_coordinate_file_candidates_relion_mapping() -> None:
+    got = coordinate_file_candidates(
+        "MotionCorr/job002/Micrographs/mic_001.mrc", Path("Picks"), "_pick.star"
+    )
+    assert got[0] == Path("Picks/Micrographs/mic_001_pick.star")
+    assert Path("Picks/MotionCorr/job002/Micrographs/mic_001_pick.star") in got
+    assert Path("Picks/mic_001_pick.star") in got
+    assert len(got) == len(set(got))
+    flat = coordinate_file_candidates("mic_002.tiff.mrc", Path("/data/c"), ".box")
+    assert flat[0] == Path("/data/c/mic_002.tiff.box")
+
+
+# --------------------------------------------------------------------------- micrograph sets
+def _touch_mrcs(root: Path, names: list[str]) -> None:
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        _write_mrc(root / name, np.zeros((8, 8), dtype=np.float32))
+
+
+MICS31 = """
+# version 30001
+
+data_optics
+
+loop_
+_rlnOpticsGroupName #1
+_rlnOpticsGroup #2
+_rlnMicrographOriginalPixelSize #3
+_rlnVoltage #4
+_rlnSphericalAberration #5
+_rlnAmplitudeContrast #6
+_rlnMicrographPixelSize #7
+opticsGroup1 1 0.885 300.0 2.7 0.1 0.885
+opticsGroup2 2 0.5 200.0 2.7 0.1 1.0
+
+
+data_micrographs
+
+loop_
+_rlnMicrographName #1
+_rlnOpticsGroup #2
+_rlnDefocusU #3
+MotionCorr/job002/Movies/a.mrc 1 10000.0
+MotionCorr/job002/Movies/b.mrc 2 12000.0
+MotionCorr/job002/Movies/c.mrc 1 14000.0
+"""
+
+
+def test_micrograph_set_relion31(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    star = project / "micrographs_ctf.star"
+    star.write_text(MICS31)
+    names = [f"MotionCorr/job002/Movies/{c}.mrc" for c in "abc"]
+    _touch_mrcs(project, names)
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    mics = read_micrograph_set(str(star), base_dir=elsewhere)
+    table = mics.micrographs
+    assert list(table["rlnMicrographName"]) == names
+    assert list(table["rlnOpticsGroup"]) == [1, 2, 1]
+    np.testing.assert_allclose(table["rlnDefocusU"], [10000, 12000, 14000])
+    # not in base_dir: found beside the STAR
+    assert [Path(p) for p in table["path"]] == [project / n for n in names]
+    optics = mics.optics.set_index("rlnOpticsGroup")
+    assert optics.loc[1, "rlnMicrographPixelSize"] == pytest.approx(0.885)
+    assert optics.loc[2, "rlnMicrographPixelSize"] == pytest.approx(1.0)
+    assert optics.loc[2, "rlnOpticsGroupName"] == "opticsGroup2"
+    # found in base_dir first when there
+    mics = read_micrograph_set(str(star), base_dir=project)
+    assert [Path(p) for p in mics.micrographs["path"]] == [project / n for n in names]
+    # --pixel-size overrides the STAR
+    mics = read_micrograph_set(str(star), pixel_size_angstrom=2.0, base_dir=project)
+    np.testing.assert_allclose(mics.optics["rlnMicrographPixelSize"], [2.0, 2.0])
+
+
+def test_micrograph_set_relion30_pixel_size_column(tmp_path: Path) -> None:
+    star = tmp_path / "mics.star"
+    star.write_text(
+        "data_\n\nloop_\n_rlnMicrographName #1\n_rlnMicrographPixelSize #2\n_rlnVoltage #3\n"
+        "m1.mrc 1.06 300\nm2.mrc 1.06 300\nm3.mrc 0.53 300\n"
+    )
+    mics = read_micrograph_set(str(star), base_dir=tmp_path)
+    table, optics = mics.micrographs, mics.optics
+    assert len(table) == 3
+    sizes = optics.set_index("rlnOpticsGroup")["rlnMicrographPixelSize"]
+    per_mic = [sizes[g] for g in table["rlnOpticsGroup"]]
+    np.testing.assert_allclose(per_mic, [1.06, 1.06, 0.53])
+    assert len(optics) == 2
+    assert table["rlnOpticsGroup"].iloc[0] == table["rlnOpticsGroup"].iloc[1]
+    assert [Path(p) for p in table["path"]] == [tmp_path / f"m{i}.mrc" for i in (1, 2, 3)]
+
+
+def test_micrograph_set_relion30_detector_pixel_size(tmp_path: Path) -> None:
+    star = tmp_path / "mics.star"
+    star.write_text(
+        "data_\n\nloop_\n_rlnMicrographName #1\n_rlnDetectorPixelSize #2\n"
+        "_rlnMagnification #3\n_rlnDefocusU #4\n"
+        "m1.mrc 5.0 50000 9000\nm2.mrc 14.0 100000 9500\n"
+    )
+    mics = read_micrograph_set(str(star), base_dir=tmp_path)
+    sizes = mics.optics.set_index("rlnOpticsGroup")["rlnMicrographPixelSize"]
+    per_mic = [sizes[g] for g in mics.micrographs["rlnOpticsGroup"]]
+    np.testing.assert_allclose(per_mic, [1.0, 1.4])  # 1e4 * 5 / 50000, 1e4 * 14 / 100000
+    np.testing.assert_allclose(mics.micrographs["rlnDefocusU"], [9000, 9500])
+
+
+def test_micrograph_set_glob(tmp_path: Path) -> None:
+    names = ["mic_003.mrc", "mic_001.mrc", "mic_002.mrc"]
+    _touch_mrcs(tmp_path, names)
+    (tmp_path / "notes.txt").write_text("x")
+    mics = read_micrograph_set(str(tmp_path / "mic_*.mrc"), pixel_size_angstrom=1.34)
+    assert [Path(p).name for p in mics.micrographs["path"]] == sorted(names)
+    np.testing.assert_allclose(mics.optics["rlnMicrographPixelSize"], [1.34])
+    assert set(mics.micrographs["rlnOpticsGroup"]) == {1}
+    with pytest.raises(InputError, match="pixel"):
+        read_micrograph_set(str(tmp_path / "mic_*.mrc"))
+    with pytest.raises(InputError, match="nomatch"):
+        read_micrograph_set(str(tmp_path / "nomatch_*.mrc"), pixel_size_angstrom=1.0)
+
+
+def test_micrograph_set_errors(tmp_path: Path) -> None:
+    no_px = tmp_path / "nopx.star"
+    no_px.write_text("data_\n\nloop_\n_rlnMicrographName #1\n_rlnDefocusU #2\nm1.mrc 1\n")
+    with pytest.raises(InputError, match=r"nopx\.star"):
+        read_micrograph_set(str(no_px), base_dir=tmp_path)
+    # ...unless given on the command line
+    mics = read_micrograph_set(str(no_px), pixel_size_angstrom=1.5, base_dir=tmp_path)
+    np.testing.assert_allclose(mics.optics["rlnMicrographPixelSize"], [1.5])
+    no_name = tmp_path / "noname.star"
+    no_name.write_text("data_\n\nloop_\n_rlnCoordinateX #1\n_rlnCoordinateY #2\n1 2\n")
+    with pytest.raises(InputError, match=r"noname\.star"):
+        read_micrograph_set(str(no_name), pixel_size_angstrom=1.0)
+    with pytest.raises(InputError, match=r"missing\.star"):
+        read_micrograph_set(str(tmp_path / "missing.star"), pixel_size_angstrom=1.0)
+    bad_group = tmp_path / "badgroup.star"
+    bad_group.write_text(MICS31.replace("MotionCorr/job002/Movies/b.mrc 2", "x.mrc 3"))
+    with pytest.raises(InputError, match=r"badgroup\.star"):
+        read_micrograph_set(str(bad_group))
+    garbage = tmp_path / "garbage.star"
+    garbage.write_bytes(b"\x00\xff\x00 not a star file\n")
+    with pytest.raises(InputError, match=r"garbage\.star"):
+        read_micrograph_set(str(garbage), pixel_size_angstrom=1.0)
+
+
+def test_micrograph_set_real_relion_project(tmp_path: Path) -> None:
+    """A real RELION 5 micrographs STAR (optics + micrographs with CTF)."""
+    _require_shared_data()
+    root = DATA / "real" / "relion5_betagal_tutorial_sppractice"
+    stars = sorted(root.glob("CtfFind/*/micrographs_ctf.star"))
+    if not stars:
+        pytest.skip("no CtfFind micrographs_ctf.star in the tutorial data")
+    star = tmp_path / "micrographs_ctf.star"
+    shutil.copy(stars[0], star)
+    mics = read_micrograph_set(str(star), base_dir=tmp_path)
+    text = star.read_text()
+    assert "data_optics" in text
+    expected = pd.Series(
+        [
+            line.split()[0]
+            for line in text.split("data_micrographs")[1].splitlines()
+            if line.strip() and not line.startswith(("_", "loop_", "#"))
+        ]
+    )
+    assert list(mics.micrographs["rlnMicrographName"]) == list(expected)
+    assert (mics.optics["rlnMicrographPixelSize"] > 0).all()
+
+
+def test_read_picks_real_cryolo_box() -> None:
+    """Real crYOLO EMAN .box picks: lower-left corner + w/2 is the centre."""
+    _require_shared_data()
+    files = sorted((DATA / "real" / "repic_empiar10017" / "crYOLO").glob("*.box"))
+    if not files:
+        pytest.skip("no crYOLO .box files")
+    table = np.loadtxt(files[0], ndmin=2)
+    picks = read_picks(files[0])
+    assert len(picks) == len(table) > 100
+    np.testing.assert_allclose(picks["rlnCoordinateX"], table[:, 0] + table[:, 2] / 2)
+    np.testing.assert_allclose(picks["rlnCoordinateY"], table[:, 1] + table[:, 3] / 2)
