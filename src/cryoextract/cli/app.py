@@ -15,6 +15,7 @@ from rich.table import Table
 from cryoextract.errors import CryoExtractError
 from cryoextract.ops.boxes import EdgeMode
 from cryoextract.ops.normalize import NormMode
+from cryoextract.pipeline.allocator import keep_freed_memory
 from cryoextract.pipeline.extract import ExtractionSummary, extract
 from cryoextract.pipeline.params import ExtractParams, SubpixelMode, resolve_output_box
 
@@ -185,6 +186,7 @@ def simulate_command(
 
 def main() -> None:
     """Console-script entry point."""
+    keep_freed_memory()
     try:
         app()
     except KeyboardInterrupt:

@@ -18,6 +18,7 @@ from cryoextract.io.micrographs import MicrographSet, read_micrograph_set
 from cryoextract.io.mrc import open_micrograph
 from cryoextract.io.star import write_star
 from cryoextract.ops.boxsize import is_efficient_box, nearest_efficient_boxes
+from cryoextract.pipeline.allocator import keep_freed_memory
 from cryoextract.pipeline.params import ExtractParams, JobPaths
 from cryoextract.pipeline.plan import PickSource, plan_tasks
 from cryoextract.pipeline.task import MicrographResult, MicrographTask, run_task
@@ -180,7 +181,9 @@ def _run(
                 on_progress(result)
             yield result
         return
-    with ProcessPoolExecutor(max_workers=min(workers, len(tasks))) as pool:
+    with ProcessPoolExecutor(
+        max_workers=min(workers, len(tasks)), initializer=keep_freed_memory
+    ) as pool:
         futures = [pool.submit(run_task, task) for task in tasks]
         for future in as_completed(futures):
             result = future.result()
