@@ -17,7 +17,12 @@ from cryoextract.ops.boxes import EdgeMode
 from cryoextract.ops.normalize import NormMode
 from cryoextract.pipeline.allocator import keep_freed_memory
 from cryoextract.pipeline.extract import ExtractionSummary, extract
-from cryoextract.pipeline.params import ExtractParams, SubpixelMode, resolve_output_box
+from cryoextract.pipeline.params import (
+    ExtractParams,
+    PickTransform,
+    SubpixelMode,
+    resolve_output_box,
+)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Particle extraction and particle-stack preparation for cryo-EM.")
@@ -79,6 +84,24 @@ def extract_command(
         help="Fraction of a pick: origin (record it in rlnOriginX/YAngst), shift (Fourier-"
              "shift onto the centre), drop (lose it, as RELION).")] = SubpixelMode.ORIGIN,
     float16: Annotated[bool, typer.Option(help="Write MRC mode 12 (float16) stacks.")] = False,
+    also_bin_to: Annotated[list[int] | None, typer.Option(
+        help="Also write a Fourier-cropped stack of this box from the same read, in "
+             "OUT/also_<box>px/ with its own STAR (repeatable).")] = None,
+    also_float16: Annotated[bool, typer.Option(
+        help="Write the --also-bin-to stacks as float16.")] = False,
+    coords_pixel_size: Annotated[float | None, typer.Option(
+        help="Pixel size in A the picks were made at (binned picking); rescaled to the "
+             "micrographs'.")] = None,
+    swap_xy: Annotated[bool, typer.Option(help="Swap x and y of the picks.")] = False,
+    flip_x: Annotated[bool, typer.Option(help="Mirror picks in x (x -> nx-1-x).")] = False,
+    flip_y: Annotated[bool, typer.Option(help="Mirror picks in y (y -> ny-1-y).")] = False,
+    recenter: Annotated[bool | None, typer.Option(
+        "--recenter/--no-recenter",
+        help="Move each pick by its refined origin (rlnOriginX/YAngst) before boxing "
+             "[default: on when the picks carry origins].")] = None,
+    recenter_xyz: Annotated[tuple[float, float, float] | None, typer.Option(
+        help="Re-centre on this 3D point of the reference (X Y Z in A from its centre), "
+             "projected with each particle's pose.")] = None,
     seed: Annotated[int, typer.Option(help="Seed for dust and noise fill.")] = 0,
     workers: Annotated[int | None, typer.Option(
         help="Processes [default: all cores].")] = None,
@@ -96,6 +119,9 @@ def extract_command(
             box_px=box, out_box_px=out_box, norm=norm, bg_radius_px=bg_radius, invert=invert,
             white_dust_sigma=white_dust, black_dust_sigma=black_dust, edge=edge,
             subpixel=subpixel, float16=float16, seed=seed,
+            also_out_box_px=tuple(also_bin_to or ()), also_float16=also_float16,
+            picks=PickTransform(coords_pixel_size, swap_xy, flip_x, flip_y),
+            recenter=recenter, recenter_xyz_angstrom=recenter_xyz,
         )
         with _progress() as progress:
             bar = progress.add_task("micrographs", total=None)
@@ -145,6 +171,8 @@ def print_summary(summary: ExtractionSummary) -> None:
     for group, size in summary.output_pixel_size_angstrom.items():
         table.add_row(f"pixel size ({group})", f"{size:.6g} A")
     table.add_row("particles STAR", escape(summary.particles_star))
+    for extra in summary.additional_outputs:
+        table.add_row("also written", escape(extra))
     out.print(table)
     if summary.micrographs_skipped:
         skipped = Table(title="skipped micrographs", show_header=True)

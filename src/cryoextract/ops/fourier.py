@@ -37,30 +37,53 @@ def fourier_crop_2d(
     np.ndarray
         ``(..., m, m)`` float32. The output pixel size is ``n / m`` input pixels.
     """
+    return fourier_crop_many(images, (out_px,), shifts_xy=shifts_xy, workers=workers)[0]
+
+
+def fourier_crop_many(
+    images: np.ndarray,
+    out_sizes: tuple[int, ...],
+    *,
+    shifts_xy: np.ndarray | None = None,
+    workers: int = 1,
+) -> list[np.ndarray]:
+    """:func:`fourier_crop_2d` to several sizes from one forward transform.
+
+    Returns one ``(..., m, m)`` float32 array per entry of ``out_sizes``.
+    """
     n = images.shape[-1]
     if images.shape[-2] != n:
         raise ValueError(f"images must be square, got {images.shape[-2:]}")
-    if out_px > n or out_px % 2 or n % 2:
-        raise ValueError(f"need even sizes with out <= in, got {n} -> {out_px}")
-    if out_px == n and shifts_xy is None:
-        return np.asarray(images, dtype=np.float32)
-    half = out_px // 2
+    for out_px in out_sizes:
+        if out_px > n or out_px % 2 or n % 2:
+            raise ValueError(f"need even sizes with out <= in, got {n} -> {out_px}")
     images = np.asarray(images, dtype=np.float32)
-    if out_px < n:
-        # The 2D DFT is separable: drop columns kx > m/2 before the y transform, then keep
-        # rows ky = 0..m/2 and -(m/2 - 1)..-1 (numpy order for size m).
-        spectrum = scipy.fft.rfft(images, axis=-1, workers=workers)[..., : half + 1]
-        spectrum = scipy.fft.fft(spectrum, axis=-2, workers=workers, overwrite_x=True)
-        spectrum = np.concatenate(
-            [spectrum[..., : half + 1, :], spectrum[..., n - half + 1 :, :]], axis=-2
+    if shifts_xy is None and all(m == n for m in out_sizes):
+        return [images for _ in out_sizes]
+    keep = max(out_sizes) // 2 + 1
+    # The 2D DFT is separable: drop columns kx > max(m)/2 before the y transform.
+    spectrum = scipy.fft.rfft(images, axis=-1, workers=workers)[..., :keep]
+    spectrum = scipy.fft.fft(spectrum, axis=-2, workers=workers, overwrite_x=True)
+    return [_crop_and_invert(spectrum, n, m, shifts_xy, workers) for m in out_sizes]
+
+
+def _crop_and_invert(
+    spectrum: np.ndarray, n: int, m: int, shifts_xy: np.ndarray | None, workers: int
+) -> np.ndarray:
+    """Keep rows ``ky`` in ``(-m/2, m/2]`` and columns ``[0, m/2]``, shift, invert."""
+    half = m // 2
+    if m < n:
+        # rows ky = 0..m/2 then -(m/2 - 1)..-1: numpy order for size m
+        cropped = np.concatenate(
+            [spectrum[..., : half + 1, : half + 1], spectrum[..., n - half + 1 :, : half + 1]],
+            axis=-2,
         )
+        cropped *= (m / n) ** 2
     else:
-        spectrum = scipy.fft.rfft2(images, workers=workers)
+        cropped = spectrum[..., : half + 1].copy()
     if shifts_xy is not None:
-        spectrum *= _phase_ramp(np.asarray(shifts_xy) * (out_px / n), out_px)
-    out = scipy.fft.irfft2(spectrum, s=(out_px, out_px), workers=workers, overwrite_x=True)
-    if out_px < n:
-        out *= (out_px / n) ** 2
+        cropped *= _phase_ramp(np.asarray(shifts_xy) * (m / n), m)
+    out = scipy.fft.irfft2(cropped, s=(m, m), workers=workers, overwrite_x=True)
     return out.astype(np.float32, copy=False)
 
 

@@ -19,7 +19,7 @@ from cryoextract.io.mrc import open_micrograph
 from cryoextract.io.star import write_star
 from cryoextract.ops.boxsize import is_efficient_box, nearest_efficient_boxes
 from cryoextract.pipeline.allocator import keep_freed_memory
-from cryoextract.pipeline.params import ExtractParams, JobPaths
+from cryoextract.pipeline.params import ExtractParams, JobPaths, OutputSpec
 from cryoextract.pipeline.plan import PickSource, plan_tasks
 from cryoextract.pipeline.task import MicrographResult, MicrographTask, run_task
 
@@ -39,6 +39,7 @@ class ExtractionSummary:
     box_px: int = 0
     output_box_px: int = 0
     output_pixel_size_angstrom: dict[str, float] = field(default_factory=dict)
+    additional_outputs: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> str:
@@ -105,22 +106,28 @@ def extract(
     _check_box_against_first_micrograph(mic_set, params)
     plan = plan_tasks(mic_set, picks, params, paths)
     summary.micrographs_skipped.update(plan.skipped)
-    _prepare_out_dir(paths, overwrite)
+    _prepare_out_dir(paths, params, overwrite)
     for task in plan.tasks:
-        Path(task.stack_path).parent.mkdir(parents=True, exist_ok=True)
+        for output in params.outputs:
+            task.stack_path(output).parent.mkdir(parents=True, exist_ok=True)
     if on_start is not None:
         on_start(len(plan.tasks))
     results = sorted(_run(plan.tasks, workers, on_progress), key=lambda r: r.index)
     _gather(results, summary)
     particles = [r.particles for r in results if r.particles is not None and len(r.particles)]
-    write_star(paths.particles_star, {
-        "optics": output_optics(mic_set, params, results),
-        "particles": pd.concat(particles, ignore_index=True) if particles else _empty_particles(),
-    })
+    table = pd.concat(particles, ignore_index=True) if particles else _empty_particles()
+    for output in params.outputs:
+        write_star(paths.out_dir / output.subdir / "particles.star", {
+            "optics": output_optics(mic_set, params, output, results),
+            "particles": table,
+        })
     summary.output_pixel_size_angstrom = {
         str(row.rlnOpticsGroupName): float(params.output_pixel_size(row.rlnMicrographPixelSize))
         for row in mic_set.optics.itertuples()
     }
+    summary.additional_outputs = [
+        str(paths.out_dir / o.subdir / "particles.star") for o in params.outputs[1:]
+    ]
     _write_rejected(paths.rejected_tsv, results)
     paths.summary_json.write_text(summary.to_json())
     return summary
@@ -154,16 +161,19 @@ def _check_box_against_first_micrograph(mic_set: MicrographSet, params: ExtractP
             return
 
 
-def _prepare_out_dir(paths: JobPaths, overwrite: bool) -> None:
+def _prepare_out_dir(paths: JobPaths, params: ExtractParams, overwrite: bool) -> None:
     out = paths.out_dir
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise ParameterError(f"output directory {out} exists and is not empty; use --overwrite")
         # remove only what a previous run wrote, so nothing stale is trusted
         shutil.rmtree(paths.particles_dir, ignore_errors=True)
+        for extra in out.glob("also_*px"):
+            shutil.rmtree(extra, ignore_errors=True)
         for stale in (paths.particles_star, paths.summary_json, paths.rejected_tsv):
             stale.unlink(missing_ok=True)
-    paths.particles_dir.mkdir(parents=True, exist_ok=True)
+    for output in params.outputs:
+        (out / output.subdir / "Particles").mkdir(parents=True, exist_ok=True)
 
 
 def _run(
@@ -207,7 +217,8 @@ def _gather(results: list[MicrographResult], summary: ExtractionSummary) -> None
 
 
 def output_optics(
-    mic_set: MicrographSet, params: ExtractParams, results: list[MicrographResult]
+    mic_set: MicrographSet, params: ExtractParams, output: OutputSpec,
+    results: list[MicrographResult],
 ) -> pd.DataFrame:
     """Optics block of the particles: input optics plus image size and pixel size.
 
@@ -221,9 +232,9 @@ def output_optics(
     if used:
         optics = optics[optics["rlnOpticsGroup"].isin(used)]
     optics["rlnImagePixelSize"] = [
-        params.output_pixel_size(float(p)) for p in optics["rlnMicrographPixelSize"]
+        params.output_pixel_size(float(p), output.box_px) for p in optics["rlnMicrographPixelSize"]
     ]
-    optics["rlnImageSize"] = params.output_box_px
+    optics["rlnImageSize"] = output.box_px
     optics["rlnImageDimensionality"] = 2
     optics["rlnCtfDataArePhaseFlipped"] = 0
     optics["rlnCtfDataAreCtfPremultiplied"] = 0

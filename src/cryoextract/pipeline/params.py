@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryoextract.errors import ParameterError
@@ -45,9 +45,23 @@ class ExtractParams:
     subpixel: SubpixelMode = SubpixelMode.ORIGIN
     float16: bool = False
     seed: int = 0
+    also_out_box_px: tuple[int, ...] = ()
+    also_float16: bool = False
+    picks: PickTransform = field(default_factory=lambda: PickTransform())
+    recenter: bool | None = None
+    recenter_xyz_angstrom: tuple[float, float, float] | None = None
 
     def __post_init__(self) -> None:
         check_box_size(self.box_px, "box")
+        for size in self.also_out_box_px:
+            check_box_size(size, "additional output box")
+            if size > self.box_px:
+                raise ParameterError(
+                    f"additional output box {size} px is larger than the extraction box "
+                    f"{self.box_px} px: Fourier cropping only downsamples"
+                )
+        if self.recenter_xyz_angstrom is not None and self.recenter is False:
+            raise ParameterError("--recenter-xyz needs re-centring; drop --no-recenter")
         if self.out_box_px is not None:
             check_box_size(self.out_box_px, "output box")
             if self.out_box_px > self.box_px:
@@ -80,9 +94,53 @@ class ExtractParams:
             return self.bg_radius_px
         return float(round(0.375 * self.output_box_px))
 
-    def output_pixel_size(self, pixel_size_angstrom: float) -> float:
+    def output_pixel_size(self, pixel_size_angstrom: float, out_box_px: int | None = None) -> float:
         """Exact output pixel size for a micrograph pixel size (Fourier crop is exact)."""
-        return pixel_size_angstrom * self.box_px / self.output_box_px
+        return pixel_size_angstrom * self.box_px / (out_box_px or self.output_box_px)
+
+    @property
+    def outputs(self) -> tuple[OutputSpec, ...]:
+        """Every stack written per micrograph: the main one first, then the extra sizes."""
+        main = OutputSpec(self.output_box_px, self.float16, self.background_radius_px, "")
+        extras = tuple(
+            OutputSpec(size, self.also_float16, self.background_radius_px * size
+                       / self.output_box_px if self.bg_radius_px is not None
+                       else float(round(0.375 * size)), f"also_{size}px")
+            for size in dict.fromkeys(self.also_out_box_px)
+        )
+        return (main, *extras)
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """One stack per micrograph: its box, precision, background radius and sub-directory.
+
+    ``subdir`` is ``""`` for the main output (``OUT/``) and ``also_<box>px`` for the
+    additional sizes written from the same read (``OUT/also_<box>px/``).
+    """
+
+    box_px: int
+    float16: bool
+    bg_radius_px: float
+    subdir: str
+
+
+@dataclass(frozen=True)
+class PickTransform:
+    """How picks map onto the stored micrograph (docs/conventions.md, "Axis flips").
+
+    ``pixel_size_angstrom`` is the pixel size the picks were made at (binned picking);
+    ``None`` means the micrograph's.
+    """
+
+    pixel_size_angstrom: float | None = None
+    swap_xy: bool = False
+    flip_x: bool = False
+    flip_y: bool = False
+
+    def __post_init__(self) -> None:
+        if self.pixel_size_angstrom is not None and not self.pixel_size_angstrom > 0:
+            raise ParameterError(f"picks pixel size must be > 0, got {self.pixel_size_angstrom}")
 
 
 def check_box_size(size: int, what: str = "box") -> None:

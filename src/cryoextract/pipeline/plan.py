@@ -75,7 +75,7 @@ def plan_tasks(
         plan.tasks.append(MicrographTask(
             index=index, micrograph_name=name, micrograph_path=str(path),
             pixel_size_angstrom=pixel_sizes[index],
-            stack_path=str(paths.out_dir / relative), stack_name=relative, params=params,
+            out_dir=str(paths.out_dir), stack_name=relative, params=params,
             picks=task_picks, coords_path=coords_path, coords_format=picks.coords_format,
             metadata=metadata,
         ))

@@ -1,14 +1,16 @@
-"""One micrograph in, one particle stack and its metadata rows out.
+"""One micrograph in, its particle stacks and metadata rows out.
 
 :func:`run_task` is pure apart from reading its micrograph (and picks file) and writing
-its stack: local processes and cluster workers run it alike.
+its stacks: local processes and cluster workers run it alike.
 """
 
 from __future__ import annotations
 
 import traceback
 import zlib
+from contextlib import ExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -25,11 +27,12 @@ from cryoextract.ops.boxes import (
     box_fraction_outside,
     box_indices,
     cut_boxes,
-    integer_centres,
 )
-from cryoextract.ops.fourier import fourier_crop_2d
+from cryoextract.ops.coordinates import fraction_outside, suggest_axis_fix
+from cryoextract.ops.fourier import fourier_crop_many
 from cryoextract.ops.normalize import normalise
-from cryoextract.pipeline.params import ExtractParams, SubpixelMode
+from cryoextract.pipeline.params import ExtractParams, OutputSpec
+from cryoextract.pipeline.positions import Placement, pick_coordinates, place_particles
 
 # Boxes processed at once: bounds memory to about this many bytes of float32 pixels.
 # Small enough that the FFT and normalisation temporaries stay in cache.
@@ -44,14 +47,19 @@ class MicrographTask:
 
     ``picks`` is the picks table, or ``None`` when the picks are read from
     ``coords_path`` by the worker. ``metadata`` holds per-micrograph columns given to
-    every particle (optics group, CTF).
+    every particle (optics group, CTF). Each output of ``params.outputs`` is written to
+    ``out_dir/<output subdir>/<stack_name>``.
     """
+
+    def stack_path(self, output: OutputSpec) -> Path:
+        """Where this micrograph's stack for one output goes."""
+        return Path(self.out_dir) / output.subdir / self.stack_name
 
     index: int
     micrograph_name: str
     micrograph_path: str
     pixel_size_angstrom: float
-    stack_path: str
+    out_dir: str
     stack_name: str
     params: ExtractParams
     picks: pd.DataFrame | None = None
@@ -104,6 +112,7 @@ def _extract(task: MicrographTask) -> MicrographResult:
             raise MicrographError("no picks", task.micrograph_path)
         picks = read_picks(task.coords_path, task.coords_format)
     result = MicrographResult(task.index, task.micrograph_name)
+    source = task.coords_path or task.micrograph_name
     with open_micrograph(task.micrograph_path) as (image, header):
         ny, nx = header.shape_yx
         if params.box_px > min(ny, nx):
@@ -112,16 +121,29 @@ def _extract(task: MicrographTask) -> MicrographResult:
                 task.micrograph_path,
             )
         _check_header_pixel_size(header.pixel_size_angstrom, task, result)
-        coords = picks[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(np.float64)
-        reasons = _drop_reasons(coords, image, header.shape_yx, params)
+        xy = pick_coordinates(picks, params, task.pixel_size_angstrom, header.shape_yx)
+        _warn_axis_mismatch(xy, header.shape_yx, source, result)
+        placement = place_particles(picks, xy, params, task.pixel_size_angstrom, source)
+        reasons = _drop_reasons(xy, placement.centres, image, header.shape_yx, params)
         keep = reasons == ""
         result.dropped = _dropped_table(picks, reasons)
         kept = picks[keep].reset_index(drop=True)
-        centres, residuals = integer_centres(np.nan_to_num(coords[keep]))
         if len(kept):
-            _write_particles(task, image, centres, residuals, result)
-        result.particles = _particle_rows(task, kept, centres, residuals)
+            shifts = None if placement.shifts_px is None else placement.shifts_px[keep]
+            _write_particles(task, image, placement.centres[keep], shifts, result)
+        result.particles = _particle_rows(task, kept, placement, keep)
     return result
+
+
+def _warn_axis_mismatch(
+    xy: np.ndarray, shape_yx: tuple[int, int], source: str, result: MicrographResult
+) -> None:
+    hint = suggest_axis_fix(xy, shape_yx)
+    if hint is not None:
+        result.warnings.append(
+            f"{source}: {fraction_outside(xy, shape_yx):.0%} of the picks fall off the "
+            f"{shape_yx[1]}x{shape_yx[0]} micrograph; {hint} brings them back"
+        )
 
 
 def _check_header_pixel_size(
@@ -136,14 +158,14 @@ def _check_header_pixel_size(
 
 
 def _drop_reasons(
-    coords: np.ndarray, image: np.ndarray, shape_yx: tuple[int, int], params: ExtractParams
+    xy: np.ndarray, centres: np.ndarray, image: np.ndarray, shape_yx: tuple[int, int],
+    params: ExtractParams,
 ) -> np.ndarray:
     """``(n,)`` reason each pick is dropped, ``""`` for kept ones."""
-    reasons = np.full(len(coords), "", dtype=object)
-    finite = np.isfinite(coords).all(axis=1)
+    reasons = np.full(len(xy), "", dtype=object)
+    finite = np.isfinite(xy).all(axis=1)
     reasons[~finite] = REASON_BAD_COORDINATE
     ny, nx = shape_yx
-    centres, _ = integer_centres(np.nan_to_num(coords))
     x, y = centres[:, 0], centres[:, 1]
     inside = (x >= 0) & (x < nx) & (y >= 0) & (y < ny)
     reasons[finite & ~inside] = REASON_OUTSIDE
@@ -196,63 +218,77 @@ def _dropped_table(picks: pd.DataFrame, reasons: np.ndarray) -> pd.DataFrame:
 
 
 def _write_particles(
-    task: MicrographTask, image: np.ndarray, centres: np.ndarray, residuals: np.ndarray,
+    task: MicrographTask, image: np.ndarray, centres: np.ndarray, shifts: np.ndarray | None,
     result: MicrographResult,
 ) -> None:
-    """Cut, process and write the stack chunk by chunk into a memory-mapped MRC."""
+    """Cut each chunk of boxes once and write every output's stack from it."""
     params = task.params
-    out_px = params.output_box_px
+    outputs = params.outputs
     rng = task_rng(task)
     fill = finite_mean(image) if params.edge is EdgeMode.MEAN else 0.0
     chunk = max(1, CHUNK_BYTES // (4 * params.box_px**2))
     dust = 0
-    with StackWriter(task.stack_path, len(centres), (out_px, out_px),
-                     params.output_pixel_size(task.pixel_size_angstrom),
-                     float16=params.float16) as writer:
+    with ExitStack() as stack:
+        writers = [
+            stack.enter_context(StackWriter(
+                task.stack_path(output), len(centres), (output.box_px, output.box_px),
+                params.output_pixel_size(task.pixel_size_angstrom, output.box_px),
+                float16=output.float16,
+            ))
+            for output in outputs
+        ]
         for start in range(0, len(centres), chunk):
             stop = start + chunk
             boxes = cut_boxes(image, centres[start:stop], params.box_px, edge=params.edge,
                               fill_value=fill, rng=rng)
-            processed, replaced = process_boxes(boxes, residuals[start:stop], params, rng)
-            writer.write(processed)
-            dust += int(replaced.sum())
+            chunk_shifts = None if shifts is None else shifts[start:stop]
+            processed = process_boxes(boxes, chunk_shifts, params, rng)
+            for writer, (images, replaced) in zip(writers, processed, strict=True):
+                writer.write(images)
+                dust += int(replaced.sum())
     if dust:
         result.warnings.append(f"{task.micrograph_path}: {dust} dust pixels replaced")
 
 
 def process_boxes(
-    boxes: np.ndarray, residuals: np.ndarray, params: ExtractParams, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Sub-pixel shift, Fourier crop, normalise and invert a chunk of boxes.
+    boxes: np.ndarray, shifts_px: np.ndarray | None, params: ExtractParams,
+    rng: np.random.Generator,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Sub-pixel shift, Fourier crop, normalise and invert a chunk of boxes, per output.
 
     Parameters
     ----------
     boxes : np.ndarray
-        ``(n, box, box)`` float32 raw boxes, modified or replaced.
-    residuals : np.ndarray
-        ``(n, 2)`` sub-pixel part ``(x, y)`` of each pick, in ``[0, 1)``.
+        ``(n, box, box)`` float32 raw boxes.
+    shifts_px : np.ndarray, optional
+        ``(n, 2)`` shift ``(dx, dy)`` of the box content in micrograph pixels.
+    params : ExtractParams
+        Processing; one result per entry of ``params.outputs``.
+    rng : np.random.Generator
+        Dust replacement draws.
 
     Returns
     -------
-    images : np.ndarray
-        ``(n, out, out)`` float32.
-    dust_count : np.ndarray
-        ``(n,)`` pixels replaced as dust.
+    list of (images, dust_count)
+        ``(n, m, m)`` float32 images and ``(n,)`` replaced pixel counts, per output.
     """
-    shifts = -residuals if params.subpixel is SubpixelMode.SHIFT else None
-    images = fourier_crop_2d(boxes, params.output_box_px, shifts_xy=shifts)
-    if images is boxes:
-        images = images.copy()
-    dust, _ = normalise(
-        images, params.norm, radius_px=params.background_radius_px, rng=rng,
-        white_sigma=params.white_dust_sigma, black_sigma=params.black_dust_sigma,
-        invert=params.invert,
-    )
-    return images, dust
+    outputs = params.outputs
+    cropped = fourier_crop_many(boxes, tuple(o.box_px for o in outputs), shifts_xy=shifts_px)
+    results = []
+    for output, images in zip(outputs, cropped, strict=True):
+        if images is boxes or any(images is done for done, _ in results):
+            images = images.copy()
+        dust, _ = normalise(
+            images, params.norm, radius_px=output.bg_radius_px, rng=rng,
+            white_sigma=params.white_dust_sigma, black_sigma=params.black_dust_sigma,
+            invert=params.invert,
+        )
+        results.append((images, dust))
+    return results
 
 
 def _particle_rows(
-    task: MicrographTask, kept: pd.DataFrame, centres: np.ndarray, residuals: np.ndarray
+    task: MicrographTask, kept: pd.DataFrame, placement: Placement, keep: np.ndarray
 ) -> pd.DataFrame:
     """Output metadata: carried pick columns, then ours (docs/conventions.md, "Origins")."""
     rows = kept.copy()
@@ -262,17 +298,13 @@ def _particle_rows(
     n = len(rows)
     rows["rlnImageName"] = [f"{i:06d}@{task.stack_name}" for i in range(1, n + 1)]
     rows["rlnMicrographName"] = task.micrograph_name
-    apix = task.pixel_size_angstrom
-    subpixel = task.params.subpixel
-    if subpixel is SubpixelMode.ORIGIN:
-        # true position = coordinate - origin (RELION); the box is centred on the integer part
-        rows["rlnCoordinateX"] = centres[:, 0].astype(np.float64)
-        rows["rlnCoordinateY"] = centres[:, 1].astype(np.float64)
-        for axis, name in enumerate(("rlnOriginXAngst", "rlnOriginYAngst")):
-            previous = rows[name].to_numpy(np.float64) if name in rows.columns else np.zeros(n)
-            rows[name] = previous - residuals[:, axis] * apix
-    else:
-        for name in ("rlnOriginXAngst", "rlnOriginYAngst"):
-            if name not in rows.columns:
-                rows[name] = 0.0
+    coordinates = placement.coordinates[keep]
+    origins = placement.origins_angstrom[keep]
+    rows["rlnCoordinateX"] = coordinates[:, 0]
+    rows["rlnCoordinateY"] = coordinates[:, 1]
+    rows["rlnOriginXAngst"] = origins[:, 0]
+    rows["rlnOriginYAngst"] = origins[:, 1]
+    for legacy in ("rlnOriginX", "rlnOriginY"):  # RELION 3.0 pixels, superseded above
+        if legacy in rows.columns:
+            rows = rows.drop(columns=legacy)
     return rows

@@ -1,0 +1,117 @@
+"""Where each particle is, and where its box goes (docs/conventions.md, "Box centre",
+"Origins" and "Re-extraction and re-centring").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from cryoextract.errors import InputError
+from cryoextract.ops.coordinates import transform_picks
+from cryoextract.pipeline.params import ExtractParams, SubpixelMode
+
+ORIGIN_COLUMNS = ("rlnOriginXAngst", "rlnOriginYAngst")
+ANGLE_COLUMNS = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Boxes and the metadata that locates each particle in them.
+
+    All arrays are ``(n, 2)`` in ``(x, y)`` order. ``centres`` are the integer box
+    centres (micrograph pixels), ``coordinates`` and ``origins_angstrom`` what the STAR
+    gets, ``shifts_px`` the sub-pixel Fourier shift of the box content (``None``: none).
+    """
+
+    centres: np.ndarray
+    coordinates: np.ndarray
+    origins_angstrom: np.ndarray
+    shifts_px: np.ndarray | None
+    recentred: bool
+
+
+def pick_coordinates(
+    picks: pd.DataFrame, params: ExtractParams, pixel_size_angstrom: float,
+    shape_yx: tuple[int, int],
+) -> np.ndarray:
+    """``(n, 2)`` pick coordinates mapped into the micrograph's pixel frame."""
+    xy = picks[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(np.float64)
+    transform = params.picks
+    scale = 1.0
+    if transform.pixel_size_angstrom is not None:
+        scale = transform.pixel_size_angstrom / pixel_size_angstrom
+    return transform_picks(xy, shape_yx, scale=scale, swap_xy=transform.swap_xy,
+                           flip_x=transform.flip_x, flip_y=transform.flip_y)
+
+
+def wants_recentring(picks: pd.DataFrame, params: ExtractParams) -> bool:
+    """Re-centre when asked, or by default when the picks carry refined origins."""
+    if params.recenter is not None:
+        return params.recenter or params.recenter_xyz_angstrom is not None
+    return params.recenter_xyz_angstrom is not None or all(
+        c in picks.columns for c in ORIGIN_COLUMNS
+    )
+
+
+def place_particles(
+    picks: pd.DataFrame, xy: np.ndarray, params: ExtractParams, pixel_size_angstrom: float,
+    source: str,
+) -> Placement:
+    """Box centres and output coordinates/origins for picks at ``xy`` (micrograph px).
+
+    Without re-centring the box is centred on ``floor(xy)`` (RELION's truncation) and
+    origins already in the picks are kept, corrected by the residual. With re-centring,
+    the particle position ``xy - origin / apix`` (plus the projection of
+    ``recenter_xyz_angstrom``) is boxed at its nearest pixel (RELION's ``ROUND``) and
+    only the sub-pixel remainder stays in the origins.
+    """
+    n = len(xy)
+    old_origins = _origins_angstrom(picks)
+    recentred = wants_recentring(picks, params)
+    if recentred:
+        position = xy - old_origins / pixel_size_angstrom
+        if params.recenter_xyz_angstrom is not None:
+            position += projected_point_angstrom(picks, params.recenter_xyz_angstrom,
+                                                 source) / pixel_size_angstrom
+        centres = np.round(np.nan_to_num(position)).astype(np.int64)
+        carried = np.zeros((n, 2))
+    else:
+        position = xy
+        centres = np.floor(np.nan_to_num(position)).astype(np.int64)
+        carried = old_origins
+    residual = np.nan_to_num(position) - centres
+    mode = params.subpixel
+    if mode is SubpixelMode.ORIGIN:
+        return Placement(centres, centres.astype(np.float64),
+                         carried - residual * pixel_size_angstrom, None, recentred)
+    if mode is SubpixelMode.SHIFT:
+        return Placement(centres, position, carried, -residual, recentred)
+    coordinates = centres.astype(np.float64) if recentred else xy
+    return Placement(centres, coordinates, carried, None, recentred)
+
+
+def _origins_angstrom(picks: pd.DataFrame) -> np.ndarray:
+    if all(c in picks.columns for c in ORIGIN_COLUMNS):
+        return np.nan_to_num(picks[list(ORIGIN_COLUMNS)].to_numpy(np.float64))
+    return np.zeros((len(picks), 2))
+
+
+def projected_point_angstrom(
+    picks: pd.DataFrame, xyz_angstrom: tuple[float, float, float], source: str
+) -> np.ndarray:
+    """``(n, 2)`` image-plane offset of a reference-frame point, per particle pose.
+
+    RELION's ``A = Euler_angles2matrix(rot, tilt, psi)`` applied to the point; the first
+    two components are the offset of its projection from the box centre.
+    """
+    missing = [c for c in ANGLE_COLUMNS if c not in picks.columns]
+    if missing:
+        raise InputError(f"--recenter-xyz needs poses; missing {', '.join(missing)}", source)
+    from cryoextract.ops.rotations import euler_to_matrix
+
+    angles = picks[list(ANGLE_COLUMNS)].to_numpy(np.float64)
+    matrices = euler_to_matrix(angles[:, 0], angles[:, 1], angles[:, 2])  # (n, 3, 3)
+    return (matrices @ np.asarray(xyz_angstrom, dtype=np.float64))[:, :2]
