@@ -12,8 +12,10 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from cryoextract.errors import CryoExtractError
+from cryoextract.errors import CryoExtractError, ParameterError
 from cryoextract.ops.boxes import EdgeMode
+from cryoextract.ops.boxsize import advise_box
+from cryoextract.ops.ctf_correct import CtfCorrection
 from cryoextract.ops.normalize import NormMode
 from cryoextract.pipeline.allocator import keep_freed_memory
 from cryoextract.pipeline.extract import ExtractionSummary, extract
@@ -99,6 +101,17 @@ def extract_command(
         "--recenter/--no-recenter",
         help="Move each pick by its refined origin (rlnOriginX/YAngst) before boxing "
              "[default: on when the picks carry origins].")] = None,
+    ctf_correct: Annotated[CtfCorrection, typer.Option(
+        help="Phase-flip or premultiply each particle by its CTF (from the STAR), in a "
+             "padded box windowed back to --box.")] = CtfCorrection.NONE,
+    ctf_box: Annotated[int | None, typer.Option(
+        help="Padded box for CTF correction (micrograph px) [default: box + the defocus "
+             "delocalisation at the output Nyquist].")] = None,
+    ctf_on: Annotated[str, typer.Option(
+        help="box (each particle, default) or micrograph (flip the whole micrograph "
+             "first, as Xmipp).")] = "box",
+    particle_diameter: Annotated[float | None, typer.Option(
+        help="Particle diameter in A, for the box-size check against the defocus.")] = None,
     recenter_xyz: Annotated[tuple[float, float, float] | None, typer.Option(
         help="Re-centre on this 3D point of the reference (X Y Z in A from its centre), "
              "projected with each particle's pose.")] = None,
@@ -122,6 +135,9 @@ def extract_command(
             also_out_box_px=tuple(also_bin_to or ()), also_float16=also_float16,
             picks=PickTransform(coords_pixel_size, swap_xy, flip_x, flip_y),
             recenter=recenter, recenter_xyz_angstrom=recenter_xyz,
+            ctf_correct=ctf_correct, ctf_box_px=ctf_box,
+            ctf_on_micrograph=_ctf_on_micrograph(ctf_on),
+            particle_diameter_angstrom=particle_diameter,
         )
         with _progress() as progress:
             bar = progress.add_task("micrographs", total=None)
@@ -136,6 +152,12 @@ def extract_command(
         fail(str(exc))
         return
     print_summary(summary)
+
+
+def _ctf_on_micrograph(value: str) -> bool:
+    if value not in ("box", "micrograph"):
+        raise ParameterError(f"--ctf-on must be box or micrograph, got {value!r}")
+    return value == "micrograph"
 
 
 def _pixel_size_for_binning(micrographs: str, pixel_size: float | None) -> float | None:
@@ -181,6 +203,35 @@ def print_summary(summary: ExtractionSummary) -> None:
         for name, reason in summary.micrographs_skipped.items():
             skipped.add_row(escape(name), escape(reason))
         out.print(skipped)
+
+
+@app.command("boxsize")
+def boxsize_command(
+    diameter_angstrom: Annotated[float, typer.Option(help="Particle diameter D in A.")],
+    pixel_size: Annotated[float, typer.Option(help="Micrograph pixel size in A.")],
+    defocus_um: Annotated[float, typer.Option(help="Defocus in um (use the largest).")],
+    resolution_angstrom: Annotated[float, typer.Option(help="Target resolution d in A.")],
+    voltage_kv: Annotated[float, typer.Option(help="Acceleration voltage in kV.")] = 300.0,
+    crop_resolution_angstrom: Annotated[float, typer.Option(
+        help="Nyquist wanted for a Fourier-cropped copy (2D classification).")] = 8.0,
+) -> None:
+    """Box sizes for a particle: Rosenthal & Henderson B = D + 2*lambda*dF/d."""
+    try:
+        advice = advise_box(diameter_angstrom, pixel_size, defocus_um * 1e4,
+                            resolution_angstrom, voltage_kv,
+                            crop_resolution_angstrom=crop_resolution_angstrom)
+    except CryoExtractError as exc:
+        fail(str(exc))
+        return
+    table = Table(title="cryoextract boxsize", show_header=False)
+    table.add_row("electron wavelength", f"{advice.wavelength_angstrom:.5f} A")
+    table.add_row("delocalisation R = lambda*dF/d", f"{advice.delocalisation_angstrom:.1f} A")
+    table.add_row("box D + 2R", f"{advice.box_angstrom:.1f} A")
+    table.add_row("extraction box (even, FFT-efficient)", f"{advice.box_px} px")
+    table.add_row(f"Fourier-crop box (Nyquist <= {advice.crop_resolution_angstrom:g} A)",
+                  f"{advice.crop_box_px} px ({advice.crop_pixel_size_angstrom:.4g} A/px)")
+    table.add_row("CTF padding box (Nyquist of the extraction box)", f"{advice.ctf_box_px} px")
+    out.print(table)
 
 
 @app.command("simulate")

@@ -11,13 +11,20 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from cryoextract.errors import ParameterError
 from cryoextract.io.micrographs import MicrographSet, read_micrograph_set
 from cryoextract.io.mrc import open_micrograph
 from cryoextract.io.star import write_star
-from cryoextract.ops.boxsize import is_efficient_box, nearest_efficient_boxes
+from cryoextract.ops.boxsize import (
+    delocalisation_px,
+    is_efficient_box,
+    nearest_efficient_boxes,
+    smallest_efficient_box,
+)
+from cryoextract.ops.ctf_correct import CtfCorrection
 from cryoextract.pipeline.allocator import keep_freed_memory
 from cryoextract.pipeline.params import ExtractParams, JobPaths, OutputSpec
 from cryoextract.pipeline.plan import PickSource, plan_tasks
@@ -103,6 +110,7 @@ def extract(
         box_px=params.box_px, output_box_px=params.output_box_px,
     )
     summary.warnings += box_size_warnings(params)
+    summary.warnings += delocalisation_warnings(mic_set, params)
     _check_box_against_first_micrograph(mic_set, params)
     plan = plan_tasks(mic_set, picks, params, paths)
     summary.micrographs_skipped.update(plan.skipped)
@@ -142,6 +150,39 @@ def box_size_warnings(params: ExtractParams) -> list[str]:
             options = " or ".join(str(s) for s in (below, above) if s is not None)
             warnings.append(f"{what} {size} px is not an FFT-efficient size; nearest: {options}")
     return list(dict.fromkeys(warnings))
+
+
+def delocalisation_warnings(mic_set: MicrographSet, params: ExtractParams) -> list[str]:
+    """Warn when the box is smaller than Rosenthal & Henderson's D + 2 lambda dF / d.
+
+    ``d`` is the output Nyquist resolution, ``dF`` the largest defocus of each optics
+    group, ``D`` the particle diameter (0 when not given).
+    """
+    table = mic_set.micrographs
+    if "rlnDefocusU" not in table.columns:
+        return []
+    warnings = []
+    optics = mic_set.optics.set_index("rlnOpticsGroup")
+    for group, rows in table.groupby("rlnOpticsGroup"):
+        row = optics.loc[group]
+        if "rlnVoltage" not in row.index:
+            continue
+        apix = float(row["rlnMicrographPixelSize"])
+        defocus = float(np.nanmax(rows[[c for c in ("rlnDefocusU", "rlnDefocusV")
+                                        if c in rows.columns]].to_numpy(np.float64)))
+        nyquist = 2 * params.output_pixel_size(apix)
+        shift = delocalisation_px(defocus, float(row["rlnVoltage"]), apix, nyquist) * apix
+        diameter = params.particle_diameter_angstrom or 0.0
+        needed = diameter + 2 * shift
+        if params.box_px * apix < needed:
+            warnings.append(
+                f"box {params.box_px} px = {params.box_px * apix:.0f} A is smaller than "
+                f"D + 2*lambda*dF/d = {needed:.0f} A (defocus {defocus:.0f} A, "
+                f"d = {nyquist:.2f} A output Nyquist, D = {diameter:.0f} A): signal moved "
+                f"out of the box is lost; about --box "
+                f"{smallest_efficient_box(needed / apix)} keeps it"
+            )
+    return warnings
 
 
 def _check_box_against_first_micrograph(mic_set: MicrographSet, params: ExtractParams) -> None:
@@ -236,8 +277,9 @@ def output_optics(
     ]
     optics["rlnImageSize"] = output.box_px
     optics["rlnImageDimensionality"] = 2
-    optics["rlnCtfDataArePhaseFlipped"] = 0
-    optics["rlnCtfDataAreCtfPremultiplied"] = 0
+    optics["rlnCtfDataArePhaseFlipped"] = int(params.ctf_correct is CtfCorrection.FLIP)
+    optics["rlnCtfDataAreCtfPremultiplied"] = int(
+        params.ctf_correct is CtfCorrection.PREMULTIPLY)
     return optics.drop(columns=["rlnMicrographPixelSize"]).reset_index(drop=True)
 
 

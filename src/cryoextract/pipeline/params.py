@@ -8,6 +8,7 @@ from pathlib import Path
 
 from cryoextract.errors import ParameterError
 from cryoextract.ops.boxes import EdgeMode
+from cryoextract.ops.ctf_correct import CtfCorrection
 from cryoextract.ops.normalize import NormMode
 
 
@@ -50,6 +51,10 @@ class ExtractParams:
     picks: PickTransform = field(default_factory=lambda: PickTransform())
     recenter: bool | None = None
     recenter_xyz_angstrom: tuple[float, float, float] | None = None
+    ctf_correct: CtfCorrection = CtfCorrection.NONE
+    ctf_box_px: int | None = None
+    ctf_on_micrograph: bool = False
+    particle_diameter_angstrom: float | None = None
 
     def __post_init__(self) -> None:
         check_box_size(self.box_px, "box")
@@ -60,6 +65,14 @@ class ExtractParams:
                     f"additional output box {size} px is larger than the extraction box "
                     f"{self.box_px} px: Fourier cropping only downsamples"
                 )
+        if self.ctf_box_px is not None:
+            check_box_size(self.ctf_box_px, "CTF box")
+            if self.ctf_box_px < self.box_px:
+                raise ParameterError(
+                    f"CTF box {self.ctf_box_px} px is smaller than the box {self.box_px} px"
+                )
+        if self.ctf_on_micrograph and self.ctf_correct is not CtfCorrection.FLIP:
+            raise ParameterError("--ctf-on micrograph only goes with --ctf-correct flip")
         if self.recenter_xyz_angstrom is not None and self.recenter is False:
             raise ParameterError("--recenter-xyz needs re-centring; drop --no-recenter")
         if self.out_box_px is not None:

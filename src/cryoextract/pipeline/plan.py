@@ -13,7 +13,7 @@ from cryoextract.io.coords import (
     read_picks,
     split_by_micrograph,
 )
-from cryoextract.io.micrographs import PARTICLE_CARRIED_COLUMNS, MicrographSet
+from cryoextract.io.micrographs import OPTICS_COLUMNS, PARTICLE_CARRIED_COLUMNS, MicrographSet
 from cryoextract.pipeline.params import ExtractParams, JobPaths
 from cryoextract.pipeline.task import MicrographTask
 
@@ -53,6 +53,10 @@ def plan_tasks(
     pixel_sizes = _pixel_sizes(micrographs)
     by_micrograph = _picks_by_micrograph(picks, names)
     carried = [c for c in PARTICLE_CARRIED_COLUMNS if c in table.columns]
+    optics_by_group = {
+        int(row["rlnOpticsGroup"]): {k: v for k, v in row.items() if k in OPTICS_COLUMNS}
+        for _, row in micrographs.optics.iterrows()
+    }
     plan = Plan(tasks=[])
     rows = zip(names, table["path"], stack_names, strict=True)
     for index, (name, path, stack_name) in enumerate(rows):
@@ -78,6 +82,7 @@ def plan_tasks(
             out_dir=str(paths.out_dir), stack_name=relative, params=params,
             picks=task_picks, coords_path=coords_path, coords_format=picks.coords_format,
             metadata=metadata,
+            optics=optics_by_group.get(int(row.get("rlnOpticsGroup", 1)), {}),
         ))
     return plan
 

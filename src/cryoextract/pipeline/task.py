@@ -28,7 +28,16 @@ from cryoextract.ops.boxes import (
     box_indices,
     cut_boxes,
 )
+from cryoextract.ops.boxsize import ctf_padding_box
 from cryoextract.ops.coordinates import fraction_outside, suggest_axis_fix
+from cryoextract.ops.ctf import CtfParams
+from cryoextract.ops.ctf_correct import (
+    CtfCorrection,
+    apply_fourier_multiplier,
+    correct_boxes,
+    ctf_multiplier,
+    window_centre,
+)
 from cryoextract.ops.fourier import fourier_crop_many
 from cryoextract.ops.normalize import normalise
 from cryoextract.pipeline.params import ExtractParams, OutputSpec
@@ -66,6 +75,7 @@ class MicrographTask:
     coords_path: str | None = None
     coords_format: str = "auto"
     metadata: dict[str, object] = field(default_factory=dict)
+    optics: dict[str, object] = field(default_factory=dict)
 
 
 @dataclass
@@ -130,7 +140,14 @@ def _extract(task: MicrographTask) -> MicrographResult:
         kept = picks[keep].reset_index(drop=True)
         if len(kept):
             shifts = None if placement.shifts_px is None else placement.shifts_px[keep]
-            _write_particles(task, image, placement.centres[keep], shifts, result)
+            ctfs = particle_ctfs(task, kept) if params.ctf_correct is not CtfCorrection.NONE \
+                else None
+            if params.ctf_on_micrograph and ctfs is not None:
+                image = apply_fourier_multiplier(image, ctf_multiplier(
+                    micrograph_ctf(task), header.shape_yx, task.pixel_size_angstrom,
+                    CtfCorrection.FLIP))
+                ctfs = None
+            _write_particles(task, image, placement.centres[keep], shifts, ctfs, result)
         result.particles = _particle_rows(task, kept, placement, keep)
     return result
 
@@ -217,16 +234,52 @@ def _dropped_table(picks: pd.DataFrame, reasons: np.ndarray) -> pd.DataFrame:
     })
 
 
+def micrograph_ctf(task: MicrographTask) -> CtfParams:
+    """The micrograph's CTF: its STAR row with its optics group's voltage, Cs, Q0."""
+    try:
+        return CtfParams.from_star_row({**task.optics, **task.metadata})
+    except CryoExtractError as exc:
+        raise MicrographError(f"no CTF for --ctf-correct ({exc})", task.micrograph_path) from exc
+
+
+def particle_ctfs(task: MicrographTask, kept: pd.DataFrame) -> list[CtfParams]:
+    """One CTF per particle: per-particle defocus columns win over the micrograph's."""
+    if "rlnDefocusU" not in kept.columns:
+        return [micrograph_ctf(task)] * len(kept)
+    base = {**task.optics, **task.metadata}
+    columns = [c for c in kept.columns if c.startswith(("rlnDefocus", "rlnCtf", "rlnPhase"))]
+    try:
+        return [CtfParams.from_star_row({**base, **dict(zip(columns, values, strict=True))})
+                for values in kept[columns].itertuples(index=False)]
+    except CryoExtractError as exc:
+        raise MicrographError(f"bad CTF for --ctf-correct ({exc})", task.micrograph_path) from exc
+
+
+def ctf_box_size(task: MicrographTask, ctfs: list[CtfParams]) -> int:
+    """The padded box for CTF correction: given, or wide enough at the output Nyquist."""
+    params = task.params
+    if params.ctf_box_px is not None:
+        return params.ctf_box_px
+    worst = max(max(c.defocus_u_angstrom, c.defocus_v_angstrom) for c in ctfs)
+    finest = min(params.output_pixel_size(task.pixel_size_angstrom, o.box_px)
+                 for o in params.outputs)
+    return ctf_padding_box(params.box_px, worst, ctfs[0].voltage_kv, task.pixel_size_angstrom,
+                           finest)
+
+
 def _write_particles(
     task: MicrographTask, image: np.ndarray, centres: np.ndarray, shifts: np.ndarray | None,
-    result: MicrographResult,
+    ctfs: list[CtfParams] | None, result: MicrographResult,
 ) -> None:
     """Cut each chunk of boxes once and write every output's stack from it."""
     params = task.params
     outputs = params.outputs
     rng = task_rng(task)
     fill = finite_mean(image) if params.edge is EdgeMode.MEAN else 0.0
-    chunk = max(1, CHUNK_BYTES // (4 * params.box_px**2))
+    cut_px = params.box_px if ctfs is None else ctf_box_size(task, ctfs)
+    # the padding beyond the particle box is filled even when edge boxes are dropped
+    cut_edge = EdgeMode.REPLICATE if params.edge is EdgeMode.DROP else params.edge
+    chunk = max(1, CHUNK_BYTES // (4 * cut_px**2))
     dust = 0
     with ExitStack() as stack:
         writers = [
@@ -239,8 +292,12 @@ def _write_particles(
         ]
         for start in range(0, len(centres), chunk):
             stop = start + chunk
-            boxes = cut_boxes(image, centres[start:stop], params.box_px, edge=params.edge,
+            boxes = cut_boxes(image, centres[start:stop], cut_px, edge=cut_edge,
                               fill_value=fill, rng=rng)
+            if ctfs is not None:
+                boxes = correct_boxes(boxes, ctfs[start:stop], task.pixel_size_angstrom,
+                                      params.ctf_correct)
+                boxes = np.ascontiguousarray(window_centre(boxes, params.box_px))
             chunk_shifts = None if shifts is None else shifts[start:stop]
             processed = process_boxes(boxes, chunk_shifts, params, rng)
             for writer, (images, replaced) in zip(writers, processed, strict=True):
