@@ -59,7 +59,8 @@ def extract_command(
         help="One coordinate file (a particles STAR with rlnMicrographName, or any format "
              "for a single micrograph).")] = None,
     coords_format: Annotated[str, typer.Option(
-        help="auto (by extension), star, box or txt.")] = "auto",
+        help="auto (by extension and content), star, box, txt, cbox, topaz, pos or cs."
+    )] = "auto",
     pixel_size: Annotated[float | None, typer.Option(
         help="Micrograph pixel size in A (required for a glob; overrides the STAR).")] = None,
     bin_to: Annotated[int | None, typer.Option(help="Fourier-crop to this box (px).")] = None,
@@ -261,6 +262,15 @@ def simulate_command(
         f"{pixel_size} A/px, {dtype}) with {particles} picks each in {out_dir}; "
         f"suggested box {dataset.box_px} px"
     )
+
+
+def _register_commands() -> None:
+    from cryoextract.cli.convert import convert_command
+
+    app.command("convert")(convert_command)
+
+
+_register_commands()
 
 
 def main() -> None:

@@ -1,58 +1,125 @@
-"""Particle picks: RELION coordinate/particles STAR, EMAN ``.box`` and plain text ``x y``.
+"""Particle picks of every supported picker: read one coordinate file into a picks table.
 
-Every reader returns a table with ``rlnCoordinateX``/``rlnCoordinateY`` (0-based pixel
-coordinates of the particle centre, docs/conventions.md) plus every other column of the
-input, which the extraction carries to its output.
+Formats: RELION STAR (any version, Scipion and cryoSPARC exports), EMAN ``.box``
+(crYOLO, Topaz), crYOLO ``.cbox``, Topaz tables, Xmipp ``.pos``, plain text ``x y`` and,
+when ``cryoextract.io.cryosparc`` provides it, cryoSPARC ``.cs``. Every reader returns a
+table with ``rlnCoordinateX``/``rlnCoordinateY`` (0-based pixel coordinates of the
+particle centre, docs/conventions.md) plus every other column of the input, under its
+RELION name where there is one; the extraction carries them to its output. The format
+comes from the extension and is checked against the content (docs/conventions.md,
+"Pick and CTF formats").
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
 
 from cryoextract.errors import InputError
-from cryoextract.io.star import find_block, read_star
+from cryoextract.io.pickformats.box import read_box
+from cryoextract.io.pickformats.cbox import read_cbox
+from cryoextract.io.pickformats.common import DESCRIPTIONS, sniff_format
+from cryoextract.io.pickformats.star_picks import (
+    merge_optics,
+    read_particles_star,
+    read_star_picks,
+)
+from cryoextract.io.pickformats.text import read_text_picks
+from cryoextract.io.pickformats.topaz import read_topaz
+from cryoextract.io.pickformats.xmipp_pos import read_pos
+
+__all__ = [
+    "COORDINATE_COLUMNS", "FORMATS", "coordinate_file_candidates", "guess_format",
+    "merge_optics", "read_particles_star", "read_picks", "split_by_micrograph",
+]
 
 _JOB_DIR = re.compile(r"job\d{3}")
 COORDINATE_COLUMNS = ("rlnCoordinateX", "rlnCoordinateY")
-FORMATS = ("star", "box", "txt")
-_EXTENSIONS = {".star": "star", ".box": "box", ".txt": "txt", ".coord": "txt", ".csv": "txt",
-               ".tsv": "txt", ".xy": "txt"}
+FORMATS = ("star", "box", "txt", "cbox", "topaz", "pos", "cs")
+_EXTENSIONS = {".star": "star", ".box": "box", ".cbox": "cbox", ".pos": "pos", ".cs": "cs",
+               ".txt": "txt", ".tsv": "txt", ".coord": "txt", ".csv": "txt", ".xy": "txt"}
+_TOPAZ_EXTENSIONS = (".txt", ".tsv")
 
 
 def guess_format(path: str | os.PathLike[str]) -> str:
-    """Coordinate format from the file extension; InputError if unknown."""
-    fmt = _EXTENSIONS.get(Path(path).suffix.lower())
+    """Coordinate format from the file extension; InputError if unknown.
+
+    ``.txt``/``.tsv`` files whose header names ``x_coord`` (Topaz writes ``image_name
+    x_coord y_coord [score]``) are ``topaz``; other ``.txt`` files are plain ``x y``.
+    """
+    suffix = Path(path).suffix.lower()
+    fmt = _EXTENSIONS.get(suffix)
     if fmt is None:
         raise InputError(
-            "unknown coordinate format (expected .star, .box, .txt/.coord/.csv; "
-            "or give --coords-format)", path,
+            "unknown coordinate format (expected .star, .box, .cbox, .pos, .cs, "
+            ".txt/.tsv/.coord/.csv; or give --coords-format)", path,
         )
+    if suffix in _TOPAZ_EXTENSIONS and sniff_format(Path(path)) == "topaz":
+        return "topaz"
     return fmt
 
 
 def read_picks(path: str | os.PathLike[str], fmt: str = "auto") -> pd.DataFrame:
-    """Read one coordinate file into a picks table (see module docstring)."""
+    """Read one coordinate file into a picks table (see module docstring).
+
+    Parameters
+    ----------
+    path : path-like
+        The coordinate file.
+    fmt : str
+        ``auto`` (from the extension, see :func:`guess_format`) or one of
+        :data:`FORMATS`, which overrides the extension.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``rlnCoordinateX/Y`` as float64 (px, particle centres) and the other columns.
+        Readers of formats with a box size put it in ``attrs["box_px"]``.
+
+    Raises
+    ------
+    InputError
+        Missing or unreadable file, unknown format, or content that is not ``fmt``
+        (one line naming the file, and the line where it applies).
+    """
+    path = Path(path)
     fmt = guess_format(path) if fmt == "auto" else fmt
-    if _is_blank(Path(path)):
-        return pd.DataFrame({"rlnCoordinateX": [], "rlnCoordinateY": []}, dtype=np.float64)
-    if fmt == "star":
-        picks = find_block(read_star(path), path, COORDINATE_COLUMNS, preferred=("particles",))
-        picks = picks.copy()
-    elif fmt == "box":
-        picks = _read_box(Path(path))
-    elif fmt == "txt":
-        picks = _read_text(Path(path))
-    else:
+    if fmt not in FORMATS:
         raise InputError(f"unknown coordinate format {fmt!r} (one of {', '.join(FORMATS)})", path)
+    if not path.is_file():
+        raise InputError("coordinate file not found", path)
+    if _is_blank(path):
+        return pd.DataFrame({"rlnCoordinateX": [], "rlnCoordinateY": []}, dtype=np.float64)
+    _check_content(path, fmt)
+    picks = _READERS[fmt](path)
+    attrs = dict(picks.attrs)
     for column in COORDINATE_COLUMNS:
         picks[column] = pd.to_numeric(picks[column], errors="coerce").astype(np.float64)
-    return picks.reset_index(drop=True)
+    picks = picks.reset_index(drop=True)
+    picks.attrs.update(attrs)
+    return picks
+
+
+def _check_content(path: Path, fmt: str) -> None:
+    """InputError when the first bytes show another format than ``fmt``."""
+    found = sniff_format(path)
+    if found is None or found == fmt or (fmt == "cs" and found == "binary"):
+        return
+    if found == "ctffind":
+        raise InputError("CTFFIND results, not picks", path)
+    if found == "binary":
+        raise InputError(f"a binary file, not a {DESCRIPTIONS[fmt]} coordinate file", path)
+    raise InputError(
+        f"content looks like {DESCRIPTIONS[found]}, not {DESCRIPTIONS[fmt]} "
+        f"(give --coords-format {found})", path,
+    )
 
 
 def _is_blank(path: Path) -> bool:
@@ -63,55 +130,21 @@ def _is_blank(path: Path) -> bool:
         return False
 
 
-def _numeric_rows(path: Path, min_columns: int) -> Iterable[tuple[int, list[float]]]:
-    """Yield ``(line_number, values)`` of a whitespace/comma separated numeric file."""
-    if not path.is_file():
-        raise InputError("coordinate file not found", path)
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read coordinate file ({exc})", path) from exc
-    for number, line in enumerate(text.splitlines(), start=1):
-        stripped = line.split("#", 1)[0].replace(",", " ").strip()
-        if not stripped:
-            continue
-        fields = stripped.split()
-        try:
-            values = [float(v) for v in fields]
-        except ValueError:
-            if number == 1 and not any(_is_number(v) for v in fields):
-                continue  # a header line
-            raise InputError(f"not a number in {line.strip()!r}", path, number) from None
-        if len(values) < min_columns:
-            raise InputError(
-                f"expected at least {min_columns} columns, got {len(values)}", path, number
-            )
-        yield number, values
+def _read_cs(path: Path) -> pd.DataFrame:
+    """cryoSPARC ``.cs`` picks through ``cryoextract.io.cryosparc.read_cs_picks``."""
+    reader = None
+    if importlib.util.find_spec("cryoextract.io.cryosparc") is not None:
+        module = importlib.import_module("cryoextract.io.cryosparc")
+        reader = getattr(module, "read_cs_picks", None)
+    if reader is None:
+        raise InputError("cryoSPARC .cs not supported yet", path)
+    return reader(path)
 
 
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _read_box(path: Path) -> pd.DataFrame:
-    """EMAN ``.box``: ``x y w h`` of the lower-left corner; the centre is ``x + w/2``."""
-    rows = [values[:4] for _, values in _numeric_rows(path, 4)]
-    table = np.array(rows, dtype=np.float64).reshape(-1, 4)
-    return pd.DataFrame({
-        "rlnCoordinateX": table[:, 0] + table[:, 2] / 2,
-        "rlnCoordinateY": table[:, 1] + table[:, 3] / 2,
-    })
-
-
-def _read_text(path: Path) -> pd.DataFrame:
-    """Plain text ``x y`` per line (extra columns ignored)."""
-    rows = [values[:2] for _, values in _numeric_rows(path, 2)]
-    table = np.array(rows, dtype=np.float64).reshape(-1, 2)
-    return pd.DataFrame({"rlnCoordinateX": table[:, 0], "rlnCoordinateY": table[:, 1]})
+_READERS: dict[str, Callable[[Path], pd.DataFrame]] = {
+    "star": read_star_picks, "box": read_box, "txt": read_text_picks, "cbox": read_cbox,
+    "topaz": read_topaz, "pos": read_pos, "cs": _read_cs,
+}
 
 
 def coordinate_file_candidates(micrograph_name: str, coords_dir: Path, suffix: str) -> list[Path]:

@@ -107,10 +107,14 @@ def _picks_by_micrograph(picks: PickSource, names: list[str]) -> dict[str, pd.Da
     groups = split_by_micrograph(table, picks.coords_file)
     matched: dict[str, pd.DataFrame] = {}
     by_base = {PurePosixPath(k).name: v for k, v in groups.items()}
+    # Topaz and others name micrographs without directory or extension
+    by_stem = {PurePosixPath(k).stem: v for k, v in groups.items()}
     for name in names:
         group = groups.get(name)
         if group is None:
             group = by_base.get(PurePosixPath(name).name)
+        if group is None:
+            group = by_stem.get(PurePosixPath(name).stem)
         if group is not None:
             matched[name] = group.drop(columns=["rlnMicrographName"])
     if groups and not matched:

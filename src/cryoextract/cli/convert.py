@@ -1,0 +1,111 @@
+"""``cryoextract convert``: picks from any supported format to any other.
+
+Register with ``app.command("convert")(convert_command)``; a thin wrapper over
+:func:`cryoextract.io.pickformats.conversion.convert_picks`.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from cryoextract.errors import CryoExtractError
+from cryoextract.io.pickformats.conversion import ConvertOptions, ConvertResult, convert_picks
+
+EXIT_INPUT_ERROR = 2
+_MAX_WARNINGS = 10
+err = Console(stderr=True)
+out = Console()
+
+
+class PickFormat(str, Enum):
+    """Output formats of ``cryoextract convert``."""
+
+    STAR = "star"
+    BOX = "box"
+    CBOX = "cbox"
+    TOPAZ = "topaz"
+
+
+def _fail(message: str) -> None:
+    """Print a one-line error and exit with code 2 (as ``cli.app.fail``)."""
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(EXIT_INPUT_ERROR)
+
+
+def convert_command(
+    inputs: Annotated[list[Path], typer.Argument(
+        help="Pick files: RELION/Scipion/cryoSPARC-export STAR, EMAN .box, crYOLO .cbox, "
+             "Topaz .txt/.tsv, Xmipp .pos, plain x y text, cryoSPARC .cs; several "
+             "per-micrograph files or files for many micrographs.", show_default=False)],
+    to: Annotated[PickFormat, typer.Option(
+        "--to", help="Output format.", show_default=False)],
+    out_path: Annotated[Path, typer.Option(
+        "--out", help="Output: a file (.star for many micrographs, Topaz table, or one "
+                      ".box/.cbox/.star for one micrograph) or a directory with one file "
+                      "per micrograph.", show_default=False)],
+    coords_format: Annotated[str, typer.Option(
+        help="Input format: auto (extension, checked against the content), star, box, "
+             "cbox, topaz, pos, txt, cs.")] = "auto",
+    box: Annotated[float | None, typer.Option(
+        "--box", help="Box side in output micrograph pixels for .box/.cbox "
+                      "[default: the input's, rescaled].")] = None,
+    coords_pixel_size: Annotated[float | None, typer.Option(
+        help="Pixel size (A) of the micrographs the picks were made on (binned picking); "
+             "coordinates are scaled by this / --pixel-size.")] = None,
+    pixel_size: Annotated[float | None, typer.Option(
+        help="Pixel size (A) of the micrographs the output refers to [default: from a "
+             "--micrographs STAR].")] = None,
+    swap_xy: Annotated[bool, typer.Option(help="Swap x and y (after scaling).")] = False,
+    flip_x: Annotated[bool, typer.Option(
+        help="Mirror x: x -> nx - 1 - x (needs the micrograph shape).")] = False,
+    flip_y: Annotated[bool, typer.Option(
+        help="Mirror y: y -> ny - 1 - y (needs the micrograph shape).")] = False,
+    micrograph_shape: Annotated[tuple[int, int] | None, typer.Option(
+        help="NY NX of every micrograph (for flips and the off-micrograph check).",
+        show_default=False)] = None,
+    micrographs: Annotated[str | None, typer.Option(
+        help="Micrographs STAR or glob of MRC files: names for the picks, shapes from the "
+             "MRC headers, pixel sizes from the STAR.")] = None,
+    suffix: Annotated[str | None, typer.Option(
+        help="Ending of per-micrograph output files [default: .star, .box, .cbox].")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing output files.")] = False,
+) -> None:
+    """Convert picks between formats, pixel sizes and axis conventions."""
+    options = ConvertOptions(
+        to=to.value, out=out_path, coords_format=coords_format, box_px=box,
+        coords_pixel_size_angstrom=coords_pixel_size, pixel_size_angstrom=pixel_size,
+        swap_xy=swap_xy, flip_x=flip_x, flip_y=flip_y,
+        micrograph_shape_yx=_shape(micrograph_shape), micrographs=micrographs,
+        suffix=suffix, overwrite=overwrite,
+    )
+    try:
+        result = convert_picks(inputs, options)
+    except CryoExtractError as exc:
+        _fail(str(exc))
+        return
+    print_result(result, options)
+
+
+def _shape(value: tuple[int, int] | None) -> tuple[int, int] | None:
+    if value is None or any(v is None for v in value):
+        return None
+    return int(value[0]), int(value[1])
+
+
+def print_result(result: ConvertResult, options: ConvertOptions) -> None:
+    """Warnings on stderr (at most ten), a one-line summary on stdout."""
+    for warning in result.warnings[:_MAX_WARNINGS]:
+        err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+    if len(result.warnings) > _MAX_WARNINGS:
+        err.print(f"[yellow]warning:[/] {len(result.warnings) - _MAX_WARNINGS} more warnings",
+                  highlight=False)
+    where = str(result.files[0]) if len(result.files) == 1 else f"{len(result.files)} files " \
+        f"in {options.out}"
+    out.print(f"converted {result.n_picks} picks of {result.n_micrographs} micrographs to "
+              f"{options.to}: {escape(where)}", highlight=False, soft_wrap=True)
