@@ -120,6 +120,8 @@ def extract_command(
     workers: Annotated[int | None, typer.Option(
         help="Processes [default: all cores].")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
+    write_cs: Annotated[bool, typer.Option(
+        help="Also write a cryoSPARC particles.cs beside each STAR.")] = False,
 ) -> None:
     """Cut particles out of micrographs at picked coordinates into stacks + a RELION STAR."""
     try:
@@ -145,7 +147,7 @@ def extract_command(
             summary = extract(
                 micrographs, out_dir, params, coords_dir=coords_dir, coords_suffix=coords_suffix,
                 coords=coords, coords_format=coords_format, pixel_size_angstrom=pixel_size,
-                workers=workers, overwrite=overwrite,
+                workers=workers, overwrite=overwrite, write_cs=write_cs,
                 on_start=lambda n: progress.update(bar, total=n, refresh=True),
                 on_progress=lambda _: progress.update(bar, advance=1, refresh=True),
             )
@@ -266,8 +268,11 @@ def simulate_command(
 
 def _register_commands() -> None:
     from cryoextract.cli.convert import convert_command
+    from cryoextract.cli.stacks import downsample_command, restack_command
 
     app.command("convert")(convert_command)
+    app.command("restack")(restack_command)
+    app.command("downsample")(downsample_command)
 
 
 _register_commands()

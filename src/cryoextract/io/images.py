@@ -5,19 +5,23 @@ number of digits (6 up to RELION 5.0.0, 8 from 5.0.1); a bare ``<path>`` names a
 holding a single image. Relative paths are looked up in each of the given base
 directories in turn (see :func:`locate_images`).
 
-Stacks are read through memory maps (``mrcfile.mmap``): only the images asked for are
-paged in, each stack header is read once, and :func:`read_images` yields the pixels in
-bounded batches in table order, in the file's own dtype (float16 stays float16, so a
-copy is bit-exact).
+Stacks are read through memory maps: each header once with ``mrcfile.mmap`` (which also
+accepts old headers without the ``MAP`` label), the pixels through a plain ``mmap`` of
+the data block, so only the images asked for are paged in, and released after each
+batch. :func:`read_images` yields the pixels in bounded batches in table order, in the
+file's own dtype (float16 stays float16, so a copy is bit-exact); within a batch each
+stack is read in file order whatever the table order.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import mrcfile
@@ -30,7 +34,7 @@ from cryoextract.errors import InputError
 #: default upper bound of one batch, counted as float32 pixels (bytes)
 MAX_BATCH_BYTES = 256 * 2**20
 #: memory maps kept open at once while reading (stacks interleaved in the table)
-MAX_OPEN_STACKS = 16
+MAX_OPEN_STACKS = 64
 # MRC modes read: 0 int8, 1 int16, 2 float32, 6 uint16, 12 float16.
 _READABLE = (np.int8, np.int16, np.float32, np.uint16, np.float16)
 
@@ -55,12 +59,18 @@ class StackInfo:
         Native-byte-order dtype of the pixels (uint16 for MRC mode 6).
     pixel_size_angstrom : float
         Header voxel size along x (0.0 when unset; often wrong in particle stacks).
+    data_offset : int
+        Byte offset of the first pixel (header plus extended header).
+    file_dtype : np.dtype
+        The pixels' dtype with the file's byte order.
     """
 
     count: int
     shape_yx: tuple[int, int]
     dtype: np.dtype
     pixel_size_angstrom: float
+    data_offset: int = 1024
+    file_dtype: np.dtype | None = None
 
 
 @dataclass(frozen=True)
@@ -91,10 +101,33 @@ class ImageLocations:
     detail: list[str]
     stacks: dict[str, StackInfo]
 
-    @property
+    @cached_property
     def ok(self) -> np.ndarray:
         """``(n,)`` bool, True where the image can be read."""
         return np.array([p is None for p in self.problem], dtype=bool)
+
+    @cached_property
+    def stack_code(self) -> np.ndarray:
+        """``(n,)`` int64 number of each row's stack in :attr:`stack_paths`."""
+        return pd.factorize(pd.Series(self.stack, dtype=object))[0].astype(np.int64)
+
+    @cached_property
+    def stack_paths(self) -> list[str]:
+        """Distinct values of :attr:`stack`, numbered by :attr:`stack_code`."""
+        return [str(p) for p in pd.unique(pd.Series(self.stack, dtype=object))]
+
+    @cached_property
+    def kind(self) -> np.ndarray:
+        """``(n,)`` int64 code of each row's (image shape, dtype); -1 when unreadable."""
+        kinds: dict[tuple[tuple[int, int], str], int] = {}
+        per_stack = np.full(len(self.stack_paths), -1, dtype=np.int64)
+        for code, path in enumerate(self.stack_paths):
+            info = self.stacks.get(path)
+            if info is not None:
+                per_stack[code] = kinds.setdefault((info.shape_yx, info.dtype.str), len(kinds))
+        if not len(self.stack):
+            return np.zeros(0, dtype=np.int64)
+        return np.where(self.ok, per_stack[self.stack_code], -1)
 
     def shape_of(self, row: int) -> tuple[int, int]:
         """``(h, w)`` of a readable row's image."""
@@ -184,6 +217,7 @@ def scan_stack(path: str | os.PathLike[str]) -> StackInfo:
         with _open_mmap(path) as handle:
             data = _image_array(handle, path)
             voxel = float(handle.voxel_size.x)
+            offset = int(handle.data.offset)
     except InputError:
         raise
     except (ValueError, OSError, EOFError, TypeError, KeyError) as exc:
@@ -191,6 +225,7 @@ def scan_stack(path: str | os.PathLike[str]) -> StackInfo:
     return StackInfo(
         count=int(data.shape[0]), shape_yx=(int(data.shape[1]), int(data.shape[2])),
         dtype=data.dtype.newbyteorder("="), pixel_size_angstrom=voxel,
+        data_offset=offset, file_dtype=data.dtype,
     )
 
 
@@ -307,79 +342,79 @@ def _batches(
     order: np.ndarray, locations: ImageLocations, max_batch_bytes: int
 ) -> Iterator[np.ndarray]:
     """Consecutive runs of ``order`` with one shape and dtype, each within the byte bound."""
-    start = 0
-    while start < len(order):
-        first = int(order[start])
-        shape, dtype = locations.shape_of(first), locations.dtype_of(first)
-        limit = max(1, max_batch_bytes // (4 * shape[0] * shape[1]))
-        stop = start + 1
-        while stop < len(order) and stop - start < limit:
-            row = int(order[stop])
-            if locations.shape_of(row) != shape or locations.dtype_of(row) != dtype:
-                break
-            stop += 1
-        yield order[start:stop]
-        start = stop
+    if not len(order):
+        return
+    kinds = locations.kind[order]
+    cuts = np.flatnonzero(np.diff(kinds)) + 1
+    for start, stop in zip(np.r_[0, cuts], np.r_[cuts, len(order)], strict=True):
+        h, w = locations.shape_of(int(order[start]))
+        limit = max(1, max_batch_bytes // (4 * h * w))
+        for first in range(int(start), int(stop), limit):
+            yield order[first : min(first + limit, int(stop))]
 
 
 def _read_batch(
     batch: np.ndarray, locations: ImageLocations, maps: _MemmapCache
 ) -> np.ndarray:
-    first = int(batch[0])
-    info = locations.stacks[locations.stack[first]]
+    """Read a batch stack by stack, each stack's images in file order, then put in place."""
+    info = locations.stacks[locations.stack[int(batch[0])]]
     out = np.empty((len(batch), *info.shape_yx), dtype=info.dtype)
-    start = 0
-    while start < len(batch):
-        path = locations.stack[int(batch[start])]
-        stop = start + 1
-        while stop < len(batch) and locations.stack[int(batch[stop])] == path:
-            stop += 1
-        wanted = locations.index[batch[start:stop]]
-        out[start:stop] = _take(maps.get(path), wanted)
-        start = stop
+    codes = locations.stack_code[batch]
+    wanted = locations.index[batch]
+    order = np.lexsort((wanted, codes))
+    cuts = np.flatnonzero(np.diff(codes[order])) + 1
+    for part in np.split(order, cuts):
+        path = locations.stack_paths[int(codes[part[0]])]
+        out[part] = _take(maps.get(path, locations.stacks[path]), wanted[part])
+        maps.release(path)
     return out
 
 
 def _take(data: np.ndarray, wanted: np.ndarray) -> np.ndarray:
-    """``data[wanted]`` reading a contiguous ascending run as one slice."""
+    """``data[wanted]`` for ascending ``wanted``, reading a contiguous run as one slice."""
     first = int(wanted[0])
-    if len(wanted) == 1 or np.array_equal(wanted, np.arange(first, first + len(wanted))):
+    if int(wanted[-1]) - first == len(wanted) - 1 and np.all(np.diff(wanted) == 1):
         return data[first : first + len(wanted)]
     return data[wanted]
 
 
 class _MemmapCache:
-    """Open stack memory maps, least recently used closed beyond ``size``."""
+    """Open read-only memory maps of stacks, the least recently used dropped beyond ``size``.
+
+    Each map is an ``mmap`` of the whole file viewed as ``(n, h, w)`` at the offset found
+    by :func:`scan_stack` (opening one costs a system call, not a header parse). After
+    each read :meth:`release` tells the kernel the pages are no longer needed, so the
+    process never holds more than one batch of mapped pixels.
+    """
 
     def __init__(self, size: int):
         self.size = size
-        self._open: OrderedDict[str, tuple[mrcfile.mrcmemmap.MrcMemmap, np.ndarray]] = (
-            OrderedDict()
-        )
+        self._open: OrderedDict[str, tuple[mmap.mmap, np.ndarray]] = OrderedDict()
 
-    def get(self, path: str) -> np.ndarray:
+    def get(self, path: str, info: StackInfo) -> np.ndarray:
         if path in self._open:
             self._open.move_to_end(path)
             return self._open[path][1]
+        dtype = info.file_dtype or info.dtype
+        count = info.count * info.shape_yx[0] * info.shape_yx[1]
         try:
-            handle = _open_mmap(path)
-        except (ValueError, OSError, EOFError) as exc:
+            with open(path, "rb") as stream:
+                mapped = mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ)
+            data = np.frombuffer(mapped, dtype=dtype, count=count, offset=info.data_offset)
+        except (ValueError, OSError) as exc:
             raise InputError(f"stack became unreadable ({_first_line(exc)})", path) from exc
-        try:
-            data = _image_array(handle, path)
-        except InputError:
-            handle.close()
-            raise
-        self._open[path] = (handle, data)
+        self._open[path] = (mapped, data.reshape(info.count, *info.shape_yx))
         if len(self._open) > self.size:
-            _, (old, _) = self._open.popitem(last=False)
-            old.close()
-        return data
+            self._open.popitem(last=False)
+        return self._open[path][1]
+
+    def release(self, path: str) -> None:
+        """Drop the mapped pages of ``path`` from this process (they stay in page cache)."""
+        if path in self._open and hasattr(mmap, "MADV_DONTNEED"):
+            self._open[path][0].madvise(mmap.MADV_DONTNEED)
 
     def close(self) -> None:
-        while self._open:
-            _, (handle, _) = self._open.popitem()
-            handle.close()
+        self._open.clear()
 
 
 def _open_mmap(path: str | os.PathLike[str]) -> mrcfile.mrcmemmap.MrcMemmap:

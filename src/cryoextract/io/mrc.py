@@ -128,12 +128,13 @@ class StackWriter:
         if data.shape[1:] != self.shape_yx or self._written + len(data) > self.count:
             raise ValueError(f"stack of {self.count}x{self.shape_yx} cannot take {data.shape}")
         if len(data):
-            values = data.reshape(-1).astype(np.float32, copy=False)
+            values = data.reshape(-1)
             self._min = min(self._min, float(values.min()))
             self._max = max(self._max, float(values.max()))
-            self._sum += float(values.sum(dtype=np.float64))
-            self._sum2 += float(np.dot(values, values))
-        self._file.write(data.tobytes())
+            # buffered casts: no float32/float64 copy of the whole chunk
+            self._sum += float(np.add.reduce(values, dtype=np.float64))
+            self._sum2 += float(np.einsum("i,i->", values, values, dtype=np.float64))
+        self._file.write(memoryview(data).cast("B"))
         self._written += len(data)
 
     def close(self) -> None:

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from cryoextract.errors import ParameterError
+from cryoextract.io.cryosparc import write_cs as write_cryosparc
 from cryoextract.io.micrographs import MicrographSet, read_micrograph_set
 from cryoextract.io.mrc import open_micrograph
 from cryoextract.io.star import write_star
@@ -65,6 +66,7 @@ def extract(
     pixel_size_angstrom: float | None = None,
     workers: int | None = None,
     overwrite: bool = False,
+    write_cs: bool = False,
     on_progress: ProgressCallback | None = None,
     on_start: Callable[[int], None] | None = None,
 ) -> ExtractionSummary:
@@ -90,6 +92,8 @@ def extract(
         Micrograph pixel size; overrides the STAR's.
     workers : int, optional
         Processes; ``None`` uses all cores, 1 runs in this process.
+    write_cs : bool
+        Also write a cryoSPARC ``particles.cs`` beside each STAR.
     on_progress, on_start : callable, optional
         Called with each finished micrograph's result / with the number of tasks.
 
@@ -124,11 +128,14 @@ def extract(
     _gather(results, summary)
     particles = [r.particles for r in results if r.particles is not None and len(r.particles)]
     table = pd.concat(particles, ignore_index=True) if particles else _empty_particles()
+    shapes = {r.micrograph_name: r.shape_yx for r in results if r.shape_yx is not None}
     for output in params.outputs:
-        write_star(paths.out_dir / output.subdir / "particles.star", {
-            "optics": output_optics(mic_set, params, output, results),
-            "particles": table,
-        })
+        optics = output_optics(mic_set, params, output, results)
+        write_star(paths.out_dir / output.subdir / "particles.star",
+                   {"optics": optics, "particles": table})
+        if write_cs:
+            write_cryosparc(paths.out_dir / output.subdir / "particles.cs", optics, table,
+                            micrograph_shapes=shapes, blob_sign=1.0 if params.invert else -1.0)
     summary.output_pixel_size_angstrom = {
         str(row.rlnOpticsGroupName): float(params.output_pixel_size(row.rlnMicrographPixelSize))
         for row in mic_set.optics.itertuples()
@@ -211,7 +218,8 @@ def _prepare_out_dir(paths: JobPaths, params: ExtractParams, overwrite: bool) ->
         shutil.rmtree(paths.particles_dir, ignore_errors=True)
         for extra in out.glob("also_*px"):
             shutil.rmtree(extra, ignore_errors=True)
-        for stale in (paths.particles_star, paths.summary_json, paths.rejected_tsv):
+        for stale in (paths.particles_star, paths.summary_json, paths.rejected_tsv,
+                      out / "particles.cs"):
             stale.unlink(missing_ok=True)
     for output in params.outputs:
         (out / output.subdir / "Particles").mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ import pandas as pd
 
 from cryoextract.errors import InputError
 from cryoextract.ops.coordinates import transform_picks
+from cryoextract.ops.rotations import euler_to_matrix
 from cryoextract.pipeline.params import ExtractParams, SubpixelMode
 
 ORIGIN_COLUMNS = ("rlnOriginXAngst", "rlnOriginYAngst")
@@ -110,8 +111,6 @@ def projected_point_angstrom(
     missing = [c for c in ANGLE_COLUMNS if c not in picks.columns]
     if missing:
         raise InputError(f"--recenter-xyz needs poses; missing {', '.join(missing)}", source)
-    from cryoextract.ops.rotations import euler_to_matrix
-
     angles = picks[list(ANGLE_COLUMNS)].to_numpy(np.float64)
     matrices = euler_to_matrix(angles[:, 0], angles[:, 1], angles[:, 2])  # (n, 3, 3)
     return (matrices @ np.asarray(xyz_angstrom, dtype=np.float64))[:, :2]

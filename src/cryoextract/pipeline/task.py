@@ -17,6 +17,7 @@ import pandas as pd
 
 from cryoextract.errors import CryoExtractError, MicrographError
 from cryoextract.io.coords import read_picks
+from cryoextract.io.micrographs import OPTICS_COLUMNS
 from cryoextract.io.mrc import StackWriter, open_micrograph
 from cryoextract.ops.boxes import (
     REASON_BAD_COORDINATE,
@@ -89,6 +90,7 @@ class MicrographResult:
     error: str | None = None
     warnings: list[str] = field(default_factory=list)
     detail: str | None = None
+    shape_yx: tuple[int, int] | None = None
 
     @property
     def n_particles(self) -> int:
@@ -125,6 +127,7 @@ def _extract(task: MicrographTask) -> MicrographResult:
     source = task.coords_path or task.micrograph_name
     with open_micrograph(task.micrograph_path) as (image, header):
         ny, nx = header.shape_yx
+        result.shape_yx = header.shape_yx
         if params.box_px > min(ny, nx):
             raise MicrographError(
                 f"box {params.box_px} px is larger than the micrograph ({nx}x{ny})",
@@ -361,7 +364,8 @@ def _particle_rows(
     rows["rlnCoordinateY"] = coordinates[:, 1]
     rows["rlnOriginXAngst"] = origins[:, 0]
     rows["rlnOriginYAngst"] = origins[:, 1]
-    for legacy in ("rlnOriginX", "rlnOriginY"):  # RELION 3.0 pixels, superseded above
-        if legacy in rows.columns:
-            rows = rows.drop(columns=legacy)
-    return rows
+    # RELION 3.0 pixel origins are superseded above; optics values live in data_optics
+    stale = [c for c in ("rlnOriginX", "rlnOriginY", *OPTICS_COLUMNS, "rlnImagePixelSize",
+                         "rlnImageSize", "rlnImageDimensionality") if c in rows.columns
+             and c != "rlnOpticsGroup"]
+    return rows.drop(columns=stale)

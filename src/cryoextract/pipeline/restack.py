@@ -1,0 +1,819 @@
+"""Operate on existing particle stacks: restack (consolidate, select) and downsample.
+
+Both jobs read a particles STAR (RELION 3.0 or 3.1+), read every referenced image once
+through memory maps in bounded batches, and write ``OUT/Particles/batch_XXXXXX.mrcs``
+stacks of at most ``batch_size`` images plus ``OUT/particles.star``,
+``OUT/summary.json`` and ``OUT/rejected_particles.tsv``. Conventions:
+docs/conventions.md, "Restack and downsample".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cryoextract.errors import InputError, ParameterError
+from cryoextract.io.images import (
+    ImageLocations,
+    format_image_name,
+    image_key,
+    locate_images,
+    read_images,
+)
+from cryoextract.io.mrc import StackWriter
+from cryoextract.io.star import find_block, read_star, write_star
+from cryoextract.ops.fourier import fourier_crop_2d
+from cryoextract.pipeline.params import JobPaths, check_box_size
+
+#: default number of particles per output stack
+DEFAULT_BATCH_SIZE = 10000
+WRONG_SIZE = "image size differs from its optics group"
+
+# RELION 3.0 columns that became the optics table in 3.1 (StarConverter, in its order).
+_OPTICS_30 = (
+    "rlnAmplitudeContrast", "rlnBeamTiltX", "rlnBeamTiltY", "rlnSphericalAberration",
+    "rlnVoltage", "rlnDetectorPixelSize", "rlnMagnification",
+)
+# RELION 3.0 offsets in pixels and their 3.1 names in Angstrom.
+_PIXEL_TO_ANGSTROM = {
+    "rlnOriginX": "rlnOriginXAngst", "rlnOriginY": "rlnOriginYAngst",
+    "rlnOriginZ": "rlnOriginZAngst", "rlnOriginXPrior": "rlnOriginXPriorAngst",
+    "rlnOriginYPrior": "rlnOriginYPriorAngst", "rlnOriginZPrior": "rlnOriginZPriorAngst",
+    "rlnHelicalTrackLength": "rlnHelicalTrackLengthAngst",
+}
+
+ProgressCallback = Callable[[int], None]
+#: per batch: (images (k, h, w), job rows (k,), output shape) -> output images
+Transform = Callable[[np.ndarray, np.ndarray, tuple[int, int]], np.ndarray]
+
+
+@dataclass
+class StackJobSummary:
+    """What a restack or downsample job did; also written to ``OUT/summary.json``.
+
+    ``box_px`` and ``pixel_size_angstrom`` map each optics group name to its
+    ``[input, output]`` image side (pixels) and pixel size (Å, exact).
+    """
+
+    command: str
+    out_dir: str
+    particles_star: str
+    particles_in: int = 0
+    particles_selected: int = 0
+    particles_written: int = 0
+    particles_skipped: dict[str, int] = field(default_factory=dict)
+    stacks: list[str] = field(default_factory=list)
+    float16: bool = False
+    box_px: dict[str, list[int]] = field(default_factory=dict)
+    pixel_size_angstrom: dict[str, list[float | None]] = field(default_factory=dict)
+    recentered: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+
+@dataclass(frozen=True)
+class ParticleTable:
+    """A particles file in RELION 3.1 form.
+
+    ``optics`` has one row per optics group (``rlnOpticsGroup``, ``rlnOpticsGroupName``,
+    ``rlnImagePixelSize`` when known); ``particles`` one row per particle with
+    ``rlnImageName`` and ``rlnOpticsGroup``. ``base_dirs`` are where relative image
+    names are looked up, in order.
+    """
+
+    optics: pd.DataFrame
+    particles: pd.DataFrame
+    source: str
+    base_dirs: tuple[Path, ...]
+    warnings: tuple[str, ...] = ()
+    relion30: bool = False
+
+
+# --------------------------------------------------------------------------- input
+def read_particles(
+    path: str | os.PathLike[str], *, base_dir: str | os.PathLike[str] | None = None
+) -> ParticleTable:
+    """Read a particles STAR (RELION 3.0 or 3.1+) or cryoSPARC ``.cs`` into 3.1 form.
+
+    RELION 3.0 files are converted as RELION 3.1's ``StarConverter`` does: one optics
+    group per distinct (Q0, beam tilt, Cs, voltage, detector pixel, magnification) in
+    order of appearance, ``rlnImagePixelSize = 1e4 * rlnDetectorPixelSize /
+    rlnMagnification``, offsets in pixels turned into Å.
+
+    Parameters
+    ----------
+    path : path-like
+        ``.star`` or ``.cs`` file.
+    base_dir : path-like, optional
+        Looked up first for relative image names; default the working directory (as
+        RELION), then the file's own directory.
+
+    Raises
+    ------
+    InputError
+        Unreadable file, no ``rlnImageName``, optics groups missing from the optics table.
+    """
+    path = Path(path)
+    dirs = _base_dirs(path, base_dir)
+    if path.suffix.lower() == ".cs":
+        optics, particles = _read_cs(path)
+        return _checked(ParticleTable(optics, particles, str(path), dirs), path)
+    tables = read_star(path)
+    particles = find_block(tables, path, ("rlnImageName",), preferred=("particles",))
+    particles = particles.reset_index(drop=True)
+    warnings: list[str] = []
+    relion30 = not ("optics" in tables and tables["optics"] is not particles)
+    if not relion30:
+        optics = tables["optics"].reset_index(drop=True)
+        if "rlnOpticsGroup" not in particles.columns:
+            if len(optics) != 1:
+                raise InputError("particles have no rlnOpticsGroup column", path)
+            particles = particles.assign(rlnOpticsGroup=int(optics["rlnOpticsGroup"].iloc[0]))
+    else:
+        optics, particles = convert_relion30(particles)
+        if "rlnImagePixelSize" in optics.columns:
+            optics, particles = _offsets_to_angstrom(optics, particles)
+        elif any(c in particles.columns for c in _PIXEL_TO_ANGSTROM):
+            warnings.append("no pixel size in the STAR to turn pixel offsets into A")
+    if "rlnOpticsGroupName" not in optics.columns:
+        optics = optics.copy()
+        names = [f"opticsGroup{g}" for g in optics["rlnOpticsGroup"]]
+        optics.insert(1, "rlnOpticsGroupName", names)
+    table = ParticleTable(optics, particles, str(path), dirs, tuple(warnings), relion30)
+    return _checked(table, path)
+
+
+def convert_relion30(particles: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split a RELION 3.0 particles table into 3.1 ``(optics, particles)``.
+
+    Groups as RELION 3.1's ``StarConverter``; ``rlnImagePixelSize`` replaces
+    ``rlnDetectorPixelSize``/``rlnMagnification``. Offsets are left in pixels here
+    (:func:`read_particles` converts them once the pixel size is known).
+    """
+    keys = [c for c in _OPTICS_30 if c in particles.columns]
+    if keys:
+        groups = particles.groupby(keys, sort=False, dropna=False).ngroup().to_numpy() + 1
+    else:
+        groups = np.ones(len(particles), dtype=np.int64)
+    first = np.unique(groups, return_index=True)[1]
+    optics = particles.iloc[first][keys].reset_index(drop=True)
+    optics.insert(0, "rlnOpticsGroup", groups[first])
+    optics.insert(1, "rlnOpticsGroupName", [f"opticsGroup{g}" for g in groups[first]])
+    if {"rlnDetectorPixelSize", "rlnMagnification"} <= set(keys):
+        optics["rlnImagePixelSize"] = (
+            1e4 * optics["rlnDetectorPixelSize"].astype(float)
+            / optics["rlnMagnification"].astype(float)
+        )
+        optics = optics.drop(columns=["rlnDetectorPixelSize", "rlnMagnification"])
+    return optics, particles.drop(columns=keys).assign(rlnOpticsGroup=groups)
+
+
+def _base_dirs(path: Path, base_dir: str | os.PathLike[str] | None) -> tuple[Path, ...]:
+    dirs = [Path(base_dir) if base_dir is not None else Path.cwd(), path.parent]
+    unique: list[Path] = []
+    for d in dirs:
+        if not any(_same_dir(d, u) for u in unique):
+            unique.append(d)
+    return tuple(unique)
+
+
+def _same_dir(a: Path, b: Path) -> bool:
+    return os.path.abspath(a) == os.path.abspath(b)
+
+
+def _read_cs(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    try:
+        from cryoextract.io.cryosparc import read_cs_particles  # type: ignore[import-not-found]
+    except ImportError as exc:
+        raise InputError(
+            "cryoSPARC .cs input needs cryoextract.io.cryosparc, which this build lacks; "
+            "export the particles to a RELION STAR (e.g. with csparc2star.py)", path
+        ) from exc
+    optics, particles = read_cs_particles(path)
+    return optics.reset_index(drop=True), particles.reset_index(drop=True)
+
+
+def _offsets_to_angstrom(
+    optics: pd.DataFrame, particles: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """RELION 3.0 pixel offsets to Å with each particle's optics-group pixel size.
+
+    As RELION 3.1's ``StarConverter::translateOffsets``; a pixel column whose Å
+    counterpart already exists is left alone.
+    """
+    present = [c for c in _PIXEL_TO_ANGSTROM if c in particles.columns]
+    if not present:
+        return optics, particles
+    apix = optics.set_index("rlnOpticsGroup")["rlnImagePixelSize"].astype(float)
+    scale = particles["rlnOpticsGroup"].map(apix).to_numpy(dtype=float)
+    particles = particles.copy()
+    for column in present:
+        target = _PIXEL_TO_ANGSTROM[column]
+        if target not in particles.columns:
+            particles[column] = particles[column].astype(float) * scale
+            particles = particles.rename(columns={column: target})
+    return optics, particles
+
+
+def _checked(table: ParticleTable, path: Path) -> ParticleTable:
+    particles, optics = table.particles, table.optics
+    for column in ("rlnImageName", "rlnOpticsGroup"):
+        if column not in particles.columns:
+            raise InputError(f"particles have no {column} column", path)
+    if "rlnOpticsGroup" not in optics.columns:
+        raise InputError("optics table has no rlnOpticsGroup column", path)
+    unknown = set(particles["rlnOpticsGroup"]) - set(optics["rlnOpticsGroup"])
+    if unknown:
+        raise InputError(f"optics groups {sorted(unknown)} are not in data_optics", path)
+    if particles["rlnImageName"].isna().any():
+        raise InputError("some particles have no rlnImageName", path)
+    return table
+
+
+# --------------------------------------------------------------------------- selection
+def select_rows(
+    particles: pd.DataFrame,
+    *,
+    select: str | os.PathLike[str] | None = None,
+    indices: str | os.PathLike[str] | None = None,
+) -> tuple[np.ndarray, list[str]]:
+    """Positions of the particles to keep, in table order.
+
+    Parameters
+    ----------
+    particles : pd.DataFrame
+        The input particles table.
+    select : path-like, optional
+        A STAR file: keep particles whose ``rlnImageName`` appears in it (compared as
+        ``(image number, normalised path)``, so ``12@./a.mrcs`` matches ``000012@a.mrcs``).
+    indices : path-like, optional
+        0-based row numbers: a ``.npy`` integer array, or text with integers separated by
+        whitespace or commas (``#`` starts a comment).
+
+    Returns
+    -------
+    rows : np.ndarray
+        ``(k,)`` int64 sorted positions.
+    warnings : list of str
+    """
+    if select is not None and indices is not None:
+        raise ParameterError("give at most one of --select and --indices")
+    every = np.arange(len(particles), dtype=np.int64)
+    if select is not None:
+        return _select_by_star(particles, Path(select))
+    if indices is not None:
+        return _select_by_indices(len(particles), Path(indices)), []
+    return every, []
+
+
+def _select_by_star(particles: pd.DataFrame, path: Path) -> tuple[np.ndarray, list[str]]:
+    tables = read_star(path)
+    chosen = find_block(tables, path, ("rlnImageName",), preferred=("particles",))
+    wanted = {image_key(n) for n in chosen["rlnImageName"].astype(str)} - {None}
+    keys = [image_key(n) for n in particles["rlnImageName"].astype(str)]
+    rows = np.array([i for i, k in enumerate(keys) if k in wanted], dtype=np.int64)
+    missing = len(wanted - set(keys))
+    warnings = []
+    if missing:
+        warnings.append(f"{missing} image names of {path} are not in the input particles")
+    return rows, warnings
+
+
+def _select_by_indices(count: int, path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise InputError("index file not found", path)
+    try:
+        if path.suffix.lower() == ".npy":
+            values = np.load(path, allow_pickle=False).ravel()
+        else:
+            text = "\n".join(line.split("#", 1)[0] for line in path.read_text().splitlines())
+            values = np.array(text.replace(",", " ").split(), dtype=float)
+    except (ValueError, OSError) as exc:
+        raise InputError(f"not a list of integers ({exc})", path) from exc
+    if len(values) and not np.all(np.asarray(values, dtype=float) % 1 == 0):
+        raise InputError("indices must be integers", path)
+    rows = np.unique(np.asarray(values, dtype=np.int64))
+    bad = rows[(rows < 0) | (rows >= count)]
+    if len(bad):
+        raise InputError(
+            f"{len(bad)} indices outside 0..{count - 1} (0-based), e.g. {int(bad[0])}", path
+        )
+    return rows
+
+
+# --------------------------------------------------------------------------- jobs
+def restack(
+    particles_star: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    select: str | os.PathLike[str] | None = None,
+    indices: str | os.PathLike[str] | None = None,
+    float16: bool | None = None,
+    overwrite: bool = False,
+    base_dir: str | os.PathLike[str] | None = None,
+    on_start: ProgressCallback | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> StackJobSummary:
+    """Copy particles into consolidated stacks of ``batch_size`` images, pixels unchanged.
+
+    Parameters
+    ----------
+    particles_star : path-like
+        Particles STAR (RELION 3.0 or 3.1+) or cryoSPARC ``.cs``; images may live in any
+        number of float16 or float32 stacks.
+    out_dir : path-like
+        Gets ``Particles/batch_XXXXXX.mrcs``, ``particles.star``, ``summary.json`` and
+        ``rejected_particles.tsv``; refused if not empty unless ``overwrite``.
+    batch_size : int
+        Images per output stack (the last one, and a stack before a change of image
+        size, hold fewer).
+    select, indices : path-like, optional
+        Keep only some particles (see :func:`select_rows`).
+    float16 : bool, optional
+        Output MRC mode 12 (True) or 2 (False); ``None`` keeps float16 when every input
+        image is float16, else float32. float16 to float16 and anything to float32 are
+        bit-exact copies.
+    overwrite : bool
+        Replace a previous output in ``out_dir`` (never the input stacks).
+    base_dir : path-like, optional
+        Where relative image names are looked up first (default: the working directory,
+        then the STAR's directory).
+    on_start, on_progress : callable, optional
+        Called with the number of images to write / written so far.
+
+    Returns
+    -------
+    StackJobSummary
+        Particles whose image cannot be read (missing stack, index out of range,
+        unreadable stack, wrong size) are skipped and counted, never written.
+    """
+    job = _prepare("restack", particles_star, out_dir, select, indices, base_dir)
+    out = _OutputSpec(
+        shape_yx=dict(job.shape_yx), pixel_size_angstrom=dict(job.pixel_size_angstrom),
+        float16=float16, batch_size=batch_size,
+    )
+    return _run(job, out, _copy, overwrite, on_start, on_progress)
+
+
+def downsample(
+    particles_star: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    box_px: int | None = None,
+    pixel_size_angstrom: float | None = None,
+    recenter: bool = False,
+    float16: bool | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    select: str | os.PathLike[str] | None = None,
+    indices: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+    workers: int | None = None,
+    base_dir: str | os.PathLike[str] | None = None,
+    on_start: ProgressCallback | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> StackJobSummary:
+    """Fourier-crop existing particles to a smaller box or a larger pixel size.
+
+    Parameters
+    ----------
+    particles_star, out_dir, float16, batch_size, select, indices, overwrite, base_dir,
+    on_start, on_progress
+        As :func:`restack`.
+    box_px : int, optional
+        Output side in pixels (even, at most the input side).
+    pixel_size_angstrom : float, optional
+        Target pixel size in Å: each optics group gets the nearest even box
+        ``2 * round(n * apix / target / 2)``; the exact size ``apix * n / m`` is written
+        to the STAR and reported. Give exactly one of ``box_px`` and this.
+    recenter : bool
+        Move each image by the integer part of its offset before cropping: a circular
+        shift by ``s = round(rlnOriginXAngst / apix)`` input pixels (half away from zero),
+        the residual stays in ``rlnOriginX/YAngst`` and ``rlnCoordinateX/Y`` move by
+        ``s * apix / micrograph_apix`` so the particle's micrograph position is kept.
+    workers : int, optional
+        FFT threads (default: all cores).
+
+    Returns
+    -------
+    StackJobSummary
+    """
+    if (box_px is None) == (pixel_size_angstrom is None):
+        raise ParameterError("give exactly one of --box and --pixel-size-out")
+    if box_px is not None:
+        check_box_size(box_px, "output box")
+    elif not pixel_size_angstrom > 0:
+        raise ParameterError(f"output pixel size must be > 0, got {pixel_size_angstrom}")
+    job = _prepare("downsample", particles_star, out_dir, select, indices, base_dir)
+    out = _downsample_spec(job, box_px, pixel_size_angstrom, float16, batch_size)
+    shifts = np.zeros((len(job.particles), 2), dtype=np.int64)
+    if recenter:
+        shifts = _recenter(job)
+    _sync_pixel_offsets(job, out)
+    threads = workers or os.cpu_count() or 1
+
+    def crop(images: np.ndarray, rows: np.ndarray, shape_yx: tuple[int, int]) -> np.ndarray:
+        return _shift_and_crop(images, shifts[rows], shape_yx[0], threads)
+
+    return _run(job, out, crop, overwrite, on_start, on_progress)
+
+
+@dataclass
+class _Job:
+    """A validated job: the selected particles and where their images are."""
+
+    command: str
+    table: ParticleTable
+    particles: pd.DataFrame  # selected rows, index reset; edited by downsample
+    input_rows: np.ndarray  # position of each selected row in the input table
+    locations: ImageLocations
+    problem: list[str | None]
+    detail: list[str]
+    shape_yx: dict[int, tuple[int, int]]  # group -> input (h, w) px, readable groups
+    pixel_size_angstrom: dict[int, float | None]  # group -> input pixel size (Å)
+    out_dir: Path
+    warnings: list[str] = field(default_factory=list)
+    recentered: int = 0
+
+    @property
+    def groups(self) -> np.ndarray:
+        return self.particles["rlnOpticsGroup"].to_numpy(dtype=np.int64)
+
+    @property
+    def good(self) -> np.ndarray:
+        return np.array([p is None for p in self.problem], dtype=bool)
+
+
+@dataclass(frozen=True)
+class _OutputSpec:
+    shape_yx: dict[int, tuple[int, int]]  # group -> output image shape (px)
+    pixel_size_angstrom: dict[int, float | None]
+    float16: bool | None
+    batch_size: int
+
+
+def _prepare(
+    command: str, particles_star: str | os.PathLike[str], out_dir: str | os.PathLike[str],
+    select: str | os.PathLike[str] | None, indices: str | os.PathLike[str] | None,
+    base_dir: str | os.PathLike[str] | None,
+) -> _Job:
+    table = read_particles(particles_star, base_dir=base_dir)
+    rows, warnings = select_rows(table.particles, select=select, indices=indices)
+    particles = table.particles.iloc[rows].reset_index(drop=True)
+    locations = locate_images(particles["rlnImageName"].astype(str), table.base_dirs)
+    job = _Job(
+        command=command, table=table, particles=particles, input_rows=rows,
+        locations=locations, problem=list(locations.problem), detail=list(locations.detail),
+        shape_yx={}, pixel_size_angstrom={}, out_dir=Path(out_dir),
+        warnings=[*table.warnings, *warnings],
+    )
+    _check_sizes(job)
+    _find_pixel_sizes(job)
+    return job
+
+
+def _check_sizes(job: _Job) -> None:
+    """One image size per optics group: the first readable image's; others are skipped."""
+    expected: dict[int, tuple[int, int]] = {}
+    for row, group in enumerate(job.groups):
+        if job.problem[row] is not None:
+            continue
+        shape = job.locations.shape_of(row)
+        first = expected.setdefault(int(group), shape)
+        if shape != first:
+            job.problem[row] = WRONG_SIZE
+            job.detail[row] = f"{shape[1]}x{shape[0]} px, group has {first[1]}x{first[0]} px"
+    optics = job.table.optics.set_index("rlnOpticsGroup")
+    for group, (h, w) in expected.items():
+        if h != w:
+            job.warnings.append(f"optics group {group}: images are not square ({w}x{h} px)")
+        job.shape_yx[group] = (h, w)
+        stated = optics["rlnImageSize"].get(group) if "rlnImageSize" in optics else None
+        if stated is not None and not pd.isna(stated) and int(stated) != w:
+            job.warnings.append(
+                f"optics group {group}: rlnImageSize {int(stated)} but images are {w} px; "
+                "the images win"
+            )
+
+
+def _find_pixel_sizes(job: _Job) -> None:
+    """Input pixel size per group: the STAR's, else the first stack header's (warned)."""
+    optics = job.table.optics.set_index("rlnOpticsGroup")
+    stated = optics["rlnImagePixelSize"] if "rlnImagePixelSize" in optics else None
+    for group in job.shape_yx:
+        value = None if stated is None else stated.get(group)
+        if value is not None and not pd.isna(value) and float(value) > 0:
+            job.pixel_size_angstrom[group] = float(value)
+            continue
+        header = _header_pixel_size(job, group)
+        job.pixel_size_angstrom[group] = header
+        if header is None:
+            job.warnings.append(f"optics group {group}: pixel size unknown (not in STAR/header)")
+        else:
+            job.warnings.append(
+                f"optics group {group}: no rlnImagePixelSize, using the stack header's "
+                f"{header:g} A"
+            )
+    sizes = job.pixel_size_angstrom
+    pixel_offsets = any(c in job.particles.columns for c in _PIXEL_TO_ANGSTROM)
+    if (job.table.relion30 and pixel_offsets and sizes
+            and all(v is not None for v in sizes.values())):
+        optics = job.table.optics.copy()
+        optics["rlnImagePixelSize"] = optics["rlnOpticsGroup"].map(sizes)
+        _, job.particles = _offsets_to_angstrom(optics, job.particles)
+
+
+def _header_pixel_size(job: _Job, group: int) -> float | None:
+    for row, g in enumerate(job.groups):
+        if g == group and job.problem[row] is None:
+            size = job.locations.stacks[job.locations.stack[row]].pixel_size_angstrom
+            return size if size > 0 else None
+    return None
+
+
+def _downsample_spec(
+    job: _Job, box_px: int | None, pixel_size_angstrom: float | None,
+    float16: bool | None, batch_size: int,
+) -> _OutputSpec:
+    out_shape: dict[int, tuple[int, int]] = {}
+    out_apix: dict[int, float | None] = {}
+    for group, (h, n) in job.shape_yx.items():
+        apix = job.pixel_size_angstrom[group]
+        if n % 2 or h != n:
+            raise InputError(f"optics group {group}: {n}x{h} px images cannot be "
+                             "Fourier-cropped (square, even side needed)", job.table.source)
+        if pixel_size_angstrom is not None:
+            if apix is None:
+                raise InputError(f"optics group {group}: no pixel size in the STAR or the "
+                                 "stack headers; use --box", job.table.source)
+            m = max(2, 2 * round(n * apix / pixel_size_angstrom / 2))
+        else:
+            m = int(box_px)  # type: ignore[arg-type]
+        if m > n:
+            raise ParameterError(
+                f"optics group {group}: output box {m} px is larger than the input {n} px: "
+                "Fourier cropping only downsamples"
+            )
+        out_shape[group] = (m, m)
+        out_apix[group] = None if apix is None else apix * n / m
+    return _OutputSpec(out_shape, out_apix, float16, batch_size)
+
+
+def _recenter(job: _Job) -> np.ndarray:
+    """Integer shifts ``(n, 2)`` (dx, dy) in input pixels; updates origins and coordinates."""
+    particles = job.particles.copy()
+    shifts = np.zeros((len(particles), 2), dtype=np.int64)
+    columns = ("rlnOriginXAngst", "rlnOriginYAngst")
+    if not all(c in particles.columns for c in columns):
+        job.warnings.append("--recenter: no rlnOriginXAngst/YAngst, images not moved")
+        return shifts
+    apix = _row_values(job, job.pixel_size_angstrom)
+    if not np.all(np.isfinite(apix[job.good])):
+        job.warnings.append("--recenter: pixel size unknown for some optics groups; "
+                            "their particles are not moved")
+    for axis, column in enumerate(columns):
+        origin = particles[column].to_numpy(dtype=float)
+        step = _round_half_away(origin / apix)
+        step[~np.isfinite(step)] = 0
+        shifts[:, axis] = step
+        particles[column] = np.where(np.isfinite(apix), origin - step * apix, origin)
+    _move_coordinates(job, particles, shifts, apix)
+    job.particles = particles
+    job.recentered = int(np.count_nonzero(np.any(shifts != 0, axis=1) & job.good))
+    return shifts
+
+
+def _sync_pixel_offsets(job: _Job, out: _OutputSpec) -> None:
+    """Offsets in pixels follow the new pixel size.
+
+    A legacy pixel column beside its Å column becomes ``Å / output pixel size``; a pixel
+    column alone (pixel size unknown) is scaled by ``m / n``.
+    """
+    apix = _row_values(job, out.pixel_size_angstrom)
+    ratio = _row_values(job, {g: out.shape_yx[g][1] / job.shape_yx[g][1] for g in job.shape_yx})
+    for column, target in _PIXEL_TO_ANGSTROM.items():
+        if column not in job.particles.columns:
+            continue
+        values = job.particles[column].to_numpy(dtype=float)
+        if target in job.particles.columns:
+            new = job.particles[target].to_numpy(dtype=float) / apix
+        else:
+            new = values * ratio
+        job.particles[column] = np.where(np.isfinite(new), new, values)
+
+
+def _row_values(job: _Job, per_group: dict[int, float | None]) -> np.ndarray:
+    """Per-row value of a per-group mapping (NaN where unknown)."""
+    lookup = {g: (np.nan if v is None else v) for g, v in per_group.items()}
+    return np.array([lookup.get(int(g), np.nan) for g in job.groups], dtype=float)
+
+
+def _move_coordinates(
+    job: _Job, particles: pd.DataFrame, shifts: np.ndarray, apix: np.ndarray
+) -> None:
+    if not {"rlnCoordinateX", "rlnCoordinateY"} <= set(particles.columns):
+        return
+    optics = job.table.optics.set_index("rlnOpticsGroup")
+    mic: dict[int, float | None] = {}
+    for group in job.shape_yx:
+        mic[group] = None
+        for column in ("rlnMicrographPixelSize", "rlnMicrographOriginalPixelSize"):
+            if column in optics and not pd.isna(optics[column].get(group)):
+                mic[group] = float(optics[column][group])
+                break
+    if any(v is None for v in mic.values()):
+        job.warnings.append("--recenter: no micrograph pixel size in the optics table, "
+                            "rlnCoordinateX/Y not moved (re-extraction would be off)")
+        return
+    ratio = apix / _row_values(job, mic)
+    for axis, column in enumerate(("rlnCoordinateX", "rlnCoordinateY")):
+        moved = particles[column].to_numpy(dtype=float) - shifts[:, axis] * ratio
+        particles[column] = np.where(np.isfinite(moved), moved, particles[column])
+
+
+def _round_half_away(values: np.ndarray) -> np.ndarray:
+    """RELION's ``ROUND``: halves away from zero."""
+    return np.sign(values) * np.floor(np.abs(values) + 0.5)
+
+
+def _shift_and_crop(
+    images: np.ndarray, shifts: np.ndarray, out_px: int, workers: int
+) -> np.ndarray:
+    """Circularly shift each ``(h, w)`` image by its integer ``(dx, dy)``, then crop."""
+    if np.any(shifts):
+        images = np.array(images, dtype=np.float32)
+        for k, (dx, dy) in enumerate(shifts):
+            if dx or dy:
+                images[k] = np.roll(images[k], (int(dy), int(dx)), axis=(0, 1))
+    return fourier_crop_2d(images, out_px, workers=workers)
+
+
+def _copy(images: np.ndarray, rows: np.ndarray, shape_yx: tuple[int, int]) -> np.ndarray:
+    return images
+
+
+# --------------------------------------------------------------------------- writing
+@dataclass(frozen=True)
+class _Stack:
+    """One output stack: the job rows it holds, in order, and their image side."""
+
+    rows: np.ndarray
+    shape_yx: tuple[int, int]
+    pixel_size_angstrom: float
+
+
+def _run(
+    job: _Job, out: _OutputSpec,
+    transform: Transform,
+    overwrite: bool, on_start: ProgressCallback | None, on_progress: ProgressCallback | None,
+) -> StackJobSummary:
+    if int(out.batch_size) != out.batch_size or out.batch_size < 1:
+        raise ParameterError(f"batch size must be a positive integer, got {out.batch_size}")
+    good = np.flatnonzero(job.good)
+    if not len(good):
+        raise InputError(_nothing_readable(job), job.table.source)
+    float16 = out.float16
+    if float16 is None:
+        float16 = all(job.locations.dtype_of(int(r)) == np.float16 for r in good)
+    paths = JobPaths(job.out_dir)
+    stacks = _plan_stacks(job, good, out)
+    _prepare_out_dir(paths, overwrite, job.locations.stacks)
+    if on_start is not None:
+        on_start(len(good))
+    names = np.empty(len(job.particles), dtype=object)
+    done = 0
+    for number, stack in enumerate(stacks):
+        relative = f"{paths.particles_dir.name}/batch_{number:06d}.mrcs"
+        _write_stack(job, stack, paths.out_dir / relative, float16, transform)
+        names[stack.rows] = [format_image_name(i, relative) for i in range(len(stack.rows))]
+        done += len(stack.rows)
+        if on_progress is not None:
+            on_progress(done)
+    particles = _output_particles(job.particles, good, names[good])
+    write_star(paths.particles_star, {
+        "optics": _output_optics(job, out, set(job.groups[good].tolist())),
+        "particles": particles,
+    })
+    summary = _summary(job, out, paths, good, float16, len(stacks))
+    _write_rejected(paths.rejected_tsv, job)
+    paths.summary_json.write_text(summary.to_json())
+    return summary
+
+
+def _nothing_readable(job: _Job) -> str:
+    if not len(job.particles):
+        return "no particles selected"
+    first = next(i for i, p in enumerate(job.problem) if p is not None)
+    return (f"none of the {len(job.particles)} particles can be read; first: "
+            f"{job.locations.names[first]}: {job.problem[first]} ({job.detail[first]})")
+
+
+def _plan_stacks(job: _Job, good: np.ndarray, out: _OutputSpec) -> list[_Stack]:
+    """Runs of ``batch_size`` rows in table order; a new stack when the shape changes."""
+    shapes = [out.shape_yx[int(g)] for g in job.groups[good]]
+    stacks: list[_Stack] = []
+    start = 0
+    while start < len(good):
+        stop = start + 1
+        while (stop < len(good) and stop - start < out.batch_size
+               and shapes[stop] == shapes[start]):
+            stop += 1
+        apix = out.pixel_size_angstrom.get(int(job.groups[good[start]]))
+        stacks.append(_Stack(good[start:stop], shapes[start], apix or 0.0))
+        start = stop
+    return stacks
+
+
+def _write_stack(
+    job: _Job, stack: _Stack, path: Path, float16: bool,
+    transform: Transform,
+) -> None:
+    with StackWriter(path, len(stack.rows), stack.shape_yx, stack.pixel_size_angstrom,
+                     float16=float16) as writer:
+        for rows, images in read_images(job.particles, locations=job.locations,
+                                        rows=stack.rows):
+            writer.write(transform(images, rows, stack.shape_yx))
+
+
+def _output_particles(particles: pd.DataFrame, good: np.ndarray, names: np.ndarray) -> pd.DataFrame:
+    table = particles.iloc[good].reset_index(drop=True)
+    if "rlnImageOriginalName" not in table.columns:
+        position = list(table.columns).index("rlnImageName") + 1
+        table.insert(position, "rlnImageOriginalName", table["rlnImageName"].astype(str))
+    table["rlnImageName"] = list(names)
+    return table
+
+
+def _output_optics(job: _Job, out: _OutputSpec, used: set[int]) -> pd.DataFrame:
+    """Input optics of the groups written, with the output image size and pixel size."""
+    optics = job.table.optics
+    optics = optics[optics["rlnOpticsGroup"].isin(used)].reset_index(drop=True).copy()
+    groups = [int(g) for g in optics["rlnOpticsGroup"]]
+    sizes = [out.pixel_size_angstrom.get(g) for g in groups]
+    if all(s is not None for s in sizes):
+        optics["rlnImagePixelSize"] = [float(s) for s in sizes]  # type: ignore[arg-type]
+    optics["rlnImageSize"] = [out.shape_yx[g][1] for g in groups]
+    if "rlnImageDimensionality" not in optics.columns:
+        optics["rlnImageDimensionality"] = 2
+    return optics
+
+
+def _prepare_out_dir(paths: JobPaths, overwrite: bool, input_stacks: dict[str, object]) -> None:
+    out = paths.out_dir
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise ParameterError(f"output directory {out} exists and is not empty; use --overwrite")
+        target = paths.particles_dir.resolve()
+        for stack in input_stacks:
+            if Path(stack).resolve().is_relative_to(target):
+                raise ParameterError(
+                    f"input stack {stack} lies in {paths.particles_dir}, which --overwrite "
+                    "would replace; choose another output directory"
+                )
+        shutil.rmtree(paths.particles_dir, ignore_errors=True)
+        for stale in (paths.particles_star, paths.summary_json, paths.rejected_tsv):
+            stale.unlink(missing_ok=True)
+    paths.particles_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _summary(
+    job: _Job, out: _OutputSpec, paths: JobPaths, good: np.ndarray, float16: bool, n_stacks: int
+) -> StackJobSummary:
+    names = job.table.optics.set_index("rlnOpticsGroup")["rlnOpticsGroupName"]
+    summary = StackJobSummary(
+        command=job.command, out_dir=str(paths.out_dir),
+        particles_star=str(paths.particles_star),
+        particles_in=len(job.table.particles), particles_selected=len(job.particles),
+        particles_written=len(good),
+        particles_skipped=dict(sorted(Counter(p for p in job.problem if p is not None).items())),
+        stacks=[str(paths.particles_dir / f"batch_{k:06d}.mrcs") for k in range(n_stacks)],
+        float16=bool(float16), recentered=job.recentered, warnings=list(job.warnings),
+    )
+    for group in sorted(set(job.groups[good].tolist())):
+        name = str(names.get(group, f"opticsGroup{group}"))
+        summary.box_px[name] = [job.shape_yx[group][1], out.shape_yx[group][1]]
+        summary.pixel_size_angstrom[name] = [
+            job.pixel_size_angstrom[group], out.pixel_size_angstrom[group]
+        ]
+    return summary
+
+
+def _write_rejected(path: Path, job: _Job) -> None:
+    bad = [i for i, p in enumerate(job.problem) if p is not None]
+    pd.DataFrame({
+        "row": job.input_rows[bad] if bad else np.array([], dtype=np.int64),
+        "rlnImageName": [job.locations.names[i] for i in bad],
+        "reason": [job.problem[i] for i in bad],
+        "detail": [job.detail[i] for i in bad],
+    }).to_csv(path, sep="\t", index=False)
+
