@@ -63,6 +63,8 @@ def extract_command(
     )] = "auto",
     pixel_size: Annotated[float | None, typer.Option(
         help="Micrograph pixel size in A (required for a glob; overrides the STAR).")] = None,
+    ctf_dir: Annotated[Path | None, typer.Option(
+        help="CTFFIND4 job directory: each micrograph's <name>.txt gives its CTF.")] = None,
     bin_to: Annotated[int | None, typer.Option(help="Fourier-crop to this box (px).")] = None,
     bin_factor: Annotated[float | None, typer.Option(
         help="Fourier-crop by this factor (nearest even box).")] = None,
@@ -147,6 +149,7 @@ def extract_command(
             summary = extract(
                 micrographs, out_dir, params, coords_dir=coords_dir, coords_suffix=coords_suffix,
                 coords=coords, coords_format=coords_format, pixel_size_angstrom=pixel_size,
+                ctf_dir=ctf_dir,
                 workers=workers, overwrite=overwrite, write_cs=write_cs,
                 on_start=lambda n: progress.update(bar, total=n, refresh=True),
                 on_progress=lambda _: progress.update(bar, advance=1, refresh=True),

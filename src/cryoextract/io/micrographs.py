@@ -131,3 +131,29 @@ def _locate(name: str, *dirs: Path) -> str:
         if candidate.exists():
             return str(candidate)
     return str(dirs[0] / name)
+
+
+def with_ctffind(mic_set: MicrographSet, ctf_dir: str | os.PathLike[str]) -> tuple[
+    MicrographSet, list[str]
+]:
+    """Take each micrograph's CTF from its CTFFIND4 results under ``ctf_dir``.
+
+    Defocus, astigmatism angle, phase shift and fit quality replace the STAR's; voltage,
+    Cs and amplitude contrast fill optics groups that lack them. Returns the new set and
+    the micrographs without results (they keep what the STAR had).
+    """
+    from cryoextract.io.ctffind import ctffind_for_micrographs
+
+    table = mic_set.micrographs.copy()
+    names = [str(n) for n in table["rlnMicrographName"]]
+    ctf = ctffind_for_micrographs(names, ctf_dir, missing="skip").set_index("rlnMicrographName")
+    per_micrograph = [c for c in PARTICLE_CARRIED_COLUMNS if c in ctf.columns]
+    for column in per_micrograph:
+        values = table["rlnMicrographName"].map(ctf[column])
+        table[column] = values.where(values.notna(), table.get(column))
+    optics = mic_set.optics.copy()
+    for column in ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast"):
+        if column not in optics.columns and column in ctf.columns and len(ctf):
+            optics[column] = float(ctf[column].iloc[0])
+    missing = [n for n in names if n not in ctf.index]
+    return MicrographSet(table, optics, mic_set.source), missing

@@ -16,7 +16,7 @@ import pandas as pd
 
 from cryoextract.errors import ParameterError
 from cryoextract.io.cryosparc import write_cs as write_cryosparc
-from cryoextract.io.micrographs import MicrographSet, read_micrograph_set
+from cryoextract.io.micrographs import MicrographSet, read_micrograph_set, with_ctffind
 from cryoextract.io.mrc import open_micrograph
 from cryoextract.io.star import write_star
 from cryoextract.ops.boxsize import (
@@ -64,6 +64,7 @@ def extract(
     coords: str | os.PathLike[str] | None = None,
     coords_format: str = "auto",
     pixel_size_angstrom: float | None = None,
+    ctf_dir: str | os.PathLike[str] | None = None,
     workers: int | None = None,
     overwrite: bool = False,
     write_cs: bool = False,
@@ -90,6 +91,8 @@ def extract(
         ``auto`` (by extension), ``star``, ``box`` or ``txt``.
     pixel_size_angstrom : float, optional
         Micrograph pixel size; overrides the STAR's.
+    ctf_dir : path-like, optional
+        CTFFIND4 job directory; each micrograph's ``<name>.txt`` there gives its CTF.
     workers : int, optional
         Processes; ``None`` uses all cores, 1 runs in this process.
     write_cs : bool
@@ -113,6 +116,11 @@ def extract(
         out_dir=str(paths.out_dir), particles_star=str(paths.particles_star),
         box_px=params.box_px, output_box_px=params.output_box_px,
     )
+    if ctf_dir is not None:
+        mic_set, no_ctf = with_ctffind(mic_set, ctf_dir)
+        if no_ctf:
+            summary.warnings.append(
+                f"{ctf_dir}: no CTFFIND results for {len(no_ctf)} micrograph(s), e.g. {no_ctf[0]}")
     summary.warnings += box_size_warnings(params)
     summary.warnings += delocalisation_warnings(mic_set, params)
     _check_box_against_first_micrograph(mic_set, params)
