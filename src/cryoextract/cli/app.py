@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from cryoextract.cli.common import err, fail, out, warn
+from cryoextract.cli.progress import JobProgress
 from cryoextract.errors import CryoExtractError, ParameterError
 from cryoextract.ops.boxes import EdgeMode
 from cryoextract.ops.boxsize import advise_box
@@ -28,10 +28,7 @@ from cryoextract.pipeline.params import (
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Particle extraction and particle-stack preparation for cryo-EM.")
-err = Console(stderr=True)
-out = Console()
 
-EXIT_INPUT_ERROR = 2
 
 
 @app.callback()
@@ -39,10 +36,6 @@ def _root() -> None:
     """Particle extraction and particle-stack preparation for cryo-EM."""
 
 
-def fail(message: str) -> None:
-    """Print a one-line error and exit with code 2."""
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(EXIT_INPUT_ERROR)
 
 
 @app.command("extract")
@@ -124,6 +117,14 @@ def extract_command(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
     write_cs: Annotated[bool, typer.Option(
         help="Also write a cryoSPARC particles.cs beside each STAR.")] = False,
+    resume: Annotated[bool, typer.Option(
+        help="Continue an interrupted run of the same job: finished micrographs are kept, "
+             "the rest redone.")] = False,
+    dask_scheduler: Annotated[str | None, typer.Option(
+        help="Run on a Dask cluster (tcp://HOST:PORT); needs cryoextract[dask].")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bar and no summary table.")] = False,
+    progress_log: Annotated[Path | None, typer.Option(
+        help="Append one JSON line per finished micrograph to this file.")] = None,
 ) -> None:
     """Cut particles out of micrographs at picked coordinates into stacks + a RELION STAR."""
     try:
@@ -144,20 +145,25 @@ def extract_command(
             ctf_on_micrograph=_ctf_on_micrograph(ctf_on),
             particle_diameter_angstrom=particle_diameter,
         )
-        with _progress() as progress:
-            bar = progress.add_task("micrographs", total=None)
+        with JobProgress(quiet=quiet, log_path=progress_log) as progress:
             summary = extract(
                 micrographs, out_dir, params, coords_dir=coords_dir, coords_suffix=coords_suffix,
                 coords=coords, coords_format=coords_format, pixel_size_angstrom=pixel_size,
-                ctf_dir=ctf_dir,
-                workers=workers, overwrite=overwrite, write_cs=write_cs,
-                on_start=lambda n: progress.update(bar, total=n, refresh=True),
-                on_progress=lambda _: progress.update(bar, advance=1, refresh=True),
+                ctf_dir=ctf_dir, workers=workers, dask_scheduler=dask_scheduler,
+                overwrite=overwrite, resume=resume, write_cs=write_cs,
+                on_start=progress.on_start, on_progress=progress.on_progress,
             )
     except CryoExtractError as exc:
         fail(str(exc))
         return
-    print_summary(summary)
+    except OSError as exc:  # e.g. the progress log cannot be written
+        fail(f"{exc.filename or ''}: {exc.strerror or exc}")
+        return
+    if quiet:
+        for warning in summary.warnings:
+            warn(warning)
+    else:
+        print_summary(summary)
 
 
 def _ctf_on_micrograph(value: str) -> bool:
@@ -175,22 +181,15 @@ def _pixel_size_for_binning(micrographs: str, pixel_size: float | None) -> float
     return float(optics["rlnMicrographPixelSize"].iloc[0])
 
 
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("[progress.description]{task.description}"), BarColumn(),
-        MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=True,
-        disable=not err.is_terminal,
-        # no refresh thread: worker processes are forked while the bar is live
-        auto_refresh=False,
-    )
-
-
 def print_summary(summary: ExtractionSummary) -> None:
     """The run summary as tables on stdout, warnings on stderr."""
     for warning in summary.warnings:
-        err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+        warn(warning)
     table = Table(title="cryoextract extract", show_header=False)
     table.add_row("micrographs done", str(summary.micrographs_done))
+    if summary.micrographs_resumed:
+        table.add_row("  of which kept from the interrupted run",
+                      str(summary.micrographs_resumed))
     table.add_row("micrographs skipped", str(len(summary.micrographs_skipped)))
     table.add_row("particles kept", str(summary.particles_kept))
     for reason, count in summary.particles_dropped.items():

@@ -11,16 +11,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
+from cryoextract.cli.common import err, fail, out
 from cryoextract.errors import CryoExtractError
 from cryoextract.io.pickformats.conversion import ConvertOptions, ConvertResult, convert_picks
 
-EXIT_INPUT_ERROR = 2
 _MAX_WARNINGS = 10
-err = Console(stderr=True)
-out = Console()
 
 
 class PickFormat(str, Enum):
@@ -32,10 +29,6 @@ class PickFormat(str, Enum):
     TOPAZ = "topaz"
 
 
-def _fail(message: str) -> None:
-    """Print a one-line error and exit with code 2 (as ``cli.app.fail``)."""
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(EXIT_INPUT_ERROR)
 
 
 def convert_command(
@@ -87,7 +80,7 @@ def convert_command(
     try:
         result = convert_picks(inputs, options)
     except CryoExtractError as exc:
-        _fail(str(exc))
+        fail(str(exc))
         return
     print_result(result, options)
 

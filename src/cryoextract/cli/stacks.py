@@ -10,17 +10,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from cryoextract.cli.common import err, fail, out
 from cryoextract.errors import CryoExtractError
 from cryoextract.pipeline.restack import DEFAULT_BATCH_SIZE, StackJobSummary, downsample, restack
-
-EXIT_INPUT_ERROR = 2
-err = Console(stderr=True)
-out = Console()
 
 ParticlesOption = Annotated[Path, typer.Option(
     "--particles", help="Particles STAR (RELION 3.0 or 3.1+) or cryoSPARC .cs.")]
@@ -99,10 +95,6 @@ def downsample_command(
     print_stack_summary(summary)
 
 
-def fail(message: str) -> None:
-    """Print a one-line error and exit with code 2 (as ``cli.app.fail``)."""
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(EXIT_INPUT_ERROR)
 
 
 def print_stack_summary(summary: StackJobSummary) -> None:

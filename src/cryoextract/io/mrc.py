@@ -142,15 +142,23 @@ class StackWriter:
         if self._written != self.count:
             self.abort()
             raise ValueError(f"wrote {self._written} of {self.count} images to {self.path}")
-        self._file.seek(0)
-        self._file.write(self._header().tobytes())
-        self._file.close()
-        os.replace(self._tmp, self.path)
+        try:
+            self._file.seek(0)  # flushes: a full disk shows here
+            self._file.write(self._header().tobytes())
+            self._file.close()
+            os.replace(self._tmp, self.path)
+        except OSError:
+            self.abort()
+            raise
 
     def abort(self) -> None:
-        """Drop the temporary file."""
-        self._file.close()
-        self._tmp.unlink(missing_ok=True)
+        """Drop the temporary file (also when closing it fails, e.g. on a full disk)."""
+        try:
+            self._file.close()
+        except OSError:
+            pass
+        finally:
+            self._tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> StackWriter:
         return self
@@ -215,3 +223,19 @@ def read_stack(path: str | os.PathLike[str]) -> np.ndarray:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]
+
+
+def stack_image_count(path: str | os.PathLike[str]) -> int:
+    """Images in a complete MRC stack, or -1 if it is missing, unreadable or truncated."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with mrcfile.open(path, mode="r", header_only=True, permissive=False) as handle:
+                header = handle.header
+                nx, ny, nz = int(header.nx), int(header.ny), int(header.nz)
+                dtype = mrcfile.utils.dtype_from_mode(header.mode)
+                expected = (HEADER_BYTES + int(header.nsymbt)
+                            + nx * ny * nz * np.dtype(dtype).itemsize)
+    except (ValueError, OSError, EOFError):
+        return -1
+    return nz if os.path.getsize(path) == expected else -1

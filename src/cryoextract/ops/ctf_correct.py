@@ -1,16 +1,22 @@
 """CTF phase flipping and premultiplication of images (docs/conventions.md, "CTF correction").
 
-As RELION's ``--phase_flip`` / ``--premultiply_ctf``: the image's Fourier transform is
-multiplied by ``sign(CTF)`` (``+1`` where the CTF is 0 or positive) or by the CTF itself
-(with its B-factor envelope and scale), computed for the image's own size and pixel size.
-Done in a box larger than the particle box, then windowed, so the signal the defocus moved
-out of the particle box is brought back in (docs/conventions.md).
+As RELION 3.1's ``--phase_flip`` / ``--premultiply_ctf`` (``CTF::getFftwImage`` with
+damping, ``CTF::getCTF``): the image's Fourier transform is multiplied by
+``scale * sign(-sin(gamma))`` (``+scale`` where the undamped CTF is 0 or positive; the
+B-factor envelope never changes a sign) or by the CTF itself (with its B-factor envelope
+and scale), computed for the image's own size and pixel size. RELION multiplies the flip
+by ``rlnCtfScalefactor`` too (``relion_preprocess --phase_flip`` on a micrograph with
+scale 2 gives particles twice those of a plain ``±1`` flip), so unnormalised output equals
+RELION's (tests/test_ctf_correct.py). Done in a box larger than the particle box, then
+windowed, so the signal the defocus moved out of the particle box is brought back in
+(docs/conventions.md).
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import scipy.fft
@@ -30,12 +36,34 @@ def ctf_multiplier(
     params: CtfParams, shape_yx: int | tuple[int, int], pixel_size_angstrom: float,
     mode: CtfCorrection,
 ) -> np.ndarray:
-    """``(h, w//2+1)`` float32 factor for an rfft2 spectrum: ``sign(CTF)`` or ``CTF``."""
-    ctf = ctf_2d(params, shape_yx, pixel_size_angstrom, rfft=True)
+    """``(h, w//2+1)`` float32 factor for an rfft2 spectrum: ``scale * sign(CTF)`` or ``CTF``.
+
+    The sign is taken from the CTF without its B-factor envelope, as RELION: with a large
+    B-factor the damped CTF underflows to 0 in float32 at high frequency and would lose it.
+
+    For an even width the last rfft column holds ``kx = +w/2`` and ``-w/2`` at once: the
+    coefficients at ``(ky, w/2)`` and ``(-ky, w/2)`` are complex conjugates, and an inverse
+    real FFT keeps only their conjugate-symmetric part, i.e. it applies the *mean* of the
+    two factors given there. An astigmatic CTF differs at ``(+w/2, ky)`` and
+    ``(+w/2, -ky)``; where the two signs disagree a plain sign flip (RELION's) averages to
+    0 and wipes those coefficients, so flipping twice would not give the image back. The
+    flip therefore uses the sign of the mean of the two CTF values on that column (the
+    same on both rows): a true ``±scale`` factor, an involution up to ``scale²``, and
+    RELION's result everywhere else. Premultiplication needs no change: the inverse FFT
+    already applies the mean of the two CTF values there.
+    """
     if mode is CtfCorrection.FLIP:
-        return np.where(ctf < 0, np.float32(-1), np.float32(1))
+        undamped = ctf_2d(replace(params, bfactor_angstrom2=0.0, scale=1.0), shape_yx,
+                          pixel_size_angstrom, rfft=True)
+        width = shape_yx if isinstance(shape_yx, int) else shape_yx[1]
+        if int(width) % 2 == 0:
+            column = undamped[:, -1].astype(np.float64)
+            mirror = column[-np.arange(len(column)) % len(column)]
+            undamped[:, -1] = (column + mirror) / 2
+        scale = np.float32(params.scale)
+        return np.where(undamped < 0, -scale, scale)
     if mode is CtfCorrection.PREMULTIPLY:
-        return ctf
+        return ctf_2d(params, shape_yx, pixel_size_angstrom, rfft=True)
     raise ValueError(f"no CTF multiplier for {mode}")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -74,10 +75,10 @@ def plan_tasks(
             if found is None:
                 plan.skipped[name] = f"no coordinate file (looked for {candidates[0]})"
                 continue
-            coords_path = str(found)
+            coords_path = os.path.abspath(found)
         relative = f"Particles/{stack_name}.mrcs"
         plan.tasks.append(MicrographTask(
-            index=index, micrograph_name=name, micrograph_path=str(path),
+            index=index, micrograph_name=name, micrograph_path=os.path.abspath(path),
             pixel_size_angstrom=pixel_sizes[index],
             out_dir=str(paths.out_dir), stack_name=relative, params=params,
             picks=task_picks, coords_path=coords_path, coords_format=picks.coords_format,

@@ -278,10 +278,11 @@ def _write_particles(
     params = task.params
     outputs = params.outputs
     rng = task_rng(task)
-    fill = finite_mean(image) if params.edge is EdgeMode.MEAN else 0.0
     cut_px = params.box_px if ctfs is None else ctf_box_size(task, ctfs)
-    # the padding beyond the particle box is filled even when edge boxes are dropped
-    cut_edge = EdgeMode.REPLICATE if params.edge is EdgeMode.DROP else params.edge
+    # the CTF padding beyond the particle box is filled even when edge boxes are dropped:
+    # with the micrograph mean, as RELION
+    cut_edge = EdgeMode.MEAN if params.edge is EdgeMode.DROP else params.edge
+    fill = finite_mean(image) if cut_edge is EdgeMode.MEAN else 0.0
     chunk = max(1, CHUNK_BYTES // (4 * cut_px**2))
     dust = 0
     with ExitStack() as stack:

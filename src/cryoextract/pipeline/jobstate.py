@@ -1,0 +1,177 @@
+"""What a job has finished, kept on disk so an interrupted run can resume, and its lock.
+
+Layout under ``OUT/.cryoextract/``: ``job.json`` (the parameters and inputs that define
+the job), ``lock`` (pid, host and start time of the run writing now) and ``done/`` (one
+record per finished micrograph: its particle rows and dropped picks as Arrow IPC
+files plus a small JSON; written after its stacks, renamed into place last, so a record
+only exists for a micrograph whose stacks are complete).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from cryoextract.errors import CryoExtractError, ParameterError
+from cryoextract.io.mrc import stack_image_count
+from cryoextract.pipeline.params import ExtractParams
+from cryoextract.pipeline.task import MicrographResult, MicrographTask
+
+STATE_DIR = ".cryoextract"
+
+
+class JobLockedError(CryoExtractError):
+    """Another run is writing into the same output directory."""
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {k: _jsonable(v) for k, v in dataclasses.asdict(value).items()}
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def job_definition(params: ExtractParams, inputs: dict[str, Any]) -> dict[str, Any]:
+    """What must be equal for ``--resume`` to continue a run: parameters and inputs."""
+    return {"params": _jsonable(params), "inputs": _jsonable(inputs)}
+
+
+class JobState:
+    """Finished-micrograph records of one output directory."""
+
+    def __init__(self, out_dir: Path):
+        self.root = Path(out_dir) / STATE_DIR
+        self.done_dir = self.root / "done"
+
+    def start(self, definition: dict[str, Any], *, resume: bool) -> None:
+        """Record the job, or check on ``resume`` that it is the same job as before."""
+        self.done_dir.mkdir(parents=True, exist_ok=True)
+        job_file = self.root / "job.json"
+        text = json.dumps(definition, indent=2, sort_keys=True)
+        if resume and job_file.is_file():
+            if json.loads(job_file.read_text()) != json.loads(text):
+                raise ParameterError(
+                    f"--resume: {self.root.parent} holds a run with other parameters or "
+                    f"inputs ({job_file}); use the same options, or --overwrite"
+                )
+            return
+        _write_text_atomic(job_file, text)
+
+    def record(self, task: MicrographTask, result: MicrographResult) -> None:
+        """Keep a finished micrograph's rows (only call once its stacks are in place)."""
+        if result.error is not None:
+            return
+        base = self.done_dir / f"{task.index:08d}"
+        tables = {"particles": result.particles, "dropped": result.dropped}
+        for name, table in tables.items():
+            if table is not None:
+                tmp = base.with_name(f".{base.name}.{name}.tmp")
+                table.reset_index(drop=True).to_feather(tmp)
+                os.replace(tmp, base.with_name(f"{base.name}.{name}.arrow"))
+        meta = {"micrograph": task.micrograph_name, "warnings": result.warnings,
+                "shape_yx": result.shape_yx, "tables": [k for k, v in tables.items()
+                                                        if v is not None]}
+        _write_text_atomic(base.with_suffix(".json"), json.dumps(meta))
+
+    def load(self, task: MicrographTask) -> MicrographResult | None:
+        """A finished micrograph's result, or ``None`` if it must be (re)done.
+
+        Kept only when its record is complete and every stack it names holds exactly
+        its particles.
+        """
+        base = self.done_dir / f"{task.index:08d}"
+        try:
+            meta = json.loads(base.with_suffix(".json").read_text())
+            if meta["micrograph"] != task.micrograph_name:
+                return None
+            tables = {name: pd.read_feather(base.with_name(f"{base.name}.{name}.arrow"))
+                      for name in meta["tables"]}
+        except (OSError, ValueError, KeyError):
+            return None
+        particles = tables.get("particles")
+        count = 0 if particles is None else len(particles)
+        if count:
+            for output in task.params.outputs:
+                if stack_image_count(task.stack_path(output)) != count:
+                    return None
+        shape = meta.get("shape_yx")
+        return MicrographResult(
+            task.index, task.micrograph_name, particles=particles,
+            dropped=tables.get("dropped"), warnings=list(meta.get("warnings", [])),
+            shape_yx=None if shape is None else (int(shape[0]), int(shape[1])),
+        )
+
+
+class JobLock:
+    """An exclusive lock on an output directory; a lock left by a dead run is taken over."""
+
+    def __init__(self, out_dir: Path):
+        self.path = Path(out_dir) / STATE_DIR / "lock"
+        self.stale_owner: dict[str, Any] | None = None
+
+    def __enter__(self) -> JobLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self._owner()
+                if owner is not None and _alive(owner):
+                    raise JobLockedError(
+                        f"{self.path.parent.parent} is in use by another run (pid "
+                        f"{owner.get('pid')} on {owner.get('host')}, started "
+                        f"{time.ctime(owner.get('started', 0))}); wait for it, or remove "
+                        f"{self.path} if that run is gone"
+                    ) from None
+                self.stale_owner = owner or {}
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as handle:
+                json.dump(me, handle)
+            return self
+        raise JobLockedError(f"cannot take the lock {self.path}")
+
+    def __exit__(self, *_: object) -> None:
+        self.path.unlink(missing_ok=True)
+
+    def _owner(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None
+
+
+def _alive(owner: dict[str, Any]) -> bool:
+    """Whether the run that took a lock still runs (only checkable on the same host)."""
+    if owner.get("host") != socket.gethostname():
+        return True  # cannot check another host's processes: assume it runs
+    pid = owner.get("pid")
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -1,0 +1,144 @@
+"""Never lose work: resume after kill -9, the output lock, unwritable and full disks, Dask."""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cryoextract.sim.simulate import simulate_dataset
+
+ARGS = ["--coords-dir", "Picks", "--coords-suffix", "_autopick.star", "--box", "96",
+        "--bin-to", "48", "--white-dust", "3", "--black-dust", "3", "--seed", "7"]
+
+
+def command(out: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "cryoextract", "extract", "--micrographs", "micrographs.star",
+            *ARGS, "--out", out, *extra]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("robust")
+    simulate_dataset(root, n_micrographs=8, shape_yx=(384, 384), particles_per_micrograph=25,
+                     pixel_size_angstrom=2.0, seed=3)
+    subprocess.run(command("reference", "--workers", "1"), cwd=root, check=True,
+                   capture_output=True, timeout=300)
+    return root
+
+
+def output_files(out: Path) -> dict[str, bytes]:
+    """Every output that a later step trusts, by relative path (not the summary's paths)."""
+    files = {}
+    for path in sorted(out.rglob("*")):
+        relative = path.relative_to(out).as_posix()
+        if path.is_file() and not relative.startswith(".cryoextract") and \
+                relative != "summary.json":
+            files[relative] = path.read_bytes()
+    return files
+
+
+def test_resume_after_kill_gives_identical_outputs(dataset):
+    reference = output_files(dataset / "reference")
+    assert "particles.star" in reference
+    for attempt, delay in enumerate((0.9, 1.3, 1.8)):
+        out = f"killed{attempt}"
+        proc = subprocess.Popen(command(out, "--workers", "1"), cwd=dataset,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        # nothing half-written is trusted: no temporary file under a final name
+        star = dataset / out / "particles.star"
+        assert not star.exists() or star.read_bytes() == reference["particles.star"]
+        done = subprocess.run(command(out, "--resume", "--workers", "2"), cwd=dataset,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert output_files(dataset / out) == reference
+        assert not list((dataset / out).rglob(".*.tmp"))
+
+
+def test_lock_refuses_a_second_run_and_takes_over_a_stale_one(dataset):
+    out = dataset / "locked"
+    (out / ".cryoextract").mkdir(parents=True)
+    lock = out / ".cryoextract" / "lock"
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock.write_text(f'{{"pid": {sleeper.pid}, "host": "{socket.gethostname()}", '
+                        f'"started": {time.time()}}}')
+        proc = subprocess.run(command("locked"), cwd=dataset, capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 2
+        assert f"pid {sleeper.pid}" in proc.stderr and "Traceback" not in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    # the owner is gone: the lock is stale and the run goes ahead
+    proc = subprocess.run(command("locked"), cwd=dataset, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert not lock.exists()
+
+
+def test_unwritable_output_is_a_clear_error(dataset):
+    (dataset / "a_file").write_text("not a directory")
+    proc = subprocess.run(command("a_file/out"), cwd=dataset, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2
+    assert "a_file" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def _limit_file_size() -> None:
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes fail with EFBIG instead
+    resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+
+
+def test_full_disk_leaves_nothing_half_written_and_resume_finishes(dataset):
+    proc = subprocess.run(command("full", "--workers", "1"), cwd=dataset, capture_output=True,
+                          text=True, timeout=300, preexec_fn=_limit_file_size)
+    out = dataset / "full"
+    stacks = list((out / "Particles").glob("*.mrcs"))
+    # the stacks that did not fit are reported, never left truncated under their name
+    from cryoextract.io.mrc import stack_image_count
+
+    assert all(stack_image_count(s) > 0 for s in stacks)
+    assert "Traceback" not in proc.stderr
+    assert not list(out.rglob(".*.tmp"))
+    done = subprocess.run(command("full", "--resume", "--workers", "2"), cwd=dataset,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert output_files(out) == output_files(dataset / "reference")
+
+
+def test_dask_cluster_equals_local_run_even_when_a_worker_dies(dataset):
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  host="127.0.0.1", dashboard_address=None) as cluster:
+        proc = subprocess.run(command("dask", "--dask-scheduler", cluster.scheduler_address),
+                              cwd=dataset, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        assert output_files(dataset / "dask") == output_files(dataset / "reference")
+        # kill one worker while the job runs: its micrographs are redone elsewhere
+        run = subprocess.Popen(command("dask_killed", "--dask-scheduler",
+                                       cluster.scheduler_address),
+                               cwd=dataset, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+        with distributed.Client(cluster.scheduler_address) as client:
+            deadline = time.time() + 60
+            while time.time() < deadline and not client.processing() and run.poll() is None:
+                time.sleep(0.05)
+            pids = client.run(os.getpid)
+            victim = next(iter(pids.values()))
+            os.kill(victim, signal.SIGKILL)
+        _, stderr = run.communicate(timeout=300)
+        assert run.returncode == 0, stderr
+    assert output_files(dataset / "dask_killed") == output_files(dataset / "reference")
