@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -18,13 +20,14 @@ from cryoextract.ops.boxsize import advise_box
 from cryoextract.ops.ctf_correct import CtfCorrection
 from cryoextract.ops.normalize import NormMode
 from cryoextract.pipeline.allocator import keep_freed_memory
-from cryoextract.pipeline.extract import ExtractionSummary, extract
+from cryoextract.pipeline.extract import ExtractInputs, ExtractionSummary, RunOptions, extract
 from cryoextract.pipeline.params import (
     ExtractParams,
     PickTransform,
     SubpixelMode,
     resolve_output_box,
 )
+from cryoextract.pipeline.watch import WatchOptions, watch_extraction
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Particle extraction and particle-stack preparation for cryo-EM.")
@@ -125,6 +128,14 @@ def extract_command(
     quiet: Annotated[bool, typer.Option(help="No progress bar and no summary table.")] = False,
     progress_log: Annotated[Path | None, typer.Option(
         help="Append one JSON line per finished micrograph to this file.")] = None,
+    watch: Annotated[bool, typer.Option(
+        help="Live mode: follow a growing micrographs STAR or glob; extract each micrograph "
+             "once its files have settled; stop on Ctrl-C/SIGTERM or --watch-timeout.")
+    ] = False,
+    watch_timeout: Annotated[float | None, typer.Option(
+        help="With --watch: stop after this many seconds without a new micrograph.")] = None,
+    settle: Annotated[float, typer.Option(
+        help="With --watch: seconds a micrograph and its picks must stay unchanged.")] = 10.0,
 ) -> None:
     """Cut particles out of micrographs at picked coordinates into stacks + a RELION STAR."""
     try:
@@ -146,13 +157,22 @@ def extract_command(
             particle_diameter_angstrom=particle_diameter,
         )
         with JobProgress(quiet=quiet, log_path=progress_log) as progress:
-            summary = extract(
-                micrographs, out_dir, params, coords_dir=coords_dir, coords_suffix=coords_suffix,
-                coords=coords, coords_format=coords_format, pixel_size_angstrom=pixel_size,
-                ctf_dir=ctf_dir, workers=workers, dask_scheduler=dask_scheduler,
-                overwrite=overwrite, resume=resume, write_cs=write_cs,
-                on_start=progress.on_start, on_progress=progress.on_progress,
-            )
+            if watch:
+                summary = _watch(
+                    ExtractInputs(micrographs, _opt(coords_dir), coords_suffix, _opt(coords),
+                                  coords_format, pixel_size, _opt(ctf_dir)),
+                    out_dir, params,
+                    RunOptions(workers, dask_scheduler, overwrite, False, write_cs),
+                    WatchOptions(settle_s=settle, idle_timeout_s=watch_timeout), progress)
+            else:
+                summary = extract(
+                    micrographs, out_dir, params, coords_dir=coords_dir,
+                    coords_suffix=coords_suffix, coords=coords, coords_format=coords_format,
+                    pixel_size_angstrom=pixel_size,
+                    ctf_dir=ctf_dir, workers=workers, dask_scheduler=dask_scheduler,
+                    overwrite=overwrite, resume=resume, write_cs=write_cs,
+                    on_start=progress.on_start, on_progress=progress.on_progress,
+                )
     except CryoExtractError as exc:
         fail(str(exc))
         return
@@ -164,6 +184,25 @@ def extract_command(
             warn(warning)
     else:
         print_summary(summary)
+
+
+def _opt(value: Path | None) -> str | None:
+    return None if value is None else str(value)
+
+
+def _watch(inputs: ExtractInputs, out_dir: Path, params: ExtractParams, options: RunOptions,
+           watch: WatchOptions, progress: JobProgress) -> ExtractionSummary:
+    """Live mode until a signal or the idle timeout; Ctrl-C ends it cleanly."""
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set())
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        progress.on_start(0)
+        return watch_extraction(inputs, out_dir, params, options, watch, stop=stop,
+                                on_progress=progress.on_progress)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _ctf_on_micrograph(value: str) -> bool:

@@ -133,12 +133,13 @@ def run_extraction(
     inputs: ExtractInputs,
     out_dir: str | os.PathLike[str],
     params: ExtractParams,
-    options: RunOptions = RunOptions(),
+    options: RunOptions | None = None,
     *,
     on_start: Callable[[int], None] | None = None,
     on_progress: ProgressCallback | None = None,
 ) -> ExtractionSummary:
     """:func:`extract` with its inputs and run options as records."""
+    options = options or RunOptions()
     if options.overwrite and options.resume:
         raise ParameterError("--overwrite and --resume exclude each other")
     paths = JobPaths(Path(out_dir).absolute())
@@ -146,7 +147,7 @@ def run_extraction(
     try:
         paths.out_dir.mkdir(parents=True, exist_ok=True)
         with JobLock(paths.out_dir):
-            _prepare_out_dir(paths, params, options)
+            prepare_out_dir(paths, params, options)
             state = JobState(paths.out_dir)
             state.start(job_definition(params, dataclasses.asdict(inputs)),
                         resume=options.resume)
@@ -217,7 +218,7 @@ def _run_job(
     return results
 
 
-def _prepare_out_dir(paths: JobPaths, params: ExtractParams, options: RunOptions) -> None:
+def prepare_out_dir(paths: JobPaths, params: ExtractParams, options: RunOptions) -> None:
     out = paths.out_dir
     if _holds_outputs(out) and not options.resume:
         if not options.overwrite:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import hashlib
 import json
 import os
 import socket
@@ -70,11 +71,16 @@ class JobState:
             return
         _write_text_atomic(job_file, text)
 
+    def _base(self, task: MicrographTask) -> Path:
+        """Records are named by micrograph, so a growing input list keeps them valid."""
+        digest = hashlib.sha1(task.micrograph_name.encode()).hexdigest()[:16]
+        return self.done_dir / digest
+
     def record(self, task: MicrographTask, result: MicrographResult) -> None:
         """Keep a finished micrograph's rows (only call once its stacks are in place)."""
         if result.error is not None:
             return
-        base = self.done_dir / f"{task.index:08d}"
+        base = self._base(task)
         tables = {"particles": result.particles, "dropped": result.dropped}
         for name, table in tables.items():
             if table is not None:
@@ -92,7 +98,7 @@ class JobState:
         Kept only when its record is complete and every stack it names holds exactly
         its particles.
         """
-        base = self.done_dir / f"{task.index:08d}"
+        base = self._base(task)
         try:
             meta = json.loads(base.with_suffix(".json").read_text())
             if meta["micrograph"] != task.micrograph_name:
@@ -108,6 +114,9 @@ class JobState:
                 if stack_image_count(task.stack_path(output)) != count:
                     return None
         shape = meta.get("shape_yx")
+        if particles is not None and "rlnImageName" in particles.columns and count and \
+                not str(particles["rlnImageName"].iloc[0]).endswith(task.stack_name):
+            return None  # the stack name changed (e.g. a new micrograph with the same stem)
         return MicrographResult(
             task.index, task.micrograph_name, particles=particles,
             dropped=tables.get("dropped"), warnings=list(meta.get("warnings", [])),
