@@ -24,6 +24,7 @@ from cryoextract.io.cryosparc import (
     read_cs_picks,
     write_cs,
 )
+from shared_data import require_paths
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 DRGN = DATA / "real" / "cryodrgn_4.3.1_sdist"
@@ -41,15 +42,6 @@ def _cryosparc_dataset():
             pytest.fail("cryosparc-tools (test dependency) is not installed")
         pytest.skip("cryosparc-tools not installed")
     return cryosparc.dataset
-
-
-def _require(*paths: Path) -> None:
-    missing = [str(p) for p in paths if not p.exists()]
-    if missing:
-        message = f"shared real data missing: {', '.join(missing)}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
 
 
 def _real_cs_files() -> list[Path]:
@@ -98,13 +90,13 @@ def _tables(n: int = 40, seed: int = 1) -> tuple[pd.DataFrame, pd.DataFrame, dic
 
 
 def test_real_cs_files_are_present():
-    _require(EMPIAR_CS, P12_CS)
+    require_paths(EMPIAR_CS, P12_CS)
     assert len(_real_cs_files()) >= 2
 
 
 @pytest.mark.parametrize("path", _real_cs_files() or [EMPIAR_CS, P12_CS], ids=lambda p: p.name)
 def test_every_real_cs_parses_with_raw_values(path):
-    _require(path)
+    require_paths(path)
     raw = np.load(path, allow_pickle=False)
     optics, particles = read_cs_particles(path)
     assert len(particles) == len(raw)
@@ -128,7 +120,7 @@ def test_every_real_cs_parses_with_raw_values(path):
 
 
 def test_empiar_10076_cs_agrees_with_its_relion_star():
-    _require(EMPIAR_CS, EMPIAR_STAR)
+    require_paths(EMPIAR_CS, EMPIAR_STAR)
     star = starfile.read(EMPIAR_STAR)
     optics, particles = read_cs_particles(EMPIAR_CS)
     index = [int(s.split("@")[0]) for s in star["rlnImageName"]]
@@ -144,7 +136,7 @@ def test_empiar_10076_cs_agrees_with_its_relion_star():
 
 
 def test_real_refinement_poses_shifts_subsets_classes():
-    _require(P12_CS)
+    require_paths(P12_CS)
     raw = np.load(P12_CS)
     _, particles = read_cs_particles(P12_CS)
     angles = particles[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy()
@@ -159,7 +151,7 @@ def test_real_refinement_poses_shifts_subsets_classes():
 
 
 def test_csdat_format_read_through_cryosparc_tools(tmp_path):
-    _require(P12_CS)
+    require_paths(P12_CS)
     dataset = _cryosparc_dataset()
     csdat = tmp_path / "p12_csdat.cs"
     dataset.Dataset.load(P12_CS).save(csdat, format=dataset.CSDAT_FORMAT)
@@ -171,7 +163,7 @@ def test_csdat_format_read_through_cryosparc_tools(tmp_path):
 
 
 def test_csdat_without_cryosparc_tools_is_a_clear_error(tmp_path, monkeypatch):
-    _require(EMPIAR_CS)
+    require_paths(EMPIAR_CS)
     dataset = _cryosparc_dataset()
     csdat = tmp_path / "e.cs"
     dataset.Dataset.load(EMPIAR_CS).save(csdat, format=dataset.CSDAT_FORMAT)
@@ -189,7 +181,7 @@ def test_csdat_without_cryosparc_tools_is_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_real_relion31_star_round_trips_through_cs(tmp_path):
-    _require(RELION31_STAR)
+    require_paths(RELION31_STAR)
     star = starfile.read(RELION31_STAR)
     optics, particles = star["optics"], star["particles"]
     out = tmp_path / "relion31.cs"
@@ -284,7 +276,7 @@ def test_written_cs_loads_in_cryosparc_tools_with_right_values(tmp_path):
 
 
 def test_written_file_matches_real_cs_field_types(tmp_path):
-    _require(EMPIAR_CS)
+    require_paths(EMPIAR_CS)
     optics, particles, shapes = _tables(5)
     out = tmp_path / "p.cs"
     written = write_cs(out, optics, particles, micrograph_shapes=shapes)
@@ -330,7 +322,7 @@ def test_missing_micrograph_shape_is_an_error(tmp_path):
 
 
 def test_relion30_style_table_without_optics(tmp_path):
-    _require(EMPIAR_STAR)
+    require_paths(EMPIAR_STAR)
     star = starfile.read(EMPIAR_STAR)
     star["rlnImageSize"] = 320
     out = tmp_path / "e.cs"

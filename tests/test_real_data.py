@@ -24,6 +24,8 @@ import pandas as pd
 import pytest
 import starfile
 
+from shared_data import require_paths
+
 DATA = Path(__file__).parents[1] / ".." / "shared" / "data"
 CLEANER = DATA / "real" / "micrograph_cleaner_em"
 CLEANER_MIC = CLEANER / "mics" / "Ucsf_stack_1142_DW.mrc"
@@ -34,15 +36,6 @@ BOX = 64
 RADIUS = round(0.375 * BOX)
 FEI_BOX = 32
 FEI_PIXEL = 0.8538
-
-
-def _require(*paths: Path) -> None:
-    missing = [str(p) for p in paths if not p.exists()]
-    if missing:
-        message = f"shared real data missing: {', '.join(missing)}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
 
 
 def _run_many(jobs: dict[str, list[str]]) -> dict[str, subprocess.CompletedProcess[str]]:
@@ -102,7 +95,7 @@ def _fits(xy: np.ndarray, box: int, shape_yx: tuple[int, int]) -> np.ndarray:
 def cleaner(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[dict[str, subprocess.CompletedProcess[str]], dict[str, Path]]:
-    _require(CLEANER_MIC, CLEANER_PICKS)
+    require_paths(CLEANER_MIC, CLEANER_PICKS)
     base = tmp_path_factory.mktemp("cleaner")
     common = [
         "--micrographs",
@@ -222,7 +215,7 @@ def _raw_fei(path: Path) -> tuple[np.ndarray, float]:
 
 
 def test_fei_uint16_replicate_windows(tmp_path: Path) -> None:
-    _require(FEI)
+    require_paths(FEI)
     mic_path = tmp_path / "fei-extended.mrc"
     shutil.copy(FEI, mic_path)
     mic, header_pixel = _raw_fei(mic_path)

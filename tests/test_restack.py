@@ -29,6 +29,7 @@ from cryoextract.cli.stacks import downsample_command, restack_command
 from cryoextract.errors import InputError, ParameterError
 from cryoextract.io.images import image_key, locate_images, parse_image_name, read_images
 from cryoextract.pipeline.restack import downsample, read_particles, restack
+from shared_data import require_paths
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 REAL = DATA / "real"
@@ -51,15 +52,6 @@ DATASETS = {
 }
 
 
-def _require(*paths: Path) -> None:
-    missing = [str(p) for p in paths if not p.exists()]
-    if missing:
-        message = f"shared real data missing: {', '.join(missing)}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-
-
 def _require_tool(tool: str) -> None:
     if shutil.which(tool) is None:
         if os.environ.get("CI") == "true":
@@ -70,7 +62,7 @@ def _require_tool(tool: str) -> None:
 def _stage(name: str, root: Path, *, float16: bool = False) -> Path:
     """Copy a dataset into ``root/name``: its STAR, and its stack where the STAR says."""
     star_rel, stack_rel = DATASETS[name]
-    _require(REAL / star_rel, REAL / stack_rel)
+    require_paths(REAL / star_rel, REAL / stack_rel)
     folder = root / name
     folder.mkdir(parents=True)
     star = folder / Path(star_rel).name
@@ -232,7 +224,7 @@ def _merged(tmp_path: Path) -> tuple[Path, pd.DataFrame]:
     """One STAR interleaving a float16 and a float32 real stack of 64 px images."""
     classes = REAL / "relion5_betagal_tutorial_sppractice/Class2D/job010/run_it025_classes.mrcs"
     ribo = REAL / DATASETS["sta_bin8_relion30"][1]
-    _require(classes, ribo)
+    require_paths(classes, ribo)
     folder = tmp_path / "merged"
     (folder / "Stacks").mkdir(parents=True)
     shutil.copy(classes, folder / "Stacks/classes.mrcs")
