@@ -245,7 +245,7 @@ def ours_tool(workers: int) -> Tool:
         sys.executable, "-m", "cryoextract", "extract", "--micrographs", "micrographs.star",
         "--coords-dir", "Picks", "--coords-suffix", "_pick.star", "--box", str(BOX),
         "--bin-to", str(BIN_TO), "--bg-radius", str(BG_RADIUS), "--out", "Ours",
-        "--overwrite", "--workers", str(workers),
+        "--overwrite", "--no-report", "--workers", str(workers),
     ], "Ours")
 
 

@@ -16,7 +16,7 @@ import pytest
 from cryoextract.sim.simulate import simulate_dataset
 
 ARGS = ["--coords-dir", "Picks", "--coords-suffix", "_autopick.star", "--box", "96",
-        "--bin-to", "48", "--white-dust", "3", "--black-dust", "3", "--seed", "7"]
+        "--bin-to", "48", "--white-dust", "3", "--black-dust", "3", "--seed", "7", "--no-report"]
 
 
 def command(out: str, *extra: str) -> list[str]:

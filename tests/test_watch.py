@@ -14,7 +14,7 @@ import starfile
 from cryoextract.io.mrc import stack_image_count
 from cryoextract.sim.simulate import simulate_dataset
 
-ARGS = ["--coords-dir", "Picks", "--coords-suffix", "_autopick.star", "--box", "64",
+ARGS = ["--coords-dir", "Picks", "--coords-suffix", "_autopick.star", "--box", "64", "--no-report",
         "--bin-to", "32"]
 
 

@@ -128,6 +128,20 @@ def extract_command(
     quiet: Annotated[bool, typer.Option(help="No progress bar and no summary table.")] = False,
     progress_log: Annotated[Path | None, typer.Option(
         help="Append one JSON line per finished micrograph to this file.")] = None,
+    descriptors: Annotated[bool, typer.Option(
+        help="Per-particle quality columns (ceScoreByVar, ceGiniPatch, ...; README).")] = True,
+    patch: Annotated[int | None, typer.Option(
+        help="Patch for the local-variance descriptors, px [default: 1.5 x box].")] = None,
+    min_distance_angstrom: Annotated[float | None, typer.Option(
+        help="Of picks closer than this, keep the best by --score-column.")] = None,
+    min_score: Annotated[float | None, typer.Option(
+        help="Drop picks scoring below this in --score-column.")] = None,
+    max_per_micrograph: Annotated[int | None, typer.Option(
+        help="Keep at most this many picks per micrograph (the best scoring).")] = None,
+    score_column: Annotated[str, typer.Option(
+        help="Pick score used by the selection options.")] = "rlnAutopickFigureOfMerit",
+    report: Annotated[bool, typer.Option(
+        help="Write the visual QC report OUT/report/index.html at the end.")] = True,
     watch: Annotated[bool, typer.Option(
         help="Live mode: follow a growing micrographs STAR or glob; extract each micrograph "
              "once its files have settled; stop on Ctrl-C/SIGTERM or --watch-timeout.")
@@ -155,6 +169,9 @@ def extract_command(
             ctf_correct=ctf_correct, ctf_box_px=ctf_box,
             ctf_on_micrograph=_ctf_on_micrograph(ctf_on),
             particle_diameter_angstrom=particle_diameter,
+            descriptors=descriptors, patch_px=patch,
+            min_distance_angstrom=min_distance_angstrom, min_score=min_score,
+            max_per_micrograph=max_per_micrograph, score_column=score_column,
         )
         with JobProgress(quiet=quiet, log_path=progress_log) as progress:
             if watch:
@@ -184,6 +201,22 @@ def extract_command(
             warn(warning)
     else:
         print_summary(summary)
+    if report:
+        _write_report(out_dir, micrographs, quiet)
+
+
+def _write_report(out_dir: Path, micrographs: str, quiet: bool) -> None:
+    """The QC report; a failure here never fails the finished extraction."""
+    from cryoextract.report import write_report
+
+    star_dir = Path(micrographs).parent if micrographs.endswith(".star") else Path(".")
+    try:
+        index = write_report(out_dir, micrograph_dirs=(star_dir,))
+    except (CryoExtractError, OSError, ValueError) as exc:
+        warn(f"QC report not written: {exc}")
+        return
+    if not quiet:
+        out.print(f"QC report: {escape(str(index))}")
 
 
 def _opt(value: Path | None) -> str | None:
@@ -309,9 +342,12 @@ def simulate_command(
 
 def _register_commands() -> None:
     from cryoextract.cli.convert import convert_command
+    from cryoextract.cli.qc import report_command, select_command
     from cryoextract.cli.stacks import downsample_command, restack_command
 
     app.command("convert")(convert_command)
+    app.command("select")(select_command)
+    app.command("report")(report_command)
     app.command("restack")(restack_command)
     app.command("downsample")(downsample_command)
 

@@ -554,6 +554,9 @@ def micrograph_background_stats(
 
 def _row_stats(values: np.ndarray, use: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """Mean and population std of each row over ``use`` and the finite values."""
+    if values.shape[1] == 0:  # radius beyond the box corners: no background at all
+        empty = np.full(values.shape[0], np.nan)
+        return empty, empty.copy()
     finite = np.isfinite(values)
     if use is not None:
         finite &= use

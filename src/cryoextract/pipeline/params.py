@@ -55,6 +55,12 @@ class ExtractParams:
     ctf_box_px: int | None = None
     ctf_on_micrograph: bool = False
     particle_diameter_angstrom: float | None = None
+    descriptors: bool = True
+    patch_px: int | None = None
+    min_distance_angstrom: float | None = None
+    min_score: float | None = None
+    max_per_micrograph: int | None = None
+    score_column: str = "rlnAutopickFigureOfMerit"
 
     def __post_init__(self) -> None:
         check_box_size(self.box_px, "box")
@@ -73,6 +79,14 @@ class ExtractParams:
                 )
         if self.ctf_on_micrograph and self.ctf_correct is not CtfCorrection.FLIP:
             raise ParameterError("--ctf-on micrograph only goes with --ctf-correct flip")
+        if self.patch_px is not None and not self.patch_px > 0:
+            raise ParameterError(f"patch must be > 0 px, got {self.patch_px}")
+        if self.min_distance_angstrom is not None and not self.min_distance_angstrom > 0:
+            raise ParameterError(
+                f"minimum distance must be > 0 A, got {self.min_distance_angstrom}")
+        if self.max_per_micrograph is not None and not self.max_per_micrograph > 0:
+            raise ParameterError(
+                f"max per micrograph must be > 0, got {self.max_per_micrograph}")
         if self.recenter_xyz_angstrom is not None and self.recenter is False:
             raise ParameterError("--recenter-xyz needs re-centring; drop --no-recenter")
         if self.out_box_px is not None:
@@ -94,6 +108,11 @@ class ExtractParams:
                     f"background radius {self.bg_radius_px} px leaves no background in a "
                     f"{self.output_box_px} px box (2*radius > box)"
                 )
+
+    @property
+    def descriptor_patch_px(self) -> int:
+        """Patch for the local-variance descriptors (Xmipp's default: 1.5 x box)."""
+        return self.patch_px or round(1.5 * self.box_px)
 
     @property
     def output_box_px(self) -> int:

@@ -39,14 +39,26 @@ from cryoextract.ops.ctf_correct import (
     ctf_multiplier,
     window_centre,
 )
+from cryoextract.ops.descriptors import (
+    BACKGROUND_MEAN,
+    BACKGROUND_STD,
+    SCORE_BY_GINI,
+    background_stats,
+    local_std_map,
+    micrograph_gini,
+    particle_descriptors,
+)
 from cryoextract.ops.fourier import fourier_crop_many
 from cryoextract.ops.normalize import normalise
 from cryoextract.pipeline.params import ExtractParams, OutputSpec
 from cryoextract.pipeline.positions import Placement, pick_coordinates, place_particles
+from cryoextract.pipeline.selection import selection_reasons
 
 # Boxes processed at once: bounds memory to about this many bytes of float32 pixels.
 # Small enough that the FFT and normalisation temporaries stay in cache.
 CHUNK_BYTES = 8 * 2**20
+# Per-particle count of pixels replaced as dust (main output).
+DUST_PIXELS = "ceDustPixels"
 # Pixel-size disagreement between header and STAR that earns a warning.
 PIXEL_SIZE_TOLERANCE = 0.01
 
@@ -138,9 +150,12 @@ def _extract(task: MicrographTask) -> MicrographResult:
         _warn_axis_mismatch(xy, header.shape_yx, source, result)
         placement = place_particles(picks, xy, params, task.pixel_size_angstrom, source)
         reasons = _drop_reasons(xy, placement.centres, image, header.shape_yx, params)
+        reasons = _selection_reasons(picks, xy, reasons, task)
         keep = reasons == ""
         result.dropped = _dropped_table(picks, reasons)
         kept = picks[keep].reset_index(drop=True)
+        raw_image = image
+        extras: dict[str, np.ndarray] = {}
         if len(kept):
             shifts = None if placement.shifts_px is None else placement.shifts_px[keep]
             ctfs = particle_ctfs(task, kept) if params.ctf_correct is not CtfCorrection.NONE \
@@ -150,9 +165,54 @@ def _extract(task: MicrographTask) -> MicrographResult:
                     micrograph_ctf(task), header.shape_yx, task.pixel_size_angstrom,
                     CtfCorrection.FLIP))
                 ctfs = None
-            _write_particles(task, image, placement.centres[keep], shifts, ctfs, result)
+            extras = _write_particles(task, image, placement.centres[keep], shifts, ctfs, result)
         result.particles = _particle_rows(task, kept, placement, keep)
+        if params.descriptors and len(kept):
+            _add_descriptors(result.particles, raw_image, placement.centres[keep], task, extras)
     return result
+
+
+def _selection_reasons(
+    picks: pd.DataFrame, xy: np.ndarray, reasons: np.ndarray, task: MicrographTask
+) -> np.ndarray:
+    """Add ``--min-score``, ``--min-distance-angstrom`` and ``--max-per-micrograph`` drops."""
+    params = task.params
+    if params.min_score is None and params.min_distance_angstrom is None \
+            and params.max_per_micrograph is None:
+        return reasons
+    table = pd.DataFrame({"rlnCoordinateX": xy[:, 0], "rlnCoordinateY": xy[:, 1],
+                          "rlnMicrographName": task.micrograph_name})
+    if params.score_column in picks.columns:
+        table[params.score_column] = picks[params.score_column].to_numpy()
+    elif params.min_score is not None:
+        raise MicrographError(f"--min-score needs a {params.score_column} column",
+                              task.coords_path or task.micrograph_path)
+    else:
+        table[params.score_column] = 0.0  # no scores: keep the first of close picks
+    distance_px = None
+    if params.min_distance_angstrom is not None:
+        distance_px = params.min_distance_angstrom / task.pixel_size_angstrom
+    selected = selection_reasons(
+        table, min_distance_px=distance_px, min_score=params.min_score,
+        max_per_micrograph=params.max_per_micrograph, score_column=params.score_column,
+        pixel_size_angstrom=task.pixel_size_angstrom, active=reasons == "")
+    return np.where(reasons == "", selected, reasons)
+
+
+def _add_descriptors(
+    rows: pd.DataFrame, image: np.ndarray, centres: np.ndarray, task: MicrographTask,
+    extras: dict[str, np.ndarray],
+) -> None:
+    """Quality descriptor columns (``ce*``, README) computed on the micrograph in memory."""
+    params = task.params
+    patch = params.descriptor_patch_px
+    std_map = local_std_map(image, patch)
+    columns = particle_descriptors(image, centres, params.box_px, patch,
+                                   task.pixel_size_angstrom, std_map=std_map)
+    columns[SCORE_BY_GINI] = np.full(len(rows), micrograph_gini(std_map))
+    columns.update(extras)
+    for name, values in columns.items():
+        rows[name] = values
 
 
 def _warn_axis_mismatch(
@@ -273,8 +333,12 @@ def ctf_box_size(task: MicrographTask, ctfs: list[CtfParams]) -> int:
 def _write_particles(
     task: MicrographTask, image: np.ndarray, centres: np.ndarray, shifts: np.ndarray | None,
     ctfs: list[CtfParams] | None, result: MicrographResult,
-) -> None:
-    """Cut each chunk of boxes once and write every output's stack from it."""
+) -> dict[str, np.ndarray]:
+    """Cut each chunk of boxes once and write every output's stack from it.
+
+    Returns per-particle columns measured on the way (raw background, dust pixels) when
+    descriptors are on.
+    """
     params = task.params
     outputs = params.outputs
     rng = task_rng(task)
@@ -285,6 +349,9 @@ def _write_particles(
     fill = finite_mean(image) if cut_edge is EdgeMode.MEAN else 0.0
     chunk = max(1, CHUNK_BYTES // (4 * cut_px**2))
     dust = 0
+    radius = outputs[0].bg_radius_px * params.box_px / outputs[0].box_px
+    measured: dict[str, list[np.ndarray]] = {
+        BACKGROUND_MEAN: [], BACKGROUND_STD: [], DUST_PIXELS: []}
     with ExitStack() as stack:
         writers = [
             stack.enter_context(StackWriter(
@@ -298,6 +365,10 @@ def _write_particles(
             stop = start + chunk
             boxes = cut_boxes(image, centres[start:stop], cut_px, edge=cut_edge,
                               fill_value=fill, rng=rng)
+            if params.descriptors:
+                mean, std = background_stats(window_centre(boxes, params.box_px), radius)
+                measured[BACKGROUND_MEAN].append(mean)
+                measured[BACKGROUND_STD].append(std)
             if ctfs is not None:
                 boxes = correct_boxes(boxes, ctfs[start:stop], task.pixel_size_angstrom,
                                       params.ctf_correct)
@@ -307,8 +378,12 @@ def _write_particles(
             for writer, (images, replaced) in zip(writers, processed, strict=True):
                 writer.write(images)
                 dust += int(replaced.sum())
+            measured[DUST_PIXELS].append(processed[0][1])
     if dust:
         result.warnings.append(f"{task.micrograph_path}: {dust} dust pixels replaced")
+    if not params.descriptors:
+        return {}
+    return {name: np.concatenate(parts).astype(np.float64) for name, parts in measured.items()}
 
 
 def process_boxes(

@@ -1,0 +1,90 @@
+"""``cryoextract select`` and ``cryoextract report``: thin wrappers over the library.
+
+The lead registers these functions on the main app (``app.command("select")(...)``);
+they do not import :mod:`cryoextract.cli.app`, so either module may import the other.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from cryoextract.errors import CryoExtractError
+
+EXIT_INPUT_ERROR = 2
+err = Console(stderr=True)
+out = Console()
+
+
+def select_command(
+    source: Annotated[Path, typer.Argument(
+        help="Extraction folder (its particles.star), a particles STAR or a cryoSPARC .cs.",
+        show_default=False)],
+    where: Annotated[str, typer.Option(
+        "--where",
+        help='Condition on the particle columns, e.g. "ceScoreByVar < 1.5 and '
+             'ceEdgeDistanceAngstrom > 50" (column names, numbers, < <= > >= == !=, '
+             'and, or, not; the ce/rln prefix may be left out).',
+        show_default=False)],
+    output: Annotated[Path | None, typer.Option(
+        "--out", help="Output STAR (.star) or folder [default: SOURCE/selected/particles.star]."
+    )] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
+) -> None:
+    """Write the particles that pass a condition as a new STAR (and .cs); stacks are not copied."""
+    from cryoextract.pipeline.selection import select_particles
+
+    try:
+        summary = select_particles(source, where, output, overwrite=overwrite)
+    except CryoExtractError as exc:
+        fail(str(exc))
+        return
+    for warning in summary.warnings:
+        err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+    table = Table(title="cryoextract select", show_header=False)
+    table.add_row("condition", escape(summary.where))
+    table.add_row("particles in", str(summary.particles_in))
+    table.add_row("particles selected", str(summary.particles_selected))
+    table.add_row("particles STAR", escape(summary.particles_star))
+    if summary.particles_cs is not None:
+        table.add_row("particles .cs", escape(summary.particles_cs))
+    out.print(table)
+
+
+def report_command(
+    out_dir: Annotated[Path, typer.Argument(
+        help="Extraction output folder (particles.star, summary.json, "
+             "rejected_particles.tsv).", show_default=False)],
+    micrograph_dir: Annotated[list[Path] | None, typer.Option(
+        "--micrograph-dir",
+        help="Folder where relative micrograph names are looked up after the working "
+             "directory (repeatable).")] = None,
+    particles: Annotated[int, typer.Option(
+        "--particles", help="Particles in the random gallery.")] = 40,
+    worst: Annotated[int, typer.Option(
+        "--worst", help="Particles in each worst-by-descriptor gallery.")] = 16,
+    micrographs: Annotated[int, typer.Option(
+        "--micrographs", help="Micrograph thumbnails with picks drawn.")] = 4,
+    seed: Annotated[int, typer.Option(help="Seed of the random gallery.")] = 0,
+) -> None:
+    """Write OUT/report/index.html: galleries, micrographs with picks, histograms, summary."""
+    from cryoextract.report import write_report
+
+    try:
+        page = write_report(out_dir, micrograph_dirs=micrograph_dir or (), n_random=particles,
+                            n_worst=worst, max_micrographs=micrographs, seed=seed)
+    except CryoExtractError as exc:
+        fail(str(exc))
+        return
+    out.print(f"report: {escape(str(page))}", highlight=False, soft_wrap=True)
+
+
+def fail(message: str) -> None:
+    """Print a one-line error and exit with code 2 (as ``cli.app.fail``)."""
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(EXIT_INPUT_ERROR)
