@@ -13,14 +13,18 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-# RELION 3.1 (Debian package) is the tests' oracle. Without root or apt the tests that need
-# it skip locally and fail in CI (CI=true).
+# RELION 3.1 (Debian package) is the tests' oracle; chromium renders the QC report in a
+# test. Without root or apt the tests that need them skip locally and fail in CI (CI=true).
 relion:
-	@command -v relion_preprocess >/dev/null 2>&1 || { \
+	@missing=""; \
+	command -v relion_preprocess >/dev/null 2>&1 || missing="$$missing relion"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium fonts-liberation"; \
+	if [ -n "$$missing" ]; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo "sudo -n" ); \
 	  ( $$SUDO apt-get update -qq && \
-	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends relion \
-	  ) >/dev/null 2>&1 || echo "warning: could not install relion (apt-get failed)"; }
+	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing \
+	  ) >/dev/null 2>&1 || echo "warning: could not install$$missing (apt-get failed)"; \
+	fi
 
 demo: venv
 	rm -rf $(DEMO)
