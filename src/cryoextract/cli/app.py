@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -211,7 +212,9 @@ def _write_report(out_dir: Path, micrographs: str, quiet: bool) -> None:
 
     star_dir = Path(micrographs).parent if micrographs.endswith(".star") else Path(".")
     try:
-        index = write_report(out_dir, micrograph_dirs=(star_dir,))
+        with warnings.catch_warnings():  # NaN picks in the rejected list are not news
+            warnings.simplefilter("ignore", RuntimeWarning)
+            index = write_report(out_dir, micrograph_dirs=(star_dir,))
     except (CryoExtractError, OSError, ValueError) as exc:
         warn(f"QC report not written: {exc}")
         return
@@ -344,10 +347,12 @@ def _register_commands() -> None:
     from cryoextract.cli.convert import convert_command
     from cryoextract.cli.qc import report_command, select_command
     from cryoextract.cli.stacks import downsample_command, restack_command
+    from cryoextract.cli.subtract import subtract_command
 
     app.command("convert")(convert_command)
     app.command("select")(select_command)
     app.command("report")(report_command)
+    app.command("subtract")(subtract_command)
     app.command("restack")(restack_command)
     app.command("downsample")(downsample_command)
 

@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from cryoextract.errors import InputError
@@ -67,6 +68,9 @@ def _from_glob(pattern: str, pixel_size_angstrom: float | None) -> MicrographSet
         raise InputError("no MRC micrographs match", pattern)
     if pixel_size_angstrom is None:
         raise InputError("a glob of micrographs needs --pixel-size", pattern)
+    if not (np.isfinite(pixel_size_angstrom) and pixel_size_angstrom > 0):
+        raise InputError(f"pixel size (--pixel-size) must be > 0, got {pixel_size_angstrom}",
+                         pattern)
     micrographs = pd.DataFrame({"rlnMicrographName": paths, "path": paths, "rlnOpticsGroup": 1})
     optics = pd.DataFrame({
         "rlnOpticsGroupName": ["opticsGroup1"], "rlnOpticsGroup": [1],
@@ -79,11 +83,18 @@ def _from_star(path: Path, pixel_size_angstrom: float | None, base_dir: Path) ->
     tables = read_star(path)
     micrographs = find_block(tables, path, ("rlnMicrographName",), preferred=("micrographs",))
     micrographs = micrographs.copy()
+    duplicated = micrographs["rlnMicrographName"].duplicated()
+    if duplicated.any():
+        name = micrographs["rlnMicrographName"][duplicated].iloc[0]
+        raise InputError(f"micrograph {name} is listed more than once", path)
     if "optics" in tables and "rlnOpticsGroup" in micrographs.columns:
         optics = tables["optics"].copy()
     else:
         micrographs, optics = _optics_from_rows(micrographs, path)
     if pixel_size_angstrom is not None:
+        if not (np.isfinite(pixel_size_angstrom) and pixel_size_angstrom > 0):
+            raise InputError(f"pixel size (--pixel-size) must be > 0, got {pixel_size_angstrom}",
+                             path)
         optics["rlnMicrographPixelSize"] = float(pixel_size_angstrom)
     elif "rlnMicrographPixelSize" not in optics.columns:
         if "rlnImagePixelSize" in optics.columns:
@@ -95,8 +106,10 @@ def _from_star(path: Path, pixel_size_angstrom: float | None, base_dir: Path) ->
     unknown = set(micrographs["rlnOpticsGroup"]) - set(optics["rlnOpticsGroup"])
     if unknown:
         raise InputError(f"optics groups {sorted(unknown)} are not in data_optics", path)
-    if (optics["rlnMicrographPixelSize"] <= 0).any():
-        raise InputError("pixel size must be > 0", path)
+    sizes = pd.to_numeric(optics["rlnMicrographPixelSize"], errors="coerce")
+    if not (np.isfinite(sizes) & (sizes > 0)).all():
+        raise InputError("pixel size (rlnMicrographPixelSize) must be a number > 0", path)
+    optics["rlnMicrographPixelSize"] = sizes.astype(np.float64)
     micrographs["path"] = [
         _locate(str(name), base_dir, path.parent) for name in micrographs["rlnMicrographName"]
     ]

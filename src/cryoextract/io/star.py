@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shlex
 import warnings
 from pathlib import Path
 from typing import TextIO
@@ -26,12 +27,16 @@ def read_star(path: str | os.PathLike[str]) -> dict[str, pd.DataFrame]:
     path = Path(path)
     if not path.is_file():
         raise InputError("STAR file not found", path)
+    check_loop_rows(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             blocks = starfile.read(path, always_dict=True)
     except Exception as exc:  # starfile raises many types on malformed text
-        raise InputError(f"not a readable STAR file ({exc})", path) from exc
+        # starfile does not read quoted values holding spaces; RELION does
+        blocks = _read_quoted_loops(path)
+        if not blocks:
+            raise InputError(f"not a readable STAR file ({exc})", path) from exc
     tables: dict[str, pd.DataFrame] = {}
     for name, block in blocks.items():
         if isinstance(block, pd.DataFrame):
@@ -41,6 +46,88 @@ def read_star(path: str | os.PathLike[str]) -> dict[str, pd.DataFrame]:
     if not tables:
         raise InputError("no data blocks found", path)
     return tables
+
+
+def check_loop_rows(path: Path) -> None:
+    """Raise InputError naming the line when a loop's last row is short (file cut off)."""
+    try:
+        with open(path, errors="replace") as stream:
+            lines = stream.read().splitlines()
+    except OSError as exc:
+        raise InputError(f"cannot read STAR file ({exc})", path) from exc
+    columns = 0
+    last: tuple[int, str] | None = None
+    in_header = False
+
+    def check() -> None:
+        if columns and last is not None:
+            number, text = last
+            values = len(shlex_split(text))
+            if values != columns:
+                raise InputError(f"{values} values for {columns} columns (file cut short?)",
+                                 path, number)
+
+    for number, line in enumerate(lines, start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if stripped.startswith("data_") or stripped == "loop_":
+            check()
+            columns, last, in_header = 0, None, stripped == "loop_"
+        elif stripped.startswith("_"):
+            if in_header:
+                columns += 1
+        elif in_header or columns:
+            in_header = False
+            last = (number, stripped)
+    check()
+
+
+def _read_quoted_loops(path: Path) -> dict[str, pd.DataFrame]:
+    """Loop blocks of a STAR file whose values may be quoted (fallback reader)."""
+    blocks: dict[str, pd.DataFrame] = {}
+    name, columns, rows, in_loop = "", [], [], False
+
+    def flush() -> None:
+        if columns:
+            table = pd.DataFrame(rows, columns=columns) if rows else \
+                pd.DataFrame({c: [] for c in columns})
+            for column in table.columns:
+                numbers = pd.to_numeric(table[column], errors="coerce")
+                if numbers.notna().all() and len(table):
+                    table[column] = numbers
+            blocks[name] = table
+
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return {}
+    for line in lines:
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if stripped.startswith("data_"):
+            flush()
+            name, columns, rows, in_loop = stripped[5:], [], [], False
+        elif stripped == "loop_":
+            in_loop = True
+        elif stripped.startswith("_") and in_loop and not rows:
+            columns.append(stripped.split()[0][1:])
+        elif in_loop and columns:
+            values = shlex_split(stripped)
+            if len(values) != len(columns):
+                return {}
+            rows.append(values)
+    flush()
+    return blocks
+
+
+def shlex_split(text: str) -> list[str]:
+    """STAR values of one row: whitespace separated, quotes group."""
+    try:
+        return shlex.split(text, posix=True)
+    except ValueError:
+        return text.split()
 
 
 def find_block(
@@ -85,8 +172,11 @@ def _write_loop(stream: TextIO, name: str, table: pd.DataFrame) -> None:
             if needs_quotes.any():
                 text[needs_quotes] = [_quote(v) for v in text[needs_quotes]]
             table[column] = text
+    # our own quotes must pass through untouched: a quote character that never occurs;
+    # a missing value is written as nan (an empty field would shift the columns)
     table.to_csv(stream, sep="\t", header=False, index=False, float_format="%.6f",
-                 quoting=csv.QUOTE_NONE, escapechar="\\", lineterminator="\n")
+                 quoting=csv.QUOTE_NONE, quotechar="\x1f", escapechar="\\",
+                 lineterminator="\n", na_rep="nan")
     stream.write("\n")
 
 

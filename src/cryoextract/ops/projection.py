@@ -57,22 +57,27 @@ __all__ = [
 DEFAULT_PADDING_FACTOR = 2.0
 #: z-planes transformed at once while building a :class:`FourierVolume`
 _PLANES_PER_CHUNK = 16
+#: slice points interpolated at once (temporaries stay in cache)
+_POINTS_PER_CHUNK = 2**15
 
 
 @dataclass(frozen=True)
 class FourierVolume:
-    """The padded, gridding-corrected half Fourier transform of a map.
+    """The padded, gridding-corrected half Fourier transform of one or more maps.
 
     Attributes
     ----------
     data : np.ndarray
-        ``(P, P, P // 2 + 1)`` complex64: ``scipy.fft.rfftn`` of the padded map with the
-        map's centre voxel at index 0; axes ``(kz, ky, kx)``, ``kz`` and ``ky`` in FFT
-        order.
+        ``(P + 2, P + 2, P // 2 + 2, C)`` complex64: the half transform (``kx >= 0``) of
+        each of the ``C`` padded maps (channels, last axis, so that one gather reads all
+        of them), phase origin at the map's centre voxel. Index ``(j, i, kx)`` holds the
+        frequency ``(kz, ky, kx) = (j - P/2, i - P/2, kx)``; rows and planes ``P, P + 1``
+        repeat ``0, 1`` (periodicity) and column ``P // 2 + 1`` is 0, so trilinear
+        interpolation never needs a modulo or a bounds check.
     box_px : int
-        Side ``N`` of the map (and of the projections).
+        Side ``N`` of the maps (and of the projections).
     padded_px : int
-        Side ``P`` of the padded map.
+        Side ``P`` of the padded maps.
     """
 
     data: np.ndarray
@@ -83,6 +88,11 @@ class FourierVolume:
     def padding_factor(self) -> float:
         """``P / N``."""
         return self.padded_px / self.box_px
+
+    @property
+    def channels(self) -> int:
+        """Number ``C`` of maps transformed together."""
+        return int(self.data.shape[-1])
 
     @property
     def nbytes(self) -> int:
@@ -154,13 +164,15 @@ def fourier_volume(
     gridding: bool = True,
     workers: int = 1,
 ) -> FourierVolume:
-    """Fourier-transform a map once for many projections.
+    """Fourier-transform a map (or several maps of one size) once for many projections.
 
     Parameters
     ----------
     volume : array_like
-        ``(N, N, N)`` real map, axes ``(z, y, x)``, ``N`` even; already multiplied by its
-        mask where one applies.
+        ``(N, N, N)`` real map, axes ``(z, y, x)``, ``N`` even, already multiplied by its
+        mask where one applies; or ``(C, N, N, N)`` for ``C`` maps projected together
+        (:func:`central_slices` then returns ``C`` projections per pose for little more
+        than the cost of one).
     padding_factor : float
         Oversampling ``P / N`` of the transform (RELION's default 2).
     gridding : bool
@@ -172,64 +184,100 @@ def fourier_volume(
     Returns
     -------
     FourierVolume
-        Holds ``P² (P / 2 + 1)`` complex64 values (540 MiB for ``N = 256``, ``P = 512``);
-        building it needs a further ``16 P²`` complex64 values at most.
+        Holds about ``C P² (P / 2 + 2)`` complex64 values (545 MiB per map for
+        ``N = 256``, ``P = 512``); building it needs at most ``16 P²`` more.
     """
     vol = np.asarray(volume)
-    if vol.ndim != 3 or len(set(vol.shape)) != 1:
-        raise ParameterError(f"map must be a cube, got shape {vol.shape}")
-    n = int(vol.shape[0])
+    stack = vol[None] if vol.ndim == 3 else vol
+    if stack.ndim != 4 or len(set(stack.shape[1:])) != 1:
+        raise ParameterError(f"map must be a cube (or a stack of cubes), got shape {vol.shape}")
+    n = int(stack.shape[1])
     if n % 2:
         raise ParameterError(f"map side must be even, got {n}")
     p = padded_size(n, padding_factor)
-    vol = vol.astype(np.float32, copy=True)
+    h = p // 2 + 1
+    data = np.zeros((p + 2, p + 2, h + 1, len(stack)), dtype=np.complex64)
+    for channel, single in enumerate(stack):
+        _transform_into(data, channel, _modulated(single, p, gridding), p, workers)
+    data[p:] = data[:2]
+    data[:, p:] = data[:, :2]
+    return FourierVolume(data=data, box_px=n, padded_px=p)
+
+
+def _modulated(volume: np.ndarray, p: int, gridding: bool) -> np.ndarray:
+    """float32 map divided by the gridding kernel and multiplied by ``(-1)^(z + y)``.
+
+    The sign puts the frequency 0 of the y and z axes at index ``P / 2`` of the
+    transform (an ``fftshift`` done in real space).
+    """
+    n = volume.shape[0]
+    out = volume.astype(np.float32, copy=True)
     if gridding:
         profile = gridding_profile(n, p).astype(np.float32)
-        vol /= profile[:, None, None]
-        vol /= profile[None, :, None]
-        vol /= profile[None, None, :]
-    position = (np.arange(n) - n // 2) % p  # padded index of each map index, origin at 0
-    data = np.zeros((p, p, p // 2 + 1), dtype=np.complex64)
+        out /= profile[:, None, None]
+        out /= profile[None, :, None]
+        out /= profile[None, None, :]
+    sign = np.where((np.arange(n) - n // 2) % 2, -1.0, 1.0).astype(np.float32)
+    out *= sign[:, None, None]
+    out *= sign[None, :, None]
+    return out
+
+
+def _transform_into(data: np.ndarray, channel: int, volume: np.ndarray, p: int,
+                    workers: int) -> None:
+    """3D half transform of the padded ``volume`` into ``data[:P, :P, :P/2+1, channel]``.
+
+    The map's voxel ``c`` goes to padded index ``(c - N/2) mod P`` (phase origin at the
+    centre voxel); planes are transformed in chunks, then the z axis in slabs of y.
+    """
+    n = volume.shape[0]
+    h = p // 2 + 1
+    position = (np.arange(n) - n // 2) % p
     rows, cols = np.ix_(position, position)
     for start in range(0, n, _PLANES_PER_CHUNK):
         stop = min(start + _PLANES_PER_CHUNK, n)
         planes = np.zeros((stop - start, p, p), dtype=np.float32)
-        planes[:, rows, cols] = vol[start:stop]
-        data[position[start:stop]] = scipy.fft.rfft2(planes, workers=workers)
-    step = max(1, _PLANES_PER_CHUNK * p // (p // 2 + 1))
+        planes[:, rows, cols] = volume[start:stop]
+        data[position[start:stop], :p, :h, channel] = scipy.fft.rfft2(planes, workers=workers)
+    step = max(1, _PLANES_PER_CHUNK * p // h)
     for start in range(0, p, step):
-        chunk = data[:, start : start + step]
-        data[:, start : start + step] = scipy.fft.fft(chunk, axis=0, workers=workers)
-    return FourierVolume(data=data, box_px=n, padded_px=p)
+        stop = min(start + step, p)
+        slab = data[:p, start:stop, :h, channel]
+        data[:p, start:stop, :h, channel] = scipy.fft.fft(slab, axis=0, workers=workers)
 
 
-@lru_cache(maxsize=8)
-def slice_grid(box_px: int) -> SliceGrid:
-    """The rfft points of a ``box_px`` image with ``kx² + ky² <= (box_px / 2)²``.
+@lru_cache(maxsize=16)
+def slice_grid(box_px: int, max_radius_px: float | None = None) -> SliceGrid:
+    """The rfft points of a ``box_px`` image with ``kx² + ky² <= r²``.
 
     Parameters
     ----------
     box_px : int
         Image side ``N`` (even).
+    max_radius_px : float, optional
+        ``r`` in cycles per box; default and at most ``N / 2`` (RELION's Nyquist circle).
 
     Returns
     -------
     SliceGrid
-        Cached; about ``0.4 N²`` points.
+        Cached; about ``0.4 N²`` points for the whole circle.
     """
     n = int(box_px)
     half = n // 2
+    radius = half if max_radius_px is None else min(float(max_radius_px), half)
     ky = np.arange(n, dtype=np.float64)
     ky[ky > half] -= n
     kx = np.arange(half + 1, dtype=np.float64)
-    inside = ky[:, None] ** 2 + kx[None, :] ** 2 <= half * half
+    inside = ky[:, None] ** 2 + kx[None, :] ** 2 <= radius * radius
     rows, cols = np.nonzero(inside)
     flat = (rows * (half + 1) + cols).astype(np.int64)
     return SliceGrid(flat_index=flat, kx=kx[cols], ky=ky[rows])
 
 
-def central_slices(fvol: FourierVolume, rotations: ArrayLike) -> np.ndarray:
-    """Central slices of the map's transform: Fourier transforms of its projections.
+def central_slices(
+    fvol: FourierVolume, rotations: ArrayLike, *, max_radius_px: float | None = None
+) -> np.ndarray:
+    """Central slices of the maps' transform: Fourier transforms of their projections.
 
     Parameters
     ----------
@@ -237,59 +285,111 @@ def central_slices(fvol: FourierVolume, rotations: ArrayLike) -> np.ndarray:
         From :func:`fourier_volume`.
     rotations : array_like
         ``(B, 3, 3)`` RELION Euler matrices ``A`` (map to image coordinates).
+    max_radius_px : float, optional
+        Compute only frequencies up to this radius (cycles per box; default Nyquist,
+        ``N / 2``); the others are 0. The cost is proportional to the points computed.
 
     Returns
     -------
     np.ndarray
-        ``(B, N, N // 2 + 1)`` complex64 in ``scipy.fft.rfft2`` layout with the phase
-        origin at pixel 0: ``irfft2`` gives the projection centred on pixel ``(0, 0)``
-        (wrapped), see :func:`project_spectra` for images centred on ``N // 2``. Zero
-        beyond the Nyquist circle.
+        ``(B, N, N // 2 + 1)`` complex64 for a single map, ``(C, B, N, N // 2 + 1)`` for
+        ``C`` maps, in ``scipy.fft.rfft2`` layout with the phase origin at pixel 0:
+        ``irfft2`` gives the projection centred on pixel ``(0, 0)`` (wrapped); see
+        :func:`project_spectra` for images centred on ``N // 2``. Zero beyond the Nyquist
+        circle.
     """
     a = np.asarray(rotations, dtype=np.float64)
     if a.ndim != 3 or a.shape[1:] != (3, 3):
         raise ParameterError(f"rotations must be (B, 3, 3), got shape {a.shape}")
-    n, p = fvol.box_px, fvol.padded_px
-    grid = slice_grid(n)
-    scale = fvol.padding_factor
-    # 3D frequency (x, y, z) of each slice point: pad * A.T @ (kx, ky, 0) = rows 0, 1 of A.
-    q = scale * (grid.kx[None, :, None] * a[:, None, 0, :]
-                 + grid.ky[None, :, None] * a[:, None, 1, :])
-    negative = q[..., 0] < 0
-    q[negative] *= -1.0
-    values = _trilinear(fvol.data, q, p)
-    np.conjugate(values, out=values, where=negative)
-    out = np.zeros((len(a), n * (n // 2 + 1)), dtype=np.complex64)
-    out[:, grid.flat_index] = values
-    return out.reshape(len(a), n, n // 2 + 1)
+    n = fvol.box_px
+    grid = slice_grid(n, max_radius_px)
+    count, points = len(a), max(1, len(grid.flat_index))
+    out = np.zeros((fvol.channels, count, n * (n // 2 + 1)), dtype=np.complex64)
+    step = max(1, _POINTS_PER_CHUNK // points)
+    for start in range(0, count, step):
+        part = a[start : start + step] * fvol.padding_factor
+        values = _slice_values(fvol, part, grid)  # (b, M, C)
+        out[:, start : start + len(part), grid.flat_index] = np.moveaxis(values, -1, 0)
+    out = out.reshape(fvol.channels, count, n, n // 2 + 1)
+    return out[0] if fvol.channels == 1 else out
 
 
-def _trilinear(data: np.ndarray, q: np.ndarray, p: int) -> np.ndarray:
-    """Trilinear interpolation of the half transform at ``q`` ``(..., 3)`` (x >= 0).
+def _slice_values(fvol: FourierVolume, a: np.ndarray, grid: SliceGrid) -> np.ndarray:
+    """Interpolated transform at the slice points of ``b`` poses: ``(b, M, C)`` complex64.
 
-    ``y`` and ``z`` wrap (FFT order); ``x`` lies in ``[0, P / 2]``. Returns complex64 of
-    shape ``q.shape[:-1]``.
+    ``a`` holds the Euler matrices already multiplied by the padding factor. The 3D
+    point of ``(kx, ky)`` is ``kx * a[0] + ky * a[1]``; where its x is negative, the
+    point is mirrored and the value conjugated (Friedel's law).
     """
-    h = p // 2 + 1
-    flat = data.reshape(-1)
-    floor = np.floor(q)
-    frac = (q - floor).astype(np.float32)
-    corner = floor.astype(np.int64)
-    x0 = corner[..., 0]
-    x1 = np.minimum(x0 + 1, h - 1)
-    fx = frac[..., 0]
-    out = np.zeros(q.shape[:-1], dtype=np.complex64)
-    for dz in (0, 1):
-        z = (corner[..., 2] + dz) % p
-        wz = frac[..., 2] if dz else 1.0 - frac[..., 2]
-        for dy in (0, 1):
-            y = (corner[..., 1] + dy) % p
-            wy = frac[..., 1] if dy else 1.0 - frac[..., 1]
-            row = (z * p + y) * h
-            wzy = wz * wy
-            out += (wzy * (1.0 - fx)) * flat.take(row + x0)
-            out += (wzy * fx) * flat.take(row + x1)
+    kx = grid.kx.astype(np.float32)
+    ky = grid.ky.astype(np.float32)
+    a32 = a.astype(np.float32)
+    qx, qy, qz = (kx * a32[:, 0, i, None] + ky * a32[:, 1, i, None] for i in range(3))
+    negative = qx < 0
+    sign = np.where(negative, np.float32(-1.0), np.float32(1.0))
+    qx *= sign
+    qy *= sign
+    qz *= sign
+    values = _trilinear(fvol, qx.ravel(), qy.ravel(), qz.ravel())
+    values = values.reshape(*qx.shape, fvol.channels)
+    values.imag *= sign[..., None]  # conjugate the mirrored points
+    return values
+
+
+def _trilinear(fvol: FourierVolume, qx: np.ndarray, qy: np.ndarray, qz: np.ndarray
+               ) -> np.ndarray:
+    """Trilinear interpolation at float32 frequencies ``(qx >= 0, qy, qz)``, padded units.
+
+    Returns ``(K, C)`` complex64. The gathers dominate the cost (cache misses), see
+    :func:`_gather_x_pairs`. The weights are cast to complex64 once, so that no
+    ufunc mixes types (numpy would cast in buffered loops).
+    """
+    data = fvol.data
+    half = np.float32(fvol.padded_px // 2)
+    stride_y, stride_x = data.shape[1], data.shape[2]
+    z = qz + half
+    y = qy + half
+    cz, cy, cx = np.floor(z), np.floor(y), np.floor(qx)
+    base = cz.astype(np.int64)
+    base *= stride_y
+    base += cy.astype(np.int64)
+    base *= stride_x
+    base += cx.astype(np.int64)
+    fz, fy = np.subtract(z, cz, out=z), np.subtract(y, cy, out=y)
+    fx = np.subtract(qx, cx).astype(np.complex64)[:, None]
+    plane = stride_y * stride_x
+    one = np.float32(1.0)
+    out = np.zeros((len(base), data.shape[3]), dtype=np.complex64)
+    for dz, wz in ((0, one - fz), (plane, fz)):
+        for dy, wy in ((0, one - fy), (stride_x, fy)):
+            low, high = _gather_x_pairs(data, base + (dz + dy))
+            row = np.subtract(high, low)
+            row *= fx
+            row += low
+            row *= np.multiply(wz, wy).astype(np.complex64)[:, None]
+            out += row
     return out
+
+
+def _gather_x_pairs(data: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Values ``(K, C)`` at flat voxel ``index`` and at ``index + 1`` (the next x).
+
+    numpy gathers 16-byte items fast (32-byte ones four times slower), so: one map ->
+    one gather through an overlapping view whose item ``i`` holds voxels ``i`` and
+    ``i + 1`` (same cache line); two maps -> two gathers of one voxel's two channels.
+    """
+    channels = data.shape[-1]
+    voxel = 8 * channels
+    flat = data.reshape(-1)
+    if channels == 1:
+        pairs = np.ndarray(shape=(flat.size - 1,), dtype=np.dtype((np.void, 16)), buffer=flat,
+                           strides=(voxel,))
+        both = pairs[index].view(np.complex64).reshape(-1, 2, 1)
+        return both[:, 0], both[:, 1]
+    items = flat.view(np.dtype((np.void, voxel)))
+    low = items[index].view(np.complex64).reshape(-1, channels)
+    high = items[index + 1].view(np.complex64).reshape(-1, channels)
+    return low, high
 
 
 def shift_spectra(spectra: np.ndarray, shifts_xy: ArrayLike) -> np.ndarray:
@@ -298,7 +398,7 @@ def shift_spectra(spectra: np.ndarray, shifts_xy: ArrayLike) -> np.ndarray:
     Parameters
     ----------
     spectra : np.ndarray
-        ``(B, N, N // 2 + 1)`` complex (rfft2 layout), modified in place.
+        ``(..., B, N, N // 2 + 1)`` complex (rfft2 layout), modified in place.
     shifts_xy : array_like
         ``(B, 2)`` shifts ``(dx, dy)`` in pixels: a feature at ``x`` moves to ``x + dx``
         (an integer shift is an exact circular shift). Phases use ``ky = +N / 2`` on the
@@ -352,6 +452,8 @@ def project_spectra(
     rotations: ArrayLike,
     shifts_xy: ArrayLike | None = None,
     ctf: np.ndarray | None = None,
+    *,
+    max_radius_px: float | None = None,
 ) -> np.ndarray:
     """Spectra of projections centred on pixel ``N // 2``, shifted and CTF-modulated.
 
@@ -366,15 +468,18 @@ def project_spectra(
     ctf : np.ndarray, optional
         ``(B, N, N // 2 + 1)`` (or broadcastable) real CTF in rfft layout
         (:func:`cryoextract.ops.ctf.ctf_2d_batch`).
+    max_radius_px : float, optional
+        As :func:`central_slices`.
 
     Returns
     -------
     np.ndarray
-        ``(B, N, N // 2 + 1)`` complex64: ``scipy.fft.irfft2`` of it is the projection
-        image, comparable with ``rfft2`` of a particle image (same layout and origin).
+        ``(B, N, N // 2 + 1)`` complex64 (``(C, B, N, N // 2 + 1)`` for ``C`` maps):
+        ``scipy.fft.irfft2`` of it is the projection image, comparable with ``rfft2`` of
+        a particle image (same layout and origin).
     """
-    spectra = central_slices(fvol, rotations)
-    count = spectra.shape[0]
+    spectra = central_slices(fvol, rotations, max_radius_px=max_radius_px)
+    count = spectra.shape[-3]
     centre = np.full((count, 2), fvol.box_px // 2, dtype=np.float64)
     if shifts_xy is not None:
         centre = centre + np.asarray(shifts_xy, dtype=np.float64).reshape(count, 2)
@@ -404,8 +509,8 @@ def project(
     Returns
     -------
     np.ndarray
-        ``(B, N, N)`` float32, the map's centre projected onto pixel ``(N // 2, N // 2)``
-        (moved by ``shifts_xy``).
+        ``(B, N, N)`` (``(C, B, N, N)`` for ``C`` maps) float32, the map's centre
+        projected onto pixel ``(N // 2, N // 2)`` (moved by ``shifts_xy``).
     """
     spectra = project_spectra(fvol, rotations, shifts_xy, ctf)
     n = fvol.box_px

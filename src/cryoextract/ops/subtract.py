@@ -16,6 +16,7 @@ values in [0, 1] and a soft edge.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import scipy.fft
@@ -31,6 +32,7 @@ __all__ = [
     "centre_of_mass_xyz",
     "crop_centre",
     "fit_scale",
+    "fit_weights",
     "inspect_mask",
     "rfft_weights",
     "subtract_images",
@@ -61,29 +63,45 @@ def rfft_weights(box_px: int) -> np.ndarray:
     return weights
 
 
-def fit_scale(image_spectra: np.ndarray, model_spectra: np.ndarray) -> np.ndarray:
+def fit_scale(
+    image_spectra: np.ndarray, model_spectra: np.ndarray, *, max_radius_px: float | None = None
+) -> np.ndarray:
     """Per-image least-squares scale ``s`` minimising ``|I - s M|²`` (frequency 0 left out).
 
     Parameters
     ----------
     image_spectra, model_spectra : np.ndarray
         ``(B, N, N // 2 + 1)`` complex rfft2 spectra of the images and of their models.
+    max_radius_px : float, optional
+        Fit only frequencies ``0 < |k| <= max_radius_px`` (cycles per box); default all.
 
     Returns
     -------
     np.ndarray
         ``(B,)`` float64 ``Re<I, M> / <M, M>``; 0 where the model is 0.
     """
-    weights = rfft_weights(image_spectra.shape[-2])
+    weights = fit_weights(image_spectra.shape[-2], max_radius_px)
     cross = (image_spectra * np.conj(model_spectra)).real * weights
     power = (model_spectra.real ** 2 + model_spectra.imag ** 2) * weights
-    cross[:, 0, 0] = 0.0
-    power[:, 0, 0] = 0.0
     numerator = cross.sum(axis=(1, 2), dtype=np.float64)
     denominator = power.sum(axis=(1, 2), dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         scale = np.where(denominator > 0, numerator / denominator, 0.0)
     return scale
+
+
+@lru_cache(maxsize=16)
+def fit_weights(box_px: int, max_radius_px: float | None = None) -> np.ndarray:
+    """``(N, N // 2 + 1)`` float32 weights of the scale fit: the Hermitian multiplicity
+    (:func:`rfft_weights`) within ``0 < |k| <= max_radius_px``, else 0."""
+    weights = np.broadcast_to(rfft_weights(box_px), (box_px, box_px // 2 + 1)).copy()
+    weights[0, 0] = 0.0
+    if max_radius_px is not None:
+        ky = np.fft.fftfreq(box_px, 1.0 / box_px)[:, None]
+        kx = np.arange(box_px // 2 + 1)[None, :]
+        weights[ky ** 2 + kx ** 2 > max_radius_px ** 2] = 0.0
+    weights.flags.writeable = False
+    return weights
 
 
 def crop_centre(images: np.ndarray, box_px: int) -> np.ndarray:
@@ -121,6 +139,7 @@ def subtract_images(
     *,
     fit_spectra: np.ndarray | None = None,
     fit: bool = True,
+    fit_radius_px: float | None = None,
     integer_shifts_xy: ArrayLike | None = None,
     box_px: int | None = None,
     workers: int = 1,
@@ -139,6 +158,8 @@ def subtract_images(
         ``region_spectra``.
     fit : bool
         Fit a per-image scale (:func:`fit_scale`); False subtracts with scale 1.
+    fit_radius_px : float, optional
+        Fit over frequencies up to this radius only (cycles per box).
     integer_shifts_xy : array_like, optional
         ``(B, 2)`` integer ``(dx, dy)``: move the result's content by that many pixels
         (circular, exact) before cropping, for recentring.
@@ -155,10 +176,12 @@ def subtract_images(
     spectra = scipy.fft.rfft2(np.asarray(images, dtype=np.float32), workers=workers)
     count = spectra.shape[0]
     if fit:
-        scales = fit_scale(spectra, region_spectra if fit_spectra is None else fit_spectra)
+        model = region_spectra if fit_spectra is None else fit_spectra
+        scales = fit_scale(spectra, model, max_radius_px=fit_radius_px)
+        spectra -= scales.astype(np.float32)[:, None, None] * region_spectra
     else:
         scales = np.ones(count, dtype=np.float64)
-    spectra -= scales.astype(np.float32)[:, None, None] * region_spectra
+        spectra -= region_spectra
     if integer_shifts_xy is not None:
         shifts = np.asarray(integer_shifts_xy, dtype=np.float64).reshape(count, 2)
         if np.any(shifts):

@@ -10,6 +10,7 @@ import pandas as pd
 
 from cryoextract.errors import InputError, ParameterError
 from cryoextract.io.coords import (
+    FORMATS,
     coordinate_file_candidates,
     read_picks,
     split_by_micrograph,
@@ -34,6 +35,11 @@ class PickSource:
             raise ParameterError("give either --coords-dir with --coords-suffix, or --coords FILE")
         if by_dir and (self.coords_dir is None or not self.coords_suffix):
             raise ParameterError("--coords-dir and --coords-suffix go together")
+        if self.coords_format != "auto" and self.coords_format not in FORMATS:
+            raise ParameterError(f"unknown --coords-format {self.coords_format!r} "
+                                 f"(auto or one of {', '.join(FORMATS)})")
+        if self.coords_dir is not None and not self.coords_dir.is_dir():
+            raise InputError("coordinate directory not found", self.coords_dir)
 
 
 @dataclass

@@ -77,13 +77,13 @@ def place_particles(
         if params.recenter_xyz_angstrom is not None:
             position += projected_point_angstrom(picks, params.recenter_xyz_angstrom,
                                                  source) / pixel_size_angstrom
-        centres = np.round(np.nan_to_num(position)).astype(np.int64)
+        centres = np.round(_bounded(position)).astype(np.int64)
         carried = np.zeros((n, 2))
     else:
         position = xy
-        centres = np.floor(np.nan_to_num(position)).astype(np.int64)
+        centres = np.floor(_bounded(position)).astype(np.int64)
         carried = old_origins
-    residual = np.nan_to_num(position) - centres
+    residual = _bounded(position) - centres
     mode = params.subpixel
     if mode is SubpixelMode.ORIGIN:
         return Placement(centres, centres.astype(np.float64),
@@ -92,6 +92,11 @@ def place_particles(
         return Placement(centres, position, carried, -residual, recentred)
     coordinates = centres.astype(np.float64) if recentred else xy
     return Placement(centres, coordinates, carried, None, recentred)
+
+
+def _bounded(values: np.ndarray) -> np.ndarray:
+    """Finite and castable to int64 (absurd picks are dropped later as outside)."""
+    return np.clip(np.nan_to_num(values), -(2.0**40), 2.0**40)
 
 
 def _origins_angstrom(picks: pd.DataFrame) -> np.ndarray:

@@ -6,6 +6,7 @@ its stacks: local processes and cluster workers run it alike.
 
 from __future__ import annotations
 
+import errno
 import traceback
 import zlib
 from contextlib import ExitStack
@@ -103,6 +104,7 @@ class MicrographResult:
     warnings: list[str] = field(default_factory=list)
     detail: str | None = None
     shape_yx: tuple[int, int] | None = None
+    out_of_space: bool = False
 
     @property
     def n_particles(self) -> int:
@@ -115,6 +117,12 @@ def run_task(task: MicrographTask) -> MicrographResult:
         return _extract(task)
     except CryoExtractError as exc:
         return MicrographResult(task.index, task.micrograph_name, error=str(exc))
+    except OSError as exc:
+        full = exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+        return MicrographResult(
+            task.index, task.micrograph_name, out_of_space=full,
+            error=f"{exc.filename or task.micrograph_path}: {exc.strerror or exc}",
+        )
     except Exception as exc:  # one micrograph never aborts the job; keep the trace
         return MicrographResult(
             task.index, task.micrograph_name,

@@ -1,0 +1,686 @@
+"""``cryoextract subtract`` (``cryoextract.pipeline.subtract``) against oracles.
+
+Oracles:
+
+- RELION 3.1.3: ``relion_project --mask M --ctf --subtract_exp`` (removes the projection
+  of map·M: our ``--mask-mode subtract``) and ``relion_particle_subtract --mask M``
+  (removes map·(1 - M): our ``keep``), both with scale 1 (``--scale none``).
+  ``relion_particle_subtract`` reads an ``optimiser.star``; we make one with a tiny
+  ``relion_refine`` run (3D classification, K = 1, one iteration, ``--skip_align``, so the
+  poses are the input's), then point its model at our map (``run_it001_class001.mrc``
+  replaced) and set ``rlnCurrentImageSize`` to the full box (RELION projects only up to
+  the model's current size). Without MPI, 3D auto-refine optimisers cannot be used
+  ("needs at least 2 MPI processes" for split half-sets), hence classification.
+- Simulated particles: projections computed here in real space (the map resampled at
+  ``A.T @ r`` and summed), shifted by ``-origin / apix``, CTF-modulated, scaled.
+- Real TRPV1 particles (``../shared/data/real/cryojax_trpv1``).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tracemalloc
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pandas as pd
+import pytest
+import starfile
+import typer
+from scipy import ndimage
+from typer.testing import CliRunner
+
+from cryoextract.cli.subtract import subtract_command
+from cryoextract.errors import InputError, ParameterError
+from cryoextract.io.cryosparc import read_cs_particles, write_cs
+from cryoextract.ops.ctf import CtfParams, ctf_2d
+from cryoextract.ops.rotations import euler_to_matrix
+from cryoextract.ops.subtract import inspect_mask, suggested_edge_px
+from cryoextract.pipeline import subtract as pipeline
+from cryoextract.pipeline.subtract import (
+    recenter_shifts,
+    revert_subtraction,
+    subtract_particles,
+    viewing_direction_order,
+)
+from relion_oracle import require_relion
+from shared_data import SHARED_DATA, require_paths
+
+N = 48
+APIX = 2.0
+CENTRE_A = np.array([16.0, 24.0, 24.0])  # domain centres, voxel indices (x, y, z)
+CENTRE_B = np.array([32.0, 25.0, 23.0])
+OPTICS = {"rlnVoltage": 300.0, "rlnSphericalAberration": 2.7, "rlnAmplitudeContrast": 0.1}
+
+
+# --------------------------------------------------------------------------- helpers
+def corr(a: np.ndarray, b: np.ndarray) -> float:
+    a = np.asarray(a, np.float64).ravel() - np.mean(a)
+    b = np.asarray(b, np.float64).ravel() - np.mean(b)
+    return float(a @ b / np.sqrt((a @ a) * (b @ b)))
+
+
+def domain(centre_xyz: np.ndarray, seed: int, n: int = N, count: int = 25) -> np.ndarray:
+    """Gaussian blobs within 5 voxels of ``centre_xyz``."""
+    rng = np.random.default_rng(seed)
+    vol = np.zeros((n, n, n), np.float32)
+    for _ in range(count):
+        x, y, z = np.round(centre_xyz + rng.uniform(-5, 5, 3)).astype(int)
+        vol[z, y, x] += rng.uniform(0.5, 1.5)
+    return ndimage.gaussian_filter(vol, 1.3).astype(np.float32)
+
+
+def sphere_mask(centre_xyz: np.ndarray, radius: float, edge: float, n: int = N) -> np.ndarray:
+    """1 within ``radius`` voxels, a cosine edge ``edge`` voxels wide, 0 beyond."""
+    z, y, x = np.mgrid[0:n, 0:n, 0:n].astype(np.float64)
+    r = np.sqrt((x - centre_xyz[0]) ** 2 + (y - centre_xyz[1]) ** 2 + (z - centre_xyz[2]) ** 2)
+    if edge == 0:
+        return (r <= radius).astype(np.float32)
+    t = np.clip((r - radius) / edge, 0.0, 1.0)
+    return (0.5 + 0.5 * np.cos(np.pi * t)).astype(np.float32)
+
+
+def write_mrc(path: Path, data: np.ndarray, apix: float = APIX, stack: bool = False) -> None:
+    with mrcfile.new(path, overwrite=True) as handle:
+        handle.set_data(np.asarray(data, np.float32))
+        if stack:
+            handle.set_image_stack()
+        handle.voxel_size = apix
+
+
+def random_particles(n: int, seed: int, stack: str = "imgs.mrcs",
+                     micrographs: int = 1) -> pd.DataFrame:
+    """Poses with non-zero tilts, offsets, CTFs, alternating half-sets, coordinates."""
+    rng = np.random.default_rng(seed)
+    table = pd.DataFrame({
+        "rlnImageName": [f"{i + 1:06d}@{stack}" for i in range(n)],
+        "rlnMicrographName": [f"mic_{i % micrographs}.mrc" for i in range(n)],
+        "rlnCoordinateX": rng.uniform(100, 900, n).round(2),
+        "rlnCoordinateY": rng.uniform(100, 900, n).round(2),
+        "rlnAngleRot": rng.uniform(-180, 180, n),
+        "rlnAngleTilt": rng.uniform(10, 170, n),
+        "rlnAnglePsi": rng.uniform(-180, 180, n),
+        "rlnOriginXAngst": rng.uniform(-3, 3, n) * APIX,
+        "rlnOriginYAngst": rng.uniform(-3, 3, n) * APIX,
+        "rlnDefocusU": rng.uniform(9000, 20000, n),
+        "rlnDefocusAngle": rng.uniform(0, 180, n),
+        "rlnOpticsGroup": 1,
+        "rlnRandomSubset": np.arange(n) % 2 + 1,
+    })
+    table["rlnDefocusV"] = table["rlnDefocusU"] - rng.uniform(0, 800, n)
+    return table
+
+
+def optics_table(box: int = N, apix: float = APIX, mic_apix: float | None = None) -> pd.DataFrame:
+    optics = pd.DataFrame({
+        "rlnOpticsGroupName": ["opticsGroup1"], "rlnOpticsGroup": [1],
+        **{k: [v] for k, v in OPTICS.items()},
+        "rlnImagePixelSize": [apix], "rlnImageSize": [box], "rlnImageDimensionality": [2],
+    })
+    if mic_apix is not None:
+        optics["rlnMicrographPixelSize"] = mic_apix
+    return optics
+
+
+def write_star(path: Path, particles: pd.DataFrame, **optics) -> None:
+    starfile.write({"optics": optics_table(**optics), "particles": particles}, path,
+                   overwrite=True)
+
+
+def real_space_projection(vol: np.ndarray, rot: float, tilt: float, psi: float) -> np.ndarray:
+    """Sum along z of the map sampled (trilinearly) at ``A.T @ (x, y, z)``."""
+    n = vol.shape[0]
+    a = euler_to_matrix(rot, tilt, psi)
+    g = np.arange(n) - n // 2
+    z, y, x = np.meshgrid(g, g, g, indexing="ij")
+    map_xyz = np.stack([x, y, z], -1).reshape(-1, 3) @ a
+    coords = np.stack([map_xyz[:, 2], map_xyz[:, 1], map_xyz[:, 0]]) + n // 2
+    values = ndimage.map_coordinates(vol, coords, order=1, mode="constant", prefilter=False)
+    return values.reshape(n, n, n).sum(axis=0)
+
+
+def observe(projection: np.ndarray, row: dict, apix: float = APIX) -> np.ndarray:
+    """Move a centred projection to ``centre - origin / apix`` and apply the CTF."""
+    n = projection.shape[0]
+    dx, dy = -row["rlnOriginXAngst"] / apix, -row["rlnOriginYAngst"] / apix
+    ky = np.fft.fftfreq(n)[:, None]
+    kx = np.fft.rfftfreq(n)[None, :]
+    ramp = np.exp(-2j * np.pi * (kx * dx + ky * dy))
+    ctf = ctf_2d(CtfParams.from_star_row({**OPTICS, **row}), n, apix)
+    return np.fft.irfft2(np.fft.rfft2(projection) * ramp * ctf, s=(n, n)).astype(np.float32)
+
+
+def simulate(vol: np.ndarray, particles: pd.DataFrame) -> np.ndarray:
+    """Noise-free particle images ``(n, N, N)`` of ``vol`` in the particles' poses."""
+    return np.stack([
+        observe(real_space_projection(vol, r["rlnAngleRot"], r["rlnAngleTilt"],
+                                      r["rlnAnglePsi"]), r)
+        for r in particles.to_dict("records")
+    ])
+
+
+def removed(inputs: np.ndarray, outputs: np.ndarray) -> np.ndarray:
+    return np.asarray(inputs, np.float64) - np.asarray(outputs, np.float64)
+
+
+def read_output(out: Path) -> tuple[pd.DataFrame, np.ndarray]:
+    """Output particles and their images, in STAR order."""
+    particles = starfile.read(out / "particles.star")["particles"]
+    stacks: dict[str, np.ndarray] = {}
+    images = []
+    for name in particles["rlnImageName"]:
+        index, path = name.split("@")
+        if path not in stacks:
+            stacks[path] = mrcfile.read(out / path)
+            stacks[path] = stacks[path][None] if stacks[path].ndim == 2 else stacks[path]
+        images.append(stacks[path][int(index) - 1])
+    return particles, np.stack(images)
+
+
+# --------------------------------------------------------------------------- data
+@pytest.fixture(scope="module")
+def two_domain(tmp_path_factory) -> dict:
+    """Domains A and B, a soft mask on A, 16 noise-free particles with scales 0.5-2."""
+    root = tmp_path_factory.mktemp("two_domain")
+    vol_a, vol_b = domain(CENTRE_A, 1), domain(CENTRE_B, 2)
+    particles = random_particles(16, seed=5)
+    rng = np.random.default_rng(6)
+    scales = rng.uniform(0.5, 2.0, len(particles))
+    truth_a = simulate(vol_a, particles) * scales[:, None, None]
+    truth_b = simulate(vol_b, particles) * scales[:, None, None]
+    noise = rng.normal(size=truth_a.shape).astype(np.float32) * float(truth_a.std()) * 2.0
+    write_mrc(root / "map.mrc", vol_a + vol_b)
+    write_mrc(root / "mask_a.mrc", sphere_mask(CENTRE_A, 7.0, 5.0))
+    write_mrc(root / "imgs.mrcs", truth_a + truth_b, stack=True)
+    write_mrc(root / "noisy.mrcs", truth_a + truth_b + noise, stack=True)
+    write_star(root / "particles.star", particles)
+    noisy = particles.assign(rlnImageName=[n.replace("imgs", "noisy")
+                                           for n in particles["rlnImageName"]])
+    write_star(root / "noisy.star", noisy)
+    return {"root": root, "particles": particles, "scales": scales, "truth_a": truth_a,
+            "truth_b": truth_b, "noise": noise, "vol_a": vol_a, "vol_b": vol_b}
+
+
+# --------------------------------------------------------------------------- simulated
+def test_two_domain_subtraction_leaves_domain_b(two_domain, tmp_path):
+    root = two_domain["root"]
+    summary = subtract_particles(root / "particles.star", tmp_path / "a", map_path=root / "map.mrc",
+                                 mask=root / "mask_a.mrc", mask_mode="subtract")
+    particles, out = read_output(tmp_path / "a")
+    scores = [corr(o, b) for o, b in zip(out, two_domain["truth_b"], strict=True)]
+    assert min(scores) >= 0.95, scores
+    before = [corr(i, b) for i, b in
+              zip(two_domain["truth_a"] + two_domain["truth_b"], two_domain["truth_b"],
+                  strict=True)]
+    assert np.mean(scores) > np.mean(before) + 0.1
+    # per-particle scale: the fitted factors are the simulated ones, up to a common 2-4 %
+    # (the simulation's trilinear real-space projection blurs; the gridding correction, as
+    # RELION's, over-corrects slightly at low frequency)
+    ratio = particles["cryoextractSubtractScale"] / two_domain["scales"]
+    np.testing.assert_allclose(ratio, 1.0, atol=0.05)
+    assert ratio.std() < 0.01
+    assert summary.scale["all"]["count"] == 16
+    assert summary.scale["half1"]["count"] == summary.scale["half2"]["count"] == 8
+    assert any("single map" in w for w in summary.warnings)
+    # keep mode with the same mask removes B instead and leaves A
+    subtract_particles(root / "particles.star", tmp_path / "k", map_path=root / "map.mrc",
+                       mask=root / "mask_a.mrc", mask_mode="keep")
+    _, kept = read_output(tmp_path / "k")
+    assert min(corr(o, a) for o, a in zip(kept, two_domain["truth_a"], strict=True)) >= 0.95
+
+
+def test_noisy_particles_lose_domain_a_signal(two_domain, tmp_path):
+    root = two_domain["root"]
+    truth_a = two_domain["truth_a"]
+    noisy = mrcfile.read(root / "noisy.mrcs")
+    subtract_particles(root / "noisy.star", tmp_path / "n", map_path=root / "map.mrc",
+                       mask=root / "mask_a.mrc")
+    particles, out = read_output(tmp_path / "n")
+    # B and A may overlap in projection: compare with what B + noise alone give
+    rest = two_domain["truth_b"] + two_domain["noise"]
+    baseline = np.array([corr(r, a) for r, a in zip(rest, truth_a, strict=True)])
+    before = np.array([corr(i, a) for i, a in zip(noisy, truth_a, strict=True)]) - baseline
+    after = np.array([corr(o, a) for o, a in zip(out, truth_a, strict=True)]) - baseline
+    assert before.min() > 0.1 and before.mean() > 0.2, before
+    assert np.abs(after).max() < 0.05, after
+    # what is left is B plus the noise, untouched
+    left = out - two_domain["truth_b"] - two_domain["noise"]
+    assert np.linalg.norm(left) < 0.15 * np.linalg.norm(truth_a)
+    np.testing.assert_allclose(particles["cryoextractSubtractScale"], two_domain["scales"],
+                               rtol=0.15)
+
+
+def test_scale_none_leaves_scaled_particles_under_or_over_subtracted(two_domain, tmp_path):
+    root = two_domain["root"]
+    subtract_particles(root / "particles.star", tmp_path / "s", map_path=root / "map.mrc",
+                       scale="none")
+    particles, out = read_output(tmp_path / "s")
+    assert "cryoextractSubtractScale" not in particles.columns
+    inputs = two_domain["truth_a"] + two_domain["truth_b"]
+    # scale 1 removes the map's projection, i.e. the input divided by its simulated scale
+    gone = removed(inputs, out)
+    for g, i in zip(gone, inputs, strict=True):
+        assert corr(g, i) > 0.99
+    ratio = np.linalg.norm(gone, axis=(1, 2)) / np.linalg.norm(inputs, axis=(1, 2))
+    np.testing.assert_allclose(ratio * two_domain["scales"], 1.0, atol=0.05)
+    subtract_particles(root / "particles.star", tmp_path / "p", map_path=root / "map.mrc")
+    _, fitted = read_output(tmp_path / "p")
+    assert np.linalg.norm(fitted) < 0.05 * np.linalg.norm(inputs)
+
+
+def test_each_particle_uses_its_own_half_map(two_domain, tmp_path):
+    """Half-map 2 differs (domain B moved): only the right half-map empties each image."""
+    particles = two_domain["particles"]
+    half1 = two_domain["vol_a"] + two_domain["vol_b"]
+    half2 = two_domain["vol_a"] + domain(CENTRE_B + np.array([0.0, 6.0, 4.0]), 3)
+    images = np.where((particles["rlnRandomSubset"].to_numpy() == 1)[:, None, None],
+                      simulate(half1, particles), simulate(half2, particles))
+    write_mrc(tmp_path / "h1.mrc", half1)
+    write_mrc(tmp_path / "h2.mrc", half2)
+    write_mrc(tmp_path / "imgs.mrcs", images, stack=True)
+    write_star(tmp_path / "p.star", particles)
+    right = subtract_particles(tmp_path / "p.star", tmp_path / "right",
+                               half_maps=(tmp_path / "h1.mrc", tmp_path / "h2.mrc"))
+    _, out = read_output(tmp_path / "right")
+    left = np.linalg.norm(out, axis=(1, 2)) / np.linalg.norm(images, axis=(1, 2))
+    assert left.max() < 0.05, left
+    assert right.half_maps and not any("single map" in w for w in right.warnings)
+    assert len(right.stacks) == 2  # one pass (and stack) per half-set
+    subtract_particles(tmp_path / "p.star", tmp_path / "wrong",
+                       half_maps=(tmp_path / "h2.mrc", tmp_path / "h1.mrc"))
+    _, wrong = read_output(tmp_path / "wrong")
+    assert (np.linalg.norm(wrong, axis=(1, 2)) / np.linalg.norm(images, axis=(1, 2))).min() > 0.3
+    # a particle without a half-set is reported, not subtracted with some map
+    bad = particles.assign(rlnRandomSubset=[3] + [1, 2] * 7 + [2])
+    write_star(tmp_path / "bad.star", bad)
+    summary = subtract_particles(tmp_path / "bad.star", tmp_path / "bad",
+                                 half_maps=(tmp_path / "h1.mrc", tmp_path / "h2.mrc"))
+    assert summary.particles_written == 15
+    assert summary.particles_skipped == {"no half-set": 1}
+    rejected = pd.read_csv(tmp_path / "bad" / "rejected_particles.tsv", sep="\t")
+    assert rejected["row"].tolist() == [0]
+
+
+# --------------------------------------------------------------------------- RELION
+def test_subtract_mode_matches_relion_project_subtract_exp(two_domain, tmp_path):
+    """``relion_project --subtract_exp`` removes the projection of map·M: our ``subtract``."""
+    require_relion("relion_project")
+    root = two_domain["root"]
+    for name in ("map.mrc", "mask_a.mrc"):
+        shutil.copy(root / name, tmp_path / name)
+    write_star(tmp_path / "poses.star", two_domain["particles"])
+    run = {"cwd": tmp_path, "check": True, "capture_output": True, "timeout": 120}
+    # noise-free "experimental" images: RELION's own CTF-modulated projections of the map
+    subprocess.run(["relion_project", "--i", "map.mrc", "--ang", "poses.star", "--ctf",
+                    "--o", "exp"], **run)
+    subprocess.run(["relion_project", "--i", "map.mrc", "--mask", "mask_a.mrc", "--ang",
+                    "exp.star", "--ctf", "--subtract_exp", "--o", "relsub"], **run)
+    write_mrc(tmp_path / "inverse.mrc", 1.0 - mrcfile.read(tmp_path / "mask_a.mrc"))
+    subprocess.run(["relion_project", "--i", "map.mrc", "--mask", "inverse.mrc", "--ang",
+                    "poses.star", "--ctf", "--o", "rest"], **run)
+    exp, relion = mrcfile.read(tmp_path / "exp.mrcs"), mrcfile.read(tmp_path / "relsub.mrcs")
+    rest = mrcfile.read(tmp_path / "rest.mrcs")
+    relion_star = starfile.read(tmp_path / "relsub.star")["particles"]
+    assert relion_star["rlnImageOriginalName"].iloc[0] == "000001@exp.mrcs"
+    # RELION's output is the projection of map·(1 - M)
+    assert min(corr(r, p) for r, p in zip(relion, rest, strict=True)) >= 0.999
+    subtract_particles(tmp_path / "exp.star", tmp_path / "ours", map_path=tmp_path / "map.mrc",
+                       mask=tmp_path / "mask_a.mrc", mask_mode="subtract", scale="none")
+    _, ours = read_output(tmp_path / "ours")
+    assert min(corr(o, r) for o, r in zip(ours, relion, strict=True)) >= 0.99
+    assert min(corr(o, p) for o, p in zip(ours, rest, strict=True)) >= 0.99
+    gone_ours, gone_relion = removed(exp, ours), removed(exp, relion)
+    assert min(corr(a, b) for a, b in zip(gone_ours, gone_relion, strict=True)) >= 0.99
+    assert np.abs(ours - relion).max() < 1e-3 * np.abs(exp).max()
+
+
+def relion_optimiser(root: Path, star: str, map_name: str, diameter: float) -> str:
+    """A RELION optimiser.star for ``star`` whose model is ``map_name`` (see module doc)."""
+    (root / "C").mkdir()
+    subprocess.run(
+        ["relion_refine", "--i", star, "--o", "C/run", "--ref", map_name, "--ini_high", "60",
+         "--K", "1", "--iter", "1", "--skip_align", "--ctf", "--particle_diameter",
+         str(diameter), "--tau2_fudge", "1", "--j", "1", "--firstiter_cc"],
+        cwd=root, check=True, capture_output=True, timeout=300)
+    model = root / "C" / "run_it001_model.star"
+    text = model.read_text().splitlines()
+    text = [f"_rlnCurrentImageSize {N}" if line.startswith("_rlnCurrentImageSize") else line
+            for line in text]
+    model.write_text("\n".join(text) + "\n")
+    shutil.copy(root / map_name, root / "C" / "run_it001_class001.mrc")
+    return "C/run_it001_optimiser.star"
+
+
+def test_keep_mode_recentre_and_revert_match_relion_particle_subtract(two_domain, tmp_path):
+    """``relion_particle_subtract --mask M`` keeps M (our ``keep``); with
+    ``--recenter_on_mask --new_box`` it moves by ``round(origin - A·com)`` and keeps the
+    residual in the origins, as we do; its ``--revert`` loses the origins (relion#690),
+    ours restores them."""
+    require_relion("relion_refine", "relion_particle_subtract")
+    root = two_domain["root"]
+    for name in ("map.mrc", "mask_a.mrc", "noisy.mrcs"):
+        shutil.copy(root / name, tmp_path / name)
+    particles = two_domain["particles"].assign(
+        rlnImageName=[n.replace("imgs", "noisy") for n in two_domain["particles"]["rlnImageName"]])
+    write_star(tmp_path / "p.star", particles)
+    optimiser = relion_optimiser(tmp_path, "p.star", "map.mrc", diameter=80)
+    run = {"cwd": tmp_path, "check": True, "capture_output": True, "timeout": 120}
+    subprocess.run(["relion_particle_subtract", "--i", optimiser, "--mask", "mask_a.mrc",
+                    "--o", "S/"], **run)
+    subprocess.run(["relion_particle_subtract", "--i", optimiser, "--mask", "mask_a.mrc",
+                    "--o", "R/", "--recenter_on_mask", "--new_box", "32"], **run)
+    inputs = mrcfile.read(tmp_path / "noisy.mrcs")
+    for relion_dir, ours_dir, options in (("S", "ours", {}),
+                                          ("R", "ours_rc", {"recenter_on_mask": True,
+                                                            "new_box": 32})):
+        relion_star = starfile.read(tmp_path / relion_dir / "particles_subtracted.star")
+        relion_parts = relion_star["particles"]
+        relion = mrcfile.read(tmp_path / relion_dir / "Particles" /
+                              "subtracted_opticsgroup1.mrcs")
+        assert relion_parts["rlnImageOriginalName"].tolist() == particles["rlnImageName"].tolist()
+        summary = subtract_particles(tmp_path / "p.star", tmp_path / ours_dir,
+                                     map_path=tmp_path / "map.mrc", mask=tmp_path / "mask_a.mrc",
+                                     mask_mode="keep", scale="none", **options)
+        ours_parts, ours = read_output(tmp_path / ours_dir)
+        assert ours.shape == relion.shape
+        if not options:
+            gone = zip(removed(inputs, ours), removed(inputs, relion), strict=True)
+            assert min(corr(a, b) for a, b in gone) >= 0.99
+        assert min(corr(a, b) for a, b in zip(ours, relion, strict=True)) >= 0.99
+        assert np.abs(ours - relion).max() < 1e-3 * np.abs(inputs).max()
+        for column in ("rlnOriginXAngst", "rlnOriginYAngst"):
+            np.testing.assert_allclose(ours_parts[column], relion_parts[column], atol=1e-4)
+    assert summary.recentered == 16
+    np.testing.assert_allclose(summary.recenter_xyz_px, CENTRE_A, atol=0.01)
+    # revert: RELION swaps the names but keeps the residual origins; we restore them
+    (tmp_path / "RV").mkdir()  # RELION 3.1.3 reports success but writes nothing without it
+    subprocess.run(["relion_particle_subtract", "--revert", "R/particles_subtracted.star",
+                    "--o", "RV/"], **run)
+    relion_reverted = starfile.read(tmp_path / "RV" / "original.star")["particles"]
+    assert not np.allclose(relion_reverted["rlnOriginXAngst"], particles["rlnOriginXAngst"],
+                           atol=1e-3)
+    reverted = revert_subtraction(tmp_path / "ours_rc" / "particles.star", tmp_path / "rev",
+                                  base_dir=tmp_path)
+    back = starfile.read(tmp_path / "rev" / "particles.star")
+    np.testing.assert_allclose(back["particles"]["rlnOriginXAngst"], particles["rlnOriginXAngst"],
+                               atol=1e-5)
+    np.testing.assert_allclose(back["particles"]["rlnOriginYAngst"], particles["rlnOriginYAngst"],
+                               atol=1e-5)
+    assert back["particles"]["rlnImageName"].tolist() == particles["rlnImageName"].tolist()
+    assert int(back["optics"]["rlnImageSize"].iloc[0]) == N
+    assert reverted.origins_restored == 16
+
+
+# --------------------------------------------------------------------------- real data
+def test_real_trpv1_whole_map_subtraction(tmp_path):
+    source = SHARED_DATA / "real" / "cryojax_trpv1"
+    require_paths(source / "trpv1_small_stack.star", source / "trpv1_small_stack.mrcs",
+                  source / "trpv1_volume.mrc")
+    shutil.copy(source / "trpv1_small_stack.mrcs", tmp_path / "trpv1_small_stack.mrcs")
+    shutil.copy(source / "trpv1_volume.mrc", tmp_path / "trpv1_volume.mrc")
+    text = (source / "trpv1_small_stack.star").read_text()
+    (tmp_path / "p.star").write_text(text.replace("./batch_0_restacked.mrc",
+                                                  "trpv1_small_stack.mrcs"))
+    images = mrcfile.read(tmp_path / "trpv1_small_stack.mrcs")
+    # our projections (with --scale none, the removed part is exactly the projection)
+    subtract_particles(tmp_path / "p.star", tmp_path / "proj", map_path=tmp_path /
+                       "trpv1_volume.mrc", scale="none")
+    _, unscaled = read_output(tmp_path / "proj")
+    projections = removed(images, unscaled)
+    before = np.array([corr(i, p) for i, p in zip(images, projections, strict=True)])
+    summary = subtract_particles(tmp_path / "p.star", tmp_path / "out",
+                                 map_path=tmp_path / "trpv1_volume.mrc")
+    particles, out = read_output(tmp_path / "out")
+    after = np.array([corr(o, p) for o, p in zip(out, projections, strict=True)])
+    assert 0.12 < before.mean() < 0.35 and before.min() > 0.1, before
+    # default: scale fitted up to half Nyquist, the correlation drops to about 0
+    assert np.abs(after).max() < 0.05, after
+    # fitted over every frequency, the least-squares residual is orthogonal: exactly 0
+    subtract_particles(tmp_path / "p.star", tmp_path / "full", scale_band=1.0,
+                       map_path=tmp_path / "trpv1_volume.mrc")
+    _, full = read_output(tmp_path / "full")
+    assert max(abs(corr(o, p)) for o, p in zip(full, projections, strict=True)) < 1e-3
+    scales = particles["cryoextractSubtractScale"].to_numpy()
+    assert np.all(np.isfinite(scales)) and np.all(scales > 0)
+    stats = json.loads((tmp_path / "out" / "summary.json").read_text())["scale"]["all"]
+    assert stats["count"] == 10 and stats["median"] == pytest.approx(np.median(scales))
+    assert summary.particles_written == 10
+
+
+# --------------------------------------------------------------------------- options, I/O
+def blob_dataset(root: Path, n: int = 12, seed: int = 0, mic_apix: float | None = 1.0
+                 ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """One compact blob off-centre at ``point`` (voxels); noise-free images."""
+    point = np.array([30.0, 20.0, 27.0])
+    vol = domain(point, seed + 11, count=6)
+    particles = random_particles(n, seed=seed)
+    images = simulate(vol, particles)
+    write_mrc(root / "map.mrc", vol)
+    write_mrc(root / "imgs.mrcs", images, stack=True)
+    write_star(root / "p.star", particles, mic_apix=mic_apix)
+    return particles, images, point
+
+
+def test_recenter_xyz_new_box_coordinates_and_revert(tmp_path):
+    particles, _, point = blob_dataset(tmp_path)
+    write_mrc(tmp_path / "keep.mrc", sphere_mask(point, 8.0, 4.0))
+    summary = subtract_particles(tmp_path / "p.star", tmp_path / "out", map_path=tmp_path /
+                                 "map.mrc", mask=tmp_path / "keep.mrc", mask_mode="keep",
+                                 recenter_xyz=point, new_box=32, scale="none")
+    out_parts, out = read_output(tmp_path / "out")
+    assert out.shape == (12, 32, 32)
+    assert int(starfile.read(tmp_path / "out" / "particles.star")["optics"]
+               ["rlnImageSize"].iloc[0]) == 32
+    # the output is the particle of the map moved so that the point is at its centre,
+    # seen with the new (sub-pixel) origins: simulated here independently, then cropped
+    vol = mrcfile.read(tmp_path / "map.mrc")
+    centred = ndimage.shift(vol, (N // 2 - point)[::-1], order=1)
+    expected = simulate(centred, out_parts)[:, 8:40, 8:40]
+    assert np.abs(out_parts[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy()).max() <= APIX / 2
+    scores = [corr(o, e) for o, e in zip(out, expected, strict=True)]
+    assert min(scores) >= 0.95, scores
+    # rlnCoordinateX/Y moved by the integer shift, so that the point's micrograph position
+    # (before: coordinate + (A c - origin) / mic_apix; after: coordinate - origin / mic_apix,
+    # docs/conventions.md "Origins"; micrograph pixel 1 A) is unchanged
+    rotations = euler_to_matrix(*particles[["rlnAngleRot", "rlnAngleTilt",
+                                            "rlnAnglePsi"]].to_numpy().T)
+    projected = (rotations @ (point - N // 2))[:, :2] * APIX  # A c in Angstrom
+    for axis, column in enumerate(("X", "Y")):
+        before = (particles[f"rlnCoordinate{column}"] + projected[:, axis]
+                  - particles[f"rlnOrigin{column}Angst"])
+        after = out_parts[f"rlnCoordinate{column}"] - out_parts[f"rlnOrigin{column}Angst"]
+        np.testing.assert_allclose(after, before, atol=1e-4)
+    moved = (particles["rlnCoordinateX"] != out_parts["rlnCoordinateX"]) | (
+        particles["rlnCoordinateY"] != out_parts["rlnCoordinateY"])
+    assert summary.recentered == int(moved.sum()) > 0
+    # original names are relative to the working directory (or the STAR's), as in RELION
+    reverted = revert_subtraction(tmp_path / "out" / "particles.star", tmp_path / "rev",
+                                  base_dir=tmp_path)
+    back = starfile.read(tmp_path / "rev" / "particles.star")
+    for column in ("rlnOriginXAngst", "rlnOriginYAngst", "rlnCoordinateX", "rlnCoordinateY"):
+        np.testing.assert_allclose(back["particles"][column], particles[column], atol=1e-5)
+    assert not any(c.startswith("cryoextract") for c in back["particles"].columns)
+    assert int(back["optics"]["rlnImageSize"].iloc[0]) == N
+    assert reverted.coordinates_restored == 12 and reverted.image_size_px == {"opticsGroup1": N}
+    with pytest.raises(ParameterError, match="exists"):
+        revert_subtraction(tmp_path / "out" / "particles.star", tmp_path / "rev")
+    with pytest.raises(InputError, match="rlnImageOriginalName"):
+        revert_subtraction(tmp_path / "p.star", tmp_path / "rev2")
+
+
+def test_cryosparc_cs_input_and_output(tmp_path):
+    particles, images, _ = blob_dataset(tmp_path)
+    write_cs(tmp_path / "p.cs", optics_table(), particles)
+    from_star = subtract_particles(tmp_path / "p.star", tmp_path / "star", map_path=tmp_path /
+                                   "map.mrc", scale="none")
+    from_cs = subtract_particles(tmp_path / "p.cs", tmp_path / "cs", map_path=tmp_path /
+                                 "map.mrc", scale="none", base_dir=tmp_path)
+    assert from_star.particles_cs is None and from_cs.particles_cs is not None
+    _, a = read_output(tmp_path / "star")
+    _, b = read_output(tmp_path / "cs")
+    np.testing.assert_allclose(a, b, atol=1e-4 * np.abs(images).max())
+    _, back = read_cs_particles(tmp_path / "cs" / "particles.cs")
+    assert back["rlnRandomSubset"].tolist() == particles["rlnRandomSubset"].tolist()
+    assert (back["rlnImageName"].str.split("@").str[1]
+            == "Particles/subtracted_000000.mrcs").all()
+    a_in = euler_to_matrix(*particles[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy().T)
+    a_out = euler_to_matrix(*back[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy().T)
+    np.testing.assert_allclose(a_out, a_in, atol=1e-5)
+
+
+def test_float16_small_batches_and_chunks_give_the_same_result(tmp_path, monkeypatch):
+    blob_dataset(tmp_path)
+    reference = subtract_particles(tmp_path / "p.star", tmp_path / "ref",
+                                   map_path=tmp_path / "map.mrc")
+    _, expected = read_output(tmp_path / "ref")
+    monkeypatch.setattr(pipeline, "READ_BATCH_BYTES", 3 * N * N * 4)
+    monkeypatch.setattr(pipeline, "CHUNK_PIXELS", 2 * N * N)
+    small = subtract_particles(tmp_path / "p.star", tmp_path / "small", batch_size=5,
+                               map_path=tmp_path / "map.mrc", workers=2)
+    _, got = read_output(tmp_path / "small")
+    assert len(small.stacks) == 3 and len(reference.stacks) == 1  # 5 + 5 + 2
+    np.testing.assert_allclose(got, expected, atol=1e-6 * np.abs(expected).max())
+    subtract_particles(tmp_path / "p.star", tmp_path / "f16", map_path=tmp_path / "map.mrc",
+                       float16=True)
+    with mrcfile.open(tmp_path / "f16" / "Particles" / "subtracted_000000.mrcs") as handle:
+        assert handle.data.dtype == np.float16 and handle.header.mode == 12
+    _, half = read_output(tmp_path / "f16")
+    np.testing.assert_allclose(half, expected, atol=2e-3 * np.abs(expected).max())
+
+
+def test_memory_does_not_grow_with_the_number_of_particles(tmp_path, monkeypatch):
+    """Images are streamed: the peak of traced allocations is that of one batch."""
+    n_box = 32
+    point = np.array([16.0, 16.0, 16.0])
+    write_mrc(tmp_path / "map.mrc", domain(point, 0, n=n_box, count=5))
+    monkeypatch.setattr(pipeline, "READ_BATCH_BYTES", 64 * n_box * n_box * 4)
+    rng = np.random.default_rng(0)
+    peaks = {}
+    for count in (200, 1600):
+        particles = random_particles(count, seed=count, stack=f"s{count}.mrcs")
+        write_mrc(tmp_path / f"s{count}.mrcs",
+                  rng.normal(size=(count, n_box, n_box)).astype(np.float32), stack=True)
+        starfile.write({"optics": optics_table(box=n_box), "particles": particles},
+                       tmp_path / f"p{count}.star", overwrite=True)
+        tracemalloc.start()
+        subtract_particles(tmp_path / f"p{count}.star", tmp_path / f"o{count}",
+                           map_path=tmp_path / "map.mrc", workers=1, batch_size=400)
+        peaks[count] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    images_1600 = 1600 * n_box * n_box * 4
+    assert peaks[1600] < 1.5 * peaks[200], peaks
+    assert peaks[1600] < 0.8 * images_1600 + 40 * 2**20, peaks
+
+
+def test_mask_checks_and_hard_edge_warning(tmp_path):
+    blob_dataset(tmp_path)
+    write_mrc(tmp_path / "hard.mrc", sphere_mask(CENTRE_A, 8.0, 0.0))
+    write_mrc(tmp_path / "soft.mrc", sphere_mask(CENTRE_A, 6.0, 8.0))
+    write_mrc(tmp_path / "bad.mrc", sphere_mask(CENTRE_A, 6.0, 8.0) * 1.5)
+    assert inspect_mask(mrcfile.read(tmp_path / "hard.mrc")).hard
+    soft = inspect_mask(mrcfile.read(tmp_path / "soft.mrc"))
+    assert not soft.hard and 6.0 < soft.edge_width_px < 10.0
+    assert suggested_edge_px(3.2, 1.6) == pytest.approx(10.0)
+    hard = subtract_particles(tmp_path / "p.star", tmp_path / "h", map_path=tmp_path / "map.mrc",
+                              mask=tmp_path / "hard.mrc")
+    assert any("hard edge" in w for w in hard.warnings)
+    ok = subtract_particles(tmp_path / "p.star", tmp_path / "s", map_path=tmp_path / "map.mrc",
+                            mask=tmp_path / "soft.mrc", map_resolution_angstrom=2.5)
+    assert not any("hard edge" in w for w in ok.warnings)
+    assert ok.mask_suggested_edge_px == pytest.approx(6.25)
+    strict = subtract_particles(tmp_path / "p.star", tmp_path / "r", map_path=tmp_path /
+                                "map.mrc", mask=tmp_path / "soft.mrc",
+                                map_resolution_angstrom=8.0)
+    assert any("at least 20.0 px" in w for w in strict.warnings)
+    with pytest.raises(InputError, match=r"\[0, 1\]"):
+        subtract_particles(tmp_path / "p.star", tmp_path / "b", map_path=tmp_path / "map.mrc",
+                           mask=tmp_path / "bad.mrc")
+
+
+def test_clear_errors(tmp_path):
+    particles, _, _ = blob_dataset(tmp_path)
+    vol = mrcfile.read(tmp_path / "map.mrc")
+    write_mrc(tmp_path / "small.mrc", vol[8:40, 8:40, 8:40])
+    write_mrc(tmp_path / "apix.mrc", vol, apix=2.5)
+    run = {"particles": tmp_path / "p.star"}
+    with pytest.raises(InputError, match="map box 32 px differs"):
+        subtract_particles(out_dir=tmp_path / "o1", map_path=tmp_path / "small.mrc", **run)
+    with pytest.raises(InputError, match=r"pixel size 2\.5 A differs"):
+        subtract_particles(out_dir=tmp_path / "o2", map_path=tmp_path / "apix.mrc", **run)
+    with pytest.raises(ParameterError, match="exactly one"):
+        subtract_particles(out_dir=tmp_path / "o3", **run)
+    with pytest.raises(ParameterError, match="larger"):
+        subtract_particles(out_dir=tmp_path / "o4", map_path=tmp_path / "map.mrc",
+                           new_box=64, **run)
+    write_star(tmp_path / "nosub.star", particles.drop(columns="rlnRandomSubset"))
+    with pytest.raises(InputError, match="rlnRandomSubset"):
+        subtract_particles(tmp_path / "nosub.star", tmp_path / "o5",
+                           half_maps=(tmp_path / "map.mrc", tmp_path / "map.mrc"))
+    write_star(tmp_path / "nopose.star", particles.drop(columns="rlnAngleTilt"))
+    with pytest.raises(InputError, match="3D poses"):
+        subtract_particles(tmp_path / "nopose.star", tmp_path / "o6",
+                           map_path=tmp_path / "map.mrc")
+    with pytest.raises(ParameterError, match="needs --mask"):
+        subtract_particles(out_dir=tmp_path / "o7", map_path=tmp_path / "map.mrc",
+                           recenter_on_mask=True, **run)
+    subtract_particles(out_dir=tmp_path / "o8", map_path=tmp_path / "map.mrc", **run)
+    with pytest.raises(ParameterError, match="not empty"):
+        subtract_particles(out_dir=tmp_path / "o8", map_path=tmp_path / "map.mrc", **run)
+
+
+def test_cli_subtract_and_revert(tmp_path, monkeypatch):
+    particles, _, point = blob_dataset(tmp_path)
+    write_mrc(tmp_path / "keep.mrc", sphere_mask(point, 8.0, 4.0))
+    app = typer.Typer()
+    app.command("subtract")(subtract_command)
+
+    @app.callback()
+    def _root() -> None:
+        """Test app."""
+
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    result = runner.invoke(app, [
+        "subtract", "--particles", "p.star", "--half-maps", "map.mrc", "map.mrc", "--mask",
+        "keep.mrc", "--mask-mode", "keep", "--recenter-xyz", "30", "20", "27", "--new-box",
+        "40", "--float16", "--out", "out", "--workers", "2"])
+    assert result.exit_code == 0, result.output
+    assert "scale half1" in result.output and "(keep)" in result.output
+    with mrcfile.open(tmp_path / "out" / "Particles" / "subtracted_000000.mrcs") as handle:
+        assert handle.data.shape == (6, 40, 40) and handle.header.mode == 12
+    result = runner.invoke(app, ["subtract", "--revert", "out/particles.star", "--out", "rev"])
+    assert result.exit_code == 0, result.output
+    back = starfile.read(tmp_path / "rev" / "particles.star")["particles"]
+    np.testing.assert_allclose(back["rlnOriginXAngst"], particles["rlnOriginXAngst"], atol=1e-5)
+    result = runner.invoke(app, ["subtract", "--particles", "p.star", "--map", "missing.mrc",
+                                 "--out", "x"])
+    assert result.exit_code == 2
+    assert "missing.mrc: map not found" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    result = runner.invoke(app, ["subtract", "--out", "x"])
+    assert result.exit_code == 2 and "--particles" in result.output
+
+
+def test_viewing_direction_order_groups_planes_and_recenter_shifts():
+    rng = np.random.default_rng(3)
+    angles = np.column_stack([rng.uniform(-180, 180, 300), rng.uniform(0, 180, 300),
+                              rng.uniform(-180, 180, 300)])
+    order = viewing_direction_order(angles)
+    assert sorted(order.tolist()) == list(range(300))
+    # psi turns the slice within its plane; tilt 180 - t with rot + 180 is the same plane
+    same_plane = np.array([[10.0, 40.0, 0.0], [10.0, 40.0, 123.0], [190.0, 140.0, -50.0],
+                           [-100.0, 150.0, 0.0]])
+    direction = euler_to_matrix(*same_plane.T)[:, 2, :]
+    assert abs(abs(direction[0] @ direction[2]) - 1.0) < 1e-9
+    ranked = np.argsort(viewing_direction_order(same_plane))
+    assert abs(ranked[0] - ranked[1]) == 1 and abs(ranked[0] - ranked[2]) <= 2
+    # recentring: integer shifts round(origin - A c), residual origins in [-0.5, 0.5]
+    origins = rng.uniform(-5, 5, (300, 2))
+    point = np.array([4.0, -3.0, 2.5])
+    shifts, residual = recenter_shifts(angles, origins, point)
+    projected = (euler_to_matrix(*angles.T) @ point)[:, :2]
+    np.testing.assert_allclose(shifts + residual, origins - projected, atol=1e-12)
+    assert np.abs(residual).max() <= 0.5 and shifts.dtype == np.int64
