@@ -113,7 +113,9 @@ def load_cs(path: str | os.PathLike[str]) -> np.ndarray:
 def _load_numpy(path: Path) -> np.ndarray:
     try:
         return np.load(path, allow_pickle=False, max_header_size=2**30)
-    except (OSError, ValueError, EOFError) as exc:
+    except Exception as exc:  # numpy raises SyntaxError, TokenError... on a bad header
+        if isinstance(exc, KeyboardInterrupt | MemoryError):
+            raise
         raise InputError(f"unreadable .cs file ({exc})", path) from exc
 
 
@@ -238,8 +240,8 @@ def _strings(values: np.ndarray) -> np.ndarray:
     cryoSPARC's "Export" marks paths with a ``>`` that pyem removes
     (``pyem/metadata/cryosparc2.py``: ``x.replace('>', '', 1)``); we do the same.
     """
-    out = np.array([v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values],
-                   dtype=object)
+    out = np.array([v.decode("utf-8", errors="replace") if isinstance(v, bytes) else str(v)
+                    for v in values], dtype=object)
     return np.array([s.replace(">", "", 1) for s in out], dtype=object)
 
 
