@@ -228,22 +228,34 @@ def _transform_into(data: np.ndarray, channel: int, volume: np.ndarray, p: int,
     """3D half transform of the padded ``volume`` into ``data[:P, :P, :P/2+1, channel]``.
 
     The map's voxel ``c`` goes to padded index ``(c - N/2) mod P`` (phase origin at the
-    centre voxel); planes are transformed in chunks, then the z axis in slabs of y.
+    centre voxel). Per chunk of z-planes: x (only the map's rows, zero-padded), then y;
+    then z in slabs of y. Only ``16`` planes of temporaries at a time.
     """
     n = volume.shape[0]
     h = p // 2 + 1
-    position = (np.arange(n) - n // 2) % p
-    rows, cols = np.ix_(position, position)
+    src, dst = _padding_slices(n, p)
     for start in range(0, n, _PLANES_PER_CHUNK):
         stop = min(start + _PLANES_PER_CHUNK, n)
-        planes = np.zeros((stop - start, p, p), dtype=np.float32)
-        planes[:, rows, cols] = volume[start:stop]
-        data[position[start:stop], :p, :h, channel] = scipy.fft.rfft2(planes, workers=workers)
+        rows = np.zeros((stop - start, n, p), dtype=np.float32)
+        for a, b in zip(src, dst, strict=True):
+            rows[:, :, b] = volume[start:stop, :, a]
+        along_x = scipy.fft.rfft(rows, axis=-1, workers=workers)
+        planes = np.zeros((stop - start, p, h), dtype=np.complex64)
+        for a, b in zip(src, dst, strict=True):
+            planes[:, b] = along_x[:, a]
+        planes = scipy.fft.fft(planes, axis=1, workers=workers, overwrite_x=True)
+        data[(np.arange(start, stop) - n // 2) % p, :p, :h, channel] = planes
     step = max(1, _PLANES_PER_CHUNK * p // h)
     for start in range(0, p, step):
         stop = min(start + step, p)
         slab = data[:p, start:stop, :h, channel]
         data[:p, start:stop, :h, channel] = scipy.fft.fft(slab, axis=0, workers=workers)
+
+
+def _padding_slices(n: int, p: int) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
+    """Source (map) and destination (padded) slices of ``c -> (c - N/2) mod P``."""
+    half = n // 2
+    return (slice(half, n), slice(0, half)), (slice(0, n - half), slice(p - half, p))
 
 
 @lru_cache(maxsize=16)

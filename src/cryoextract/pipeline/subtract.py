@@ -637,46 +637,78 @@ def subtract_particles(
     _prepare_out_dir(paths, overwrite, job.locations)
     if on_start is not None:
         on_start(len(good))
+    threads = max(1, int(workers or os.cpu_count() or 1))
+    fit_radius = None if scale_mode is ScaleMode.NONE else scale_band * maps.box_px / 2
+    names, scales = _run_passes(
+        job, good, paths, summary, mask_volume, mode, scale_mode, shifts,
+        _Output(out_box, bool(float16), batch_size, fit_radius), padding_factor, threads,
+        on_progress)
+    _write_outputs(job, table, good, names, scales, paths, summary, scale_mode,
+                   out_box, output_format is OutputFormat.CS or (
+                       output_format is OutputFormat.AUTO
+                       and str(particles).lower().endswith(".cs")))
+    return summary
+
+
+@dataclass(frozen=True)
+class _Output:
+    """How subtracted images are written: box, mode, stack size, scale-fit radius."""
+
+    box_px: int
+    float16: bool
+    batch_size: int
+    fit_radius: float | None
+
+
+def _run_passes(
+    job: _Job, good: np.ndarray, paths: JobPaths, summary: SubtractSummary,
+    mask: np.ndarray | None, mode: MaskMode, scale_mode: ScaleMode, shifts: np.ndarray,
+    output: _Output, padding_factor: float, threads: int,
+    on_progress: ProgressCallback | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One pass per half-set (its own Fourier volumes and stacks); names and scales per row."""
     names = np.empty(len(job.particles), dtype=object)
     scales = np.full(len(job.particles), np.nan)
-    plan = _plan_stacks(job, good, batch_size)
-    threads = max(1, int(workers or os.cpu_count() or 1))
-    fit_radius = (None if scale_mode is ScaleMode.NONE
-                  else scale_band * maps.box_px / 2)
     done = 0
     with ThreadPoolExecutor(threads) as pool:
-        for half, stacks in plan:
-            volumes = _half_volumes(maps.volumes[half], mask_volume, mode, scale_mode,
+        for half, stacks in _plan_stacks(job, good, output.batch_size):
+            volumes = _half_volumes(job.maps.volumes[half], mask, mode, scale_mode,
                                     padding_factor, threads)
             summary.fourier_volume_bytes = max(summary.fourier_volume_bytes, sum(
                 v.nbytes for v in volumes if v is not None))
             for rows in stacks:
                 relative = f"{paths.particles_dir.name}/subtracted_{len(summary.stacks):06d}.mrcs"
                 scales[rows] = _write_stack(job, rows, paths.out_dir / relative, volumes,
-                                            shifts, out_box, float16, fit_radius, pool)
+                                            shifts, output, pool)
                 names[rows] = [format_image_name(i, relative) for i in range(len(rows))]
                 summary.stacks.append(str(paths.out_dir / relative))
                 done += len(rows)
                 if on_progress is not None:
                     on_progress(done)
             del volumes
-    out_table = _output_table(table, job, good, names, scales,
-                              scale_mode is ScaleMode.PER_PARTICLE)
+    return names, scales
+
+
+def _write_outputs(
+    job: _Job, table: pd.DataFrame, good: np.ndarray, names: np.ndarray, scales: np.ndarray,
+    paths: JobPaths, summary: SubtractSummary, scale_mode: ScaleMode, out_box: int,
+    write_cs_file: bool,
+) -> None:
+    """particles.star (+ .cs), rejected_particles.tsv and summary.json."""
+    fitted = scale_mode is ScaleMode.PER_PARTICLE
+    out_table = _output_table(table, job, good, names, scales, fitted)
     optics = _output_optics(job, good, out_box)
     write_star(paths.particles_star, {"optics": optics, "particles": out_table})
     summary.particles_star = str(paths.particles_star)
-    if output_format is OutputFormat.CS or (
-        output_format is OutputFormat.AUTO and str(particles).lower().endswith(".cs")
-    ):
+    if write_cs_file:
         summary.particles_cs = str(_write_cs(paths.out_dir / "particles.cs", optics, out_table))
     summary.particles_written = len(good)
     summary.particles_skipped = dict(sorted(Counter(p for p in job.problem if p).items()))
-    if scale_mode is ScaleMode.PER_PARTICLE:
+    if fitted:
         summary.scale = _scale_statistics(scales, _reported_half_sets(job))
     summary.warnings = list(job.warnings)
     _write_rejected(paths.rejected_tsv, job)
     paths.summary_json.write_text(summary.to_json())
-    return summary
 
 
 def _mask_warnings(
@@ -764,8 +796,8 @@ def _half_volumes(
 
 def _write_stack(
     job: _Job, rows: np.ndarray, path: Path,
-    volumes: tuple[FourierVolume, FourierVolume | None], shifts: np.ndarray, out_box: int,
-    float16: bool, fit_radius: float | None, pool: ThreadPoolExecutor,
+    volumes: tuple[FourierVolume, FourierVolume | None], shifts: np.ndarray, output: _Output,
+    pool: ThreadPoolExecutor,
 ) -> np.ndarray:
     """Subtract and write one stack; returns the scales of its rows.
 
@@ -776,7 +808,7 @@ def _write_stack(
     read while the workers process this one (at most two batches in flight).
     """
     scales = np.empty(len(rows), dtype=np.float64)
-    n = job.maps.box_px
+    n, out_box = job.maps.box_px, output.box_px
     chunk = max(1, CHUNK_PIXELS // (n * n))
     pending: deque[_Batch] = deque()
     written = 0
@@ -793,14 +825,15 @@ def _write_stack(
         written += batch.count
 
     with StackWriter(path, len(rows), (out_box, out_box), job.pixel_size_angstrom,
-                     float16=float16) as writer:
+                     float16=output.float16) as writer:
         for batch_rows, images in read_images(job.particles, locations=job.locations, rows=rows,
                                               max_batch_bytes=READ_BATCH_BYTES):
             table, which = _batch_ctf(job, batch_rows)
             order = viewing_direction_order(job.rotations[batch_rows])
             parts = [order[i : i + chunk] for i in range(0, len(order), chunk)]
             futures = [pool.submit(_subtract_chunk, job, batch_rows[part], images[part],
-                                   table[which[part]], volumes, shifts, out_box, fit_radius)
+                                   table[which[part]], volumes, shifts, out_box,
+                                   output.fit_radius)
                        for part in parts]
             pending.append(_Batch(len(batch_rows), parts, futures))
             if len(pending) > 1:
