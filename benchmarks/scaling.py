@@ -16,17 +16,24 @@ would) with
   processes=True)`` on loopback, started once by this script,
 
 after one untimed warm-up run of each mode (page cache warm, Dask workers have imported
-cryoextract), and prints a table of wall time and particles/s (particles written /
-wall time of the command, process start-up included), the best of ``--repeats`` runs.
+cryoextract), and prints a table of wall time, CPU time and particles/s (particles
+written / wall time of the command, process start-up included), the best of
+``--repeats`` runs. CPU time is that of the command's process tree plus, for Dask, of the
+cluster (workers, nannies, scheduler): on a shared machine it is steadier than wall time.
 The Dask overhead over the local pool at 64 micrographs is reported at the end (goal:
 under 10 %), with the machine load (1-minute load average) before and after each run.
+``--dask-tuned`` adds a Dask run whose workers' allocator is set as the local pool's
+(``cryoextract.pipeline.allocator.keep_freed_memory``), and ``--dask-no-profile`` starts
+the cluster with Dask's statistical worker profiler (a stack sample every 10 ms) off, to
+show what each costs.
 The QC report is switched off (``--no-report``): it is the same work whatever runs the
 micrographs. Outputs of the Dask and local runs are checked to be byte-identical.
 
-Run from anywhere::
+Needs ``distributed`` and psutil (``pip install -e '.[test,dask]'``). Run from anywhere::
 
     .venv/bin/python benchmarks/scaling.py [--counts 16 64 256] [--repeats 1]
         [--size 1024] [--particles 100] [--box 128] [--workdir DIR] [--keep]
+        [--dask-tuned] [--source sim|real]
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -44,6 +52,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+try:
+    import psutil
+except ImportError:  # pragma: no cover - reported at start-up
+    psutil = None
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_MICROGRAPH = REPO.parent / "shared/data/real/mrcfile_1.5.4_sdist/fei-extended.mrc"
@@ -57,6 +70,7 @@ class Run:
     mode: str
     count: int
     wall_s: float
+    cpu_s: float
     particles: int
     load_before: float
     load_after: float
@@ -161,6 +175,43 @@ def extract(root: Path, out: str, box: int, bin_to: int | None, mode: list[str])
     return wall, int(summary["particles_kept"])
 
 
+class CpuMeter:
+    """CPU seconds of a run: the command's process tree and, for Dask, the cluster.
+
+    The command's tree (its pool workers included) comes from ``RUSAGE_CHILDREN``; the
+    Dask workers and nannies are read with psutil, the scheduler runs in this process.
+    """
+
+    def __init__(self, cluster_pids: list[int]):
+        self.cluster_pids = cluster_pids
+
+    def sample(self, with_cluster: bool) -> float:
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        total = usage.ru_utime + usage.ru_stime
+        if with_cluster:
+            total += time.process_time()
+            for pid in self.cluster_pids:
+                try:
+                    times = psutil.Process(pid).cpu_times()
+                except psutil.NoSuchProcess:
+                    continue
+                total += times.user + times.system
+        return total
+
+
+def _glibc_defaults() -> bool:
+    """Undo ``keep_freed_memory`` in a Dask worker: the allocator as Dask starts workers.
+
+    Dask spawns workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which also pins glibc's
+    mmap threshold at its 128 KiB default.
+    """
+    import ctypes
+    import ctypes.util
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    return bool(libc.mallopt(-1, 65536)) and bool(libc.mallopt(-3, 128 * 1024))
+
+
 def outputs(out: Path) -> dict[str, bytes]:
     return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*"))
             if p.is_file() and not p.relative_to(out).as_posix().startswith(".cryoextract")
@@ -180,9 +231,19 @@ def main() -> int:
     parser.add_argument("--bin-to", type=int, default=64)
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--dask-no-profile", action="store_true",
+                        help="start the cluster with Dask's worker profiler off "
+                             "(distributed.worker.profile.enabled = False)")
+    parser.add_argument("--dask-tuned", action="store_true",
+                        help="also run Dask with the workers' allocator tuned as the local "
+                             "pool's (cryoextract.pipeline.allocator.keep_freed_memory)")
     args = parser.parse_args()
+    if psutil is None:
+        sys.exit("error: needs psutil (.venv/bin/pip install psutil)")
 
-    from distributed import LocalCluster
+    from distributed import Client, LocalCluster
+
+    from cryoextract.pipeline.allocator import keep_freed_memory
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="cryoextract_scaling_"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -199,10 +260,21 @@ def main() -> int:
           f"{args.bin_to or args.box} px")
     datasets = {n: grown_dataset(base, workdir, n) for n in args.counts}
 
+    if args.dask_no_profile:
+        import dask
+
+        dask.config.set({"distributed.worker.profile.enabled": False})
+        print("# Dask worker profiler off")
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                            host="127.0.0.1", dashboard_address=None)
+    client = Client(cluster)
+    workers = list(client.run(os.getpid).values())
+    meter = CpuMeter(workers + [psutil.Process(pid).ppid() for pid in workers])
+    scheduler = ["--dask-scheduler", cluster.scheduler_address]
     modes = {"local x1": ["--workers", "1"], "local x2": ["--workers", "2"],
-             "dask 2 workers": ["--dask-scheduler", cluster.scheduler_address]}
+             "dask 2 workers": scheduler}
+    if args.dask_tuned:
+        modes["dask tuned"] = scheduler
     runs: list[Run] = []
     try:
         warm = datasets[min(args.counts)]
@@ -212,18 +284,23 @@ def main() -> int:
             root = datasets[count]
             for _ in range(args.repeats):
                 for name, mode in modes.items():
-                    before = os.getloadavg()[0]
+                    dask = name.startswith("dask")
+                    # the tuned mode sets the workers' allocator, the plain one resets it
+                    client.run(keep_freed_memory if name == "dask tuned" else _glibc_defaults)
+                    before, cpu = os.getloadavg()[0], meter.sample(dask)
                     wall, particles = extract(root, name.replace(" ", "_"), args.box,
                                               args.bin_to, mode)
-                    runs.append(Run(name, count, wall, particles, before,
+                    cpu = meter.sample(dask) - cpu
+                    runs.append(Run(name, count, wall, cpu, particles, before,
                                     os.getloadavg()[0]))
-                    print(f"  {count:4d} micrographs  {name:15s} {wall:7.2f} s  "
-                          f"{particles / wall:9.0f} particles/s  "
+                    print(f"  {count:4d} micrographs  {name:15s} {wall:7.2f} s wall "
+                          f"{cpu:7.2f} s CPU {particles / wall:9.0f} particles/s  "
                           f"(load {before:.2f} -> {os.getloadavg()[0]:.2f})", flush=True)
             same = outputs(root / "dask_2_workers") == outputs(root / "local_x2")
             if not same:
                 print(f"  WARNING: Dask and local outputs differ at {count} micrographs")
     finally:
+        client.close()
         cluster.close()
 
     best = {}
@@ -232,19 +309,21 @@ def main() -> int:
         if key not in best or run.wall_s < best[key].wall_s:
             best[key] = run
     print()
-    header = f"| micrographs | particles | {' | '.join(f'{m} s, particles/s' for m in modes)} |"
-    print(header)
+    print("wall s / CPU s / particles per wall s (best of the repeats):")
+    print(f"| micrographs | particles | {' | '.join(modes)} |")
     print("|" + "---|" * (2 + len(modes)))
     for count in args.counts:
-        cells = [f"{best[(count, m)].wall_s:.2f}, {best[(count, m)].rate:,.0f}" for m in modes]
+        cells = [f"{best[(count, m)].wall_s:.2f} / {best[(count, m)].cpu_s:.2f} / "
+                 f"{best[(count, m)].rate:,.0f}" for m in modes]
         print(f"| {count} | {best[(count, 'local x1')].particles} | {' | '.join(cells)} |")
     print()
     for count in args.counts:
         local, dask = best[(count, "local x2")], best[(count, "dask 2 workers")]
         speedup = best[(count, "local x1")].wall_s / local.wall_s
         overhead = dask.wall_s / local.wall_s - 1
+        cpu_overhead = dask.cpu_s / local.cpu_s - 1
         print(f"{count:4d} micrographs: 2 local workers {speedup:.2f}x faster than 1; "
-              f"Dask overhead over the local pool {overhead:+.1%}")
+              f"Dask over the local pool: {overhead:+.1%} wall, {cpu_overhead:+.1%} CPU")
     loads = [r.load_before for r in runs] + [r.load_after for r in runs]
     print(f"load average during the runs: {min(loads):.2f} .. {max(loads):.2f} "
           f"({os.cpu_count()} cores)")
