@@ -22,10 +22,9 @@ written / wall time of the command, process start-up included), the best of
 cluster (workers, nannies, scheduler): on a shared machine it is steadier than wall time.
 The Dask overhead over the local pool at 64 micrographs is reported at the end (goal:
 under 10 %), with the machine load (1-minute load average) before and after each run.
-``--dask-tuned`` adds a Dask run whose workers' allocator is set as the local pool's
-(``cryoextract.pipeline.allocator.keep_freed_memory``), and ``--dask-no-profile`` starts
-the cluster with Dask's statistical worker profiler (a stack sample every 10 ms) off, to
-show what each costs.
+The extract command tunes the Dask workers' allocator as the local pool's (a worker
+plugin); ``--dask-no-profile`` starts the cluster with Dask's statistical worker
+profiler (a stack sample every 10 ms) off, to show what it costs.
 The QC report is switched off (``--no-report``): it is the same work whatever runs the
 micrographs. Outputs of the Dask and local runs are checked to be byte-identical.
 
@@ -33,7 +32,7 @@ Needs ``distributed`` and psutil (``pip install -e '.[test,dask]'``). Run from a
 
     .venv/bin/python benchmarks/scaling.py [--counts 16 64 256] [--repeats 1]
         [--size 1024] [--particles 100] [--box 128] [--workdir DIR] [--keep]
-        [--dask-tuned] [--source sim|real]
+        [--dask-no-profile] [--source sim|real]
 """
 
 from __future__ import annotations
@@ -199,19 +198,6 @@ class CpuMeter:
         return total
 
 
-def _glibc_defaults() -> bool:
-    """Undo ``keep_freed_memory`` in a Dask worker: the allocator as Dask starts workers.
-
-    Dask spawns workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which also pins glibc's
-    mmap threshold at its 128 KiB default.
-    """
-    import ctypes
-    import ctypes.util
-
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    return bool(libc.mallopt(-1, 65536)) and bool(libc.mallopt(-3, 128 * 1024))
-
-
 def outputs(out: Path) -> dict[str, bytes]:
     return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*"))
             if p.is_file() and not p.relative_to(out).as_posix().startswith(".cryoextract")
@@ -234,16 +220,11 @@ def main() -> int:
     parser.add_argument("--dask-no-profile", action="store_true",
                         help="start the cluster with Dask's worker profiler off "
                              "(distributed.worker.profile.enabled = False)")
-    parser.add_argument("--dask-tuned", action="store_true",
-                        help="also run Dask with the workers' allocator tuned as the local "
-                             "pool's (cryoextract.pipeline.allocator.keep_freed_memory)")
     args = parser.parse_args()
     if psutil is None:
         sys.exit("error: needs psutil (.venv/bin/pip install psutil)")
 
     from distributed import Client, LocalCluster
-
-    from cryoextract.pipeline.allocator import keep_freed_memory
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="cryoextract_scaling_"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -273,8 +254,6 @@ def main() -> int:
     scheduler = ["--dask-scheduler", cluster.scheduler_address]
     modes = {"local x1": ["--workers", "1"], "local x2": ["--workers", "2"],
              "dask 2 workers": scheduler}
-    if args.dask_tuned:
-        modes["dask tuned"] = scheduler
     runs: list[Run] = []
     try:
         warm = datasets[min(args.counts)]
@@ -285,8 +264,6 @@ def main() -> int:
             for _ in range(args.repeats):
                 for name, mode in modes.items():
                     dask = name.startswith("dask")
-                    # the tuned mode sets the workers' allocator, the plain one resets it
-                    client.run(keep_freed_memory if name == "dask tuned" else _glibc_defaults)
                     before, cpu = os.getloadavg()[0], meter.sample(dask)
                     wall, particles = extract(root, name.replace(" ", "_"), args.box,
                                               args.bin_to, mode)

@@ -75,7 +75,6 @@ Findings from probing RELION 3.1.3 (Debian ``relion_preprocess``, ``relion_stack
 from __future__ import annotations
 
 import math
-import os
 import re
 import shutil
 import subprocess
@@ -86,9 +85,10 @@ from pathlib import Path
 import mrcfile
 import numpy as np
 import pandas as pd
-import pytest
 import starfile
 from scipy import ndimage
+
+from prereq import require_programs
 
 RELION_TOOLS = ("relion_preprocess", "relion_stack_create", "relion_image_handler")
 
@@ -103,19 +103,11 @@ def have_relion(*tools: str) -> bool:
 
 
 def require_relion(*tools: str) -> None:
-    """Skip (or fail on CI) when RELION is not installed.
+    """Skip (or fail on CI) when RELION is not installed (``prereq.require``).
 
-    With no argument only ``relion_preprocess`` is required. When a program is missing,
-    ``pytest.fail`` if the environment variable ``CI`` is ``"true"``, else ``pytest.skip``.
+    With no argument only ``relion_preprocess`` is required.
     """
-    needed = tools or ("relion_preprocess",)
-    missing = [t for t in needed if shutil.which(t) is None]
-    if not missing:
-        return
-    msg = f"RELION program(s) not on PATH: {', '.join(missing)}"
-    if os.environ.get("CI") == "true":
-        pytest.fail(msg + " (CI=true: RELION is required on CI)")
-    pytest.skip(msg)
+    require_programs(*(tools or ("relion_preprocess",)))
 
 
 # --------------------------------------------------------------------------- dataset

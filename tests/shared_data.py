@@ -1,23 +1,61 @@
-"""Where the shared real data live, and the rule for when they are missing.
+"""Where the shared real data live (``../shared`` beside the project), read-only.
 
-Missing data fail the test in CI (``CI=true``) and skip it elsewhere.
+Missing data fail the test in CI (``CI=true``) and skip it elsewhere: see ``prereq.py``.
 """
 
 from __future__ import annotations
 
-import os
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
+from prereq import require_paths
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+__all__ = [
+    "REAL", "REFERENCE", "SHARED_DATA", "cryolo_box_files", "cryolo_cbox_files", "real_files",
+    "real_ids", "require_paths", "require_real",
+]
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SHARED_DATA = SHARED / "data"
+REAL = SHARED_DATA / "real"
+REFERENCE = SHARED / "reference"
 
 
-def require_paths(*paths: Path) -> None:
-    """Fail (CI) or skip unless every path exists."""
-    missing = [str(p) for p in paths if not p.exists()]
-    if missing:
-        message = f"shared real data missing: {', '.join(missing)}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+def require_real(*parts: str) -> Path:
+    """``REAL / parts...``, required to exist (skip locally, fail in CI)."""
+    path = REAL.joinpath(*parts)
+    require_paths(path)
+    return path
+
+
+def cryolo_box_files() -> list[Path]:
+    """The real crYOLO EMAN ``.box`` files: one per micrograph, 12 (their README.txt)."""
+    files = sorted(require_real("repic_empiar10017", "crYOLO").glob("*.box"))
+    assert len(files) == 12, files
+    return files
+
+
+def cryolo_cbox_files() -> list[Path]:
+    """The real crYOLO ``.cbox`` outputs of napari_boxmanager (TcdA1, their README.txt)."""
+    folder = require_real("napari_boxmanager", "particle_cbox_2d")
+    files = sorted(folder.glob("TcdA1-*.cbox"))
+    assert [f.name for f in files] == ["TcdA1-0018_frames_sum.cbox",
+                                       "TcdA1-0019_frames_sum.cbox"], files
+    return files
+
+
+def real_files(pattern: str, keep: Callable[[Path], bool] | None = None) -> list[Path]:
+    """Files under ``REAL`` matching ``pattern`` (and ``keep``), for ``parametrize``.
+
+    When none are found (the shared data missing), one stand-in path that does not exist,
+    so that the test's ``require_paths(path)`` skips or fails (CI) rather than pytest
+    quietly skipping an empty parameter set.
+    """
+    found = sorted(REAL.rglob(pattern)) if REAL.is_dir() else []
+    found = [p for p in found if keep is None or keep(p)]
+    return found or [REAL / pattern]
+
+
+def real_ids(paths: list[Path]) -> list[str]:
+    """Test ids of :func:`real_files`: the paths below ``REAL``."""
+    return [str(p.relative_to(REAL)) for p in paths]

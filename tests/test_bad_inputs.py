@@ -41,9 +41,11 @@ from cryoextract.errors import CryoExtractError
 from cryoextract.io.mrc import stack_image_count
 from cryoextract.io.star import read_star
 from cryoextract.sim.simulate import simulate_dataset
+from helpers import cli_env, one_line_error, written
 
 BAD = "Micrographs/mic_002.mrc"  # the micrograph broken in the skip cases (not the first)
 BAD_PICKS = "Picks/mic_002_autopick.star"
+MICROGRAPHS = "micrographs.star"
 N_MICROGRAPHS = 3
 ROOT = os.geteuid() == 0  # chmod 000 does not stop root from reading
 FSIZE_LIMIT = 40_000  # bytes per file in the disk-full case (a 10-particle stack is ~160 kB)
@@ -201,27 +203,33 @@ def micrographs_row_line(root: Path, name: str) -> int:
 
 
 # --------------------------------------------------------------------------- cases
-def _mrc_field(offset: int, fmt: str, *values: object) -> Callable[[Path], list[str]]:
+def _broken(
+    name: str, damage: Callable[[Path], object], report: bool = False
+) -> Callable[[Path], list[str]]:
+    """Setup of a case: ``damage(root / name)``, then the default arguments."""
     def setup(root: Path) -> list[str]:
-        poke(root / BAD, offset, fmt, *values)
-        return cli()
+        damage(root / name)
+        return cli(report=report)
     return setup
+
+
+def _content(content: bytes | str) -> Callable[[Path], object]:
+    """Damage: the file's content replaced by ``content``."""
+    return lambda path: written(path, content)
+
+
+def _mrc_field(offset: int, fmt: str, *values: object) -> Callable[[Path], list[str]]:
+    return _broken(BAD, lambda path: poke(path, offset, fmt, *values))
 
 
 def _mrc_truncated(size: int) -> Callable[[Path], list[str]]:
-    def setup(root: Path) -> list[str]:
-        truncate(root / BAD, size)
-        return cli()
-    return setup
+    return _broken(BAD, lambda path: truncate(path, size))
 
 
 def _mrc_data(
     make: Callable[[np.ndarray], np.ndarray], report: bool = False
 ) -> Callable[[Path], list[str]]:
-    def setup(root: Path) -> list[str]:
-        write_mrc(root / BAD, make(read_pixels(root / BAD)))
-        return cli(report=report)
-    return setup
+    return _broken(BAD, lambda path: write_mrc(path, make(read_pixels(path))), report)
 
 
 def _nan_block(image: np.ndarray) -> np.ndarray:
@@ -235,42 +243,6 @@ def _inf_pixels(image: np.ndarray) -> np.ndarray:
     image[::37, ::41] = np.inf
     image[5::53, 3::29] = -np.inf
     return image
-
-
-def _missing_micrograph(root: Path) -> list[str]:
-    (root / BAD).unlink()
-    return cli()
-
-
-def _unreadable_micrograph(root: Path) -> list[str]:
-    unreadable(root / BAD)
-    return cli()
-
-
-def _looping_micrograph(root: Path) -> list[str]:
-    symlink_loop(root / BAD)
-    return cli()
-
-
-def _micrographs_star(content: bytes | str) -> Callable[[Path], list[str]]:
-    def setup(root: Path) -> list[str]:
-        path = root / "micrographs.star"
-        if isinstance(content, bytes):
-            path.write_bytes(content)
-        else:
-            path.write_text(content)
-        return cli()
-    return setup
-
-
-def _half_written_micrographs(root: Path) -> list[str]:
-    cut_in_last_row(root / "micrographs.star")
-    return cli()
-
-
-def _no_micrograph_name(root: Path) -> list[str]:
-    rewrite(root / "micrographs.star", "_rlnMicrographName", "_rlnMovieName")
-    return cli()
 
 
 def _duplicate_micrograph(root: Path) -> list[str]:
@@ -294,55 +266,17 @@ def _unknown_optics_group(root: Path) -> list[str]:
 
 
 def _optics_pixel_size(value: str) -> Callable[[Path], list[str]]:
-    def setup(root: Path) -> list[str]:
-        rewrite(root / "micrographs.star", "1.500000\t300.000000\t2.700000\t0.100000\t1.500000",
-                f"1.500000\t300.000000\t2.700000\t0.100000\t{value}")
-        return cli()
-    return setup
+    return _broken(MICROGRAPHS, lambda path: rewrite(
+        path, "1.500000\t300.000000\t2.700000\t0.100000\t1.500000",
+        f"1.500000\t300.000000\t2.700000\t0.100000\t{value}"))
 
 
 def _missing_star(root: Path) -> list[str]:
     return cli(micrographs="no_such_micrographs.star")
 
 
-def _unreadable_star(root: Path) -> list[str]:
-    unreadable(root / "micrographs.star")
-    return cli()
-
-
-def _looping_star(root: Path) -> list[str]:
-    symlink_loop(root / "micrographs.star")
-    return cli()
-
-
 def _glob_matching_nothing(root: Path) -> list[str]:
     return cli(micrographs="Nowhere/*.mrc", pixel_size="1.5")
-
-
-def _bad_picks(content: bytes | str) -> Callable[[Path], list[str]]:
-    def setup(root: Path) -> list[str]:
-        path = root / BAD_PICKS
-        if isinstance(content, bytes):
-            path.write_bytes(content)
-        else:
-            path.write_text(content)
-        return cli()
-    return setup
-
-
-def _half_written_picks(root: Path) -> list[str]:
-    cut_in_last_row(root / BAD_PICKS)
-    return cli()
-
-
-def _looping_picks(root: Path) -> list[str]:
-    symlink_loop(root / BAD_PICKS)
-    return cli()
-
-
-def _unreadable_picks(root: Path) -> list[str]:
-    unreadable(root / BAD_PICKS)
-    return cli()
 
 
 def _bad_line_in_one_file(root: Path) -> list[str]:
@@ -419,21 +353,8 @@ def _missing_coords_dir(root: Path) -> list[str]:
     return cli(coords_dir="NoSuchPicks")
 
 
-def _empty_picks(root: Path) -> list[str]:
-    (root / BAD_PICKS).write_bytes(b"")
-    return cli()
-
-
-def _header_only_picks(root: Path) -> list[str]:
-    (root / BAD_PICKS).write_text(picks_text([]))
-    return cli()
-
-
 def _picks(rows: list[tuple[str, str]], report: bool = False) -> Callable[[Path], list[str]]:
-    def setup(root: Path) -> list[str]:
-        (root / BAD_PICKS).write_text(picks_text(rows))
-        return cli(report=report)
-    return setup
+    return _broken(BAD_PICKS, _content(picks_text(rows)), report)
 
 
 def _spaces_and_non_ascii(root: Path) -> list[str]:
@@ -508,22 +429,27 @@ CASES = [
     Case("mrc_truncated_data", _mrc_truncated(1024 + 100_000), Skip()),
     Case("mrc_truncated_header", _mrc_truncated(200), Skip(), extra=True),
     Case("mrc_zero_size", _mrc_truncated(0), Skip()),
-    Case("mrc_missing", _missing_micrograph, Skip(), extra=True),
-    Case("mrc_unreadable", _unreadable_micrograph, Skip()),
-    Case("mrc_symlink_loop", _looping_micrograph, Skip()),
+    Case("mrc_missing", _broken(BAD, Path.unlink), Skip(), extra=True),
+    Case("mrc_unreadable", _broken(BAD, unreadable), Skip()),
+    Case("mrc_symlink_loop", _broken(BAD, symlink_loop), Skip()),
     # NaN/inf pixels: the boxes touching them are dropped, the rest extracted (finite)
     Case("mrc_nan_rows", _mrc_data(_nan_block), Works(dropped="non-finite")),
     Case("mrc_inf_pixels", _mrc_data(_inf_pixels), Works(dropped="non-finite")),
     Case("mrc_all_nan", _mrc_data(lambda im: np.full_like(im, np.nan)),
          Works(dropped="non-finite"), extra=True),
     # ---- the micrographs STAR
-    Case("star_garbage_binary", _micrographs_star(bytes(range(256)) * 8),
+    Case("star_garbage_binary", _broken(MICROGRAPHS, _content(bytes(range(256)) * 8)),
          Error("micrographs.star")),
-    Case("star_garbage_text", _micrographs_star("this is\nnot a STAR file {}\n\t;;\n"),
+    Case("star_garbage_text",
+         _broken(MICROGRAPHS, _content("this is\nnot a STAR file {}\n\t;;\n")),
          Error("micrographs.star"), extra=True),
-    Case("star_zero_size", _micrographs_star(b""), Error("micrographs.star"), extra=True),
-    Case("star_half_written", _half_written_micrographs, Error("micrographs.star", line=-1)),
-    Case("star_no_micrograph_name", _no_micrograph_name, Error("micrographs.star")),
+    Case("star_zero_size", _broken(MICROGRAPHS, _content(b"")), Error("micrographs.star"),
+         extra=True),
+    Case("star_half_written", _broken(MICROGRAPHS, cut_in_last_row),
+         Error("micrographs.star", line=-1)),
+    Case("star_no_micrograph_name",
+         _broken(MICROGRAPHS, lambda path: rewrite(path, "_rlnMicrographName", "_rlnMovieName")),
+         Error("micrographs.star")),
     Case("star_duplicate_micrograph", _duplicate_micrograph, Error("micrographs.star")),
     Case("star_unknown_optics_group", _unknown_optics_group, Error("micrographs.star"),
          extra=True),
@@ -533,17 +459,21 @@ CASES = [
     Case("star_nan_pixel_size", _optics_pixel_size("nan"), Error("micrographs.star"),
          extra=True),
     Case("star_missing", _missing_star, Error("no_such_micrographs.star"), extra=True),
-    Case("star_unreadable", _unreadable_star, Error("micrographs.star")),
-    Case("star_symlink_loop", _looping_star, Error("micrographs.star"), extra=True),
+    Case("star_unreadable", _broken(MICROGRAPHS, unreadable), Error("micrographs.star")),
+    Case("star_symlink_loop", _broken(MICROGRAPHS, symlink_loop), Error("micrographs.star"),
+         extra=True),
     Case("glob_matching_nothing", _glob_matching_nothing, Error("Nowhere/*.mrc"), extra=True),
     # ---- coordinates
-    Case("picks_garbage_binary", _bad_picks(os.urandom(2000)), Skip(names=BAD_PICKS)),
-    Case("picks_garbage_text", _bad_picks("data_\nloop_\n_rlnCoordinateX\n_rlnCoord\n1 2 3 4\n"),
+    Case("picks_garbage_binary", _broken(BAD_PICKS, _content(os.urandom(2000))),
+         Skip(names=BAD_PICKS)),
+    Case("picks_garbage_text",
+         _broken(BAD_PICKS, _content("data_\nloop_\n_rlnCoordinateX\n_rlnCoord\n1 2 3 4\n")),
          Skip(names=BAD_PICKS), extra=True),
-    Case("picks_half_written", _half_written_picks, Skip(names=BAD_PICKS)),
-    Case("picks_symlink_loop", _looping_picks, Skip(names="mic_002_autopick.star")),
-    Case("picks_unreadable", _unreadable_picks, Skip(names="mic_002_autopick.star"),
-         extra=True),
+    Case("picks_half_written", _broken(BAD_PICKS, cut_in_last_row), Skip(names=BAD_PICKS)),
+    Case("picks_symlink_loop", _broken(BAD_PICKS, symlink_loop),
+         Skip(names="mic_002_autopick.star")),
+    Case("picks_unreadable", _broken(BAD_PICKS, unreadable),
+         Skip(names="mic_002_autopick.star"), extra=True),
     Case("picks_bad_line_one_file", _bad_line_in_one_file, Error("picks.box", line=3)),
     Case("picks_bad_line_coords_dir", _bad_line_in_coords_dir,
          Skip(names="Picks/mic_002.txt:4")),
@@ -560,8 +490,8 @@ CASES = [
     Case("picks_path_is_directory", _coords_path_is_directory, Error("picks_dir.star"),
          extra=True),
     Case("picks_dir_missing", _missing_coords_dir, Error("NoSuchPicks")),
-    Case("picks_empty_file", _empty_picks, Works()),
-    Case("picks_header_only", _header_only_picks, Works(), extra=True),
+    Case("picks_empty_file", _broken(BAD_PICKS, _content(b"")), Works()),
+    Case("picks_header_only", _picks([]), Works(), extra=True),
     Case("picks_outside", _picks([("5000", "100"), ("-300", "100"), ("100", "1e300")]),
          Works(dropped="outside")),
     Case("picks_nan_and_inf",
@@ -623,13 +553,6 @@ def _command(args: list[str], fsize_limit: int | None) -> list[str]:
     return [sys.executable, "-c", wrapper, *command]
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",
-               COLUMNS="200", PYTHONIOENCODING="utf-8")
-    return env
-
-
 def _run_case(case: Case, dataset: Path, base: Path) -> Run:
     root = base / case.name
     shutil.copytree(dataset, root, symlinks=True)
@@ -637,7 +560,7 @@ def _run_case(case: Case, dataset: Path, base: Path) -> Run:
     start = time.perf_counter()
     proc = subprocess.run(_command(args, case.fsize_limit), cwd=root, capture_output=True,
                           text=True, encoding="utf-8", errors="replace", timeout=180,
-                          env=_env())
+                          env=cli_env())
     return Run(case, root, args, proc.returncode, proc.stdout, proc.stderr,
                time.perf_counter() - start)
 
@@ -708,16 +631,14 @@ def check_expectation(run: Run) -> None:
     assert "Traceback" not in run.stderr + run.stdout, where
     out = run.root / run.case.out
     if isinstance(expect, Error):
-        assert run.returncode == 2, where
-        lines = run.stderr.strip("\n").splitlines()
-        assert len(lines) == 1, where
-        assert expect.names in lines[0], where
+        message = one_line_error(run.returncode, run.stdout, run.stderr, where)
+        assert expect.names in message, where
         if expect.line is not None:
             line = expect.line
             if line == -1:  # the last line of the cut file
                 name = _LINE_FROM_FILE[run.case.name]
                 line = len((run.root / name).read_text().splitlines())
-            assert f"{expect.names}:{line}" in lines[0], where
+            assert f"{expect.names}:{line}" in message, where
         assert not (out / "particles.star").exists(), where
         if run.case.keeps is not None:
             assert (run.root / run.case.keeps).is_file(), f"{run.case.keeps} lost\n{where}"

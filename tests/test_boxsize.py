@@ -33,23 +33,15 @@ from cryoextract.ops.boxsize import (
     smallest_efficient_box,
 )
 from cryoextract.ops.ctf import electron_wavelength_angstrom
-
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
-
-
-def _missing(what: str) -> None:
-    message = f"shared reference missing: {what}"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message + " (CI=true: the shared folder is required on CI)")
-    pytest.skip(message)
+from prereq import require
+from shared_data import REFERENCE
 
 
 @pytest.fixture(scope="module")
 def reference_sizes() -> list[int]:
     """The efficient sizes as printed in the cryoSPARC page (000_*.txt)."""
     pages = sorted(REFERENCE.glob("000_*.txt"))
-    if not pages:
-        _missing(f"{REFERENCE}/000_*.txt")
+    require(pages, f"shared reference missing: {REFERENCE}/000_*.txt")
     text = pages[0].read_text(encoding="utf-8")
     start = text.index("Box sizes that allow for efficient processing")
     line = next(ln for ln in text[start:].splitlines() if ln.startswith("32, 36, 40"))
@@ -59,8 +51,7 @@ def reference_sizes() -> list[int]:
 @pytest.fixture(scope="module")
 def trpv1_page() -> str:
     pages = sorted(REFERENCE.glob("004_*.txt"))
-    if not pages:
-        _missing(f"{REFERENCE}/004_*.txt")
+    require(pages, f"shared reference missing: {REFERENCE}/004_*.txt")
     return pages[0].read_text(encoding="utf-8")
 
 

@@ -9,12 +9,12 @@ our own code.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import mrcfile
 import numpy as np
@@ -24,7 +24,9 @@ import starfile
 
 import cryoextract
 from cryoextract import EdgeMode, ExtractParams, NormMode, ParameterError
+from cryoextract.pipeline.outputs import ExtractionSummary
 from cryoextract.sim.simulate import SimulatedDataset, simulate_dataset
+from helpers import cli_env, one_line_error
 
 BOX = 64
 HALF = BOX // 2
@@ -47,14 +49,6 @@ def _command(args: list[str]) -> list[str]:
     return [sys.executable, "-m", "cryoextract", "extract", *args]
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", "1")
-    env.setdefault("OPENBLAS_NUM_THREADS", "1")
-    env["COLUMNS"] = "200"
-    return env
-
-
 def run_many(jobs: dict[str, list[str]], cwd: Path | None = None) -> dict[str, Run]:
     """Run several CLI invocations concurrently; ``--out`` is parsed for convenience."""
     procs = {
@@ -63,7 +57,7 @@ def run_many(jobs: dict[str, list[str]], cwd: Path | None = None) -> dict[str, R
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=_env(),
+            env=cli_env(),
             cwd=cwd,
         )
         for name, args in jobs.items()
@@ -84,6 +78,13 @@ def run_one(args: list[str]) -> Run:
 def _ok(run: Run) -> None:
     assert run.returncode == 0, f"exit {run.returncode}\n{run.stdout}\n{run.stderr}"
     assert "Traceback" not in run.stderr + run.stdout
+
+
+def _ok_output(run: Run) -> Output:
+    """The outputs of a run that succeeded."""
+    _ok(run)
+    assert run.out is not None
+    return load_output(run.out)
 
 
 # --------------------------------------------------------------------------- oracles
@@ -465,9 +466,7 @@ def test_raw_boxes_equal_micrograph_windows(
     sim: Sim, runs: tuple[dict[str, Run], Problems]
 ) -> None:
     run = runs[0]["replicate"]  # --norm none --no-invert; fitting boxes are plain windows
-    _ok(run)
-    assert run.out is not None
-    res = load_output(run.out)
+    res = _ok_output(run)
     checked = 0
     for name, mic in sim.mics.items():
         for _, row in res.of(name).iterrows():
@@ -496,9 +495,7 @@ def test_float16_output_is_mode_12(runs: tuple[dict[str, Run], Problems]) -> Non
 @pytest.mark.parametrize("mode", ["replicate", "mean", "noise", "reflect"])
 def test_edge_modes(sim: Sim, runs: tuple[dict[str, Run], Problems], mode: str) -> None:
     run = runs[0][mode]
-    _ok(run)
-    assert run.out is not None
-    res = load_output(run.out)
+    res = _ok_output(run)
     # every centre is inside the micrographs: nothing is dropped
     assert res.summary["particles_kept"] == sim.n_total
     assert res.summary["particles_dropped"] == {}
@@ -556,9 +553,7 @@ def _centroid(img: np.ndarray) -> tuple[float, float]:
 
 def test_subpixel_shift_centres_the_pick(runs: tuple[dict[str, Run], Problems]) -> None:
     run = runs[0]["shift"]
-    _ok(run)
-    assert run.out is not None
-    res = load_output(run.out)
+    res = _ok_output(run)
     assert len(res.particles) == len(BLOBS_XY)
     for (_, row), (bx, by) in zip(res.particles.iterrows(), BLOBS_XY, strict=True):
         cx, cy = _centroid(res.image(row))
@@ -573,9 +568,7 @@ def test_subpixel_shift_centres_the_pick(runs: tuple[dict[str, Run], Problems]) 
 
 def test_subpixel_origin_records_residual(runs: tuple[dict[str, Run], Problems]) -> None:
     run = runs[0]["origin"]
-    _ok(run)
-    assert run.out is not None
-    res = load_output(run.out)
+    res = _ok_output(run)
     assert len(res.particles) == len(BLOBS_XY)
     for (_, row), (bx, by) in zip(res.particles.iterrows(), BLOBS_XY, strict=True):
         fx, fy = bx - np.floor(bx), by - np.floor(by)
@@ -593,9 +586,7 @@ def test_subpixel_origin_records_residual(runs: tuple[dict[str, Run], Problems])
 # ------------------------------------------------------------------ per-micrograph problems
 def test_per_micrograph_problems_do_not_abort(runs: tuple[dict[str, Run], Problems]) -> None:
     run, problems = runs[0]["problems"], runs[1]
-    _ok(run)
-    assert run.out is not None
-    res = load_output(run.out)
+    res = _ok_output(run)
     s = res.summary
     skipped = s["micrographs_skipped"]
     assert set(skipped) == {PROBLEM_NAMES[k] for k in ("missing", "truncated", "nocoords")}
@@ -738,13 +729,10 @@ BAD_CASES = [
 @pytest.mark.parametrize("case", BAD_CASES)
 def test_bad_input_exit_2_one_line(bad_runs: dict[str, tuple[Run, str | None]], case: str) -> None:
     run, needle = bad_runs[case]
-    assert run.returncode == 2, f"{case}: exit {run.returncode}\n{run.stdout}\n{run.stderr}"
-    assert "Traceback" not in run.stderr + run.stdout
-    lines = run.stderr.strip().splitlines()
-    assert len(lines) == 1, run.stderr
-    assert lines[0].startswith("error:")
+    line = one_line_error(run.returncode, run.stdout, run.stderr)
+    assert line.startswith("error:")
     if needle is not None:
-        assert needle in lines[0], lines[0]
+        assert needle in line, line
     assert run.out is not None
     if case == "existing_out":
         # untouched
@@ -809,16 +797,13 @@ def test_python_api(sim: Sim, tmp_path: Path) -> None:
     params = ExtractParams(
         box_px=BOX, out_box_px=32, norm=NormMode.NONE, invert=False, edge=EdgeMode.DROP
     )
+
+    def extract(**options: Any) -> ExtractionSummary:
+        return cryoextract.extract(str(sim.star), out, params, coords_dir=sim.root / "Picks",
+                                   coords_suffix="_autopick.star", workers=1, **options)
+
     seen: list[int] = []
-    summary = cryoextract.extract(
-        str(sim.star),
-        out,
-        params,
-        coords_dir=sim.root / "Picks",
-        coords_suffix="_autopick.star",
-        workers=1,
-        on_start=seen.append,
-    )
+    summary = extract(on_start=seen.append)
     assert seen == [2]
     assert summary.particles_kept == sim.n_fit
     assert summary.micrographs_done == 2
@@ -845,23 +830,8 @@ def test_python_api(sim: Sim, tmp_path: Path) -> None:
         assert float(mrc.voxel_size.x) == pytest.approx(2 * PIXEL)
     # a second call into the same folder is refused without overwrite
     with pytest.raises(ParameterError):
-        cryoextract.extract(
-            str(sim.star),
-            out,
-            params,
-            coords_dir=sim.root / "Picks",
-            coords_suffix="_autopick.star",
-            workers=1,
-        )
-    again = cryoextract.extract(
-        str(sim.star),
-        out,
-        params,
-        coords_dir=sim.root / "Picks",
-        coords_suffix="_autopick.star",
-        workers=1,
-        overwrite=True,
-    )
+        extract()
+    again = extract(overwrite=True)
     assert again.particles_kept == sim.n_fit
 
 

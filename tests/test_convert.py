@@ -6,7 +6,6 @@ help except to read the outputs back.
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 
 import mrcfile
@@ -17,9 +16,9 @@ from typer.testing import CliRunner
 
 from cryoextract.cli.convert import convert_command
 from cryoextract.io.coords import read_picks
+from helpers import write_picks_cs
+from shared_data import cryolo_box_files, cryolo_cbox_files
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-REAL = DATA / "real"
 XY = ["rlnCoordinateX", "rlnCoordinateY"]
 HAS_CS_READER = importlib.util.find_spec("cryoextract.io.cryosparc") is not None
 
@@ -37,14 +36,6 @@ def run(*args: str | Path) -> tuple[int, str, str]:
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
     return result.exit_code, result.stdout, result.stderr
-
-
-def _require_real() -> Path:
-    if not REAL.is_dir():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"shared test data missing: {REAL}")
-        pytest.skip(f"shared test data missing: {REAL}")
-    return REAL
 
 
 def write_box(path: Path, centres: np.ndarray, box: int, scores: np.ndarray | None = None
@@ -122,24 +113,8 @@ def test_per_micrograph_star_to_topaz_named_by_micrographs(tmp_path: Path) -> No
     assert (tmp_path / "t1.txt").read_text().splitlines()[1].startswith("mic_a_autopick\t")
 
 
-def write_cs(path: Path, x_frac: list[float], y_frac: list[float], shape_yx: tuple[int, int]
-             ) -> Path:
-    """A minimal cryoSPARC picks ``.cs`` (numpy structured array, as cryoSPARC < 4.4)."""
-    dtype = [("uid", "<u8"), ("location/micrograph_path", "S64"),
-             ("location/micrograph_shape", "<u4", (2,)),
-             ("location/center_x_frac", "<f4"), ("location/center_y_frac", "<f4")]
-    data = np.zeros(len(x_frac), dtype=dtype)
-    data["uid"] = np.arange(len(x_frac))
-    data["location/micrograph_path"] = b"J1/imported/mic_a.mrc"
-    data["location/micrograph_shape"] = shape_yx
-    data["location/center_x_frac"], data["location/center_y_frac"] = x_frac, y_frac
-    with open(path, "wb") as stream:
-        np.save(stream, data)
-    return path
-
-
 def test_cs_input(tmp_path: Path) -> None:
-    path = write_cs(tmp_path / "picks.cs", [0.25, 0.5], [0.5, 0.75], (400, 200))
+    path = write_picks_cs(tmp_path / "picks.cs", [0.25, 0.5], [0.5, 0.75], (400, 200))
     code, _, err = run(path, "--to", "star", "--out", tmp_path / "cs.star")
     if not HAS_CS_READER:
         assert code == 2 and "cryoSPARC .cs not supported yet" in err
@@ -226,9 +201,7 @@ def test_off_micrograph_warning_names_the_fix(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- real files
 def test_real_box_files_through_star_and_back(tmp_path: Path) -> None:
-    files = sorted((_require_real() / "repic_empiar10017" / "crYOLO").glob("*.box"))
-    if not files:
-        pytest.skip("no crYOLO .box files")
+    files = cryolo_box_files()
     code, out, err = run(*files, "--to", "star", "--out", tmp_path / "all.star")
     assert code == 0, err
     assert f"of {len(files)} micrographs" in out
@@ -242,9 +215,7 @@ def test_real_box_files_through_star_and_back(tmp_path: Path) -> None:
 
 
 def test_real_cbox_to_topaz(tmp_path: Path) -> None:
-    files = sorted((_require_real() / "napari_boxmanager").rglob("TcdA1-*.cbox"))
-    if not files:
-        pytest.skip("no crYOLO .cbox files")
+    files = cryolo_cbox_files()
     code, _, err = run(*files, "--to", "topaz", "--out", tmp_path / "t.txt")
     assert code == 0, err
     rows = [ln.split("\t") for ln in (tmp_path / "t.txt").read_text().splitlines()[1:]]

@@ -8,7 +8,6 @@ Expected values come from raw ``np.load`` of the files, from their companion REL
 from __future__ import annotations
 
 import builtins
-import os
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +23,10 @@ from cryoextract.io.cryosparc import (
     read_cs_picks,
     write_cs,
 )
-from shared_data import require_paths
+from prereq import require_module
+from shared_data import REAL, require_paths
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-DRGN = DATA / "real" / "cryodrgn_4.3.1_sdist"
+DRGN = REAL / "cryodrgn_4.3.1_sdist"
 EMPIAR_CS = DRGN / "empiar_10076_7.cs"
 EMPIAR_STAR = DRGN / "empiar_10076_7.star"
 P12_CS = DRGN / "cryosparc_P12_J24_001_particles.cs"
@@ -35,17 +34,11 @@ RELION31_STAR = DRGN / "relion31.star"
 
 def _cryosparc_dataset():
     """``cryosparc.dataset`` of cryosparc-tools (a test dependency): skip locally, fail in CI."""
-    try:
-        import cryosparc.dataset
-    except ImportError:
-        if os.environ.get("CI") == "true":
-            pytest.fail("cryosparc-tools (test dependency) is not installed")
-        pytest.skip("cryosparc-tools not installed")
-    return cryosparc.dataset
+    return require_module("cryosparc.dataset", "cryosparc-tools")
 
 
 def _real_cs_files() -> list[Path]:
-    return sorted((DATA / "real").rglob("*.cs")) if (DATA / "real").is_dir() else []
+    return sorted(REAL.rglob("*.cs")) if REAL.is_dir() else []
 
 
 def _relion_matrix(angles: np.ndarray) -> np.ndarray:
@@ -419,6 +412,45 @@ def test_non_particle_cs_for_particles_is_an_error(tmp_path):
     picks = read_cs_picks(picks_only)
     np.testing.assert_allclose(picks["rlnCoordinateX"], [20, 100, 180], atol=1e-4)
     assert list(picks["rlnMicrographName"]) == ["m.mrc"] * 3
+
+
+_X = ("location/center_x_frac", "<f4")
+_Y = ("location/center_y_frac", "<f4")
+_SHAPE = ("location/micrograph_shape", "<u4", (2,))
+
+
+@pytest.mark.parametrize(("fields", "values", "reason"), [
+    ([_X, _SHAPE], {}, r"no particle locations \(location/center_y_frac\)"),
+    ([_X, _Y, ("location/micrograph_shape", "<f4")], {},
+     "location/micrograph_shape has 1 value per particle, expected 2"),
+    ([("location/center_x_frac", "S4"), _Y, _SHAPE], {"location/center_x_frac": b"ab"},
+     r"location/center_x_frac holds \|S4 values, not numbers"),
+    ([("location/micrograph_path", "S4"), _X, _Y, _SHAPE],
+     {"location/micrograph_path": b"\xff\xfe"}, "location/micrograph_path .* is not UTF-8"),
+    ([("blob/path", "S4"), ("blob/idx", "<u4", (2,)), _X, _Y, _SHAPE], {},
+     "blob/idx has 2 values per particle, expected 1"),
+    ([("blob/path", "S4"), ("blob/idx", "<f4"), _X, _Y, _SHAPE], {"blob/idx": -1.5},
+     "blob/idx must hold whole numbers >= 0"),
+    ([_X, _Y, _SHAPE, ("ctf/df1_A", "<c8")], {}, "ctf/df1_A holds complex64 values"),
+])
+def test_malformed_fields_are_one_line_errors(tmp_path, fields, values, reason):
+    arr = np.zeros(3, dtype=fields)
+    for name, value in {"location/micrograph_shape": 64, **values}.items():
+        arr[name] = value
+    path = tmp_path / "odd.cs"
+    with open(path, "wb") as stream:
+        np.save(stream, arr)
+    with pytest.raises(InputError, match=reason) as info:
+        read_cs_picks(path)
+    assert info.value.path == str(path) and "\n" not in str(info.value)
+
+
+def test_broken_numpy_header_is_a_one_line_error(tmp_path):
+    path = tmp_path / "header.cs"
+    path.write_bytes(b"\x93NUMPY\x01\x00\x10\x00{'descr': [('a'\n")  # tokenize.TokenError
+    with pytest.raises(InputError, match=r"unreadable \.cs file \(TokenError: ") as info:
+        load_cs(path)
+    assert info.value.path == str(path) and "\n" not in str(info.value)
 
 
 def test_write_without_image_size_is_an_error(tmp_path):

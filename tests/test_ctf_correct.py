@@ -49,7 +49,6 @@ lower (0.5-0.97) and not part of the 0.999 claim.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import warnings
 from dataclasses import dataclass, replace
@@ -82,8 +81,7 @@ from relion_oracle import (
     pearson,
     require_relion,
 )
-
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from shared_data import SHARED_DATA, require_paths
 
 BOX = 64
 PAD = 128
@@ -96,13 +94,6 @@ MIC_CTFS = [
     (30000.0, 26000.0, 115.0, 0.0, 1.0, 40.0),
 ]
 VOLTAGE, CS, Q0 = 300.0, 2.7, 0.1
-
-
-def _missing_data(what: str) -> None:
-    message = f"shared real data missing: {what}"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message + " (CI=true: the shared data are required on CI)")
-    pytest.skip(message)
 
 
 # --------------------------------------------------------------------------- oracle CTF
@@ -689,10 +680,8 @@ class RealSet:
 
 
 def _load_real(name: str) -> RealSet:
-    star, stack = (DATA / p for p in REAL_SETS[name])
-    missing = [str(p) for p in (star, stack) if not p.is_file()]
-    if missing:
-        _missing_data(", ".join(missing))
+    star, stack = (SHARED_DATA / p for p in REAL_SETS[name])
+    require_paths(star, stack)
     blocks = starfile.read(star, always_dict=True)
     parts = blocks["particles"] if "particles" in blocks else next(iter(blocks.values()))
     if "optics" in blocks:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -14,15 +13,9 @@ import pandas as pd
 import pytest
 import starfile
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-CTFFIND = DATA / "real" / "relion5_betagal_tutorial_sppractice" / "CtfFind" / "job005" / "Movies"
+from shared_data import REAL, require_paths
 
-
-def _need_data() -> None:
-    if not CTFFIND.is_dir():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{CTFFIND} missing (CI=true: shared data is required)")
-        pytest.skip(f"{CTFFIND} missing")
+CTFFIND = REAL / "relion5_betagal_tutorial_sppractice" / "CtfFind" / "job005" / "Movies"
 
 
 def _values_line(path: Path) -> list[float]:
@@ -34,7 +27,7 @@ def _values_line(path: Path) -> list[float]:
 
 
 def test_extract_takes_ctf_from_ctffind_results(tmp_path):
-    _need_data()
+    require_paths(CTFFIND)
     results = sorted(p for p in CTFFIND.glob("*_PS.txt"))[:2]
     names = []
     for i, result in enumerate(results):

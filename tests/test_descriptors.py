@@ -8,9 +8,6 @@ its contamination mask (MicrographCleaner's probability, 0..1).
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import mrcfile
 import numpy as np
 import pytest
@@ -21,21 +18,12 @@ from cryoextract.errors import ParameterError
 from cryoextract.ops import descriptors as D
 from cryoextract.ops.boxes import EdgeMode, box_fraction_outside, cut_boxes
 from cryoextract.ops.normalize import background_mask
+from shared_data import REAL, require_paths
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-CLEANER = DATA / "real" / "micrograph_cleaner_em"
+CLEANER = REAL / "micrograph_cleaner_em"
 CLEANER_MIC = CLEANER / "mics" / "Ucsf_stack_1142_DW.mrc"
 CLEANER_MASK = CLEANER / "masks" / "Ucsf_stack_1142_DW.mrc"
 CLEANER_PICKS = CLEANER / "inCoords" / "relion" / "Ucsf_stack_1142_DW_autopick.star"
-
-
-def _require(*paths: Path) -> None:
-    missing = [str(p) for p in paths if not p.exists()]
-    if missing:
-        message = f"shared real data missing: {', '.join(missing)}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message + " (CI=true: the shared folder is required on CI)")
-        pytest.skip(message)
 
 
 def _auc(positive: np.ndarray, negative: np.ndarray) -> float:
@@ -221,7 +209,7 @@ def test_descriptors_leave_the_image_alone_and_check_the_map() -> None:
 
 
 def test_real_micrograph_picks_on_the_ice_blob_score_apart() -> None:
-    _require(CLEANER_MIC, CLEANER_MASK, CLEANER_PICKS)
+    require_paths(CLEANER_MIC, CLEANER_MASK, CLEANER_PICKS)
     image = mrcfile.read(CLEANER_MIC)
     mask = mrcfile.read(CLEANER_MASK)
     picks = starfile.read(CLEANER_PICKS)

@@ -11,6 +11,7 @@ a minute.
 
 from __future__ import annotations
 
+import io
 import itertools
 import os
 import struct
@@ -22,16 +23,17 @@ import mrcfile
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from cryoextract.errors import CryoExtractError
 from cryoextract.io.coords import read_picks
-from cryoextract.io.cryosparc import load_cs, read_cs_picks
+from cryoextract.io.cryosparc import load_cs, read_cs_particles, read_cs_picks
 from cryoextract.io.ctffind import read_ctffind
 from cryoextract.io.micrographs import read_micrograph_set
 from cryoextract.io.mrc import open_micrograph
 from cryoextract.io.star import read_star
+from helpers import CBOX, MICROGRAPHS_STAR31, POS, STAR30_PICKS
 
 # Deterministic (the same examples on every run, so CI does not flake); for a longer hunt
 # with fresh examples: CRYOEXTRACT_FUZZ_EXAMPLES=2000 CRYOEXTRACT_FUZZ_RANDOM=1 pytest ...
@@ -41,19 +43,6 @@ FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 # --------------------------------------------------------------------------- valid seeds
-STAR_PICKS = """
-# version 30001
-
-data_
-
-loop_
-_rlnCoordinateX #1
-_rlnCoordinateY #2
-_rlnAutopickFigureOfMerit #3
-_rlnClassNumber #4
-175.702000	119.900000	0.877106	0
-171.335000	216.532000	0.365415	0
-"""
 PARTICLES_STAR = """
 data_optics
 
@@ -75,31 +64,6 @@ _rlnImageName #5
 Micrographs/mic_001.mrc	100.0	200.0	1	000001@Particles/mic_001.mrcs
 "Micro graphs/mic 002.mrc"	300.5	40.25	1	000001@Particles/mic_002.mrcs
 """
-MICROGRAPHS_STAR = """
-# version 30001
-
-data_optics
-
-loop_
-_rlnOpticsGroupName #1
-_rlnOpticsGroup #2
-_rlnMicrographOriginalPixelSize #3
-_rlnVoltage #4
-_rlnSphericalAberration #5
-_rlnAmplitudeContrast #6
-_rlnMicrographPixelSize #7
-opticsGroup1	1	1.500000	300.000000	2.700000	0.100000	1.500000
-
-data_micrographs
-
-loop_
-_rlnMicrographName #1
-_rlnOpticsGroup #2
-_rlnDefocusU #3
-_rlnDefocusV #4
-Micrographs/mic_001.mrc	1	20379.280000	20296.480000
-Micrographs/mic_002.mrc	1	14294.730000	14239.440000
-"""
 MICROGRAPHS_STAR_30 = """
 data_
 
@@ -112,52 +76,8 @@ mic_001.mrc	5.0	10000	300
 mic_002.mrc	5.0	10000	300
 """
 BOX = "10\t20\t64\t64\t0.5\n30 40 64 64\n-5 7.5 64 64 0.1 9\n"
-CBOX = """
-data_global
-
-_cbox_format_version 1.0
-
-data_cryolo
-
-loop_
-_CoordinateX #1
-_CoordinateY #2
-_CoordinateZ #3
-_Width #4
-_Height #5
-_Depth #6
-_EstWidth #7
-_EstHeight #8
-_Confidence #9
-_NumBoxes #10
-_Angle #11
-100 200 <NA> 64 64 <NA> 60 62 0.9 <NA> <NA>
-300 50 <NA> 64 64 <NA> 58 61 0.4 <NA> <NA>
-
-data_cryolo_include
-
-loop_
-_slice_index #1
-"""
 CBOX_OLD = "10 20 64 64 0.9 60 62\n30 40 64 64 0.8\n"
 TOPAZ = "image_name\tx_coord\ty_coord\tscore\nmic_001\t100\t200\t0.5\nmic_002\t30\t40\t-1.2\n"
-POS = """# XMIPP_STAR_1 *
-#
-data_header
-loop_
- _pickingMicrographState
-Manual
-data_particles
-loop_
- _itemId
- _enabled
- _xcoor
- _ycoor
- _cost
- _micrographId
- 000001   1   1030  1438  1   000003
- 000002  -1   100   200   0.5 000003
-"""
 TXT = "# x y\n100 200\n300,400\n\n5.5 6.25 extra\n"
 CTFFIND = (
     "# Output from CTFFind version 4.1.14, run on 2020-01-01\n"
@@ -170,7 +90,7 @@ CTFFIND = (
     "correlation; #7 - spacing (in Angstroms) up to which CTF rings were fit successfully\n"
     "1.000000 12345.678711 12001.123047 45.500000 0.000000 0.123456 4.567890\n"
 )
-PICK_SEEDS = {"star": STAR_PICKS + PARTICLES_STAR, "box": BOX, "cbox": CBOX + CBOX_OLD,
+PICK_SEEDS = {"star": STAR30_PICKS + PARTICLES_STAR, "box": BOX, "cbox": CBOX + CBOX_OLD,
               "topaz": TOPAZ, "pos": POS, "txt": TXT}
 EXTENSIONS = {"star": ".star", "box": ".box", "cbox": ".cbox", "topaz": ".txt", "pos": ".pos",
               "txt": ".txt"}
@@ -288,6 +208,58 @@ def text_inputs(*seeds: str) -> st.SearchStrategy[bytes]:
     return st.one_of(*options)
 
 
+# --------------------------------------------------------------------------- found bugs
+# Inputs that broke a reader once (shrunk by hypothesis): always tried, whatever the seed.
+STAR_FOUND = [
+    b"data_\nloop_\n\x00\n\x00\t\x00",  # pandas' message: two lines
+    b"data_\nloop_\n\n_\t1\ndata_\nloop_\n_\n_\n_\n_\nM\t1\t1\t1",  # duplicate names
+]
+MICROGRAPH_SET_FOUND = [
+    # text where RELION 3.0 pixel-size columns need numbers
+    b"data_\nloop_\n_rlnMicrographName\n_rlnDetectorPixelSize\n_rlnMagnification\n"
+    b"m\tx\t3\n",
+    # data_optics without rlnOpticsGroup
+    b"data_optics\n_rlnMicrographPixelSize 1.0\ndata_\nloop_\n_rlnMicrographName\n"
+    b"_rlnOpticsGroup\nm.mrc 1\n",
+    # a RELION 3.0 row cut short: no pixel size for its optics group
+    b"data_\nloop_\n_rlnMicrographName\n_rlnDetectorPixelSize\n_rlnMagnification\n_\n"
+    b"m\t1\t3\t5\n5",
+]
+
+
+def _npy(fields: list[tuple], fill: dict[str, object]) -> bytes:
+    array = np.zeros(2, dtype=fields)
+    for name, value in fill.items():
+        array[name] = value
+    stream = io.BytesIO()
+    np.save(stream, array, allow_pickle=False)
+    return stream.getvalue()
+
+
+_XY = [("location/center_x_frac", "<f4"), ("location/center_y_frac", "<f4")]
+_SHAPE = ("location/micrograph_shape", "<u4", (2,))
+CS_FOUND = [
+    b"\x93NUMPY\x01\x00\x10\x00{'descr': [('a'\n",  # numpy raises tokenize.TokenError
+    _npy([_XY[0], _SHAPE], {_SHAPE[0]: 256}),  # no location/center_y_frac
+    _npy([*_XY, ("location/micrograph_shape", "<f4")], {}),  # shape not (ny, nx)
+    _npy([("location/center_x_frac", "S4"), _XY[1], _SHAPE], {  # text fractions
+        "location/center_x_frac": b"ab", _SHAPE[0]: 256}),
+    _npy([("location/micrograph_path", "S4"), *_XY, _SHAPE], {  # not UTF-8
+        "location/micrograph_path": b"\xff\xfe", _SHAPE[0]: 256}),
+    _npy([("blob/path", "S4"), ("blob/idx", "<u4", (2,)), *_XY, _SHAPE], {  # idx pairs
+        _SHAPE[0]: 256}),
+]
+
+
+def with_examples(found: list[bytes]) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """``@example(content=...)`` for each input of ``found``."""
+    def decorate(test: Callable[..., None]) -> Callable[..., None]:
+        for content in reversed(found):
+            test = example(content=content)(test)
+        return test
+    return decorate
+
+
 # --------------------------------------------------------------------------- harness
 _names = itertools.count()
 
@@ -327,7 +299,8 @@ def check_picks(picks: object) -> None:
 
 # --------------------------------------------------------------------------- text readers
 @FUZZ
-@given(content=text_inputs(STAR_PICKS, PARTICLES_STAR, MICROGRAPHS_STAR, CBOX, POS))
+@given(content=text_inputs(STAR30_PICKS, PARTICLES_STAR, MICROGRAPHS_STAR31, CBOX, POS))
+@with_examples(STAR_FOUND)
 def test_read_star(fuzz_dir: Path, content: bytes) -> None:
     tables = parses_or_refuses(lambda: read_star(write(fuzz_dir, content, ".star")))
     if tables is not None:
@@ -342,6 +315,7 @@ def test_read_picks(fuzz_dir: Path, fmt: str) -> None:
     @FUZZ
     @given(content=text_inputs(seed, *(s for s in PICK_SEEDS.values() if s != seed)),
            auto=st.booleans())
+    @example(content=STAR_FOUND[0], auto=False)
     def fuzz(content: bytes, auto: bool) -> None:
         path = write(fuzz_dir, content, EXTENSIONS[fmt])
         check_picks(parses_or_refuses(lambda: read_picks(path, "auto" if auto else fmt)))
@@ -358,8 +332,13 @@ def test_read_ctffind(fuzz_dir: Path, content: bytes) -> None:
 
 
 @FUZZ
-@given(content=text_inputs(MICROGRAPHS_STAR, MICROGRAPHS_STAR_30, PARTICLES_STAR),
+@given(content=text_inputs(MICROGRAPHS_STAR31, MICROGRAPHS_STAR_30, PARTICLES_STAR),
        pixel_size=st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True)))
+@example(content=MICROGRAPH_SET_FOUND[0], pixel_size=None)
+@example(content=MICROGRAPH_SET_FOUND[1], pixel_size=None)
+@example(content=MICROGRAPH_SET_FOUND[2], pixel_size=None)
+@example(content=STAR_FOUND[1], pixel_size=None)
+@example(content=MICROGRAPHS_STAR31.encode(), pixel_size=float("nan"))
 def test_read_micrograph_set(fuzz_dir: Path, content: bytes, pixel_size: float | None) -> None:
     path = write(fuzz_dir, content, ".star")
     result = parses_or_refuses(lambda: read_micrograph_set(
@@ -440,9 +419,10 @@ def cs_seed(fuzz_dir: Path) -> bytes:
     return _npy_bytes(valid_cs(), fuzz_dir)
 
 
-@pytest.mark.parametrize("reader", ["load_cs", "read_cs_picks"])
+@pytest.mark.parametrize("reader", ["load_cs", "read_cs_picks", "read_cs_particles"])
 def test_cs_readers(fuzz_dir: Path, cs_seed: bytes, reader: str) -> None:
-    read = {"load_cs": load_cs, "read_cs_picks": read_cs_picks}[reader]
+    read = {"load_cs": load_cs, "read_cs_picks": read_cs_picks,
+            "read_cs_particles": read_cs_particles}[reader]
     assert parses_or_refuses(lambda: read(write(fuzz_dir, cs_seed, ".cs"))) is not None
 
     @FUZZ
@@ -453,6 +433,7 @@ def test_cs_readers(fuzz_dir: Path, cs_seed: bytes, reader: str) -> None:
         mutated(cs_seed),
         random_tables().map(lambda a: _npy_bytes(a, fuzz_dir)),
     ))
+    @with_examples(CS_FOUND)
     def fuzz(content: bytes) -> None:
         parses_or_refuses(lambda: read(write(fuzz_dir, content, ".cs")))
 

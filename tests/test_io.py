@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import shutil
 from pathlib import Path
 
@@ -21,9 +20,11 @@ from cryoextract.errors import InputError, MicrographError
 from cryoextract.io.coords import coordinate_file_candidates, read_picks
 from cryoextract.io.micrographs import read_micrograph_set
 from cryoextract.io.mrc import StackWriter, open_micrograph, read_stack, write_stack
+from cryoextract.io.star import read_star
+from helpers import MICROGRAPHS_STAR31, STAR30_PICKS, refused, written
+from shared_data import REAL, cryolo_box_files, require_paths, require_real
 
-DATA = Path(__file__).parents[1] / ".." / "shared" / "data"
-FEI = DATA / "real" / "mrcfile_1.5.4_sdist" / "fei-extended.mrc"
+FEI = REAL / "mrcfile_1.5.4_sdist" / "fei-extended.mrc"
 
 
 def _write_mrc(
@@ -35,13 +36,6 @@ def _write_mrc(
             mrc.set_extended_header(ext)
         mrc.voxel_size = voxel
     return path
-
-
-def _require_shared_data() -> None:
-    if not DATA.is_dir():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"shared test data missing: {DATA}")
-        pytest.skip(f"shared test data missing: {DATA}")
 
 
 # --------------------------------------------------------------------------- MRC reading
@@ -107,7 +101,7 @@ def _raw_mrc(path: Path) -> tuple[np.ndarray, float]:
 
 
 def test_read_real_fei_file() -> None:
-    _require_shared_data()
+    require_paths(FEI)
     raw, pixel_size = _raw_mrc(FEI)
     assert raw.shape == (3838, 3710)
     with open_micrograph(FEI) as (image, header):
@@ -143,8 +137,7 @@ def test_header_only_file_raises(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("content", [b"", b"not an mrc file\n" * 200, bytes(2000)])
 def test_non_mrc_file_raises_naming_it(tmp_path: Path, content: bytes) -> None:
-    path = tmp_path / "junk.mrc"
-    path.write_bytes(content)
+    path = written(tmp_path / "junk.mrc", content)
     with pytest.raises(MicrographError) as info:
         with open_micrograph(path):
             pass
@@ -247,18 +240,6 @@ def test_aborted_writer_keeps_previous_file(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- picks
-STAR30 = """
-data_
-
-loop_
-_rlnCoordinateX #1
-_rlnCoordinateY #2
-_rlnAutopickFigureOfMerit #3
-_rlnClassNumber #4
-  839.125024    19.979167     0.624705            0
-  899.062526   199.791672     0.623809            0
-   10.000000   300.500000     0.100000            0
-"""
 
 STAR31 = """
 # version 30001
@@ -292,8 +273,7 @@ _rlnOriginYAngst #7
 
 
 def test_read_picks_relion30_star(tmp_path: Path) -> None:
-    path = tmp_path / "mic_autopick.star"
-    path.write_text(STAR30)
+    path = written(tmp_path / "mic_autopick.star", STAR30_PICKS)
     picks = read_picks(path)
     assert len(picks) == 3
     np.testing.assert_allclose(picks["rlnCoordinateX"], [839.125024, 899.062526, 10.0])
@@ -303,8 +283,7 @@ def test_read_picks_relion30_star(tmp_path: Path) -> None:
 
 
 def test_read_picks_relion31_particles_star(tmp_path: Path) -> None:
-    path = tmp_path / "particles.star"
-    path.write_text(STAR31)
+    path = written(tmp_path / "particles.star", STAR31)
     picks = read_picks(path)
     assert len(picks) == 3
     np.testing.assert_allclose(picks["rlnCoordinateX"], [1614.0, 2000.25, 100.0])
@@ -317,8 +296,7 @@ def test_read_picks_relion31_particles_star(tmp_path: Path) -> None:
 
 
 def test_read_picks_eman_box(tmp_path: Path) -> None:
-    path = tmp_path / "mic.box"
-    path.write_text("100\t200\t64\t64\n  10 20 50 40 \n\n3.5 4.5 10 10 -3\n")
+    path = written(tmp_path / "mic.box", "100\t200\t64\t64\n  10 20 50 40 \n\n3.5 4.5 10 10 -3\n")
     picks = read_picks(path)
     np.testing.assert_allclose(picks["rlnCoordinateX"], [132.0, 35.0, 8.5])
     np.testing.assert_allclose(picks["rlnCoordinateY"], [232.0, 40.0, 9.5])
@@ -338,34 +316,23 @@ def test_read_picks_plain_text(tmp_path: Path) -> None:
     picks = read_picks(path)
     np.testing.assert_allclose(picks["rlnCoordinateX"], [10.5, 30.0, 50.0, 70.0])
     np.testing.assert_allclose(picks["rlnCoordinateY"], [20.25, 40.0, 60.0, 80.0])
-    csv = tmp_path / "mic.csv"
-    csv.write_text("x,y\n1,2\n3,4\n")
+    csv = written(tmp_path / "mic.csv", "x,y\n1,2\n3,4\n")
     picks = read_picks(csv)
     np.testing.assert_allclose(picks[["rlnCoordinateX", "rlnCoordinateY"]], [[1, 2], [3, 4]])
 
 
 def test_read_picks_bad_text_line_names_file_and_line(tmp_path: Path) -> None:
-    path = tmp_path / "bad.txt"
-    path.write_text("# header comment\n1 2\n3 4\n5 five\n7 8\n")
-    with pytest.raises(InputError) as info:
-        read_picks(path)
-    assert info.value.line == 4
-    assert f"{path}:4" in str(info.value)
-    short = tmp_path / "short.txt"
-    short.write_text("1 2\n3\n")
-    with pytest.raises(InputError) as info:
-        read_picks(short)
-    assert info.value.line == 2
-    assert f"{short}:2" in str(info.value)
-    box = tmp_path / "short.box"
-    box.write_text("1 2 3 4\n1 2 3\n")
+    path = written(tmp_path / "bad.txt", "# header comment\n1 2\n3 4\n5 five\n7 8\n")
+    refused(lambda: read_picks(path), path, line=4)
+    short = written(tmp_path / "short.txt", "1 2\n3\n")
+    refused(lambda: read_picks(short), short, line=2)
+    box = written(tmp_path / "short.box", "1 2 3 4\n1 2 3\n")
     with pytest.raises(InputError, match=r"short\.box:2"):
         read_picks(box)
 
 
 def test_read_picks_unknown_extension_and_missing(tmp_path: Path) -> None:
-    path = tmp_path / "picks.dat"
-    path.write_text("1 2\n")
+    path = written(tmp_path / "picks.dat", "1 2\n")
     with pytest.raises(InputError, match=r"picks\.dat"):
         read_picks(path)
     # the format can be forced
@@ -378,8 +345,8 @@ def test_read_picks_unknown_extension_and_missing(tmp_path: Path) -> None:
 
 
 def test_read_picks_star_without_coordinates(tmp_path: Path) -> None:
-    path = tmp_path / "nocoords.star"
-    path.write_text("data_\n\nloop_\n_rlnMicrographName #1\n_rlnDefocusU #2\na.mrc 1000\n")
+    path = written(tmp_path / "nocoords.star",
+                   "data_\n\nloop_\n_rlnMicrographName #1\n_rlnDefocusU #2\na.mrc 1000\n")
     with pytest.raises(InputError, match=r"nocoords\.star"):
         read_picks(path)
 
@@ -403,40 +370,11 @@ def _touch_mrcs(root: Path, names: list[str]) -> None:
         _write_mrc(root / name, np.zeros((8, 8), dtype=np.float32))
 
 
-MICS31 = """
-# version 30001
-
-data_optics
-
-loop_
-_rlnOpticsGroupName #1
-_rlnOpticsGroup #2
-_rlnMicrographOriginalPixelSize #3
-_rlnVoltage #4
-_rlnSphericalAberration #5
-_rlnAmplitudeContrast #6
-_rlnMicrographPixelSize #7
-opticsGroup1 1 0.885 300.0 2.7 0.1 0.885
-opticsGroup2 2 0.5 200.0 2.7 0.1 1.0
-
-
-data_micrographs
-
-loop_
-_rlnMicrographName #1
-_rlnOpticsGroup #2
-_rlnDefocusU #3
-MotionCorr/job002/Movies/a.mrc 1 10000.0
-MotionCorr/job002/Movies/b.mrc 2 12000.0
-MotionCorr/job002/Movies/c.mrc 1 14000.0
-"""
-
-
 def test_micrograph_set_relion31(tmp_path: Path) -> None:
     project = tmp_path / "project"
     project.mkdir()
     star = project / "micrographs_ctf.star"
-    star.write_text(MICS31)
+    star.write_text(MICROGRAPHS_STAR31)
     names = [f"MotionCorr/job002/Movies/{c}.mrc" for c in "abc"]
     _touch_mrcs(project, names)
     elsewhere = tmp_path / "cwd"
@@ -506,38 +444,64 @@ def test_micrograph_set_glob(tmp_path: Path) -> None:
 
 
 def test_micrograph_set_errors(tmp_path: Path) -> None:
-    no_px = tmp_path / "nopx.star"
-    no_px.write_text("data_\n\nloop_\n_rlnMicrographName #1\n_rlnDefocusU #2\nm1.mrc 1\n")
+    no_px = written(tmp_path / "nopx.star",
+                    "data_\n\nloop_\n_rlnMicrographName #1\n_rlnDefocusU #2\nm1.mrc 1\n")
     with pytest.raises(InputError, match=r"nopx\.star"):
         read_micrograph_set(str(no_px), base_dir=tmp_path)
     # ...unless given on the command line
     mics = read_micrograph_set(str(no_px), pixel_size_angstrom=1.5, base_dir=tmp_path)
     np.testing.assert_allclose(mics.optics["rlnMicrographPixelSize"], [1.5])
-    no_name = tmp_path / "noname.star"
-    no_name.write_text("data_\n\nloop_\n_rlnCoordinateX #1\n_rlnCoordinateY #2\n1 2\n")
+    no_name = written(tmp_path / "noname.star",
+                      "data_\n\nloop_\n_rlnCoordinateX #1\n_rlnCoordinateY #2\n1 2\n")
     with pytest.raises(InputError, match=r"noname\.star"):
         read_micrograph_set(str(no_name), pixel_size_angstrom=1.0)
     with pytest.raises(InputError, match=r"missing\.star"):
         read_micrograph_set(str(tmp_path / "missing.star"), pixel_size_angstrom=1.0)
-    bad_group = tmp_path / "badgroup.star"
-    bad_group.write_text(MICS31.replace("MotionCorr/job002/Movies/b.mrc 2", "x.mrc 3"))
+    bad_group = written(tmp_path / "badgroup.star",
+                        MICROGRAPHS_STAR31.replace("MotionCorr/job002/Movies/b.mrc 2", "x.mrc 3"))
     with pytest.raises(InputError, match=r"badgroup\.star"):
         read_micrograph_set(str(bad_group))
-    garbage = tmp_path / "garbage.star"
-    garbage.write_bytes(b"\x00\xff\x00 not a star file\n")
+    garbage = written(tmp_path / "garbage.star", b"\x00\xff\x00 not a star file\n")
     with pytest.raises(InputError, match=r"garbage\.star"):
         read_micrograph_set(str(garbage), pixel_size_angstrom=1.0)
 
 
+RELION30_MICS = "data_\nloop_\n_rlnMicrographName\n_rlnDetectorPixelSize\n_rlnMagnification\n"
+
+
+@pytest.mark.parametrize(("text", "line", "reason"), [
+    (RELION30_MICS + "m1.mrc\tx\t10000\n", None, "rlnDetectorPixelSize must be a number, got 'x'"),
+    (RELION30_MICS + "m1.mrc 5 10000\nm2.mrc 5 abc\n", None, "rlnMagnification must be a number"),
+    (RELION30_MICS + "m1.mrc 5 10000\nm2.mrc 5\nm3.mrc 5 10000\n", None,
+     r"no pixel size for micrograph m2\.mrc"),
+    ("data_optics\n_rlnMicrographPixelSize 1.0\ndata_\nloop_\n_rlnMicrographName\n"
+     "_rlnOpticsGroup\nm.mrc 1\n", None, "data_optics has no rlnOpticsGroup column"),
+    ("data_\nloop_\n_rlnMicrographName\n_rlnMicrographPixelSize\n_rlnMicrographPixelSize\n",
+     None, "column _rlnMicrographPixelSize appears twice in block data_"),
+    ('data_\nloop_\n_rlnMicrographName\n_rlnVoltage\n_rlnVoltage\n"a b.mrc" 300 300\n', None,
+     "column _rlnVoltage appears twice"),
+    # starfile fails on the first block; the fallback reader names the line
+    ("data_\nloop_\n\n_\t1\ndata_\nloop_\n_\n_\n_\n_\nM\t1\t1\t1", 8,
+     "column _ appears twice in block data_"),
+])
+def test_micrograph_set_malformed_star(tmp_path: Path, text: str, line: int | None,
+                                       reason: str) -> None:
+    """RELION refuses these too; ours say why in one line naming the file."""
+    star = written(tmp_path / "mics.star", text)
+    refused(lambda: read_micrograph_set(str(star), base_dir=tmp_path), star, line, reason)
+
+
+def test_star_tokenizer_error_is_one_line(tmp_path: Path) -> None:
+    star = written(tmp_path / "bad.star", b"data_\nloop_\n\x00\n\x00\t\x00")
+    refused(lambda: read_star(star), star, match="not a readable STAR file")
+
+
 def test_micrograph_set_real_relion_project(tmp_path: Path) -> None:
     """A real RELION 5 micrographs STAR (optics + micrographs with CTF)."""
-    _require_shared_data()
-    root = DATA / "real" / "relion5_betagal_tutorial_sppractice"
-    stars = sorted(root.glob("CtfFind/*/micrographs_ctf.star"))
-    if not stars:
-        pytest.skip("no CtfFind micrographs_ctf.star in the tutorial data")
+    source = require_real("relion5_betagal_tutorial_sppractice", "CtfFind", "job005",
+                          "micrographs_ctf.star")
     star = tmp_path / "micrographs_ctf.star"
-    shutil.copy(stars[0], star)
+    shutil.copy(source, star)
     mics = read_micrograph_set(str(star), base_dir=tmp_path)
     text = star.read_text()
     assert "data_optics" in text
@@ -554,10 +518,7 @@ def test_micrograph_set_real_relion_project(tmp_path: Path) -> None:
 
 def test_read_picks_real_cryolo_box() -> None:
     """Real crYOLO EMAN .box picks: lower-left corner + w/2 is the centre."""
-    _require_shared_data()
-    files = sorted((DATA / "real" / "repic_empiar10017" / "crYOLO").glob("*.box"))
-    if not files:
-        pytest.skip("no crYOLO .box files")
+    files = cryolo_box_files()
     table = np.loadtxt(files[0], ndmin=2)
     picks = read_picks(files[0])
     assert len(picks) == len(table) > 100

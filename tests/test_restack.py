@@ -11,7 +11,6 @@ copies of the same real images, made here with mrcfile.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import warnings
@@ -29,10 +28,8 @@ from cryoextract.cli.stacks import downsample_command, restack_command
 from cryoextract.errors import InputError, ParameterError
 from cryoextract.io.images import image_key, locate_images, parse_image_name, read_images
 from cryoextract.pipeline.restack import downsample, read_particles, restack
-from shared_data import require_paths
-
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-REAL = DATA / "real"
+from relion_oracle import require_relion
+from shared_data import REAL, require_paths
 
 # name -> (particles STAR, the stack its rlnImageName points at), under REAL
 DATASETS = {
@@ -50,13 +47,6 @@ DATASETS = {
         "cryodrgn_4.3.1_sdist/empiar_10076_7.star", "cryodrgn_4.3.1_sdist/empiar_10076_7.mrc",
     ),
 }
-
-
-def _require_tool(tool: str) -> None:
-    if shutil.which(tool) is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{tool} not on PATH (CI=true: RELION is required on CI)")
-        pytest.skip(f"{tool} not on PATH")
 
 
 def _stage(name: str, root: Path, *, float16: bool = False) -> Path:
@@ -332,22 +322,11 @@ def test_restack_errors_name_the_file(tmp_path):
     # ... into another directory works, names resolved beside the STAR
     summary = restack(tmp_path / "o3/particles.star", tmp_path / "o4", batch_size=3)
     assert summary.particles_written == 10
-    if not _has_cs_reader():  # else: test_cs_input_when_reader_present
-        with pytest.raises(InputError, match=r"\.cs"):
-            restack(tmp_path / "x.cs", tmp_path / "o5")
+    with pytest.raises(InputError, match=r"x\.cs"):  # a .cs input that is not there
+        restack(tmp_path / "x.cs", tmp_path / "o5")
 
 
-def _has_cs_reader() -> bool:
-    try:
-        from cryoextract.io.cryosparc import read_cs_particles  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def test_cs_input_when_reader_present(tmp_path):
-    if not _has_cs_reader():
-        pytest.skip("cryoextract.io.cryosparc not in this build (.cs input gives an error)")
+def test_cs_input(tmp_path):
     star = _stage("empiar10076_relion30", tmp_path)
     shutil.copy(REAL / "cryodrgn_4.3.1_sdist/empiar_10076_7.cs", star.parent)
     summary = restack(star.parent / "empiar_10076_7.cs", tmp_path / "out")
@@ -374,10 +353,8 @@ def test_relion30_star_converted_like_relion31(tmp_path):
                                atol=1e-6)
 
 
-@pytest.mark.skipif(shutil.which("relion_stack_create") is None and os.environ.get("CI") != "true",
-                    reason="relion_stack_create not on PATH")
 def test_relion_reads_our_stacks_identically(tmp_path):
-    _require_tool("relion_stack_create")
+    require_relion("relion_stack_create")
     star = _stage("trpv1", tmp_path)
     restack(star, tmp_path / "out", batch_size=4)
     result = subprocess.run(
@@ -484,11 +461,8 @@ def test_downsample_recenter_moves_by_rounded_shift(tmp_path):
         np.testing.assert_allclose(centre, (n / 2 - ry, n / 2 - rx), atol=0.05)
 
 
-@pytest.mark.skipif(shutil.which("relion_image_handler") is None
-                    and os.environ.get("CI") != "true",
-                    reason="relion_image_handler not on PATH")
 def test_downsample_matches_relion_image_handler_rescale(tmp_path):
-    _require_tool("relion_image_handler")
+    require_relion("relion_image_handler")
     star = _stage("trpv1", tmp_path)
     stack = star.parent / "trpv1.mrcs"
     shutil.copy(star.parent / "batch_0_restacked.mrc", stack)  # .mrcs: RELION reads a stack

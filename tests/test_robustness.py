@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from cryoextract.sim.simulate import simulate_dataset
+from prereq import require_module
 
 ARGS = ["--coords-dir", "Picks", "--coords-suffix", "_autopick.star", "--box", "96",
         "--bin-to", "48", "--white-dust", "3", "--black-dust", "3", "--seed", "7", "--no-report"]
@@ -120,7 +121,7 @@ def test_full_disk_leaves_nothing_half_written_and_resume_finishes(dataset):
 
 
 def test_dask_cluster_equals_local_run_even_when_a_worker_dies(dataset):
-    distributed = pytest.importorskip("distributed")
+    distributed = require_module("distributed")
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   host="127.0.0.1", dashboard_address=None) as cluster:
         proc = subprocess.run(command("dask", "--dask-scheduler", cluster.scheduler_address),
@@ -141,4 +142,14 @@ def test_dask_cluster_equals_local_run_even_when_a_worker_dies(dataset):
             os.kill(victim, signal.SIGKILL)
         _, stderr = run.communicate(timeout=300)
         assert run.returncode == 0, stderr
+        with distributed.Client(cluster.scheduler_address) as client:
+            client.wait_for_workers(2, timeout=60)
+            # the allocator plugin reaches every worker, the one started after the kill too
+            plugged = client.run(_has_allocator_plugin)
+        assert victim not in [pid for _, pid in plugged.values()]
+        assert len(plugged) == 2 and all(found for found, _ in plugged.values()), plugged
     assert output_files(dataset / "dask_killed") == output_files(dataset / "reference")
+
+
+def _has_allocator_plugin(dask_worker) -> tuple[bool, int]:
+    return "cryoextract-allocator" in dask_worker.plugins, os.getpid()

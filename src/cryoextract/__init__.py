@@ -1,17 +1,30 @@
-"""cryoextract: particle extraction and particle-stack preparation for single-particle cryo-EM."""
+"""cryoextract: particle extraction and particle-stack preparation for single-particle cryo-EM.
 
+The public names below are imported on first use (PEP 562), so that ``import
+cryoextract.<module>`` pays only for what that module needs.
+"""
+
+from __future__ import annotations
+
+import importlib
 from importlib.metadata import PackageNotFoundError, version
-
-from cryoextract.errors import CryoExtractError, InputError, ParameterError
-from cryoextract.ops.boxes import EdgeMode
-from cryoextract.ops.normalize import NormMode
-from cryoextract.pipeline.extract import extract
-from cryoextract.pipeline.params import ExtractParams, SubpixelMode
+from typing import TYPE_CHECKING, Any
 
 try:
     __version__ = version("cryoextract")
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0+unknown"
+
+_PUBLIC = {
+    "CryoExtractError": "cryoextract.errors",
+    "InputError": "cryoextract.errors",
+    "ParameterError": "cryoextract.errors",
+    "EdgeMode": "cryoextract.ops.boxes",
+    "NormMode": "cryoextract.ops.normalize",
+    "extract": "cryoextract.pipeline.extract",
+    "ExtractParams": "cryoextract.pipeline.params",
+    "SubpixelMode": "cryoextract.pipeline.params",
+}
 
 __all__ = [
     "CryoExtractError",
@@ -24,3 +37,23 @@ __all__ = [
     "__version__",
     "extract",
 ]
+
+if TYPE_CHECKING:
+    from cryoextract.errors import CryoExtractError, InputError, ParameterError
+    from cryoextract.ops.boxes import EdgeMode
+    from cryoextract.ops.normalize import NormMode
+    from cryoextract.pipeline.extract import extract
+    from cryoextract.pipeline.params import ExtractParams, SubpixelMode
+
+
+def __getattr__(name: str) -> Any:
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cryoextract' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_PUBLIC])

@@ -99,6 +99,9 @@ def read_picks(path: str | os.PathLike[str], fmt: str = "auto") -> pd.DataFrame:
         return pd.DataFrame({"rlnCoordinateX": [], "rlnCoordinateY": []}, dtype=np.float64)
     _check_content(path, fmt)
     picks = _READERS[fmt](path)
+    twice = picks.columns[picks.columns.duplicated()]
+    if len(twice):
+        raise InputError(f"more than one column gives {twice[0]}", path)
     attrs = dict(picks.attrs)
     for column in COORDINATE_COLUMNS:
         picks[column] = pd.to_numeric(picks[column], errors="coerce").astype(np.float64)
@@ -174,10 +177,14 @@ def coordinate_file_candidates(micrograph_name: str, coords_dir: Path, suffix: s
 
 
 def split_by_micrograph(
-    picks: pd.DataFrame, path: str | os.PathLike[str]
+    picks: pd.DataFrame, path: str | os.PathLike[str], *, keep_name: bool = True
 ) -> dict[str, pd.DataFrame]:
-    """Split a particles table on ``rlnMicrographName``."""
+    """Split a particles table on ``rlnMicrographName`` (dropped from the parts unless
+    ``keep_name``)."""
     if "rlnMicrographName" not in picks.columns:
         raise InputError("picks for many micrographs need a rlnMicrographName column", path)
+    names = picks["rlnMicrographName"].to_numpy()
+    # dropping the column once, not per part, keeps millions of picks linear and fast
+    rest = picks if keep_name else picks.drop(columns=["rlnMicrographName"])
     return {str(name): group.reset_index(drop=True)
-            for name, group in picks.groupby("rlnMicrographName", sort=False)}
+            for name, group in rest.groupby(names, sort=False)}

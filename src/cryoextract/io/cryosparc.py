@@ -113,10 +113,17 @@ def load_cs(path: str | os.PathLike[str]) -> np.ndarray:
 def _load_numpy(path: Path) -> np.ndarray:
     try:
         return np.load(path, allow_pickle=False, max_header_size=2**30)
-    except Exception as exc:  # numpy raises SyntaxError, TokenError... on a bad header
-        if isinstance(exc, KeyboardInterrupt | MemoryError):
-            raise
-        raise InputError(f"unreadable .cs file ({exc})", path) from exc
+    except MemoryError:
+        raise
+    except Exception as exc:  # numpy raises SyntaxError, tokenize.TokenError... on a bad header
+        raise InputError(f"unreadable .cs file ({_summary(exc)})", path) from exc
+
+
+def _summary(exc: BaseException) -> str:
+    """One line about ``exc``: tokenize.TokenError's args are a (message, (line, col)) pair."""
+    reason = exc.args[0] if len(exc.args) == 2 and isinstance(exc.args[0], str) else exc
+    lines = [line.strip() for line in str(reason).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 def _load_csdat(path: Path) -> np.ndarray:
@@ -130,7 +137,7 @@ def _load_csdat(path: Path) -> np.ndarray:
     try:
         return Dataset.load(path).to_records(fixed=True)
     except Exception as exc:  # cryosparc-tools wraps every failure in DatasetLoadError
-        raise InputError(f"unreadable CSDAT .cs file ({exc})", path) from exc
+        raise InputError(f"unreadable CSDAT .cs file ({_summary(exc)})", path) from exc
 
 
 def read_cs_picks(
@@ -161,8 +168,10 @@ def read_cs_picks(
         ``rlnImageName`` when the file has ``blob/*``, poses, origins, classes, subsets.
     """
     data = load_cs(path)
-    if "location/center_x_frac" not in data.dtype.names:
-        raise InputError("no particle locations (location/center_x_frac) in .cs file", path)
+    missing = [f for f in ("location/center_x_frac", "location/center_y_frac")
+               if f not in data.dtype.names]
+    if missing:
+        raise InputError(f"no particle locations ({', '.join(missing)}) in .cs file", path)
     table = _particle_table(data, path, micrograph_shape, flip_y)
     drop = [c for c in ("rlnImagePixelSize", "rlnImageSize", "rlnOpticsGroup",
                         "rlnOpticsGroupName") if c in table.columns]
@@ -218,42 +227,90 @@ def _particle_table(
     columns: dict[str, np.ndarray] = {}
     names = data.dtype.names
     if "blob/path" in names and "blob/idx" in names:
-        columns["rlnImageName"] = _image_names(data)
+        columns["rlnImageName"] = _image_names(data, path)
     if "location/micrograph_path" in names:
-        columns["rlnMicrographName"] = _strings(data["location/micrograph_path"])
-    if "location/center_x_frac" in names:
+        columns["rlnMicrographName"] = _strings(data, "location/micrograph_path", path)
+    if "location/center_x_frac" in names or "location/center_y_frac" in names:
         columns.update(_coordinates(data, path, micrograph_shape, flip_y))
     for field, (column, factor) in CTF_FIELDS.items():
         if field in names:
-            columns[column] = data[field].astype(np.float64) * factor
-    columns.update(_alignments(data))
+            columns[column] = _numbers(data, field, path) * factor
+    columns.update(_alignments(data, path))
     table = pd.DataFrame(columns, index=pd.RangeIndex(len(data)))
     if "blob/psize_A" in names:
-        table["rlnImagePixelSize"] = data["blob/psize_A"].astype(np.float64)
+        table["rlnImagePixelSize"] = _numbers(data, "blob/psize_A", path)
+    if "blob/shape" in names:
         table["rlnImageSize"] = _box_sizes(data, path)
-    return _assign_optics_groups(table, data)
+    return _assign_optics_groups(table, data, path)
 
 
-def _strings(values: np.ndarray) -> np.ndarray:
-    """Fixed bytes or objects (bytes/str) to ``str`` objects; cryoSPARC export's ``>`` dropped.
+def _field(data: np.ndarray, field: str, path: str | os.PathLike[str]) -> np.ndarray:
+    """``data[field]``; InputError naming the file when the field is missing."""
+    if field not in (data.dtype.names or ()):
+        raise InputError(f"no {field} in .cs file", path)
+    return np.asarray(data[field])
+
+
+def _numbers(
+    data: np.ndarray, field: str, path: str | os.PathLike[str], shape: tuple[int, ...] = (),
+) -> np.ndarray:
+    """``data[field]`` as float64 of shape ``(n, *shape)``; InputError when it cannot be.
+
+    A field of the right number of values per particle in another layout (``(n, 1)`` for
+    a scalar, say) is reshaped; text, complex numbers or another count are refused.
+    """
+    values = _field(data, field, path)
+    if values.dtype.kind not in "biuf":
+        raise InputError(f"{field} holds {values.dtype} values, not numbers", path)
+    expected = (len(data), *shape)
+    if values.size != int(np.prod(expected)):
+        got, want = int(np.prod(values.shape[1:])), int(np.prod(shape))
+        raise InputError(f"{field} has {got} value{'s' * (got != 1)} per particle, "
+                         f"expected {want}", path)
+    return values.astype(np.float64).reshape(expected)
+
+
+def _indices(data: np.ndarray, field: str, path: str | os.PathLike[str]) -> np.ndarray:
+    """A 0-based index or class field as int64; InputError unless whole numbers >= 0."""
+    values = _numbers(data, field, path)
+    if not np.all(np.isfinite(values) & (values >= 0) & (values == np.round(values))):
+        raise InputError(f"{field} must hold whole numbers >= 0", path)
+    return values.astype(np.int64)
+
+
+def _strings(data: np.ndarray, field: str, path: str | os.PathLike[str]) -> np.ndarray:
+    """A text field (fixed bytes, unicode or bytes/str objects) as ``str`` objects, with
+    cryoSPARC export's ``>`` dropped; InputError for other values or bytes not UTF-8.
 
     cryoSPARC's "Export" marks paths with a ``>`` that pyem removes
     (``pyem/metadata/cryosparc2.py``: ``x.replace('>', '', 1)``); we do the same.
     """
-    out = np.array([v.decode("utf-8", errors="replace") if isinstance(v, bytes) else str(v)
-                    for v in values], dtype=object)
-    return np.array([s.replace(">", "", 1) for s in out], dtype=object)
+    values = _field(data, field, path)
+    if values.dtype.kind not in "SUO" or values.shape != (len(data),):
+        raise InputError(f"{field} is not one text value per particle ({values.dtype}, "
+                         f"shape {values.shape})", path)
+    out = []
+    for value in values:
+        if isinstance(value, bytes | np.bytes_):
+            try:
+                value = bytes(value).decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InputError(f"{field} {bytes(value)!r} is not UTF-8 text", path) from exc
+        elif not isinstance(value, str):
+            raise InputError(f"{field} holds a {type(value).__name__}, not text", path)
+        out.append(value.replace(">", "", 1))
+    return np.array(out, dtype=object)
 
 
-def _image_names(data: np.ndarray) -> np.ndarray:
-    paths = _strings(data["blob/path"])
-    indices = data["blob/idx"].astype(np.int64) + 1
+def _image_names(data: np.ndarray, path: str | os.PathLike[str]) -> np.ndarray:
+    paths = _strings(data, "blob/path", path)
+    indices = _indices(data, "blob/idx", path) + 1
     return np.array([f"{i:06d}@{p}" for i, p in zip(indices, paths, strict=True)], dtype=object)
 
 
 def _box_sizes(data: np.ndarray, path: str | os.PathLike[str]) -> np.ndarray:
-    shape = np.asarray(data["blob/shape"])
-    if shape.ndim != 2 or shape.shape[1] != 2 or np.any(shape[:, 0] != shape[:, 1]):
+    shape = _numbers(data, "blob/shape", path, (2,))
+    if np.any(shape[:, 0] != shape[:, 1]) or not np.all(np.isfinite(shape)):
         raise InputError("blob/shape is not square [n, n] for every particle", path)
     return shape[:, 0].astype(np.int64)
 
@@ -264,8 +321,8 @@ def _coordinates(
 ) -> dict[str, np.ndarray]:
     """``rlnCoordinateX/Y`` (micrograph pixels) from the fractional locations."""
     shape = _micrograph_shapes(data, path, micrograph_shape)
-    x_frac = data["location/center_x_frac"].astype(np.float64)
-    y_frac = data["location/center_y_frac"].astype(np.float64)
+    x_frac = _numbers(data, "location/center_x_frac", path)
+    y_frac = _numbers(data, "location/center_y_frac", path)
     if flip_y:
         y_frac = 1.0 - y_frac
     return {"rlnCoordinateX": x_frac * shape[:, 1], "rlnCoordinateY": y_frac * shape[:, 0]}
@@ -276,8 +333,7 @@ def _micrograph_shapes(
 ) -> np.ndarray:
     """``(n, 2)`` float ``[ny, nx]`` per particle: the given shape, else the file's."""
     if "location/micrograph_shape" in data.dtype.names:
-        stored = np.asarray(data["location/micrograph_shape"], dtype=np.float64)
-        stored = stored.reshape(len(data), 2)
+        stored = _numbers(data, "location/micrograph_shape", path, (2,))
     elif micrograph_shape is None:
         raise InputError(
             "no location/micrograph_shape in .cs file: give the micrograph shape (ny, nx)", path
@@ -300,7 +356,7 @@ def _micrograph_shapes(
     return np.broadcast_to(given, (len(data), 2))
 
 
-def _alignments(data: np.ndarray) -> dict[str, np.ndarray]:
+def _alignments(data: np.ndarray, path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """Poses, origins (Å), class and half-set from ``alignments3D/*`` (else ``2D``)."""
     names = data.dtype.names
     prefix = next((p for p in ("alignments3D/", "alignments2D/") if p + "pose" in names
@@ -309,28 +365,29 @@ def _alignments(data: np.ndarray) -> dict[str, np.ndarray]:
         return {}
     out: dict[str, np.ndarray] = {}
     if prefix + "pose" in names:
-        pose = data[prefix + "pose"].astype(np.float64)
         if prefix == "alignments3D/":
-            euler = pose_to_euler(pose.reshape(len(data), 3))
+            euler = pose_to_euler(_numbers(data, prefix + "pose", path, (3,)))
             out.update(zip(ANGLE_COLUMNS, euler.T, strict=True))
         else:
-            out["rlnAnglePsi"] = np.rad2deg(pose.reshape(len(data)))
+            out["rlnAnglePsi"] = np.rad2deg(_numbers(data, prefix + "pose", path))
     if prefix + "shift" in names:
         psize_field = prefix + "psize_A" if prefix + "psize_A" in names else "blob/psize_A"
         if psize_field in names:
-            shift = data[prefix + "shift"].astype(np.float64).reshape(len(data), 2)
-            shift_a = shift * data[psize_field].astype(np.float64)[:, None]
+            shift = _numbers(data, prefix + "shift", path, (2,))
+            shift_a = shift * _numbers(data, psize_field, path)[:, None]
             out.update(zip(ORIGIN_COLUMNS, shift_a.T, strict=True))
     if prefix + "class" in names:
-        out["rlnClassNumber"] = data[prefix + "class"].astype(np.int64) + 1
+        out["rlnClassNumber"] = _indices(data, prefix + "class", path) + 1
     if prefix == "alignments3D/" and "alignments3D/split" in names:
-        out["rlnRandomSubset"] = data["alignments3D/split"].astype(np.int64) + 1
+        out["rlnRandomSubset"] = _indices(data, "alignments3D/split", path) + 1
     return out
 
 
-def _assign_optics_groups(table: pd.DataFrame, data: np.ndarray) -> pd.DataFrame:
+def _assign_optics_groups(
+    table: pd.DataFrame, data: np.ndarray, path: str | os.PathLike[str],
+) -> pd.DataFrame:
     """``rlnOpticsGroup`` 1.. (first appearance) and ``rlnOpticsGroupName`` per row."""
-    group_id = (data["ctf/exp_group_id"].astype(np.int64) if "ctf/exp_group_id" in
+    group_id = (_indices(data, "ctf/exp_group_id", path) if "ctf/exp_group_id" in
                 data.dtype.names else np.zeros(len(data), dtype=np.int64))
     keys = [pd.Series(group_id)] + [
         table[c].reset_index(drop=True) for c in

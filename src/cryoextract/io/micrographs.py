@@ -89,6 +89,8 @@ def _from_star(path: Path, pixel_size_angstrom: float | None, base_dir: Path) ->
         raise InputError(f"micrograph {name} is listed more than once", path)
     if "optics" in tables and "rlnOpticsGroup" in micrographs.columns:
         optics = tables["optics"].copy()
+        if "rlnOpticsGroup" not in optics.columns:
+            raise InputError("data_optics has no rlnOpticsGroup column", path)
     else:
         micrographs, optics = _optics_from_rows(micrographs, path)
     if pixel_size_angstrom is not None:
@@ -105,7 +107,8 @@ def _from_star(path: Path, pixel_size_angstrom: float | None, base_dir: Path) ->
         optics["rlnOpticsGroupName"] = [f"opticsGroup{g}" for g in optics["rlnOpticsGroup"]]
     unknown = set(micrographs["rlnOpticsGroup"]) - set(optics["rlnOpticsGroup"])
     if unknown:
-        raise InputError(f"optics groups {sorted(unknown)} are not in data_optics", path)
+        raise InputError(f"optics groups {sorted(unknown, key=str)} are not in data_optics",
+                         path)
     sizes = pd.to_numeric(optics["rlnMicrographPixelSize"], errors="coerce")
     if not (np.isfinite(sizes) & (sizes > 0)).all():
         raise InputError("pixel size (rlnMicrographPixelSize) must be a number > 0", path)
@@ -122,9 +125,17 @@ def _optics_from_rows(micrographs: pd.DataFrame, path: Path) -> tuple[pd.DataFra
     if "rlnMicrographPixelSize" not in micrographs.columns and {
         "rlnDetectorPixelSize", "rlnMagnification"
     } <= set(micrographs.columns):
-        micrographs["rlnMicrographPixelSize"] = (
-            1e4 * micrographs["rlnDetectorPixelSize"] / micrographs["rlnMagnification"]
-        )
+        detector = _numbers(micrographs, "rlnDetectorPixelSize", path)
+        magnification = _numbers(micrographs, "rlnMagnification", path)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            micrographs["rlnMicrographPixelSize"] = 1e4 * detector / magnification
+    if "rlnMicrographPixelSize" in micrographs.columns:
+        sizes = _numbers(micrographs, "rlnMicrographPixelSize", path)
+        micrographs["rlnMicrographPixelSize"] = sizes
+        short = micrographs["rlnMicrographName"][sizes.isna()]
+        if len(short):  # a row cut short: its optics group would have no pixel size
+            raise InputError(f"no pixel size for micrograph {short.iloc[0]} (row cut short?)",
+                             path)
     keys = [c for c in OPTICS_COLUMNS[2:] if c in micrographs.columns]
     if keys:
         groups = micrographs.groupby(keys, sort=False, dropna=False).ngroup() + 1
@@ -134,6 +145,17 @@ def _optics_from_rows(micrographs: pd.DataFrame, path: Path) -> tuple[pd.DataFra
     optics = micrographs.drop_duplicates("rlnOpticsGroup")[["rlnOpticsGroup", *keys]]
     micrographs = micrographs.drop(columns=keys)
     return micrographs, optics.reset_index(drop=True)
+
+
+def _numbers(table: pd.DataFrame, column: str, path: Path) -> pd.Series:
+    """``table[column]`` as float64; InputError naming a value that is not a number."""
+    values = table[column]
+    numbers = pd.to_numeric(values, errors="coerce").astype(np.float64)
+    text = values[numbers.isna() & values.notna()]
+    text = text[~text.astype(str).str.strip().str.lower().isin(("nan", "<na>", ""))]
+    if len(text):
+        raise InputError(f"{column} must be a number, got {str(text.iloc[0])!r}", path)
+    return numbers
 
 
 def _locate(name: str, *dirs: Path) -> str:

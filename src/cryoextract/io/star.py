@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import csv
 import os
 import shlex
 import warnings
 from pathlib import Path
-from typing import TextIO
+from typing import BinaryIO
 
 import pandas as pd
 import starfile
 
 from cryoextract.errors import InputError
+from cryoextract.io.star_rows import loop_rows
 
 
 def read_star(path: str | os.PathLike[str]) -> dict[str, pd.DataFrame]:
@@ -36,16 +36,27 @@ def read_star(path: str | os.PathLike[str]) -> dict[str, pd.DataFrame]:
         # starfile does not read quoted values holding spaces; RELION does
         blocks = _read_quoted_loops(path)
         if not blocks:
-            raise InputError(f"not a readable STAR file ({exc})", path) from exc
+            raise InputError(f"not a readable STAR file ({first_line(exc)})", path) from exc
     tables: dict[str, pd.DataFrame] = {}
     for name, block in blocks.items():
         if isinstance(block, pd.DataFrame):
             tables[name] = block
         elif isinstance(block, dict):
             tables[name] = pd.DataFrame([block])
+        else:
+            continue
+        twice = tables[name].columns[tables[name].columns.duplicated()]
+        if len(twice):  # starfile keeps them in a loop without rows; RELION refuses them
+            raise InputError(f"column _{twice[0]} appears twice in block data_{name}", path)
     if not tables:
         raise InputError("no data blocks found", path)
     return tables
+
+
+def first_line(message: object) -> str:
+    """The first non-blank line of a message, an exception's say (pandas' span two lines)."""
+    lines = [line.strip() for line in str(message).splitlines() if line.strip()]
+    return lines[0] if lines else type(message).__name__
 
 
 def check_loop_rows(path: Path) -> None:
@@ -84,9 +95,15 @@ def check_loop_rows(path: Path) -> None:
 
 
 def _read_quoted_loops(path: Path) -> dict[str, pd.DataFrame]:
-    """Loop blocks of a STAR file whose values may be quoted (fallback reader)."""
+    """Loop blocks of a STAR file whose values may be quoted (fallback reader).
+
+    Returns ``{}`` when the file is not made of such loops; raises InputError (naming the
+    line) for a loop that gives a column twice, which RELION refuses as well.
+    """
     blocks: dict[str, pd.DataFrame] = {}
-    name, columns, rows, in_loop = "", [], [], False
+    name, in_loop = "", False
+    columns: list[str] = []
+    rows: list[list[str]] = []
 
     def flush() -> None:
         if columns:
@@ -102,7 +119,7 @@ def _read_quoted_loops(path: Path) -> dict[str, pd.DataFrame]:
         lines = path.read_text(errors="replace").splitlines()
     except OSError:
         return {}
-    for line in lines:
+    for number, line in enumerate(lines, start=1):
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
             continue
@@ -112,7 +129,11 @@ def _read_quoted_loops(path: Path) -> dict[str, pd.DataFrame]:
         elif stripped == "loop_":
             in_loop = True
         elif stripped.startswith("_") and in_loop and not rows:
-            columns.append(stripped.split()[0][1:])
+            label = stripped.split()[0][1:]
+            if label in columns:
+                raise InputError(f"column _{label} appears twice in block data_{name}",
+                                 path, number)
+            columns.append(label)
         elif in_loop and columns:
             values = shlex_split(stripped)
             if len(values) != len(columns):
@@ -146,13 +167,14 @@ def write_star(path: str | os.PathLike[str], blocks: dict[str, pd.DataFrame]) ->
     """Write blocks as STAR loops, atomically (temporary name, then rename).
 
     Floats are written with 6 decimals (as RELION); strings holding whitespace are quoted.
-    A plain writer, so a million-row table takes seconds, not minutes.
+    Rows are formatted by :mod:`cryoextract.io.star_rows`: a million rows take about
+    two seconds.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "w", newline="\n") as stream:
-            stream.write("\n# version 30001 (written by cryoextract)\n")
+        with open(tmp, "wb") as stream:
+            stream.write(b"\n# version 30001 (written by cryoextract)\n")
             for name, table in blocks.items():
                 _write_loop(stream, name, table)
         os.replace(tmp, path)
@@ -160,24 +182,13 @@ def write_star(path: str | os.PathLike[str], blocks: dict[str, pd.DataFrame]) ->
         tmp.unlink(missing_ok=True)
 
 
-def _write_loop(stream: TextIO, name: str, table: pd.DataFrame) -> None:
-    stream.write(f"\ndata_{name}\n\nloop_\n")
-    for number, column in enumerate(table.columns, start=1):
-        stream.write(f"_{column} #{number}\n")
-    table = table.copy()
-    for column in table.columns:
-        if table[column].dtype == object or pd.api.types.is_string_dtype(table[column]):
-            text = table[column].astype(str)
-            needs_quotes = text.str.contains(r"\s", regex=True) | (text == "")
-            if needs_quotes.any():
-                text[needs_quotes] = [_quote(v) for v in text[needs_quotes]]
-            table[column] = text
-    # our own quotes must pass through untouched: a quote character that never occurs;
-    # a missing value is written as nan (an empty field would shift the columns)
-    table.to_csv(stream, sep="\t", header=False, index=False, float_format="%.6f",
-                 quoting=csv.QUOTE_NONE, quotechar="\x1f", escapechar="\\",
-                 lineterminator="\n", na_rep="nan")
-    stream.write("\n")
+def _write_loop(stream: BinaryIO, name: str, table: pd.DataFrame) -> None:
+    header = [f"\ndata_{name}\n\nloop_\n"]
+    header += [f"_{column} #{number}\n" for number, column in enumerate(table.columns, 1)]
+    stream.write("".join(header).encode())
+    for piece in loop_rows(table, _quote):
+        stream.write(piece)
+    stream.write(b"\n")
 
 
 def _quote(text: str) -> str:

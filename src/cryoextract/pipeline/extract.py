@@ -209,13 +209,11 @@ def _run_job(
     if on_progress is not None:
         for done in results:
             on_progress(done)
-    by_index = {task.index: task for task in todo}
     for result in run_tasks(todo, options.workers, options.dask_scheduler):
         if result.out_of_space:
             # every other micrograph would fail the same way: stop, keep what is done
             raise CryoExtractError(f"{result.error}; no space left for the output: free "
                                    f"some and run again with --resume")
-        state.record(by_index[result.index], result)
         results.append(result)
         if on_progress is not None:
             on_progress(result)

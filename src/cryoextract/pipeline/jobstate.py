@@ -3,8 +3,8 @@
 Layout under ``OUT/.cryoextract/``: ``job.json`` (the parameters and inputs that define
 the job), ``lock`` (pid, host and start time of the run writing now) and ``done/`` (one
 record per finished micrograph: its particle rows and dropped picks as Arrow IPC
-files plus a small JSON; written after its stacks, renamed into place last, so a record
-only exists for a micrograph whose stacks are complete).
+files plus a small JSON; written by the worker after its stacks, renamed into place
+last, so a record only exists for a micrograph whose stacks are complete).
 """
 
 from __future__ import annotations
@@ -24,7 +24,12 @@ import pandas as pd
 from cryoextract.errors import CryoExtractError, ParameterError
 from cryoextract.io.mrc import stack_image_count
 from cryoextract.pipeline.params import ExtractParams
-from cryoextract.pipeline.task import MicrographResult, MicrographTask
+from cryoextract.pipeline.task import (
+    MicrographResult,
+    MicrographTask,
+    os_error_result,
+    run_task,
+)
 
 STATE_DIR = ".cryoextract"
 
@@ -122,6 +127,20 @@ class JobState:
             dropped=tables.get("dropped"), warnings=list(meta.get("warnings", [])),
             shape_yx=None if shape is None else (int(shape[0]), int(shape[1])),
         )
+
+
+def run_and_record(task: MicrographTask) -> MicrographResult:
+    """Run one task and keep its record, in the worker that wrote its stacks.
+
+    Recording where the stacks are written keeps the driver's work per micrograph to
+    gathering rows, whatever runs the tasks.
+    """
+    result = run_task(task)
+    try:
+        JobState(Path(task.out_dir)).record(task, result)
+    except OSError as exc:
+        return os_error_result(task, exc)
+    return result
 
 
 class JobLock:

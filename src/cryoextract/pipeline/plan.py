@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+import numpy as np
 import pandas as pd
 
 from cryoextract.errors import InputError, ParameterError
@@ -65,10 +66,13 @@ def plan_tasks(
         for _, row in micrographs.optics.iterrows()
     }
     plan = Plan(tasks=[])
+    # whole columns, not table.iloc per micrograph: a row Series costs tens of µs
+    carried_values = {c: table[c].to_numpy() for c in carried}
+    groups = (table["rlnOpticsGroup"].to_numpy() if "rlnOpticsGroup" in table.columns
+              else np.ones(len(table), dtype=int))
     rows = zip(names, table["path"], stack_names, strict=True)
     for index, (name, path, stack_name) in enumerate(rows):
-        row = table.iloc[index]
-        metadata = {c: row[c] for c in carried}
+        metadata = {c: values[index] for c, values in carried_values.items()}
         task_picks, coords_path = None, None
         if by_micrograph is not None:
             task_picks = by_micrograph.get(name)
@@ -89,7 +93,7 @@ def plan_tasks(
             out_dir=str(paths.out_dir), stack_name=relative, params=params,
             picks=task_picks, coords_path=coords_path, coords_format=picks.coords_format,
             metadata=metadata,
-            optics=optics_by_group.get(int(row.get("rlnOpticsGroup", 1)), {}),
+            optics=optics_by_group.get(int(groups[index]), {}),
         ))
     return plan
 
@@ -111,7 +115,7 @@ def _picks_by_micrograph(picks: PickSource, names: list[str]) -> dict[str, pd.Da
                 f"got {len(names)}", picks.coords_file,
             )
         return {names[0]: table}
-    groups = split_by_micrograph(table, picks.coords_file)
+    groups = split_by_micrograph(table, picks.coords_file, keep_name=False)
     matched: dict[str, pd.DataFrame] = {}
     by_base = {PurePosixPath(k).name: v for k, v in groups.items()}
     # Topaz and others name micrographs without directory or extension
@@ -123,7 +127,7 @@ def _picks_by_micrograph(picks: PickSource, names: list[str]) -> dict[str, pd.Da
         if group is None:
             group = by_stem.get(PurePosixPath(name).stem)
         if group is not None:
-            matched[name] = group.drop(columns=["rlnMicrographName"])
+            matched[name] = group
     if groups and not matched:
         raise InputError("no rlnMicrographName matches any micrograph", picks.coords_file)
     return matched

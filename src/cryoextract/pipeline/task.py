@@ -118,17 +118,22 @@ def run_task(task: MicrographTask) -> MicrographResult:
     except CryoExtractError as exc:
         return MicrographResult(task.index, task.micrograph_name, error=str(exc))
     except OSError as exc:
-        full = exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
-        return MicrographResult(
-            task.index, task.micrograph_name, out_of_space=full,
-            error=f"{exc.filename or task.micrograph_path}: {exc.strerror or exc}",
-        )
+        return os_error_result(task, exc)
     except Exception as exc:  # one micrograph never aborts the job; keep the trace
         return MicrographResult(
             task.index, task.micrograph_name,
             error=f"{task.micrograph_path}: unexpected error ({type(exc).__name__}: {exc})",
             detail=traceback.format_exc(),
         )
+
+
+def os_error_result(task: MicrographTask, exc: OSError) -> MicrographResult:
+    """A failed result for an OS error; a full disk is flagged to stop the whole job."""
+    full = exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+    return MicrographResult(
+        task.index, task.micrograph_name, out_of_space=full,
+        error=f"{exc.filename or task.micrograph_path}: {exc.strerror or exc}",
+    )
 
 
 def task_rng(task: MicrographTask) -> np.random.Generator:

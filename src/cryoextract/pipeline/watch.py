@@ -79,8 +79,6 @@ def watch_extraction(
                 if tasks:
                     last_new = time.monotonic()
                     for result in run_tasks(tasks, options.workers, options.dask_scheduler):
-                        task = next(t for t in tasks if t.index == result.index)
-                        state.record(task, result)
                         results[result.micrograph_name] = result
                         if on_progress is not None:
                             on_progress(result)

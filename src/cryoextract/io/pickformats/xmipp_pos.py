@@ -59,7 +59,12 @@ def read_pos(path: str | os.PathLike[str]) -> pd.DataFrame:
         blocks = [t for t in tables.values() if {"xcoor", "ycoor"} <= set(t.columns)]
     if not blocks or not all({"xcoor", "ycoor"} <= set(b.columns) for b in blocks):
         raise InputError("no data_particles block with _xcoor and _ycoor", path)
-    picks = pd.concat(blocks, ignore_index=True).rename(columns=_RENAMED)
+    picks = pd.concat(blocks, ignore_index=True)
+    for column, renamed in _RENAMED.items():
+        if column in picks.columns and renamed in picks.columns:
+            raise InputError(f"both _{column} and _{renamed} given: which one holds the "
+                             "picks?", path)
+    picks = picks.rename(columns=_RENAMED)
     if "enabled" in picks.columns:
         enabled = pd.to_numeric(picks["enabled"], errors="coerce").fillna(1) > 0
         picks = picks[enabled.to_numpy()]
