@@ -11,10 +11,10 @@ each (page cache warm), ``--repeats`` runs of:
 * RELION, one process (``relion_project`` has no threads):
   ``relion_project --i map.mrc --mask mask.mrc --ang particles.star --ctf --subtract_exp``
   which removes the projection of map·mask from every image;
-* cryoextract, the same work: ``subtract_particles(..., mask_mode="subtract",
-  scale="none")`` with 2 and with 1 worker threads, and with the per-particle scale fit
-  (``scale="per-particle"``, which projects the whole map too), each in a fresh Python
-  process (interpreter start-up and imports included).
+* cryoextract, the same work: ``cryoextract subtract --mask-mode subtract --scale none``
+  with 2 and with 1 worker threads, and with the per-particle scale fit
+  (``--scale per-particle``, which projects the whole map too), each a fresh command
+  (interpreter start-up and imports included).
 
 With ``--particle-subtract`` it also times ``relion_particle_subtract --mask (1 - mask)``
 (the same result, RELION's keep-mask) on an optimiser made by a one-iteration
@@ -188,12 +188,10 @@ def _hwm(process: psutil.Process) -> int:
 
 def ours_command(star: str, out: str, workers: int, scale: str, mask: str = "mask.mrc",
                  mode: str = "subtract") -> list[str]:
-    code = (
-        "from cryoextract.pipeline.subtract import subtract_particles\n"
-        f"subtract_particles({star!r}, {out!r}, map_path='map.mrc', mask={mask!r}, "
-        f"mask_mode={mode!r}, scale={scale!r}, workers={workers}, overwrite=True)\n"
-    )
-    return [sys.executable, "-c", code]
+    """The ``cryoextract subtract`` command line, as a user runs it."""
+    return [sys.executable, "-m", "cryoextract", "subtract", "--particles", star,
+            "--map", "map.mrc", "--mask", mask, "--mask-mode", mode, "--scale", scale,
+            "--workers", str(workers), "--out", out, "--overwrite"]
 
 
 def relion_command(star: str, out: str) -> list[str]:

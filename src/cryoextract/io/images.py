@@ -5,20 +5,18 @@ number of digits (6 up to RELION 5.0.0, 8 from 5.0.1); a bare ``<path>`` names a
 holding a single image. Relative paths are looked up in each of the given base
 directories in turn (see :func:`locate_images`).
 
-Stacks are read through memory maps: each header once with ``mrcfile.mmap`` (which also
-accepts old headers without the ``MAP`` label), the pixels through a plain ``mmap`` of
-the data block, so only the images asked for are paged in, and released after each
-batch. :func:`read_images` yields the pixels in bounded batches in table order, in the
-file's own dtype (float16 stays float16, so a copy is bit-exact); within a batch each
-stack is read in file order whatever the table order.
+Each stack's header is read once through ``mrcfile.mmap`` (which also accepts old
+headers without the ``MAP`` label); the pixels by positioned reads of runs of
+consecutive images, so only the images asked for are read. :func:`read_images` yields
+the pixels in bounded batches in table order, in the file's own dtype (float16 stays
+float16, so a copy is bit-exact); within a batch each stack is read in file order
+whatever the table order.
 """
 
 from __future__ import annotations
 
-import mmap
 import os
 import warnings
-from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -33,8 +31,6 @@ from cryoextract.errors import InputError
 
 #: default upper bound of one batch, counted as float32 pixels (bytes)
 MAX_BATCH_BYTES = 256 * 2**20
-#: memory maps kept open at once while reading (stacks interleaved in the table)
-MAX_OPEN_STACKS = 64
 # MRC modes read: 0 int8, 1 int16, 2 float32, 6 uint16, 12 float16.
 _READABLE = (np.int8, np.int16, np.float32, np.uint16, np.float16)
 
@@ -300,6 +296,7 @@ def read_images(
     locations: ImageLocations | None = None,
     rows: Sequence[int] | np.ndarray | None = None,
     max_batch_bytes: int = MAX_BATCH_BYTES,
+    reuse: int = 0,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield the images of a particles table in bounded batches, in table order.
 
@@ -317,6 +314,11 @@ def read_images(
         :func:`locate_images` for them.
     max_batch_bytes : int
         Upper bound of one batch, counted as float32 pixels; at least one image.
+    reuse : int
+        With ``reuse = r >= 2``, the batches are read into ``r`` buffers in turn instead
+        of fresh arrays (fresh large arrays cost the kernel a zeroed page per 4 KiB or
+        2 MiB), so a batch stays valid until ``r - 1`` more batches have been yielded.
+        0: every batch is a new array.
 
     Yields
     ------
@@ -330,12 +332,22 @@ def read_images(
         locations = locate_images(table["rlnImageName"], base_dirs)
     order = np.arange(len(locations.names)) if rows is None else np.asarray(rows, np.int64)
     order = order[locations.ok[order]] if len(order) else order
-    maps = _MemmapCache(MAX_OPEN_STACKS)
-    try:
-        for batch in _batches(order, locations, max_batch_bytes):
-            yield batch, _read_batch(batch, locations, maps)
-    finally:
-        maps.close()
+    buffers: list[np.ndarray] = []
+    for number, batch in enumerate(_batches(order, locations, max_batch_bytes)):
+        info = locations.stacks[locations.stack[int(batch[0])]]
+        shape = (len(batch), *info.shape_yx)
+        if reuse < 2:
+            out = np.empty(shape, dtype=info.dtype)
+        else:
+            slot = number % reuse
+            if slot == len(buffers):
+                buffers.append(np.empty(0, dtype=info.dtype))
+            flat = buffers[slot]
+            if flat.dtype != info.dtype or flat.size < np.prod(shape):
+                flat = buffers[slot] = np.empty(int(np.prod(shape)), dtype=info.dtype)
+            out = flat[: int(np.prod(shape))].reshape(shape)
+        _read_batch_into(out, batch, locations)
+        yield batch, out
 
 
 def _batches(
@@ -353,68 +365,50 @@ def _batches(
             yield order[first : min(first + limit, int(stop))]
 
 
-def _read_batch(
-    batch: np.ndarray, locations: ImageLocations, maps: _MemmapCache
-) -> np.ndarray:
-    """Read a batch stack by stack, each stack's images in file order, then put in place."""
-    info = locations.stacks[locations.stack[int(batch[0])]]
-    out = np.empty((len(batch), *info.shape_yx), dtype=info.dtype)
+def _read_batch_into(out: np.ndarray, batch: np.ndarray, locations: ImageLocations) -> None:
+    """Read a batch stack by stack, each stack's images in file order, into ``out``."""
     codes = locations.stack_code[batch]
     wanted = locations.index[batch]
     order = np.lexsort((wanted, codes))
     cuts = np.flatnonzero(np.diff(codes[order])) + 1
     for part in np.split(order, cuts):
         path = locations.stack_paths[int(codes[part[0]])]
-        out[part] = _take(maps.get(path, locations.stacks[path]), wanted[part])
-        maps.release(path)
-    return out
+        info = locations.stacks[path]
+        first = int(part[0])
+        same_dtype = info.file_dtype is None or info.file_dtype == out.dtype
+        in_place = (same_dtype
+                    and int(part[-1]) - first == len(part) - 1 and np.all(np.diff(part) == 1))
+        if in_place:  # the usual case: table order is file order
+            _read_images(path, info, wanted[part], out[first : first + len(part)])
+        else:
+            data = np.empty((len(part), *info.shape_yx), dtype=info.file_dtype or info.dtype)
+            out[part] = _read_images(path, info, wanted[part], data)
 
 
-def _take(data: np.ndarray, wanted: np.ndarray) -> np.ndarray:
-    """``data[wanted]`` for ascending ``wanted``, reading a contiguous run as one slice."""
-    first = int(wanted[0])
-    if int(wanted[-1]) - first == len(wanted) - 1 and np.all(np.diff(wanted) == 1):
-        return data[first : first + len(wanted)]
-    return data[wanted]
+def _read_images(path: str, info: StackInfo, wanted: np.ndarray, data: np.ndarray
+                 ) -> np.ndarray:
+    """Images ``wanted`` (ascending) of one stack into ``data``, by positioned reads.
 
-
-class _MemmapCache:
-    """Open read-only memory maps of stacks, the least recently used dropped beyond ``size``.
-
-    Each map is an ``mmap`` of the whole file viewed as ``(n, h, w)`` at the offset found
-    by :func:`scan_stack` (opening one costs a system call, not a header parse). After
-    each read :meth:`release` tells the kernel the pages are no longer needed, so the
-    process never holds more than one batch of mapped pixels.
+    Plain reads, not a memory map: the kernel copies straight into the array, without a
+    page fault per 4 KiB, and the process never maps more than it asked for. ``data``
+    has the file's dtype.
     """
-
-    def __init__(self, size: int):
-        self.size = size
-        self._open: OrderedDict[str, tuple[mmap.mmap, np.ndarray]] = OrderedDict()
-
-    def get(self, path: str, info: StackInfo) -> np.ndarray:
-        if path in self._open:
-            self._open.move_to_end(path)
-            return self._open[path][1]
-        dtype = info.file_dtype or info.dtype
-        count = info.count * info.shape_yx[0] * info.shape_yx[1]
-        try:
-            with open(path, "rb") as stream:
-                mapped = mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ)
-            data = np.frombuffer(mapped, dtype=dtype, count=count, offset=info.data_offset)
-        except (ValueError, OSError) as exc:
-            raise InputError(f"stack became unreadable ({_first_line(exc)})", path) from exc
-        self._open[path] = (mapped, data.reshape(info.count, *info.shape_yx))
-        if len(self._open) > self.size:
-            self._open.popitem(last=False)
-        return self._open[path][1]
-
-    def release(self, path: str) -> None:
-        """Drop the mapped pages of ``path`` from this process (they stay in page cache)."""
-        if path in self._open and hasattr(mmap, "MADV_DONTNEED"):
-            self._open[path][0].madvise(mmap.MADV_DONTNEED)
-
-    def close(self) -> None:
-        self._open.clear()
+    h, w = info.shape_yx
+    image_bytes = h * w * data.dtype.itemsize
+    starts = np.flatnonzero(np.diff(wanted, prepend=wanted[0] - 2) != 1)
+    try:
+        with open(path, "rb", buffering=0) as stream:
+            for first, stop in zip(starts, [*starts[1:], len(wanted)], strict=True):
+                target = memoryview(data[first:stop]).cast("B")
+                offset = info.data_offset + int(wanted[first]) * image_bytes
+                while len(target):
+                    got = os.preadv(stream.fileno(), [target], offset)
+                    if got <= 0:
+                        raise InputError("stack became shorter than its header says", path)
+                    target, offset = target[got:], offset + got
+    except OSError as exc:
+        raise InputError(f"stack became unreadable ({_first_line(exc)})", path) from exc
+    return data
 
 
 def _open_mmap(path: str | os.PathLike[str]) -> mrcfile.mrcmemmap.MrcMemmap:

@@ -65,8 +65,9 @@ __all__ = [
     "viewing_direction_order",
 ]
 
-#: bytes of images (as float32) read from disk at once
-READ_BATCH_BYTES = 32 * 2**20
+#: bytes of images (as float32) read from disk at once: enough particles that ordering
+#: them by viewing direction lets consecutive slices share cached parts of the volume
+READ_BATCH_BYTES = 128 * 2**20
 #: pixels of images projected and subtracted at once by one worker
 CHUNK_PIXELS = 2**19
 #: default band of the per-particle scale fit, fraction of Nyquist
@@ -813,10 +814,15 @@ def _write_stack(
     pending: deque[_Batch] = deque()
     written = 0
 
+    output_buffer = np.empty(0, dtype=np.float32)  # reused: fresh pages cost the kernel
+
     def finish() -> None:
-        nonlocal written
+        nonlocal written, output_buffer
         batch = pending.popleft()
-        images = np.empty((batch.count, out_box, out_box), dtype=np.float32)
+        size = batch.count * out_box * out_box
+        if output_buffer.size < size:
+            output_buffer = np.empty(size, dtype=np.float32)
+        images = output_buffer[:size].reshape(batch.count, out_box, out_box)
         for part, future in zip(batch.parts, batch.futures, strict=True):
             result = future.result()
             images[part] = result.images
@@ -826,13 +832,15 @@ def _write_stack(
 
     with StackWriter(path, len(rows), (out_box, out_box), job.pixel_size_angstrom,
                      float16=output.float16) as writer:
+        # three buffers: one being read while at most two batches are in the workers
         for batch_rows, images in read_images(job.particles, locations=job.locations, rows=rows,
-                                              max_batch_bytes=READ_BATCH_BYTES):
+                                              max_batch_bytes=READ_BATCH_BYTES, reuse=3):
             table, which = _batch_ctf(job, batch_rows)
             order = viewing_direction_order(job.rotations[batch_rows])
             parts = [order[i : i + chunk] for i in range(0, len(order), chunk)]
-            futures = [pool.submit(_subtract_chunk, job, batch_rows[part], images[part],
-                                   table[which[part]], volumes, shifts, out_box,
+            # the workers copy their chunk's images and CTFs: the main thread only reads
+            futures = [pool.submit(_subtract_chunk, job, batch_rows[part], images, part,
+                                   table, which[part], volumes, shifts, out_box,
                                    output.fit_radius)
                        for part in parts]
             pending.append(_Batch(len(batch_rows), parts, futures))
@@ -878,15 +886,20 @@ def viewing_direction_order(rotations_deg: np.ndarray, bin_degrees: float = 10.0
 
 
 def _subtract_chunk(
-    job: _Job, rows: np.ndarray, images: np.ndarray, ctf: np.ndarray,
+    job: _Job, rows: np.ndarray, batch_images: np.ndarray, part: np.ndarray,
+    ctf_table: np.ndarray, ctf_which: np.ndarray,
     volumes: tuple[FourierVolume, FourierVolume | None], shifts: np.ndarray, out_box: int,
     fit_radius: float | None,
 ) -> SubtractedBatch:
     """Project, CTF-modulate, fit and subtract one chunk of particles.
 
-    ``fit_radius`` None means ``--scale none``; else the scale is fitted over frequencies
-    up to it, against the whole map's projection (computed only there) when given.
+    The chunk is ``batch_images[part]`` (table rows ``rows``), with the CTFs
+    ``ctf_table[ctf_which]``. ``fit_radius`` None means ``--scale none``; else the scale
+    is fitted over frequencies up to it, against the whole map's projection (computed
+    only there) when given.
     """
+    images = batch_images[part]
+    ctf = ctf_table[ctf_which]
     region_fv, whole_fv = volumes
     apix = job.pixel_size_angstrom
     rotations = euler_to_matrix(*job.rotations[rows].T)
