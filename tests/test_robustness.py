@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from cryoextract.pipeline.executors import DASK_PLUGIN
 from cryoextract.sim.simulate import simulate_dataset
 from prereq import require_module
 
@@ -122,6 +123,7 @@ def test_full_disk_leaves_nothing_half_written_and_resume_finishes(dataset):
 
 def test_dask_cluster_equals_local_run_even_when_a_worker_dies(dataset):
     distributed = require_module("distributed")
+    from cryoextract.pipeline.dask_plugin import ExtractionWorker
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   host="127.0.0.1", dashboard_address=None) as cluster:
         proc = subprocess.run(command("dask", "--dask-scheduler", cluster.scheduler_address),
@@ -144,12 +146,19 @@ def test_dask_cluster_equals_local_run_even_when_a_worker_dies(dataset):
         assert run.returncode == 0, stderr
         with distributed.Client(cluster.scheduler_address) as client:
             client.wait_for_workers(2, timeout=60)
-            # the allocator plugin reaches every worker, the one started after the kill too
-            plugged = client.run(_has_allocator_plugin)
-        assert victim not in [pid for _, pid in plugged.values()]
-        assert len(plugged) == 2 and all(found for found, _ in plugged.values()), plugged
+            # the run removed its plugin: every worker (the restarted one too) profiles
+            after = client.run(_plugin_and_profiler)
+            client.register_plugin(ExtractionWorker(), name=DASK_PLUGIN)
+            during = client.run(_plugin_and_profiler)
+            client.unregister_worker_plugin(DASK_PLUGIN)
+            again = client.run(_plugin_and_profiler)
+        assert victim not in after and len(after) == 2
+        assert set(after.values()) == set(again.values()) == {(False, True)}, (after, again)
+        assert set(during.values()) == {(True, False)}, during
     assert output_files(dataset / "dask_killed") == output_files(dataset / "reference")
 
 
-def _has_allocator_plugin(dask_worker) -> tuple[bool, int]:
-    return "cryoextract-allocator" in dask_worker.plugins, os.getpid()
+def _plugin_and_profiler(dask_worker) -> tuple[bool, bool]:
+    """Whether our plugin is on the worker, and whether its profiler runs."""
+    return DASK_PLUGIN in dask_worker.plugins, \
+        dask_worker.periodic_callbacks["profile"].is_running()

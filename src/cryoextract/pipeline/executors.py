@@ -8,6 +8,7 @@ finished-micrograph records themselves, the driver only gathers the rows.
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -18,6 +19,8 @@ from cryoextract.pipeline.task import MicrographResult, MicrographTask
 
 # Dask reschedules the tasks of a worker that died; an error is retried this many times.
 DASK_RETRIES = 2
+#: name of the worker plugin a run registers (and removes at its end)
+DASK_PLUGIN = "cryoextract-worker"
 
 
 def run_tasks(
@@ -47,7 +50,7 @@ def _run_dask(tasks: list[MicrographTask], address: str) -> Iterator[MicrographR
         from distributed import Client
         from distributed import as_completed as dask_as_completed
 
-        from cryoextract.pipeline.dask_plugin import KeepFreedMemory
+        from cryoextract.pipeline.dask_plugin import ExtractionWorker
     except ImportError:
         raise ParameterError(
             "--dask-scheduler needs Dask: pip install 'cryoextract[dask]'"
@@ -57,8 +60,24 @@ def _run_dask(tasks: list[MicrographTask], address: str) -> Iterator[MicrographR
     except (OSError, TimeoutError) as exc:
         raise ParameterError(f"cannot reach the Dask scheduler {address} ({exc})") from None
     with client:
-        client.register_plugin(KeepFreedMemory(), name="cryoextract-allocator")
-        keys = [f"cryoextract-{task.index:08d}-{os.getpid()}" for task in tasks]
-        futures = client.map(run_and_record, tasks, key=keys, pure=False, retries=DASK_RETRIES)
-        for future in dask_as_completed(futures):
-            yield future.result()
+        try:
+            client.register_plugin(ExtractionWorker(), name=DASK_PLUGIN)
+        except Exception as exc:  # raised on the workers, forwarded as any type
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ParameterError(
+                f"the Dask workers at {address} cannot set up cryoextract ({first}); do "
+                f"they run the same cryoextract version as this command?") from None
+        try:
+            keys = [f"cryoextract-{task.index:08d}-{os.getpid()}" for task in tasks]
+            futures = client.map(_run_pickled, tasks, key=keys, pure=False,
+                                 retries=DASK_RETRIES)
+            for future in dask_as_completed(futures):
+                yield pickle.loads(future.result())
+        finally:
+            client.unregister_worker_plugin(DASK_PLUGIN)
+
+
+def _run_pickled(task: MicrographTask) -> bytes:
+    """:func:`run_and_record`, its result pickled: Dask then moves plain bytes, not
+    DataFrames through its own (slower) pandas serialisation."""
+    return pickle.dumps(run_and_record(task), protocol=pickle.HIGHEST_PROTOCOL)
