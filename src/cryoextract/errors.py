@@ -38,3 +38,10 @@ class InputError(CryoExtractError):
 
 class MicrographError(InputError):
     """One micrograph cannot be used; the job skips it and goes on."""
+
+
+def first_line(message: object) -> str:
+    """The first non-blank line of a message (an exception's, say: pandas' and Dask's
+    run over several), so that every error we print stays one line."""
+    lines = [line.strip() for line in str(message).splitlines() if line.strip()]
+    return lines[0] if lines else type(message).__name__

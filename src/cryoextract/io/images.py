@@ -27,7 +27,7 @@ import mrcfile.mrcmemmap
 import numpy as np
 import pandas as pd
 
-from cryoextract.errors import InputError
+from cryoextract.errors import InputError, first_line
 
 #: default upper bound of one batch, counted as float32 pixels (bytes)
 MAX_BATCH_BYTES = 256 * 2**20
@@ -217,7 +217,7 @@ def scan_stack(path: str | os.PathLike[str]) -> StackInfo:
     except InputError:
         raise
     except (ValueError, OSError, EOFError, TypeError, KeyError) as exc:
-        raise InputError(f"not a readable MRC stack ({_first_line(exc)})", path) from exc
+        raise InputError(f"not a readable MRC stack ({first_line(exc)})", path) from exc
     return StackInfo(
         count=int(data.shape[0]), shape_yx=(int(data.shape[1]), int(data.shape[2])),
         dtype=data.dtype.newbyteorder("="), pixel_size_angstrom=voxel,
@@ -407,7 +407,7 @@ def _read_images(path: str, info: StackInfo, wanted: np.ndarray, data: np.ndarra
                         raise InputError("stack became shorter than its header says", path)
                     target, offset = target[got:], offset + got
     except OSError as exc:
-        raise InputError(f"stack became unreadable ({_first_line(exc)})", path) from exc
+        raise InputError(f"stack became unreadable ({first_line(exc)})", path) from exc
     return data
 
 
@@ -431,6 +431,3 @@ def _image_array(handle: mrcfile.mrcmemmap.MrcMemmap, path: str | os.PathLike[st
     return data  # big-endian files are converted when copied into native arrays
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]

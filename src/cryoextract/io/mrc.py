@@ -16,7 +16,7 @@ import mrcfile.mrcfile
 import mrcfile.utils
 import numpy as np
 
-from cryoextract.errors import InputError, MicrographError
+from cryoextract.errors import InputError, MicrographError, first_line
 
 # MRC modes we read: 0 int8, 1 int16, 2 float32, 6 uint16, 12 float16.
 READABLE_DTYPES = (np.int8, np.int16, np.float32, np.uint16, np.float16)
@@ -57,7 +57,7 @@ def open_micrograph(path: str | os.PathLike[str]) -> Iterator[tuple[np.ndarray, 
             warnings.simplefilter("ignore")
             handle = mrcfile.open(path, mode="r", permissive=False)
     except (ValueError, OSError, EOFError) as exc:
-        raise MicrographError(f"not a readable MRC file ({_first_line(exc)})", path) from exc
+        raise MicrographError(f"not a readable MRC file ({first_line(exc)})", path) from exc
     with handle:
         yield _checked_data(handle, path)
 
@@ -216,13 +216,8 @@ def read_stack(path: str | os.PathLike[str]) -> np.ndarray:
         with mrcfile.open(path, mode="r", permissive=False) as handle:
             data = np.array(handle.data)
     except (ValueError, OSError, EOFError) as exc:
-        raise InputError(f"not a readable MRC stack ({_first_line(exc)})", path) from exc
+        raise InputError(f"not a readable MRC stack ({first_line(exc)})", path) from exc
     return data[None] if data.ndim == 2 else data
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
 
 
 def stack_image_count(path: str | os.PathLike[str]) -> int:

@@ -11,7 +11,7 @@ from typing import BinaryIO
 import pandas as pd
 import starfile
 
-from cryoextract.errors import InputError
+from cryoextract.errors import InputError, first_line
 from cryoextract.io.star_rows import loop_rows
 
 
@@ -51,12 +51,6 @@ def read_star(path: str | os.PathLike[str]) -> dict[str, pd.DataFrame]:
     if not tables:
         raise InputError("no data blocks found", path)
     return tables
-
-
-def first_line(message: object) -> str:
-    """The first non-blank line of a message, an exception's say (pandas' span two lines)."""
-    lines = [line.strip() for line in str(message).splitlines() if line.strip()]
-    return lines[0] if lines else type(message).__name__
 
 
 def check_loop_rows(path: Path) -> None:

@@ -12,7 +12,7 @@ import pickle
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
-from cryoextract.errors import ParameterError
+from cryoextract.errors import CryoExtractError, ParameterError, first_line
 from cryoextract.pipeline.allocator import keep_freed_memory
 from cryoextract.pipeline.jobstate import run_and_record
 from cryoextract.pipeline.task import MicrographResult, MicrographTask
@@ -63,21 +63,31 @@ def _run_dask(tasks: list[MicrographTask], address: str) -> Iterator[MicrographR
         try:
             client.register_plugin(ExtractionWorker(), name=DASK_PLUGIN)
         except Exception as exc:  # raised on the workers, forwarded as any type
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ParameterError(
-                f"the Dask workers at {address} cannot set up cryoextract ({first}); do "
+                f"the Dask workers at {address} cannot set up cryoextract "
+                f"({first_line(exc)}); do "
                 f"they run the same cryoextract version as this command?") from None
         try:
             keys = [f"cryoextract-{task.index:08d}-{os.getpid()}" for task in tasks]
             futures = client.map(_run_pickled, tasks, key=keys, pure=False,
                                  retries=DASK_RETRIES)
             for future in dask_as_completed(futures):
-                yield pickle.loads(future.result())
+                try:
+                    blob = future.result()
+                except Exception as exc:  # e.g. KilledWorker: workers died on every retry
+                    raise CryoExtractError(
+                        f"Dask could not run task {future.key} on {address}: "
+                        f"{type(exc).__name__}: {first_line(exc)}") from None
+                yield pickle.loads(blob)
         finally:
-            client.unregister_worker_plugin(DASK_PLUGIN)
+            try:
+                client.unregister_worker_plugin(DASK_PLUGIN)
+            except Exception:  # the cluster is gone: nothing left to restore
+                pass
 
 
 def _run_pickled(task: MicrographTask) -> bytes:
     """:func:`run_and_record`, its result pickled: Dask then moves plain bytes, not
     DataFrames through its own (slower) pandas serialisation."""
     return pickle.dumps(run_and_record(task), protocol=pickle.HIGHEST_PROTOCOL)
+
