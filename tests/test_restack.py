@@ -26,13 +26,7 @@ from typer.testing import CliRunner
 
 from cryoextract.cli.stacks import downsample_command, restack_command
 from cryoextract.errors import InputError, ParameterError
-from cryoextract.io.images import (
-    BufferRing,
-    image_key,
-    locate_images,
-    parse_image_name,
-    read_images,
-)
+from cryoextract.io.images import image_key, locate_images, parse_image_name, read_images
 from cryoextract.pipeline.restack import downsample, read_particles, restack
 from relion_oracle import require_relion
 from shared_data import REAL, require_paths
@@ -158,22 +152,19 @@ def test_read_images_batches_in_table_order_keep_dtype(tmp_path):
 @pytest.mark.parametrize("byte_order", ["<", ">"])
 @pytest.mark.parametrize("reverse", [False, True])
 def test_read_images_into_reused_buffers(tmp_path, byte_order, reverse):
-    """With a ring of 3 buffers a batch stays intact while two more are read (subtract
-    relies on it), also across calls sharing the ring; in file order and reversed, native
-    and big-endian stacks."""
+    """With ``reuse=3`` a batch stays intact while two more are read (subtract relies on it);
+    in file order and reversed, native and big-endian stacks."""
     pixels = np.arange(40 * 6 * 5, dtype=np.float32).reshape(40, 6, 5)
     with mrcfile.new(tmp_path / "s.mrcs") as mrc:
         mrc.set_data(pixels.astype(f"{byte_order}f4"))
     order = np.arange(40)[::-1] if reverse else np.arange(40)
     table = pd.DataFrame({"rlnImageName": [f"{i + 1:06d}@s.mrcs" for i in order]})
     held: list[tuple[np.ndarray, np.ndarray]] = []
-    ring = BufferRing(3)
-    for part in (np.arange(0, 25), np.arange(25, 40)):  # two calls, one ring
-        for rows, images in read_images(table, [tmp_path], rows=part,
-                                        max_batch_bytes=7 * 6 * 5 * 4, buffers=ring):
-            held = [*held[-1:], (rows, images)]
-            for kept_rows, kept in held:  # this batch and the one before it
-                assert np.array_equal(kept, pixels[order[kept_rows]])
+    for rows, images in read_images(table, [tmp_path], max_batch_bytes=7 * 6 * 5 * 4,
+                                    reuse=3):
+        held = [*held[-1:], (rows, images)]
+        for kept_rows, kept in held:  # this batch and the one before it
+            assert np.array_equal(kept, pixels[order[kept_rows]])
     assert held[-1][0][-1] == 39
 
 

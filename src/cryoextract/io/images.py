@@ -296,7 +296,7 @@ def read_images(
     locations: ImageLocations | None = None,
     rows: Sequence[int] | np.ndarray | None = None,
     max_batch_bytes: int = MAX_BATCH_BYTES,
-    buffers: BufferRing | None = None,
+    reuse: int = 0,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield the images of a particles table in bounded batches, in table order.
 
@@ -314,9 +314,11 @@ def read_images(
         :func:`locate_images` for them.
     max_batch_bytes : int
         Upper bound of one batch, counted as float32 pixels; at least one image.
-    buffers : BufferRing, optional
-        Read the batches into these buffers in turn instead of fresh arrays (see
-        :class:`BufferRing` for how long a batch stays valid). Default: a new array each.
+    reuse : int
+        With ``reuse = r >= 2``, the batches are read into ``r`` buffers in turn instead
+        of fresh arrays (fresh large arrays cost the kernel a zeroed page per 4 KiB or
+        2 MiB), so a batch stays valid until ``r - 1`` more batches have been yielded.
+        0: every batch is a new array.
 
     Yields
     ------
@@ -330,41 +332,22 @@ def read_images(
         locations = locate_images(table["rlnImageName"], base_dirs)
     order = np.arange(len(locations.names)) if rows is None else np.asarray(rows, np.int64)
     order = order[locations.ok[order]] if len(order) else order
-    for batch in _batches(order, locations, max_batch_bytes):
+    buffers: list[np.ndarray] = []
+    for number, batch in enumerate(_batches(order, locations, max_batch_bytes)):
         info = locations.stacks[locations.stack[int(batch[0])]]
         shape = (len(batch), *info.shape_yx)
-        out = np.empty(shape, info.dtype) if buffers is None else buffers.next(shape, info.dtype)
+        if reuse < 2:
+            out = np.empty(shape, dtype=info.dtype)
+        else:
+            slot = number % reuse
+            if slot == len(buffers):
+                buffers.append(np.empty(0, dtype=info.dtype))
+            flat = buffers[slot]
+            if flat.dtype != info.dtype or flat.size < np.prod(shape):
+                flat = buffers[slot] = np.empty(int(np.prod(shape)), dtype=info.dtype)
+            out = flat[: int(np.prod(shape))].reshape(shape)
         _read_batch_into(out, batch, locations)
         yield batch, out
-
-
-class BufferRing:
-    """A few arrays handed out in turn, so that batch after batch reuses the same memory.
-
-    A fresh large array costs the kernel a zeroed page per 4 KiB (or 2 MiB) on first
-    touch; reading every batch of a job into the same ``size`` buffers avoids it. An
-    array handed out stays valid until ``size - 1`` more have been handed out, across
-    calls of :func:`read_images` that share the ring.
-    """
-
-    def __init__(self, size: int):
-        if size < 2:
-            raise ValueError(f"a ring needs at least 2 buffers, got {size}")
-        self._flat: list[np.ndarray] = []
-        self._size = size
-        self._handed = 0
-
-    def next(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        """The next buffer, as an array of ``shape`` and ``dtype`` (contents undefined)."""
-        slot = self._handed % self._size
-        self._handed += 1
-        count = int(np.prod(shape))
-        if slot == len(self._flat):
-            self._flat.append(np.empty(0, dtype=dtype))
-        flat = self._flat[slot]
-        if flat.dtype != dtype or flat.size < count:
-            flat = self._flat[slot] = np.empty(count, dtype=dtype)
-        return flat[:count].reshape(shape)
 
 
 def _batches(

@@ -31,13 +31,7 @@ import pandas as pd
 
 from cryoextract.errors import InputError, ParameterError
 from cryoextract.io.cryosparc import write_cs
-from cryoextract.io.images import (
-    BufferRing,
-    ImageLocations,
-    format_image_name,
-    locate_images,
-    read_images,
-)
+from cryoextract.io.images import ImageLocations, format_image_name, locate_images, read_images
 from cryoextract.io.mrc import StackWriter
 from cryoextract.io.star import find_block, read_star, write_star
 from cryoextract.ops.ctf import CtfParams, ctf_2d_batch
@@ -677,7 +671,6 @@ def _run_passes(
     names = np.empty(len(job.particles), dtype=object)
     scales = np.full(len(job.particles), np.nan)
     done = 0
-    buffers = _Buffers()
     with ThreadPoolExecutor(threads) as pool:
         for half, stacks in _plan_stacks(job, good, output.batch_size):
             volumes = _half_volumes(job.maps.volumes[half], mask, mode, scale_mode,
@@ -687,7 +680,7 @@ def _run_passes(
             for rows in stacks:
                 relative = f"{paths.particles_dir.name}/subtracted_{len(summary.stacks):06d}.mrcs"
                 scales[rows] = _write_stack(job, rows, paths.out_dir / relative, volumes,
-                                            shifts, output, pool, buffers)
+                                            shifts, output, pool)
                 names[rows] = [format_image_name(i, relative) for i in range(len(rows))]
                 summary.stacks.append(str(paths.out_dir / relative))
                 done += len(rows)
@@ -805,7 +798,7 @@ def _half_volumes(
 def _write_stack(
     job: _Job, rows: np.ndarray, path: Path,
     volumes: tuple[FourierVolume, FourierVolume | None], shifts: np.ndarray, output: _Output,
-    pool: ThreadPoolExecutor, buffers: _Buffers,
+    pool: ThreadPoolExecutor,
 ) -> np.ndarray:
     """Subtract and write one stack; returns the scales of its rows.
 
@@ -821,11 +814,15 @@ def _write_stack(
     pending: deque[_Batch] = deque()
     written = 0
 
+    output_buffer = np.empty(0, dtype=np.float32)  # reused: fresh pages cost the kernel
 
     def finish() -> None:
-        nonlocal written
+        nonlocal written, output_buffer
         batch = pending.popleft()
-        images = buffers.outputs.next((batch.count, out_box, out_box), np.dtype(np.float32))
+        size = batch.count * out_box * out_box
+        if output_buffer.size < size:
+            output_buffer = np.empty(size, dtype=np.float32)
+        images = output_buffer[:size].reshape(batch.count, out_box, out_box)
         for part, future in zip(batch.parts, batch.futures, strict=True):
             result = future.result()
             images[part] = result.images
@@ -835,9 +832,9 @@ def _write_stack(
 
     with StackWriter(path, len(rows), (out_box, out_box), job.pixel_size_angstrom,
                      float16=output.float16) as writer:
+        # three buffers: one being read while at most two batches are in the workers
         for batch_rows, images in read_images(job.particles, locations=job.locations, rows=rows,
-                                              max_batch_bytes=READ_BATCH_BYTES,
-                                              buffers=buffers.inputs):
+                                              max_batch_bytes=READ_BATCH_BYTES, reuse=3):
             table, which = _batch_ctf(job, batch_rows)
             order = viewing_direction_order(job.rotations[batch_rows])
             parts = [order[i : i + chunk] for i in range(0, len(order), chunk)]
@@ -852,16 +849,6 @@ def _write_stack(
         while pending:
             finish()
     return scales
-
-
-@dataclass(frozen=True)
-class _Buffers:
-    """Memory reused by every stack of a job: fresh large arrays cost the kernel a zeroed
-    page each. Three input batches (one being read while at most two are in the workers),
-    and the output batch being written."""
-
-    inputs: BufferRing = field(default_factory=lambda: BufferRing(3))
-    outputs: BufferRing = field(default_factory=lambda: BufferRing(2))
 
 
 @dataclass(frozen=True)
