@@ -162,3 +162,23 @@ def _plugin_and_profiler(dask_worker) -> tuple[bool, bool]:
     """Whether our plugin is on the worker, and whether its profiler runs."""
     return DASK_PLUGIN in dask_worker.plugins, \
         dask_worker.periodic_callbacks["profile"].is_running()
+
+
+def test_dask_workers_that_cannot_take_the_plugin_give_one_line(monkeypatch):
+    """A worker whose cryoextract differs (here: a plugin whose setup fails) stops the run
+    before any work, with a one-line error naming the scheduler."""
+    distributed = require_module("distributed")
+    from cryoextract.errors import ParameterError
+    from cryoextract.pipeline import dask_plugin
+    from cryoextract.pipeline.executors import run_tasks
+
+    def broken(self, worker):
+        raise AttributeError("Can't get attribute 'ExtractionWorker'\nsecond line")
+
+    monkeypatch.setattr(dask_plugin.ExtractionWorker, "setup", broken)
+    with distributed.LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cl:
+        with pytest.raises(ParameterError) as info:
+            list(run_tasks([], dask_scheduler=cl.scheduler_address))
+    message = str(info.value)
+    assert "\n" not in message
+    assert cl.scheduler_address in message and "same cryoextract version" in message
