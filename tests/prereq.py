@@ -31,7 +31,8 @@ def require(condition: object, reason: str) -> None:
     if on_ci():
         pytest.fail(f"{reason} (CI=true: every test prerequisite is required on CI)",
                     pytrace=False)
-    pytest.skip(reason)
+    else:
+        pytest.skip(reason)
 
 
 def require_paths(*paths: Path, what: str = "shared real data") -> None:
@@ -49,7 +50,10 @@ def require_programs(*programs: str) -> None:
 def require_module(name: str, package: str | None = None) -> ModuleType:
     """Import and return module ``name``; ``package`` is what to install when it is missing."""
     try:
-        return importlib.import_module(name)
+        module: ModuleType | None = importlib.import_module(name)
     except ImportError:
-        require(False, f"Python package {package or name} not installed (a test dependency)")
-        raise  # not reached: require skipped or failed
+        module = None
+    require(module is not None,
+            f"Python package {package or name} not installed (a test dependency)")
+    assert module is not None  # require skipped or failed otherwise
+    return module
