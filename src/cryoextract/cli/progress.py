@@ -1,9 +1,12 @@
-"""Progress of an extraction: a rich bar (micrographs, particles/s, ETA) and a JSON-lines log."""
+"""Progress bars on stderr: an extraction's (micrographs, particles/s, ETA, and a JSON-lines
+log) and a plain count of particles for the stack commands."""
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -19,6 +22,21 @@ from rich.progress import (
 
 from cryoextract.cli.common import err
 from cryoextract.pipeline.task import MicrographResult
+
+
+@contextmanager
+def particle_progress() -> Iterator[tuple[Callable[[int], None], Callable[[int], None]]]:
+    """A transient bar of particles done (terminals only); yields the library's
+    ``(on_start, on_progress)`` callbacks."""
+    progress = Progress(
+        TextColumn("[progress.description]{task.description}"), BarColumn(),
+        MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=True,
+        disable=not err.is_terminal, auto_refresh=False,
+    )
+    with progress:
+        bar = progress.add_task("particles", total=None)
+        yield (lambda n: progress.update(bar, total=n, refresh=True),
+               lambda k: progress.update(bar, completed=k, refresh=True))
 
 
 class JobProgress:

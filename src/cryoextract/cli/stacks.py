@@ -11,10 +11,10 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from cryoextract.cli.common import err, fail, out
+from cryoextract.cli.common import fail, out, warn
+from cryoextract.cli.progress import particle_progress
 from cryoextract.errors import CryoExtractError
 from cryoextract.pipeline.restack import DEFAULT_BATCH_SIZE, StackJobSummary, downsample, restack
 
@@ -45,13 +45,11 @@ def restack_command(
 ) -> None:
     """Copy particles into consolidated stacks of N images (pixels unchanged) + a STAR."""
     try:
-        with _progress() as progress:
-            bar = progress.add_task("particles", total=None)
+        with particle_progress() as (on_start, on_progress):
             summary = restack(
                 particles, out_dir, batch_size=batch_size, select=select, indices=indices,
                 float16=float16, overwrite=overwrite,
-                on_start=lambda n: progress.update(bar, total=n, refresh=True),
-                on_progress=lambda k: progress.update(bar, completed=k, refresh=True),
+                on_start=on_start, on_progress=on_progress,
             )
     except CryoExtractError as exc:
         fail(str(exc))
@@ -80,14 +78,12 @@ def downsample_command(
 ) -> None:
     """Fourier-crop existing particles to a smaller box or larger pixel size + a STAR."""
     try:
-        with _progress() as progress:
-            bar = progress.add_task("particles", total=None)
+        with particle_progress() as (on_start, on_progress):
             summary = downsample(
                 particles, out_dir, box_px=box, pixel_size_angstrom=pixel_size_out,
                 recenter=recenter, float16=float16, batch_size=batch_size, select=select,
                 indices=indices, workers=workers, overwrite=overwrite,
-                on_start=lambda n: progress.update(bar, total=n, refresh=True),
-                on_progress=lambda k: progress.update(bar, completed=k, refresh=True),
+                on_start=on_start, on_progress=on_progress,
             )
     except CryoExtractError as exc:
         fail(str(exc))
@@ -100,7 +96,7 @@ def downsample_command(
 def print_stack_summary(summary: StackJobSummary) -> None:
     """The run summary as a table on stdout, warnings on stderr."""
     for warning in summary.warnings:
-        err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+        warn(warning)
     table = Table(title=f"cryoextract {summary.command}", show_header=False)
     table.add_row("particles in", str(summary.particles_in))
     if summary.particles_selected != summary.particles_in:
@@ -122,11 +118,3 @@ def print_stack_summary(summary: StackJobSummary) -> None:
 
 def _angstrom(size: float | None) -> str:
     return "? A" if size is None else f"{size:.6g} A"
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("[progress.description]{task.description}"), BarColumn(),
-        MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=True,
-        disable=not err.is_terminal, auto_refresh=False,
-    )

@@ -12,10 +12,10 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from cryoextract.cli.common import err, fail, out, warn
+from cryoextract.cli.common import fail, out, warn
+from cryoextract.cli.progress import particle_progress
 from cryoextract.errors import CryoExtractError
 from cryoextract.ops.projection import DEFAULT_PADDING_FACTOR
 from cryoextract.pipeline.restack import DEFAULT_BATCH_SIZE
@@ -95,8 +95,7 @@ def subtract_command(
         if particles is None:
             fail("give --particles (or --revert)")
             return
-        with _progress() as progress:
-            bar = progress.add_task("particles", total=None)
+        with particle_progress() as (on_start, on_progress):
             summary = subtract_particles(
                 particles, out_dir, map_path=map_path, half_maps=half_maps, mask=mask,
                 mask_mode=mask_mode, scale=scale, recenter_on_mask=recenter_on_mask,
@@ -104,8 +103,7 @@ def subtract_command(
                 batch_size=batch_size, padding_factor=pad, scale_band=scale_band,
                 map_resolution_angstrom=map_resolution, output_format=output_format,
                 overwrite=overwrite,
-                on_start=lambda n: progress.update(bar, total=n, refresh=True),
-                on_progress=lambda k: progress.update(bar, completed=k, refresh=True),
+                on_start=on_start, on_progress=on_progress,
             )
     except CryoExtractError as exc:
         fail(str(exc))
@@ -157,11 +155,3 @@ def print_revert_summary(summary: RevertSummary) -> None:
         table.add_row(f"{group} image size", f"{size} px")
     table.add_row("particles STAR", escape(summary.particles_star))
     out.print(table)
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("[progress.description]{task.description}"), BarColumn(),
-        MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=True,
-        disable=not err.is_terminal, auto_refresh=False,
-    )
