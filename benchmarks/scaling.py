@@ -22,9 +22,9 @@ written / wall time of the command, process start-up included), the best of
 cluster (workers, nannies, scheduler): on a shared machine it is steadier than wall time.
 The Dask overhead over the local pool at 64 micrographs is reported at the end (goal:
 under 10 %), with the machine load (1-minute load average) before and after each run.
-The extract command tunes the Dask workers' allocator as the local pool's (a worker
-plugin); ``--dask-no-profile`` starts the cluster with Dask's statistical worker
-profiler (a stack sample every 10 ms) off, to show what it costs.
+The extract command itself tunes the Dask workers' allocator and pauses their
+statistical profiler for the run (a worker plugin), so the cluster starts with Dask's
+defaults.
 The QC report is switched off (``--no-report``): it is the same work whatever runs the
 micrographs. Outputs of the Dask and local runs are checked to be byte-identical.
 
@@ -32,7 +32,7 @@ Needs ``distributed`` and psutil (``pip install -e '.[test,dask]'``). Run from a
 
     .venv/bin/python benchmarks/scaling.py [--counts 16 64 256] [--repeats 1]
         [--size 1024] [--particles 100] [--box 128] [--workdir DIR] [--keep]
-        [--dask-no-profile] [--source sim|real]
+        [--source sim|real]
 """
 
 from __future__ import annotations
@@ -217,9 +217,6 @@ def main() -> int:
     parser.add_argument("--bin-to", type=int, default=64)
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--keep", action="store_true")
-    parser.add_argument("--dask-no-profile", action="store_true",
-                        help="start the cluster with Dask's worker profiler off "
-                             "(distributed.worker.profile.enabled = False)")
     args = parser.parse_args()
     if psutil is None:
         sys.exit("error: needs psutil (.venv/bin/pip install psutil)")
@@ -241,11 +238,6 @@ def main() -> int:
           f"{args.bin_to or args.box} px")
     datasets = {n: grown_dataset(base, workdir, n) for n in args.counts}
 
-    if args.dask_no_profile:
-        import dask
-
-        dask.config.set({"distributed.worker.profile.enabled": False})
-        print("# Dask worker profiler off")
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                            host="127.0.0.1", dashboard_address=None)
     client = Client(cluster)
