@@ -7,13 +7,7 @@ cryoextract.<module>`` pays only for what that module needs.
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
-
-try:
-    __version__ = version("cryoextract")
-except PackageNotFoundError:  # running from a source tree without installation
-    __version__ = "0+unknown"
 
 _PUBLIC = {
     "CryoExtractError": "cryoextract.errors",
@@ -46,7 +40,20 @@ if TYPE_CHECKING:
     from cryoextract.pipeline.params import ExtractParams, SubpixelMode
 
 
+def _version() -> str:
+    # importlib.metadata costs 70 ms: read only when asked for
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("cryoextract")
+    except PackageNotFoundError:  # running from a source tree without installation
+        return "0+unknown"
+
+
 def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        value = globals()[name] = _version()
+        return value
     module = _PUBLIC.get(name)
     if module is None:
         raise AttributeError(f"module 'cryoextract' has no attribute {name!r}")
@@ -56,4 +63,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_PUBLIC])
+    return sorted({*globals(), *_PUBLIC, "__version__"})

@@ -7,7 +7,7 @@ import sys
 import threading
 import warnings
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -21,14 +21,16 @@ from cryoextract.ops.boxsize import advise_box
 from cryoextract.ops.ctf_correct import CtfCorrection
 from cryoextract.ops.normalize import NormMode
 from cryoextract.pipeline.allocator import keep_freed_memory
-from cryoextract.pipeline.extract import ExtractInputs, ExtractionSummary, RunOptions, extract
 from cryoextract.pipeline.params import (
     ExtractParams,
     PickTransform,
     SubpixelMode,
     resolve_output_box,
 )
-from cryoextract.pipeline.watch import WatchOptions, watch_extraction
+
+if TYPE_CHECKING:
+    from cryoextract.pipeline.extract import ExtractInputs, ExtractionSummary, RunOptions
+    from cryoextract.pipeline.watch import WatchOptions
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Particle extraction and particle-stack preparation for cryo-EM.")
@@ -174,6 +176,10 @@ def extract_command(
             min_distance_angstrom=min_distance_angstrom, min_score=min_score,
             max_per_micrograph=max_per_micrograph, score_column=score_column,
         )
+        # the extraction pipeline is imported only by the command that runs it
+        from cryoextract.pipeline.extract import ExtractInputs, RunOptions, extract
+        from cryoextract.pipeline.watch import WatchOptions
+
         with JobProgress(quiet=quiet, log_path=progress_log) as progress:
             if watch:
                 summary = _watch(
@@ -229,6 +235,8 @@ def _opt(value: Path | None) -> str | None:
 def _watch(inputs: ExtractInputs, out_dir: Path, params: ExtractParams, options: RunOptions,
            watch: WatchOptions, progress: JobProgress) -> ExtractionSummary:
     """Live mode until a signal or the idle timeout; Ctrl-C ends it cleanly."""
+    from cryoextract.pipeline.watch import watch_extraction
+
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set())
                 for sig in (signal.SIGINT, signal.SIGTERM)}

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from rich.progress import (
     BarColumn,
@@ -21,7 +21,9 @@ from rich.progress import (
 )
 
 from cryoextract.cli.common import err
-from cryoextract.pipeline.task import MicrographResult
+
+if TYPE_CHECKING:
+    from cryoextract.pipeline.task import MicrographResult
 
 
 @contextmanager
