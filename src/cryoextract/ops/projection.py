@@ -25,7 +25,8 @@ trilinear interpolation (Friedel's law for ``x < 0``), as RELION's
 - the Nyquist row of an even ``N`` is ``ky = +N / 2`` (RELION's FFTW layout, as
   :mod:`cryoextract.ops.ctf`).
 
-Everything is vectorised over a batch of poses with numpy; spectra are complex64.
+The slices are interpolated by a compiled loop (:mod:`cryoextract.ops.slice_kernel`), which
+also applies the shift phases and the CTF; spectra are complex64.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import scipy.fft
 from numpy.typing import ArrayLike, NDArray
 
 from cryoextract.errors import ParameterError
+from cryoextract.ops.slice_kernel import fill_slices
 
 __all__ = [
     "FourierVolume",
@@ -45,10 +47,12 @@ __all__ = [
     "central_slices",
     "fourier_volume",
     "gridding_profile",
+    "load_kernel",
     "origin_shifts_px",
     "padded_size",
     "project",
     "project_spectra",
+    "shift_phases",
     "shift_spectra",
     "slice_grid",
 ]
@@ -57,8 +61,6 @@ __all__ = [
 DEFAULT_PADDING_FACTOR = 2.0
 #: z-planes transformed at once while building a :class:`FourierVolume`
 _PLANES_PER_CHUNK = 16
-#: slice points interpolated at once (temporaries stay in cache)
-_POINTS_PER_CHUNK = 2**15
 
 
 @dataclass(frozen=True)
@@ -108,12 +110,16 @@ class SliceGrid:
     ----------
     flat_index : np.ndarray
         ``(M,)`` int64 positions in the flattened ``(N, N // 2 + 1)`` rfft layout.
+    rows, cols : np.ndarray
+        ``(M,)`` int64 row and column of each point in that layout.
     kx, ky : np.ndarray
-        ``(M,)`` float64 integer frequencies (cycles per box) of those points; ``ky`` of
+        ``(M,)`` float32 integer frequencies (cycles per box) of those points; ``ky`` of
         the Nyquist row is ``+N / 2``.
     """
 
     flat_index: np.ndarray
+    rows: np.ndarray
+    cols: np.ndarray
     kx: np.ndarray
     ky: np.ndarray
 
@@ -281,9 +287,9 @@ def slice_grid(box_px: int, max_radius_px: float | None = None) -> SliceGrid:
     ky[ky > half] -= n
     kx = np.arange(half + 1, dtype=np.float64)
     inside = ky[:, None] ** 2 + kx[None, :] ** 2 <= radius * radius
-    rows, cols = np.nonzero(inside)
-    flat = (rows * (half + 1) + cols).astype(np.int64)
-    return SliceGrid(flat_index=flat, kx=kx[cols], ky=ky[rows])
+    rows, cols = (np.asarray(i, dtype=np.int64) for i in np.nonzero(inside))
+    return SliceGrid(flat_index=rows * (half + 1) + cols, rows=rows, cols=cols,
+                     kx=kx[cols].astype(np.float32), ky=ky[rows].astype(np.float32))
 
 
 def central_slices(
@@ -310,98 +316,50 @@ def central_slices(
         :func:`project_spectra` for images centred on ``N // 2``. Zero beyond the Nyquist
         circle.
     """
+    return _slices(fvol, rotations, None, None, max_radius_px)
+
+
+def _slices(
+    fvol: FourierVolume, rotations: ArrayLike, shifts_xy: np.ndarray | None,
+    ctf: np.ndarray | None, max_radius_px: float | None,
+) -> np.ndarray:
+    """Central slices, moved by ``shifts_xy`` and multiplied by ``ctf`` on the way out
+    (:func:`cryoextract.ops.slice_kernel.fill_slices`)."""
     a = np.asarray(rotations, dtype=np.float64)
     if a.ndim != 3 or a.shape[1:] != (3, 3):
         raise ParameterError(f"rotations must be (B, 3, 3), got shape {a.shape}")
-    n = fvol.box_px
+    n, count = fvol.box_px, len(a)
+    h = n // 2 + 1
     grid = slice_grid(n, max_radius_px)
-    count, points = len(a), max(1, len(grid.flat_index))
-    out = np.zeros((fvol.channels, count, n * (n // 2 + 1)), dtype=np.complex64)
-    step = max(1, _POINTS_PER_CHUNK // points)
-    for start in range(0, count, step):
-        part = a[start : start + step] * fvol.padding_factor
-        values = _slice_values(fvol, part, grid)  # (b, M, C)
-        out[:, start : start + len(part), grid.flat_index] = np.moveaxis(values, -1, 0)
-    out = out.reshape(fvol.channels, count, n, n // 2 + 1)
+    if shifts_xy is None:
+        phase_x = np.ones((count, h), dtype=np.complex64)
+        phase_y = np.ones((count, n), dtype=np.complex64)
+    else:
+        phase_x, phase_y = shift_phases(shifts_xy, n)
+    out = np.zeros((fvol.channels, count, n * h), dtype=np.complex64)
+    data = fvol.data
+    fill_slices(
+        data.reshape(-1), fvol.channels, data.shape[1] * data.shape[2], data.shape[2],
+        np.float32(fvol.padded_px // 2),
+        np.ascontiguousarray(a[:, :2, :] * fvol.padding_factor, dtype=np.float32),
+        grid.flat_index, grid.rows, grid.cols, grid.kx, grid.ky, phase_x, phase_y,
+        _ctf_rows(ctf, count, n), out,
+    )
+    out = out.reshape(fvol.channels, count, n, h)
     return out[0] if fvol.channels == 1 else out
 
 
-def _slice_values(fvol: FourierVolume, a: np.ndarray, grid: SliceGrid) -> np.ndarray:
-    """Interpolated transform at the slice points of ``b`` poses: ``(b, M, C)`` complex64.
-
-    ``a`` holds the Euler matrices already multiplied by the padding factor. The 3D
-    point of ``(kx, ky)`` is ``kx * a[0] + ky * a[1]``; where its x is negative, the
-    point is mirrored and the value conjugated (Friedel's law).
-    """
-    kx = grid.kx.astype(np.float32)
-    ky = grid.ky.astype(np.float32)
-    a32 = a.astype(np.float32)
-    qx, qy, qz = (kx * a32[:, 0, i, None] + ky * a32[:, 1, i, None] for i in range(3))
-    negative = qx < 0
-    sign = np.where(negative, np.float32(-1.0), np.float32(1.0))
-    qx *= sign
-    qy *= sign
-    qz *= sign
-    values = _trilinear(fvol, qx.ravel(), qy.ravel(), qz.ravel())
-    values = values.reshape(*qx.shape, fvol.channels)
-    values.imag *= sign[..., None]  # conjugate the mirrored points
-    return values
-
-
-def _trilinear(fvol: FourierVolume, qx: np.ndarray, qy: np.ndarray, qz: np.ndarray
-               ) -> np.ndarray:
-    """Trilinear interpolation at float32 frequencies ``(qx >= 0, qy, qz)``, padded units.
-
-    Returns ``(K, C)`` complex64. The gathers dominate the cost (cache misses), see
-    :func:`_gather_x_pairs`. The weights are cast to complex64 once, so that no
-    ufunc mixes types (numpy would cast in buffered loops).
-    """
-    data = fvol.data
-    half = np.float32(fvol.padded_px // 2)
-    stride_y, stride_x = data.shape[1], data.shape[2]
-    z = qz + half
-    y = qy + half
-    cz, cy, cx = np.floor(z), np.floor(y), np.floor(qx)
-    base = cz.astype(np.int64)
-    base *= stride_y
-    base += cy.astype(np.int64)
-    base *= stride_x
-    base += cx.astype(np.int64)
-    fz, fy = np.subtract(z, cz, out=z), np.subtract(y, cy, out=y)
-    fx = np.subtract(qx, cx).astype(np.complex64)[:, None]
-    plane = stride_y * stride_x
-    one = np.float32(1.0)
-    out = np.zeros((len(base), data.shape[3]), dtype=np.complex64)
-    for dz, wz in ((0, one - fz), (plane, fz)):
-        for dy, wy in ((0, one - fy), (stride_x, fy)):
-            low, high = _gather_x_pairs(data, base + (dz + dy))
-            row = np.subtract(high, low)
-            row *= fx
-            row += low
-            row *= np.multiply(wz, wy).astype(np.complex64)[:, None]
-            out += row
-    return out
-
-
-def _gather_x_pairs(data: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Values ``(K, C)`` at flat voxel ``index`` and at ``index + 1`` (the next x).
-
-    numpy gathers 16-byte items fast (32-byte ones four times slower), so: one map ->
-    one gather through an overlapping view whose item ``i`` holds voxels ``i`` and
-    ``i + 1`` (same cache line); two maps -> two gathers of one voxel's two channels.
-    """
-    channels = data.shape[-1]
-    voxel = 8 * channels
-    flat = data.reshape(-1)
-    if channels == 1:
-        pairs = np.ndarray(shape=(flat.size - 1,), dtype=np.dtype((np.void, 16)), buffer=flat,
-                           strides=(voxel,))
-        both = pairs[index].view(np.complex64).reshape(-1, 2, 1)
-        return both[:, 0], both[:, 1]
-    items = flat.view(np.dtype((np.void, voxel)))
-    low = items[index].view(np.complex64).reshape(-1, channels)
-    high = items[index + 1].view(np.complex64).reshape(-1, channels)
-    return low, high
+def _ctf_rows(ctf: np.ndarray | None, count: int, n: int) -> np.ndarray:
+    """``(1 or B, N (N // 2 + 1))`` float32 CTFs for the kernel (ones for None)."""
+    size = n * (n // 2 + 1)
+    if ctf is None:
+        return np.ones((1, size), dtype=np.float32)
+    values = np.asarray(ctf, dtype=np.float32)
+    values = values.reshape(-1, *values.shape[-2:]) if values.ndim >= 2 else values
+    if values.ndim != 3 or values.shape[1:] != (n, n // 2 + 1) or len(values) not in (1, count):
+        raise ParameterError(f"CTF of shape {np.shape(ctf)} does not fit {count} spectra of "
+                             f"{n}x{n // 2 + 1}")
+    return np.ascontiguousarray(values.reshape(len(values), size))
 
 
 def shift_spectra(spectra: np.ndarray, shifts_xy: ArrayLike) -> np.ndarray:
@@ -421,16 +379,38 @@ def shift_spectra(spectra: np.ndarray, shifts_xy: ArrayLike) -> np.ndarray:
     np.ndarray
         ``spectra``, for chaining.
     """
-    n = spectra.shape[-2]
+    phase_x, phase_y = shift_phases(shifts_xy, spectra.shape[-2])
+    spectra *= phase_y[:, :, None]
+    spectra *= phase_x[:, None, :]
+    return spectra
+
+
+def shift_phases(shifts_xy: ArrayLike, box_px: int) -> tuple[np.ndarray, np.ndarray]:
+    """The separable phases of content shifts (see :func:`shift_spectra`).
+
+    Parameters
+    ----------
+    shifts_xy : array_like
+        ``(B, 2)`` shifts ``(dx, dy)`` in pixels.
+    box_px : int
+        Image side ``N`` (even).
+
+    Returns
+    -------
+    phase_x : np.ndarray
+        ``(B, N // 2 + 1)`` complex64 ``exp(-2 pi i dx kx / N)`` by rfft column.
+    phase_y : np.ndarray
+        ``(B, N)`` complex64 ``exp(-2 pi i dy ky / N)`` by row (``ky = +N / 2`` on the
+        Nyquist row).
+    """
+    n = int(box_px)
     shifts = np.asarray(shifts_xy, dtype=np.float64).reshape(-1, 2)
     ky = np.arange(n, dtype=np.float64)
     ky[ky > n // 2] -= n
-    kx = np.arange(spectra.shape[-1], dtype=np.float64)
-    ex = np.exp(-2j * np.pi / n * shifts[:, 0, None] * kx[None, :]).astype(np.complex64)
-    ey = np.exp(-2j * np.pi / n * shifts[:, 1, None] * ky[None, :]).astype(np.complex64)
-    spectra *= ey[:, :, None]
-    spectra *= ex[:, None, :]
-    return spectra
+    kx = np.arange(n // 2 + 1, dtype=np.float64)
+    phase_x = np.exp(-2j * np.pi / n * shifts[:, 0, None] * kx[None, :]).astype(np.complex64)
+    phase_y = np.exp(-2j * np.pi / n * shifts[:, 1, None] * ky[None, :]).astype(np.complex64)
+    return phase_x, phase_y
 
 
 def origin_shifts_px(
@@ -490,15 +470,20 @@ def project_spectra(
         ``scipy.fft.irfft2`` of it is the projection image, comparable with ``rfft2`` of
         a particle image (same layout and origin).
     """
-    spectra = central_slices(fvol, rotations, max_radius_px=max_radius_px)
-    count = spectra.shape[-3]
+    count = len(np.asarray(rotations))
     centre = np.full((count, 2), fvol.box_px // 2, dtype=np.float64)
     if shifts_xy is not None:
         centre = centre + np.asarray(shifts_xy, dtype=np.float64).reshape(count, 2)
-    shift_spectra(spectra, centre)
-    if ctf is not None:
-        spectra *= ctf
-    return spectra
+    return _slices(fvol, rotations, centre, ctf, max_radius_px)
+
+
+def load_kernel() -> None:
+    """Compile (or load from numba's cache) the interpolation loop now.
+
+    Call before forking workers, so that they inherit it instead of each loading it.
+    """
+    fvol = fourier_volume(np.zeros((2, 2, 2), dtype=np.float32), padding_factor=1.0)
+    project_spectra(fvol, np.eye(3)[None], ctf=np.ones((1, 2, 2), dtype=np.float32))
 
 
 def project(
