@@ -39,7 +39,7 @@ from cryoextract.io.cryosparc import read_cs_particles, write_cs
 from cryoextract.ops.ctf import CtfParams, ctf_2d
 from cryoextract.ops.rotations import euler_to_matrix
 from cryoextract.ops.subtract import inspect_mask, suggested_edge_px
-from cryoextract.pipeline import subtract as pipeline
+from cryoextract.pipeline import subtract_tasks as tasks
 from cryoextract.pipeline.subtract import (
     recenter_shifts,
     revert_subtraction,
@@ -536,8 +536,8 @@ def test_float16_small_batches_and_chunks_give_the_same_result(tmp_path, monkeyp
     reference = subtract_particles(tmp_path / "p.star", tmp_path / "ref",
                                    map_path=tmp_path / "map.mrc")
     _, expected = read_output(tmp_path / "ref")
-    monkeypatch.setattr(pipeline, "READ_BATCH_BYTES", 3 * N * N * 4)
-    monkeypatch.setattr(pipeline, "CHUNK_PIXELS", 2 * N * N)
+    monkeypatch.setattr(tasks, "TASK_BYTES", 3 * N * N * 4)
+    monkeypatch.setattr(tasks, "CHUNK_PIXELS", 2 * N * N)
     small = subtract_particles(tmp_path / "p.star", tmp_path / "small", batch_size=5,
                                map_path=tmp_path / "map.mrc", workers=2)
     _, got = read_output(tmp_path / "small")
@@ -556,7 +556,7 @@ def test_memory_does_not_grow_with_the_number_of_particles(tmp_path, monkeypatch
     n_box = 32
     point = np.array([16.0, 16.0, 16.0])
     write_mrc(tmp_path / "map.mrc", domain(point, 0, n=n_box, count=5))
-    monkeypatch.setattr(pipeline, "READ_BATCH_BYTES", 64 * n_box * n_box * 4)
+    monkeypatch.setattr(tasks, "TASK_BYTES", 64 * n_box * n_box * 4)
     rng = np.random.default_rng(0)
     peaks = {}
     for count in (200, 1600):

@@ -83,14 +83,54 @@ def _checked_data(
     return data, header
 
 
+@dataclass(frozen=True)
+class ImageStats:
+    """Header statistics of some written pixels, mergeable across writers.
+
+    ``count`` values with ``minimum``, ``maximum``, ``total`` (sum) and ``total_sq``
+    (sum of squares); the sums are float64.
+    """
+
+    count: int = 0
+    minimum: float = np.inf
+    maximum: float = -np.inf
+    total: float = 0.0
+    total_sq: float = 0.0
+
+    @classmethod
+    def of(cls, values: np.ndarray) -> ImageStats:
+        """Statistics of ``values`` (any shape; counted in their own dtype's values)."""
+        flat = values.reshape(-1)
+        if not flat.size:
+            return cls()
+        return cls(
+            count=int(flat.size), minimum=float(flat.min()), maximum=float(flat.max()),
+            # buffered casts: no float64 copy of the whole array
+            total=float(np.add.reduce(flat, dtype=np.float64)),
+            total_sq=float(np.einsum("i,i->", flat, flat, dtype=np.float64)),
+        )
+
+    def merged(self, other: ImageStats) -> ImageStats:
+        """Statistics of both sets of values."""
+        return ImageStats(
+            count=self.count + other.count, minimum=min(self.minimum, other.minimum),
+            maximum=max(self.maximum, other.maximum), total=self.total + other.total,
+            total_sq=self.total_sq + other.total_sq,
+        )
+
+
 class StackWriter:
-    """Write an image stack sequentially, chunk by chunk, then publish it atomically.
+    """Write an image stack chunk by chunk, then publish it atomically.
 
     The count and image size are fixed up front; pixels go straight to the file
     (no memory map, no full stack in memory) under a temporary name that is renamed
     to ``path`` by :meth:`close` only once every image is written and the header
     statistics are final. Use as a context manager; on an exception the temporary
     file is removed and ``path`` is left untouched.
+
+    Images are appended in order with :meth:`write`, or written at their place by
+    other processes with :func:`write_images_at` into :attr:`part_path` and accounted
+    for with :meth:`record`.
 
     Parameters
     ----------
@@ -112,30 +152,41 @@ class StackWriter:
     ):
         self.path = Path(path)
         self.count = count
-        self.shape_yx = shape_yx
-        self.dtype = np.dtype(np.float16 if float16 else np.float32).newbyteorder("<")
+        self.shape_yx = (int(shape_yx[0]), int(shape_yx[1]))
+        self.dtype = stack_dtype(float16)
         self.pixel_size_angstrom = pixel_size_angstrom
         self._tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         self._file = open(self._tmp, "wb")
         self._file.write(bytes(HEADER_BYTES))
+        self._file.flush()
         self._written = 0
-        self._min, self._max = np.inf, -np.inf
-        self._sum = self._sum2 = 0.0
+        self._stats = ImageStats()
+
+    @property
+    def written(self) -> int:
+        """Images written (or recorded) so far."""
+        return self._written
+
+    @property
+    def part_path(self) -> Path:
+        """The temporary file being written (renamed to :attr:`path` by :meth:`close`)."""
+        return self._tmp
 
     def write(self, images: np.ndarray) -> None:
         """Append ``(k, h, w)`` images."""
         data = np.ascontiguousarray(images, dtype=self.dtype)
         if data.shape[1:] != self.shape_yx or self._written + len(data) > self.count:
             raise ValueError(f"stack of {self.count}x{self.shape_yx} cannot take {data.shape}")
-        if len(data):
-            values = data.reshape(-1)
-            self._min = min(self._min, float(values.min()))
-            self._max = max(self._max, float(values.max()))
-            # buffered casts: no float32/float64 copy of the whole chunk
-            self._sum += float(np.add.reduce(values, dtype=np.float64))
-            self._sum2 += float(np.einsum("i,i->", values, values, dtype=np.float64))
         self._file.write(memoryview(data).cast("B"))
-        self._written += len(data)
+        self.record(len(data), ImageStats.of(data))
+
+    def record(self, images: int, stats: ImageStats) -> None:
+        """Account for ``images`` images with statistics ``stats`` written elsewhere
+        (:func:`write_images_at`)."""
+        if self._written + images > self.count:
+            raise ValueError(f"stack of {self.count} images cannot take {images} more")
+        self._written += images
+        self._stats = self._stats.merged(stats)
 
     def close(self) -> None:
         """Finish the header and rename the file into place."""
@@ -171,8 +222,9 @@ class StackWriter:
 
     def _header(self) -> np.ndarray:
         h, w = self.shape_yx
+        stats = self._stats
         n_values = max(1, self.count * h * w)
-        mean = self._sum / n_values
+        mean = stats.total / n_values
         header = np.zeros((), dtype=mrcfile.dtypes.HEADER_DTYPE)
         header["nx"], header["ny"], header["nz"] = w, h, self.count
         header["mode"] = mrcfile.utils.mode_from_dtype(self.dtype)
@@ -186,14 +238,55 @@ class StackWriter:
         header["machst"] = mrcfile.utils.machine_stamp_from_byte_order("<")
         header["nversion"] = 20140
         if self.count:
-            header["dmin"], header["dmax"], header["dmean"] = self._min, self._max, mean
-            header["rms"] = np.sqrt(max(0.0, self._sum2 / n_values - mean**2))
+            header["dmin"], header["dmax"], header["dmean"] = stats.minimum, stats.maximum, mean
+            header["rms"] = np.sqrt(max(0.0, stats.total_sq / n_values - mean**2))
         else:
             header["dmin"], header["dmax"], header["dmean"], header["rms"] = 0, -1, -2, -1
         return header
 
 
 HEADER_BYTES = np.zeros((), dtype=mrcfile.dtypes.HEADER_DTYPE).nbytes
+
+
+def stack_dtype(float16: bool) -> np.dtype:
+    """Little-endian pixel type of the stacks written: float16 (mode 12) or float32 (mode 2)."""
+    return np.dtype(np.float16 if float16 else np.float32).newbyteorder("<")
+
+
+def write_images_at(
+    part_path: str | os.PathLike[str], positions: np.ndarray, images: np.ndarray
+) -> None:
+    """Write image ``k`` of ``(K, h, w)`` images as image ``positions[k]`` of a stack.
+
+    ``part_path`` is a :attr:`StackWriter.part_path`, possibly of a writer in another
+    process: each process writes its own images at their place (positioned writes, no
+    shared file offset; runs of consecutive positions in one call), and the writer's
+    owner accounts for them with :meth:`StackWriter.record`. ``images`` should already
+    have the stack's :func:`stack_dtype` (the statistics recorded must be those of the
+    values written); other types are converted to float32.
+
+    Raises
+    ------
+    OSError
+        The file cannot be written (e.g. the disk is full).
+    """
+    dtype = images.dtype if images.dtype == stack_dtype(True) else stack_dtype(False)
+    data = np.ascontiguousarray(images, dtype=dtype)
+    positions = np.asarray(positions, dtype=np.int64)
+    if not len(data):
+        return
+    image_bytes = data[0].nbytes
+    starts = np.flatnonzero(np.diff(positions, prepend=positions[0] - 2) != 1)
+    fd = os.open(part_path, os.O_WRONLY)
+    try:
+        for first, stop in zip(starts, [*starts[1:], len(data)], strict=True):
+            view = memoryview(data[first:stop]).cast("B")
+            offset = HEADER_BYTES + int(positions[first]) * image_bytes
+            while view:
+                written = os.pwrite(fd, view, offset)
+                view, offset = view[written:], offset + written
+    finally:
+        os.close(fd)
 
 
 def write_stack(

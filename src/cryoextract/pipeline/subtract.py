@@ -6,10 +6,11 @@ with poses, offsets, CTF and half-sets, and writes ``OUT/Particles/subtracted_XX
 ``OUT/rejected_particles.tsv``. :func:`revert_subtraction` gives the original particles
 back, origins included. Conventions: docs/conventions.md, "Particle subtraction".
 
-Memory is bounded whatever the number of particles: the images stream through in batches
-(at most :data:`READ_BATCH_BYTES` read at once, projected :data:`CHUNK_PIXELS` pixels at a
-time per worker), and each half-set is done in its own pass, so at most two Fourier
-volumes (region to remove, whole map for the scale fit) are held at once.
+Memory is bounded whatever the number of particles: the work is cut into tasks of
+consecutive images of one output stack (:mod:`cryoextract.pipeline.subtract_tasks`),
+each worker reads, subtracts and writes its own tasks, and each half-set is done in its
+own pass, so at most two Fourier volumes (region to remove, whole map for the scale
+fit) are held at once, shared by the workers.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ import json
 import os
 import shutil
 import warnings
-from collections import Counter, deque
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Future, as_completed, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -29,30 +30,29 @@ import mrcfile
 import numpy as np
 import pandas as pd
 
-from cryoextract.errors import InputError, ParameterError
+from cryoextract.errors import CryoExtractError, InputError, ParameterError
 from cryoextract.io.cryosparc import write_cs
-from cryoextract.io.images import ImageLocations, format_image_name, locate_images, read_images
+from cryoextract.io.images import ImageLocations, format_image_name, locate_images
 from cryoextract.io.mrc import StackWriter
 from cryoextract.io.star import find_block, read_star, write_star
-from cryoextract.ops.ctf import CtfParams, ctf_2d_batch
-from cryoextract.ops.projection import (
-    DEFAULT_PADDING_FACTOR,
-    FourierVolume,
-    fourier_volume,
-    origin_shifts_px,
-    project_spectra,
-)
+from cryoextract.ops.projection import DEFAULT_PADDING_FACTOR, FourierVolume, fourier_volume
 from cryoextract.ops.rotations import euler_to_matrix
 from cryoextract.ops.subtract import (
     MaskReport,
-    SubtractedBatch,
     centre_of_mass_xyz,
     inspect_mask,
-    subtract_images,
     suggested_edge_px,
 )
 from cryoextract.pipeline.params import JobPaths, check_box_size
 from cryoextract.pipeline.restack import DEFAULT_BATCH_SIZE, ParticleTable, read_particles
+from cryoextract.pipeline.subtract_tasks import (
+    StackTask,
+    TaskContext,
+    TaskResult,
+    split_stack,
+    task_pool,
+    viewing_direction_order,
+)
 
 __all__ = [
     "MaskMode",
@@ -65,11 +65,6 @@ __all__ = [
     "viewing_direction_order",
 ]
 
-#: bytes of images (as float32) read from disk at once: enough particles that ordering
-#: them by viewing direction lets consecutive slices share cached parts of the volume
-READ_BATCH_BYTES = 128 * 2**20
-#: pixels of images projected and subtracted at once by one worker
-CHUNK_PIXELS = 2**19
 #: default band of the per-particle scale fit, fraction of Nyquist
 DEFAULT_SCALE_BAND = 0.5
 #: relative difference of map and particle pixel sizes beyond which the job refuses
@@ -294,7 +289,6 @@ _CTF_DEFAULTS = {
     "rlnDefocusAngle": 0.0, "rlnPhaseShift": 0.0, "rlnCtfBfactor": 0.0, "rlnCtfScalefactor": 1.0,
 }
 _CTF_REQUIRED = ("rlnDefocusU", "rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast")
-_CTF_KEYS = (*_CTF_REQUIRED, "rlnDefocusV", *_CTF_DEFAULTS)
 
 
 def _row_column(
@@ -321,23 +315,6 @@ def _ctf_arrays(table: ParticleTable, particles: pd.DataFrame) -> dict[str, np.n
     for column, default in _CTF_DEFAULTS.items():
         arrays[column] = _row_column(table, particles, column, default)
     return arrays
-
-
-def _ctf_params(ctf: dict[str, np.ndarray], rows: np.ndarray) -> list[CtfParams]:
-    return [
-        CtfParams(
-            defocus_u_angstrom=float(ctf["rlnDefocusU"][r]),
-            defocus_v_angstrom=float(ctf["rlnDefocusV"][r]),
-            defocus_angle_degrees=float(ctf["rlnDefocusAngle"][r]),
-            voltage_kv=float(ctf["rlnVoltage"][r]),
-            spherical_aberration_mm=float(ctf["rlnSphericalAberration"][r]),
-            amplitude_contrast=float(ctf["rlnAmplitudeContrast"][r]),
-            phase_shift_degrees=float(ctf["rlnPhaseShift"][r]),
-            bfactor_angstrom2=float(ctf["rlnCtfBfactor"][r]),
-            scale=float(ctf["rlnCtfScalefactor"][r]),
-        )
-        for r in rows
-    ]
 
 
 def _prepare(
@@ -571,7 +548,7 @@ def subtract_particles(
     float16 : bool
         Write MRC mode 12.
     workers : int, optional
-        Threads (default: all cores).
+        Worker processes (default: all cores; 1 runs everything in this process).
     batch_size : int
         Images per output stack.
     padding_factor : float
@@ -638,11 +615,11 @@ def subtract_particles(
     _prepare_out_dir(paths, overwrite, job.locations)
     if on_start is not None:
         on_start(len(good))
-    threads = max(1, int(workers or os.cpu_count() or 1))
+    workers = max(1, int(workers or os.cpu_count() or 1))
     fit_radius = None if scale_mode is ScaleMode.NONE else scale_band * maps.box_px / 2
     names, scales = _run_passes(
         job, good, paths, summary, mask_volume, mode, scale_mode, shifts,
-        _Output(out_box, bool(float16), batch_size, fit_radius), padding_factor, threads,
+        _Output(out_box, bool(float16), batch_size, fit_radius), padding_factor, workers,
         on_progress)
     _write_outputs(job, table, good, names, scales, paths, summary, scale_mode,
                    out_box, output_format is OutputFormat.CS or (
@@ -664,30 +641,105 @@ class _Output:
 def _run_passes(
     job: _Job, good: np.ndarray, paths: JobPaths, summary: SubtractSummary,
     mask: np.ndarray | None, mode: MaskMode, scale_mode: ScaleMode, shifts: np.ndarray,
-    output: _Output, padding_factor: float, threads: int,
+    output: _Output, padding_factor: float, workers: int,
     on_progress: ProgressCallback | None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One pass per half-set (its own Fourier volumes and stacks); names and scales per row."""
+    """One pass per half-set (its own Fourier volumes, workers and stacks); names and
+    scales per row."""
     names = np.empty(len(job.particles), dtype=object)
     scales = np.full(len(job.particles), np.nan)
-    done = 0
-    with ThreadPoolExecutor(threads) as pool:
-        for half, stacks in _plan_stacks(job, good, output.batch_size):
-            volumes = _half_volumes(job.maps.volumes[half], mask, mode, scale_mode,
-                                    padding_factor, threads)
-            summary.fourier_volume_bytes = max(summary.fourier_volume_bytes, sum(
-                v.nbytes for v in volumes if v is not None))
-            for rows in stacks:
-                relative = f"{paths.particles_dir.name}/subtracted_{len(summary.stacks):06d}.mrcs"
-                scales[rows] = _write_stack(job, rows, paths.out_dir / relative, volumes,
-                                            shifts, output, pool)
-                names[rows] = [format_image_name(i, relative) for i in range(len(rows))]
-                summary.stacks.append(str(paths.out_dir / relative))
-                done += len(rows)
-                if on_progress is not None:
-                    on_progress(done)
-            del volumes
+    progress = _Progress(on_progress)
+    for half, stacks in _plan_stacks(job, good, output.batch_size):
+        region, whole = _half_volumes(job.maps.volumes[half], mask, mode, scale_mode,
+                                      padding_factor, workers)
+        summary.fourier_volume_bytes = max(summary.fourier_volume_bytes, region.nbytes + (
+            0 if whole is None else whole.nbytes))
+        context = TaskContext(
+            particles=job.particles, locations=job.locations, rotations_deg=job.rotations,
+            origins_angstrom=job.origins_angstrom, integer_shifts_xy=shifts, ctf=job.ctf,
+            ctf_power=job.ctf_power, phase_flipped=job.phase_flipped,
+            pixel_size_angstrom=job.pixel_size_angstrom, region=region, whole=whole,
+            out_box_px=output.box_px, float16=output.float16,
+            fit_radius_px=output.fit_radius,
+        )
+        targets = []
+        for rows in stacks:
+            relative = f"{paths.particles_dir.name}/subtracted_{len(summary.stacks):06d}.mrcs"
+            names[rows] = [format_image_name(i, relative) for i in range(len(rows))]
+            summary.stacks.append(str(paths.out_dir / relative))
+            targets.append((paths.out_dir / relative, rows))
+        _write_stacks(context, targets, workers, scales, progress)
+        del context, region, whole
     return names, scales
+
+
+@dataclass
+class _Progress:
+    """Images written so far, reported to the caller's callback."""
+
+    callback: ProgressCallback | None
+    done: int = 0
+
+    def add(self, count: int) -> None:
+        self.done += count
+        if self.callback is not None:
+            self.callback(self.done)
+
+
+def _write_stacks(
+    context: TaskContext, targets: list[tuple[Path, np.ndarray]], workers: int,
+    scales: np.ndarray, progress: _Progress,
+) -> None:
+    """Write the stacks ``(path, rows)`` of one half-set; fills ``scales[rows]``.
+
+    The tasks are submitted in stack order, at most two per worker at a time; a stack is
+    opened with its first task and published (renamed into place) when its last one is
+    done. On any error every unpublished stack is removed.
+    """
+    writers: dict[str, StackWriter] = {}
+    box, out_box, apix = context.region.box_px, context.out_box_px, context.pixel_size_angstrom
+
+    def tasks() -> Iterator[StackTask]:
+        for path, rows in targets:
+            writer = StackWriter(path, len(rows), (out_box, out_box), apix,
+                                 float16=context.float16)
+            writers[str(writer.part_path)] = writer
+            yield from split_stack(str(writer.part_path), rows, context.rotations_deg, box)
+
+    def finish(result: TaskResult) -> None:
+        task = result.task
+        scales[task.rows] = result.scales
+        writer = writers[task.part_path]
+        writer.record(len(task.rows), result.stats)
+        if writer.written == writer.count:
+            writer.close()
+            del writers[task.part_path]
+        progress.add(len(task.rows))
+
+    try:
+        with task_pool(context, workers) as (pool, function):
+            queue = tasks()
+            pending: set[Future[TaskResult]] = set()
+            for task in queue:
+                pending.add(pool.submit(function, task))
+                while len(pending) >= 2 * workers:
+                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        finish(_result(future))
+            for future in as_completed(pending):
+                finish(_result(future))
+    except BaseException:
+        for writer in writers.values():
+            writer.abort()
+        raise
+
+
+def _result(future: Future[TaskResult]) -> TaskResult:
+    try:
+        return future.result()
+    except BrokenExecutor:
+        raise CryoExtractError("a subtraction worker process died (out of memory? try fewer "
+                               "--workers)") from None
 
 
 def _write_outputs(
@@ -793,151 +845,6 @@ def _half_volumes(
     if scale_mode is ScaleMode.NONE or region is volume:
         return region_fv, None
     return region_fv, fourier_volume(volume, padding_factor=padding_factor, workers=workers)
-
-
-def _write_stack(
-    job: _Job, rows: np.ndarray, path: Path,
-    volumes: tuple[FourierVolume, FourierVolume | None], shifts: np.ndarray, output: _Output,
-    pool: ThreadPoolExecutor,
-) -> np.ndarray:
-    """Subtract and write one stack; returns the scales of its rows.
-
-    Per batch read: the CTFs are computed once per distinct parameter set, the particles
-    are processed in chunks ordered by viewing direction (psi only turns the slice in its
-    plane, so particles with close directions read the same part of the Fourier volume:
-    fewer cache misses), and the results are put back in table order. The next batch is
-    read while the workers process this one (at most two batches in flight).
-    """
-    scales = np.empty(len(rows), dtype=np.float64)
-    n, out_box = job.maps.box_px, output.box_px
-    chunk = max(1, CHUNK_PIXELS // (n * n))
-    pending: deque[_Batch] = deque()
-    written = 0
-
-    output_buffer = np.empty(0, dtype=np.float32)  # reused: fresh pages cost the kernel
-
-    def finish() -> None:
-        nonlocal written, output_buffer
-        batch = pending.popleft()
-        size = batch.count * out_box * out_box
-        if output_buffer.size < size:
-            output_buffer = np.empty(size, dtype=np.float32)
-        images = output_buffer[:size].reshape(batch.count, out_box, out_box)
-        for part, future in zip(batch.parts, batch.futures, strict=True):
-            result = future.result()
-            images[part] = result.images
-            scales[written + part] = result.scales
-        writer.write(images)
-        written += batch.count
-
-    with StackWriter(path, len(rows), (out_box, out_box), job.pixel_size_angstrom,
-                     float16=output.float16) as writer:
-        # three buffers: one being read while at most two batches are in the workers
-        for batch_rows, images in read_images(job.particles, locations=job.locations, rows=rows,
-                                              max_batch_bytes=READ_BATCH_BYTES, reuse=3):
-            table, which = _batch_ctf(job, batch_rows)
-            order = viewing_direction_order(job.rotations[batch_rows])
-            parts = [order[i : i + chunk] for i in range(0, len(order), chunk)]
-            # the workers copy their chunk's images and CTFs: the main thread only reads
-            futures = [pool.submit(_subtract_chunk, job, batch_rows[part], images, part,
-                                   table, which[part], volumes, shifts, out_box,
-                                   output.fit_radius)
-                       for part in parts]
-            pending.append(_Batch(len(batch_rows), parts, futures))
-            if len(pending) > 1:
-                finish()
-        while pending:
-            finish()
-    return scales
-
-
-@dataclass(frozen=True)
-class _Batch:
-    """One read batch in flight: its size, chunk positions and their futures."""
-
-    count: int
-    parts: list[np.ndarray]
-    futures: list[Future[SubtractedBatch]]
-
-
-def viewing_direction_order(rotations_deg: np.ndarray, bin_degrees: float = 10.0) -> np.ndarray:
-    """Positions sorted so that particles with close viewing directions are neighbours.
-
-    Parameters
-    ----------
-    rotations_deg : np.ndarray
-        ``(n, 3)`` ``rlnAngleRot/Tilt/Psi`` in degrees.
-    bin_degrees : float
-        Size of the direction bins.
-
-    Returns
-    -------
-    np.ndarray
-        ``(n,)`` permutation. The direction is row 2 of RELION's matrix (``v`` and ``-v``
-        give the same central plane); bins of polar angle, then of azimuth.
-    """
-    if not len(rotations_deg):
-        return np.zeros(0, dtype=np.int64)
-    direction = euler_to_matrix(*np.asarray(rotations_deg, dtype=np.float64).T)[:, 2, :]
-    direction *= np.where(direction[:, 2:3] < 0, -1.0, 1.0)
-    polar = np.degrees(np.arccos(np.clip(direction[:, 2], -1.0, 1.0)))
-    azimuth = np.degrees(np.arctan2(direction[:, 1], direction[:, 0]))
-    return np.lexsort((np.floor(azimuth / bin_degrees), np.floor(polar / bin_degrees)))
-
-
-def _subtract_chunk(
-    job: _Job, rows: np.ndarray, batch_images: np.ndarray, part: np.ndarray,
-    ctf_table: np.ndarray, ctf_which: np.ndarray,
-    volumes: tuple[FourierVolume, FourierVolume | None], shifts: np.ndarray, out_box: int,
-    fit_radius: float | None,
-) -> SubtractedBatch:
-    """Project, CTF-modulate, fit and subtract one chunk of particles.
-
-    The chunk is ``batch_images[part]`` (table rows ``rows``), with the CTFs
-    ``ctf_table[ctf_which]``. ``fit_radius`` None means ``--scale none``; else the scale
-    is fitted over frequencies up to it, against the whole map's projection (computed
-    only there) when given.
-    """
-    images = batch_images[part]
-    ctf = ctf_table[ctf_which]
-    region_fv, whole_fv = volumes
-    apix = job.pixel_size_angstrom
-    rotations = euler_to_matrix(*job.rotations[rows].T)
-    offsets = origin_shifts_px(job.origins_angstrom[rows, 0], job.origins_angstrom[rows, 1], apix)
-    region = project_spectra(region_fv, rotations, offsets, ctf)
-    whole = None
-    if whole_fv is not None and fit_radius is not None:
-        whole = project_spectra(whole_fv, rotations, offsets, ctf, max_radius_px=fit_radius)
-    return subtract_images(
-        images, region, fit_spectra=whole, fit=fit_radius is not None,
-        fit_radius_px=fit_radius, integer_shifts_xy=shifts[rows], box_px=out_box, workers=1,
-    )
-
-
-def _batch_ctf(job: _Job, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """CTFs of the rows, once per distinct parameter set.
-
-    Returns
-    -------
-    table : np.ndarray
-        ``(U, N, N // 2 + 1)`` float32 CTFs (``|CTF|`` for phase-flipped data, ``CTF²``
-        for CTF-premultiplied data).
-    which : np.ndarray
-        ``(len(rows),)`` index of each row's CTF in ``table``.
-    """
-    keys = np.column_stack([job.ctf[c][rows] for c in _CTF_KEYS]
-                           + [job.ctf_power[rows], job.phase_flipped[rows]])
-    unique, which = np.unique(keys, axis=0, return_inverse=True)
-    which = which.ravel()
-    first = rows[np.unique(which, return_index=True)[1]]
-    table = ctf_2d_batch(_ctf_params(job.ctf, first), job.maps.box_px, job.pixel_size_angstrom)
-    flipped = unique[:, -1] > 0
-    if np.any(flipped):
-        table[flipped] = np.abs(table[flipped])
-    squared = unique[:, -2] == 2
-    if np.any(squared):
-        table[squared] *= table[squared]
-    return table, which
 
 
 # --------------------------------------------------------------------------- outputs
