@@ -36,7 +36,7 @@ from typer.testing import CliRunner
 from cryoextract.cli.subtract import subtract_command
 from cryoextract.errors import InputError, ParameterError
 from cryoextract.io.cryosparc import read_cs_particles, write_cs
-from cryoextract.ops.ctf import CtfParams, ctf_2d
+from cryoextract.ops.ctf import CtfParams, ctf_2d, ctf_2d_batch
 from cryoextract.ops.rotations import euler_to_matrix
 from cryoextract.ops.subtract import inspect_mask, suggested_edge_px
 from cryoextract.pipeline import subtract_tasks as tasks
@@ -552,11 +552,14 @@ def test_float16_small_batches_and_chunks_give_the_same_result(tmp_path, monkeyp
 
 
 def test_memory_does_not_grow_with_the_number_of_particles(tmp_path, monkeypatch):
-    """Images are streamed: the peak of traced allocations is that of one batch."""
+    """Images are streamed: the peak of traced allocations is that of one batch (the
+    CTF cache, which has its own bound, is held to 40 CTFs here: every particle has its
+    own defocus)."""
     n_box = 32
     point = np.array([16.0, 16.0, 16.0])
     write_mrc(tmp_path / "map.mrc", domain(point, 0, n=n_box, count=5))
     monkeypatch.setattr(tasks, "TASK_BYTES", 64 * n_box * n_box * 4)
+    monkeypatch.setattr(tasks, "_ctf_cache", tasks.CtfCache(40 * n_box * (n_box // 2 + 1) * 4))
     rng = np.random.default_rng(0)
     peaks = {}
     for count in (200, 1600):
@@ -573,6 +576,27 @@ def test_memory_does_not_grow_with_the_number_of_particles(tmp_path, monkeypatch
     images_1600 = 1600 * n_box * n_box * 4
     assert peaks[1600] < 1.5 * peaks[200], peaks
     assert peaks[1600] < 0.8 * images_1600 + 40 * 2**20, peaks
+
+
+def test_ctf_cache_gives_the_ctfs_it_was_asked_for_within_its_budget():
+    box, apix = 24, 1.3
+    keys = np.array([
+        # DefocusU, V, angle, kV, Cs, amplitude contrast, phase shift, B, scale, power, flipped
+        [12000.0, 11000.0, 30.0, 300.0, 2.7, 0.1, 0.0, 0.0, 1.0, 1, 0],
+        [20000.0, 20000.0, 0.0, 200.0, 2.0, 0.07, 0.0, 0.0, 1.0, 2, 0],
+        [15000.0, 14000.0, 75.0, 300.0, 2.7, 0.1, 0.0, 0.0, 1.0, 1, 1],
+    ])
+    params = [CtfParams(defocus_u_angstrom=k[0], defocus_v_angstrom=k[1],
+                        defocus_angle_degrees=k[2], voltage_kv=k[3],
+                        spherical_aberration_mm=k[4], amplitude_contrast=k[5]) for k in keys]
+    plain = ctf_2d_batch(params, box, apix)
+    expected = np.stack([plain[0], plain[1] ** 2, np.abs(plain[2])])
+    one_image = box * (box // 2 + 1) * 4
+    cache = tasks.CtfCache(2 * one_image)
+    for order in ([0, 1, 2], [2, 0], [1, 1, 2], [0, 1, 2]):
+        np.testing.assert_allclose(cache.table(keys[order], box, apix), expected[order],
+                                   rtol=1e-6, atol=1e-7)
+    assert len(cache._items) == 2 and cache._bytes == 2 * one_image
 
 
 def test_mask_checks_and_hard_edge_warning(tmp_path):

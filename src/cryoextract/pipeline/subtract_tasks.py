@@ -17,6 +17,7 @@ holds the GIL between numpy calls, runs on every core.
 from __future__ import annotations
 
 import multiprocessing
+from collections import OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -53,6 +54,8 @@ __all__ = [
 TASK_BYTES = 32 * 2**20
 #: pixels of images projected and subtracted at once within a task
 CHUNK_PIXELS = 2**19
+#: bytes of CTF images a process keeps for later tasks
+CTF_CACHE_BYTES = 64 * 2**20
 #: CTF parameter columns (``TaskContext.ctf`` keys); a distinct set gets its own CTF
 CTF_COLUMNS = (
     "rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnVoltage", "rlnSphericalAberration",
@@ -277,7 +280,8 @@ def _subtract_chunk(
 
 
 def batch_ctf(context: TaskContext, rows: np.ndarray, box_px: int) -> tuple[np.ndarray, np.ndarray]:
-    """CTFs of the rows, once per distinct parameter set.
+    """CTFs of the rows, once per distinct parameter set (and kept for later tasks of
+    this process, see :class:`CtfCache`).
 
     Returns
     -------
@@ -290,20 +294,63 @@ def batch_ctf(context: TaskContext, rows: np.ndarray, box_px: int) -> tuple[np.n
     keys = np.column_stack([context.ctf[c][rows] for c in CTF_COLUMNS]
                            + [context.ctf_power[rows], context.phase_flipped[rows]])
     unique, which = np.unique(keys, axis=0, return_inverse=True)
-    which = which.ravel()
+    return _ctf_cache.table(unique, box_px, context.pixel_size_angstrom), which.ravel()
+
+
+class CtfCache:
+    """CTF images by parameter set, least recently used dropped beyond a byte budget.
+
+    The particles of a task come from many micrographs (they are grouped by viewing
+    direction, not by micrograph), so the same CTFs recur from task to task.
+    """
+
+    def __init__(self, budget_bytes: int):
+        self.budget_bytes = budget_bytes
+        self._items: OrderedDict[tuple[float, ...], np.ndarray] = OrderedDict()
+        self._bytes = 0
+
+    def table(self, keys: np.ndarray, box_px: int, pixel_size_angstrom: float) -> np.ndarray:
+        """``(U, N, N // 2 + 1)`` float32 CTFs of the ``(U, 11)`` keys (the values of
+        :data:`CTF_COLUMNS`, then power 1 or 2, then phase-flipped 0 or 1)."""
+        table = np.empty((len(keys), box_px, box_px // 2 + 1), dtype=np.float32)
+        wanted = [(*row, float(box_px), float(pixel_size_angstrom)) for row in keys.tolist()]
+        missing = [k for k, key in enumerate(wanted) if key not in self._items]
+        if missing:
+            table[missing] = _ctf_images(keys[missing], box_px, pixel_size_angstrom)
+        for k, key in enumerate(wanted):
+            if key in self._items:
+                table[k] = self._items[key]
+                self._items.move_to_end(key)
+            else:
+                self._store(key, table[k].copy())
+        return table
+
+    def _store(self, key: tuple[float, ...], image: np.ndarray) -> None:
+        self._items[key] = image
+        self._bytes += image.nbytes
+        while self._bytes > self.budget_bytes and len(self._items) > 1:
+            _, dropped = self._items.popitem(last=False)
+            self._bytes -= dropped.nbytes
+
+
+def _ctf_images(keys: np.ndarray, box_px: int, pixel_size_angstrom: float) -> np.ndarray:
     params = [CtfParams(
         defocus_u_angstrom=u[0], defocus_v_angstrom=u[1], defocus_angle_degrees=u[2],
         voltage_kv=u[3], spherical_aberration_mm=u[4], amplitude_contrast=u[5],
         phase_shift_degrees=u[6], bfactor_angstrom2=u[7], scale=u[8],
-    ) for u in unique.tolist()]
-    table = ctf_2d_batch(params, box_px, context.pixel_size_angstrom)
-    flipped = unique[:, -1] > 0
+    ) for u in keys.tolist()]
+    table = ctf_2d_batch(params, box_px, pixel_size_angstrom)
+    flipped = keys[:, -1] > 0
     if np.any(flipped):
         table[flipped] = np.abs(table[flipped])
-    squared = unique[:, -2] == 2
+    squared = keys[:, -2] == 2
     if np.any(squared):
         table[squared] *= table[squared]
-    return table, which
+    return table
+
+
+#: this process's CTFs (each worker process has its own)
+_ctf_cache = CtfCache(CTF_CACHE_BYTES)
 
 
 def viewing_direction_order(rotations_deg: np.ndarray, bin_degrees: float = 10.0) -> np.ndarray:
