@@ -39,7 +39,6 @@ import scipy.fft
 from numpy.typing import ArrayLike, NDArray
 
 from cryoextract.errors import ParameterError
-from cryoextract.ops.slice_kernel import fill_slices
 
 __all__ = [
     "FourierVolume",
@@ -338,6 +337,9 @@ def _slices(
         phase_x, phase_y = shift_phases(shifts_xy, n)
     out = np.zeros((fvol.channels, count, n * h), dtype=np.complex64)
     data = fvol.data
+    # imported on first use: numba and the compiled loop take 0.7 s to load
+    from cryoextract.ops.slice_kernel import fill_slices
+
     fill_slices(
         data.reshape(-1), fvol.channels, data.shape[1] * data.shape[2], data.shape[2],
         np.float32(fvol.padded_px // 2),
