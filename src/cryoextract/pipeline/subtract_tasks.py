@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 #: bytes of input images (counted as float32) in one task: what a worker holds at once
-TASK_BYTES = 32 * 2**20
+TASK_BYTES = 16 * 2**20
 #: pixels of images projected and subtracted at once within a task
 CHUNK_PIXELS = 2**19
 #: bytes of CTF images a process keeps for later tasks
