@@ -19,7 +19,9 @@ Oracles:
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import tracemalloc
 from pathlib import Path
@@ -34,7 +36,7 @@ from scipy import ndimage
 from typer.testing import CliRunner
 
 from cryoextract.cli.subtract import subtract_command
-from cryoextract.errors import InputError, ParameterError
+from cryoextract.errors import CryoExtractError, InputError, ParameterError
 from cryoextract.io.cryosparc import read_cs_particles, write_cs
 from cryoextract.ops.ctf import CtfParams, ctf_2d, ctf_2d_batch
 from cryoextract.ops.rotations import euler_to_matrix
@@ -549,6 +551,49 @@ def test_float16_small_batches_and_chunks_give_the_same_result(tmp_path, monkeyp
         assert handle.data.dtype == np.float16 and handle.header.mode == 12
     _, half = read_output(tmp_path / "f16")
     np.testing.assert_allclose(half, expected, atol=2e-3 * np.abs(expected).max())
+
+
+def test_worker_processes_write_the_same_stacks_as_one_process(tmp_path, monkeypatch):
+    """Tasks of 3 images spread over two forked workers, each writing its images at their
+    place: the pixels equal the single-process run's, and each header's statistics are
+    those of its pixels."""
+    blob_dataset(tmp_path, n=17)
+    monkeypatch.setattr(tasks, "TASK_BYTES", 3 * N * N * 4)
+    runs = {}
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}"
+        runs[workers] = subtract_particles(tmp_path / "p.star", out, batch_size=7,
+                                           map_path=tmp_path / "map.mrc", workers=workers)
+        assert not list((out / "Particles").glob(".*"))  # no temporary file left
+    assert [Path(s).name for s in runs[1].stacks] == [Path(s).name for s in runs[2].stacks]
+    for name in (Path(s).name for s in runs[2].stacks):
+        with mrcfile.open(tmp_path / "w1" / "Particles" / name) as one, \
+                mrcfile.open(tmp_path / "w2" / "Particles" / name) as two:
+            assert one.data.tobytes() == two.data.tobytes()
+            values = two.data.astype(np.float64)
+            header = two.header
+            np.testing.assert_allclose(
+                [header.dmin, header.dmax, header.dmean, header.rms],
+                [values.min(), values.max(), values.mean(), values.std()], rtol=1e-5)
+    star_one = starfile.read(tmp_path / "w1" / "particles.star")["particles"]
+    star_two = starfile.read(tmp_path / "w2" / "particles.star")["particles"]
+    pd.testing.assert_frame_equal(star_one, star_two)
+
+
+def test_a_worker_that_dies_fails_the_job_in_one_line_and_publishes_nothing(tmp_path,
+                                                                           monkeypatch):
+    blob_dataset(tmp_path)
+
+    def killed(*_args: object) -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    monkeypatch.setattr(tasks, "_subtract_chunk", killed)  # inherited by the forked workers
+    with pytest.raises(CryoExtractError, match="worker process died") as caught:
+        subtract_particles(tmp_path / "p.star", tmp_path / "out", map_path=tmp_path / "map.mrc",
+                           workers=2)
+    assert "\n" not in str(caught.value)
+    assert not list((tmp_path / "out" / "Particles").iterdir())
+    assert not (tmp_path / "out" / "particles.star").exists()
 
 
 def test_memory_does_not_grow_with_the_number_of_particles(tmp_path, monkeypatch):

@@ -717,11 +717,10 @@ def _write_stacks(
         progress.add(len(task.rows))
 
     try:
-        with task_pool(context, workers) as (pool, function):
-            queue = tasks()
+        with task_pool(context, workers) as submit:
             pending: set[Future[TaskResult]] = set()
-            for task in queue:
-                pending.add(pool.submit(function, task))
+            for task in tasks():
+                pending.add(submit(task))
                 while len(pending) >= 2 * workers:
                     finished, pending = wait(pending, return_when=FIRST_COMPLETED)
                     for future in finished:

@@ -3,25 +3,26 @@
 A task (:class:`StackTask`) is a set of images of one output stack, neighbours in
 viewing direction (:func:`split_stack`). Its worker reads the input images itself,
 projects, subtracts and writes the results at their place in the stack's temporary file
-(:func:`cryoextract.io.mrc.write_images_at`);
-only the fitted scales and the pixel statistics go back to the driver
-(:class:`TaskResult`). What every task reads (particles, poses, CTFs, the Fourier
+(:func:`cryoextract.io.mrc.write_images_at`); only the fitted scales and the pixel
+statistics go back to the driver (:class:`TaskResult`). What every task reads (particles, poses, CTFs, the Fourier
 volumes: :class:`TaskContext`) is handed to the workers once, when the pool starts; with
 ``fork`` the workers share it with the driver without a copy.
 
-:func:`task_pool` gives the executor: the driver itself for one worker, else forked
-processes (threads where ``fork`` is not available), so that the interpolation, which
-holds the GIL between numpy calls, runs on every core.
+:func:`task_pool` runs the tasks: in the driver for one worker, else in forked processes
+(no GIL shared between them, and each writes its own output).
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import signal
+import sys
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -168,10 +169,12 @@ _context: TaskContext | None = None
 
 
 def _install(context: TaskContext) -> None:
-    """Worker initialiser: keep the context for :func:`_run_installed`."""
+    """Worker initialiser: keep the context for :func:`_run_installed`; Ctrl-C is the
+    driver's to handle (it cancels the tasks and removes unpublished stacks)."""
     global _context
     _context = context
     keep_freed_memory()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _run_installed(task: StackTask) -> TaskResult:
@@ -180,52 +183,44 @@ def _run_installed(task: StackTask) -> TaskResult:
     return run_task(_context, task)
 
 
-class _InlineExecutor(Executor):
-    """Runs each task at submission, in the calling thread (one worker, no copies)."""
+def _run_now(context: TaskContext, task: StackTask) -> Future[TaskResult]:
+    """Run a task in the calling thread; its result or error in a done future."""
+    future: Future[TaskResult] = Future()
+    try:
+        future.set_result(run_task(context, task))
+    except BaseException as exc:  # handed to the caller through the future
+        future.set_exception(exc)
+    return future
 
-    def __init__(self, context: TaskContext):
-        self._context = context
 
-    def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def, override]
-        future: Future[TaskResult] = Future()
-        try:
-            future.set_result(run_task(self._context, *args, **kwargs))
-        except BaseException as exc:  # handed to the caller through the future
-            future.set_exception(exc)
-        return future
+Submit = Callable[[StackTask], "Future[TaskResult]"]
 
 
 @contextmanager
-def task_pool(context: TaskContext, workers: int) -> Iterator[tuple[Executor, object]]:
-    """An executor for :class:`StackTask` s and the function to submit with them.
+def task_pool(context: TaskContext, workers: int) -> Iterator[Submit]:
+    """A function that starts a :class:`StackTask` and returns its future.
 
-    Use as ``with task_pool(context, n) as (pool, fn): pool.submit(fn, task)``. One worker
-    runs the tasks in the calling thread; more run in forked processes that inherit
-    ``context`` (threads where ``fork`` is not available). On leaving, tasks not yet
-    started are cancelled.
+    One worker runs each task in the calling thread when it is submitted; more run in
+    forked processes that inherit ``context`` on Linux (threads elsewhere, where forking a
+    process that has loaded numpy is not safe). On leaving, tasks not yet started are
+    cancelled.
     """
     if workers <= 1:
-        yield _InlineExecutor(context), run_task
+        yield partial(_run_now, context)
         return
-    load_kernel()
-    if "fork" in multiprocessing.get_all_start_methods():
-        pool: Executor = ProcessPoolExecutor(
-            workers, mp_context=multiprocessing.get_context("fork"), initializer=_install,
-            initargs=(context,))
-        function: object = _run_installed
-    else:  # pragma: no cover - Windows
+    load_kernel()  # once, inherited by the workers
+    pool: Executor
+    if sys.platform.startswith("linux"):
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                                   initializer=_install, initargs=(context,))
+        submit: Submit = partial(pool.submit, _run_installed)
+    else:  # pragma: no cover - macOS, Windows
         pool = ThreadPoolExecutor(workers)
-        function = _threaded(context)
+        submit = partial(pool.submit, run_task, context)
     try:
-        yield pool, function
+        yield submit
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _threaded(context: TaskContext):  # type: ignore[no-untyped-def]
-    def run(task: StackTask) -> TaskResult:
-        return run_task(context, task)
-    return run
 
 
 # --------------------------------------------------------------------------- the work
