@@ -65,7 +65,7 @@ def subtract_command(
     float16: Annotated[bool, typer.Option(
         "--float16/--float32", help="Output MRC mode 12 or 2.")] = False,
     workers: Annotated[int | None, typer.Option(
-        help="Threads [default: all cores].", show_default=False)] = None,
+        help="Worker processes [default: all cores].", show_default=False)] = None,
     batch_size: Annotated[int, typer.Option(
         help="Particles per output stack.")] = DEFAULT_BATCH_SIZE,
     scale_band: Annotated[float, typer.Option(
