@@ -4,9 +4,10 @@ A task (:class:`StackTask`) is a set of images of one output stack, neighbours i
 viewing direction (:func:`split_stack`). Its worker reads the input images itself,
 projects, subtracts and writes the results at their place in the stack's temporary file
 (:func:`cryoextract.io.mrc.write_images_at`); only the fitted scales and the pixel
-statistics go back to the driver (:class:`TaskResult`). What every task reads (particles, poses, CTFs, the Fourier
-volumes: :class:`TaskContext`) is handed to the workers once, when the pool starts; with
-``fork`` the workers share it with the driver without a copy.
+statistics go back to the driver (:class:`TaskResult`). What every task reads
+(particles, poses, CTFs, the Fourier volumes: :class:`TaskContext`) is handed to the
+workers once, when the pool starts; with ``fork`` the workers share it with the driver
+without a copy.
 
 :func:`task_pool` runs the tasks: in the driver for one worker, else in forked processes
 (no GIL shared between them, and each writes its own output).
