@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 # RELION 3.1 (Debian package) is the tests' oracle; chromium renders the QC report in a
-# test. Without root or apt the tests that need them skip locally and fail in CI (CI=true).
+# test. Without root or apt the tests that need them fail, naming what is missing.
 relion:
 	@missing=""; \
 	command -v relion_preprocess >/dev/null 2>&1 || missing="$$missing relion"; \

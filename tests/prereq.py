@@ -1,17 +1,16 @@
-"""The one rule for a missing test prerequisite: skip locally, fail in CI.
+"""The one rule for a missing test prerequisite: the test fails, saying what is missing.
 
 A prerequisite is something outside the project that a test needs: the shared real data
 (``../shared/data``, ``../shared/reference``), RELION or CTFFIND programs, chromium, an
-optional Python package (cryosparc-tools, distributed). On a developer's machine a missing
-one skips the test, with the reason; under CI (``CI=true``) it fails the test, so that CI
-never goes green by skipping. Every skip of the test suite goes through :func:`require`
-(``test_prereq.py`` checks that no other ``pytest.skip`` is left).
+optional Python package (cryosparc-tools, distributed). ``make test`` installs all of
+them; a missing one fails the test (locally as in CI) with the reason, never skips it, so
+that no run goes green by checking less. ``test_prereq.py`` checks that the suite holds
+no skip at all.
 """
 
 from __future__ import annotations
 
 import importlib
-import os
 import shutil
 from pathlib import Path
 from types import ModuleType
@@ -19,20 +18,10 @@ from types import ModuleType
 import pytest
 
 
-def on_ci() -> bool:
-    """True under CI (the environment variable ``CI`` is ``"true"``)."""
-    return os.environ.get("CI") == "true"
-
-
 def require(condition: object, reason: str) -> None:
-    """Go on when ``condition`` holds; else skip the test (locally) or fail it (CI)."""
-    if condition:
-        return
-    if on_ci():
-        pytest.fail(f"{reason} (CI=true: every test prerequisite is required on CI)",
-                    pytrace=False)
-    else:
-        pytest.skip(reason)
+    """Go on when ``condition`` holds; else fail the test with ``reason``."""
+    if not condition:
+        pytest.fail(f"{reason} (a test prerequisite: `make test` installs it)", pytrace=False)
 
 
 def require_paths(*paths: Path, what: str = "shared real data") -> None:
@@ -55,5 +44,5 @@ def require_module(name: str, package: str | None = None) -> ModuleType:
         module = None
     require(module is not None,
             f"Python package {package or name} not installed (a test dependency)")
-    assert module is not None  # require skipped or failed otherwise
+    assert module is not None  # require failed otherwise
     return module

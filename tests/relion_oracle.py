@@ -103,7 +103,7 @@ def have_relion(*tools: str) -> bool:
 
 
 def require_relion(*tools: str) -> None:
-    """Skip (or fail on CI) when RELION is not installed (``prereq.require``).
+    """Fail the test when RELION is not installed (``prereq.require``).
 
     With no argument only ``relion_preprocess`` is required.
     """

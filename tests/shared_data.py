@@ -1,6 +1,6 @@
 """Where the shared real data live (``../shared`` beside the project), read-only.
 
-Missing data fail the test in CI (``CI=true``) and skip it elsewhere: see ``prereq.py``.
+Missing data fail the test (see ``prereq.py``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ REFERENCE = SHARED / "reference"
 
 
 def require_real(*parts: str) -> Path:
-    """``REAL / parts...``, required to exist (skip locally, fail in CI)."""
+    """``REAL / parts...``, required to exist (the test fails otherwise)."""
     path = REAL.joinpath(*parts)
     require_paths(path)
     return path
@@ -48,7 +48,7 @@ def real_files(pattern: str, keep: Callable[[Path], bool] | None = None) -> list
     """Files under ``REAL`` matching ``pattern`` (and ``keep``), for ``parametrize``.
 
     When none are found (the shared data missing), one stand-in path that does not exist,
-    so that the test's ``require_paths(path)`` skips or fails (CI) rather than pytest
+    so that the test's ``require_paths(path)`` fails rather than pytest
     quietly skipping an empty parameter set.
     """
     found = sorted(REAL.rglob(pattern)) if REAL.is_dir() else []

@@ -33,7 +33,7 @@ P12_CS = DRGN / "cryosparc_P12_J24_001_particles.cs"
 RELION31_STAR = DRGN / "relion31.star"
 
 def _cryosparc_dataset():
-    """``cryosparc.dataset`` of cryosparc-tools (a test dependency): skip locally, fail in CI."""
+    """``cryosparc.dataset`` of cryosparc-tools (a test dependency; the test fails without it)."""
     return require_module("cryosparc.dataset", "cryosparc-tools")
 
 
