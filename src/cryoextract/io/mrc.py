@@ -261,17 +261,20 @@ def write_images_at(
     ``part_path`` is a :attr:`StackWriter.part_path`, possibly of a writer in another
     process: each process writes its own images at their place (positioned writes, no
     shared file offset; runs of consecutive positions in one call), and the writer's
-    owner accounts for them with :meth:`StackWriter.record`. ``images`` should already
-    have the stack's :func:`stack_dtype` (the statistics recorded must be those of the
-    values written); other types are converted to float32.
+    owner accounts for them with :meth:`StackWriter.record`. ``images`` must have the
+    stack's :func:`stack_dtype`: the caller converts them, so that the statistics it
+    records are those of the values written.
 
     Raises
     ------
+    ValueError
+        ``images`` are neither float32 nor float16.
     OSError
         The file cannot be written (e.g. the disk is full).
     """
-    dtype = images.dtype if images.dtype == stack_dtype(True) else stack_dtype(False)
-    data = np.ascontiguousarray(images, dtype=dtype)
+    if images.dtype not in (stack_dtype(False), stack_dtype(True)):
+        raise ValueError(f"stack images must be float32 or float16, got {images.dtype}")
+    data = np.ascontiguousarray(images)
     positions = np.asarray(positions, dtype=np.int64)
     if not len(data):
         return

@@ -43,9 +43,11 @@ from cryoextract.pipeline.allocator import keep_freed_memory
 
 __all__ = [
     "CTF_COLUMNS",
+    "CtfCache",
     "StackTask",
     "TaskContext",
     "TaskResult",
+    "batch_ctf",
     "run_task",
     "split_stack",
     "task_pool",
@@ -144,8 +146,8 @@ def split_stack(
     The stack's particles are ordered by viewing direction
     (:func:`viewing_direction_order`) before they are cut into tasks of at most
     :data:`TASK_BYTES` of images: consecutive slices then read the same parts of the
-    Fourier volume (the denser the directions, the fewer cache misses; with 10,000
-    particles the interpolation is about twice as fast as in file order), whatever the
+    Fourier volume (the denser the directions, the fewer cache misses: 0.26 against
+    0.35 ms per 128-px slice for 8,000 particles sorted or in file order), whatever the
     size of a task.
 
     Parameters
@@ -310,15 +312,18 @@ class CtfCache:
         :data:`CTF_COLUMNS`, then power 1 or 2, then phase-flipped 0 or 1)."""
         table = np.empty((len(keys), box_px, box_px // 2 + 1), dtype=np.float32)
         wanted = [(*row, float(box_px), float(pixel_size_angstrom)) for row in keys.tolist()]
-        missing = [k for k, key in enumerate(wanted) if key not in self._items]
+        missing = []
+        for k, key in enumerate(wanted):  # every hit copied before a store can drop it
+            image = self._items.get(key)
+            if image is None:
+                missing.append(k)
+            else:
+                table[k] = image
+                self._items.move_to_end(key)
         if missing:
             table[missing] = _ctf_images(keys[missing], box_px, pixel_size_angstrom)
-        for k, key in enumerate(wanted):
-            if key in self._items:
-                table[k] = self._items[key]
-                self._items.move_to_end(key)
-            else:
-                self._store(key, table[k].copy())
+            for k in missing:
+                self._store(wanted[k], table[k].copy())
         return table
 
     def _store(self, key: tuple[float, ...], image: np.ndarray) -> None:
