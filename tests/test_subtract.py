@@ -484,6 +484,13 @@ def test_recenter_xyz_new_box_coordinates_and_revert(tmp_path):
     assert np.abs(out_parts[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy()).max() <= APIX / 2
     scores = [corr(o, e) for o, e in zip(out, expected, strict=True)]
     assert min(scores) >= 0.95, scores
+    # the same with the scale fit (subtraction in Fourier space, then the same move)
+    subtract_particles(tmp_path / "p.star", tmp_path / "fit", map_path=tmp_path / "map.mrc",
+                       mask=tmp_path / "keep.mrc", mask_mode="keep", recenter_xyz=point,
+                       new_box=32, scale="per-particle")
+    _, fitted = read_output(tmp_path / "fit")
+    scores = [corr(o, e) for o, e in zip(fitted, expected, strict=True)]
+    assert min(scores) >= 0.95, scores
     # rlnCoordinateX/Y moved by the integer shift, so that the point's micrograph position
     # (before: coordinate + (A c - origin) / mic_apix; after: coordinate - origin / mic_apix,
     # docs/conventions.md "Origins"; micrograph pixel 1 A) is unchanged

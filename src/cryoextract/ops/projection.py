@@ -52,7 +52,6 @@ __all__ = [
     "project",
     "project_spectra",
     "shift_phases",
-    "shift_spectra",
     "slice_grid",
 ]
 
@@ -364,31 +363,11 @@ def _ctf_rows(ctf: np.ndarray | None, count: int, n: int) -> np.ndarray:
     return np.ascontiguousarray(values.reshape(len(values), size))
 
 
-def shift_spectra(spectra: np.ndarray, shifts_xy: ArrayLike) -> np.ndarray:
-    """Move the content of images given as rfft spectra, in place.
-
-    Parameters
-    ----------
-    spectra : np.ndarray
-        ``(..., B, N, N // 2 + 1)`` complex (rfft2 layout), modified in place.
-    shifts_xy : array_like
-        ``(B, 2)`` shifts ``(dx, dy)`` in pixels: a feature at ``x`` moves to ``x + dx``
-        (an integer shift is an exact circular shift). Phases use ``ky = +N / 2`` on the
-        Nyquist row (RELION).
-
-    Returns
-    -------
-    np.ndarray
-        ``spectra``, for chaining.
-    """
-    phase_x, phase_y = shift_phases(shifts_xy, spectra.shape[-2])
-    spectra *= phase_y[:, :, None]
-    spectra *= phase_x[:, None, :]
-    return spectra
-
-
 def shift_phases(shifts_xy: ArrayLike, box_px: int) -> tuple[np.ndarray, np.ndarray]:
-    """The separable phases of content shifts (see :func:`shift_spectra`).
+    """The separable phases that move the content of rfft2 spectra.
+
+    Multiplying a spectrum by ``phase_y[b, row] * phase_x[b, col]`` moves a feature at
+    ``x`` to ``x + dx`` (an integer shift is an exact circular shift).
 
     Parameters
     ----------

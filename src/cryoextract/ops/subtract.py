@@ -24,7 +24,6 @@ from numpy.typing import ArrayLike
 from scipy import ndimage
 
 from cryoextract.errors import ParameterError
-from cryoextract.ops.projection import shift_spectra
 
 __all__ = [
     "MaskReport",
@@ -178,25 +177,20 @@ def subtract_images(
     """
     n = images.shape[-1]
     count = images.shape[0]
-    shifts = None
-    if integer_shifts_xy is not None:
-        shifts = np.asarray(integer_shifts_xy, dtype=np.float64).reshape(count, 2)
-        if not np.any(shifts):
-            shifts = None
     if fit:
         spectra = scipy.fft.rfft2(np.asarray(images, dtype=np.float32), workers=workers)
         model = region_spectra if fit_spectra is None else fit_spectra
         scales = fit_scale(spectra, model, max_radius_px=fit_radius_px)
         spectra -= scales.astype(np.float32)[:, None, None] * region_spectra
-        if shifts is not None:
-            shift_spectra(spectra, shifts)
         out = scipy.fft.irfft2(spectra, s=(n, n), workers=workers, overwrite_x=True)
     else:
         # nothing to fit: subtract in real space and save the images' forward transforms
         scales = np.ones(count, dtype=np.float64)
         out = scipy.fft.irfft2(region_spectra, s=(n, n), workers=workers)
         np.subtract(images, out, out=out)
-        if shifts is not None:
+    if integer_shifts_xy is not None:
+        shifts = np.asarray(integer_shifts_xy, dtype=np.float64).reshape(count, 2)
+        if np.any(shifts):
             out = _rolled(out, shifts)
     out = out.astype(np.float32, copy=False)
     if box_px is not None and box_px != n:
