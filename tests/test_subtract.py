@@ -18,6 +18,7 @@ Oracles:
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -596,6 +597,22 @@ def test_a_worker_that_dies_fails_the_job_in_one_line_and_publishes_nothing(tmp_
 
     monkeypatch.setattr(tasks, "_subtract_chunk", killed)  # inherited by the forked workers
     with pytest.raises(CryoExtractError, match="worker process died") as caught:
+        subtract_particles(tmp_path / "p.star", tmp_path / "out", map_path=tmp_path / "map.mrc",
+                           workers=2)
+    assert "\n" not in str(caught.value)
+    assert not list((tmp_path / "out" / "Particles").iterdir())
+    assert not (tmp_path / "out" / "particles.star").exists()
+
+
+def test_a_full_disk_in_a_worker_fails_the_job_in_one_line_naming_the_stack(tmp_path,
+                                                                           monkeypatch):
+    blob_dataset(tmp_path)
+
+    def full(part_path: str, *_args: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), part_path)
+
+    monkeypatch.setattr(tasks, "write_images_at", full)  # inherited by the forked workers
+    with pytest.raises(CryoExtractError, match=r"subtracted_000000\.mrcs.*no space left") as caught:
         subtract_particles(tmp_path / "p.star", tmp_path / "out", map_path=tmp_path / "map.mrc",
                            workers=2)
     assert "\n" not in str(caught.value)

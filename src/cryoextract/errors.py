@@ -6,6 +6,7 @@ these into a one-line message and exit code 2.  Anything else is a bug.
 
 from __future__ import annotations
 
+import errno
 from os import PathLike
 
 
@@ -45,3 +46,14 @@ def first_line(message: object) -> str:
     run over several), so that every error we print stays one line."""
     lines = [line.strip() for line in str(message).splitlines() if line.strip()]
     return lines[0] if lines else type(message).__name__
+
+
+def os_error_message(exc: OSError, *, when_full: str = "") -> str:
+    """One line for a failed write or read: the file, then what went wrong; ``when_full``
+    is added for a full disk (what the user can do then)."""
+    where = f"{exc.filename}: " if exc.filename else ""
+    if exc.errno == errno.ENOSPC:
+        return f"{where}no space left on the device{when_full}"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{where}cannot write here ({exc.strerror})"
+    return f"{where}{exc.strerror or exc}"

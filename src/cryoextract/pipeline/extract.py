@@ -8,14 +8,13 @@ unfinished, and the STARs are written last, atomically.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryoextract.errors import CryoExtractError, ParameterError
+from cryoextract.errors import CryoExtractError, ParameterError, os_error_message
 from cryoextract.io.micrographs import MicrographSet, read_micrograph_set, with_ctffind
 from cryoextract.pipeline.checks import (
     box_size_warnings,
@@ -154,7 +153,8 @@ def run_extraction(
             results = _run_job(plan, state, options, summary, on_start, on_progress)
             write_outputs(paths, mic_set, params, results, summary, write_cs=options.write_cs)
     except OSError as exc:
-        raise CryoExtractError(_os_error_message(exc)) from exc
+        raise CryoExtractError(os_error_message(
+            exc, when_full="; free some and run again with --resume")) from exc
     return summary
 
 
@@ -250,10 +250,3 @@ def _holds_outputs(out: Path) -> bool:
     return False
 
 
-def _os_error_message(exc: OSError) -> str:
-    where = f"{exc.filename}: " if exc.filename else ""
-    if exc.errno == errno.ENOSPC:
-        return f"{where}no space left on the device; free some and run again with --resume"
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return f"{where}cannot write here ({exc.strerror})"
-    return f"{where}{exc.strerror or exc}"

@@ -30,7 +30,7 @@ import mrcfile
 import numpy as np
 import pandas as pd
 
-from cryoextract.errors import CryoExtractError, InputError, ParameterError
+from cryoextract.errors import CryoExtractError, InputError, ParameterError, os_error_message
 from cryoextract.io.cryosparc import write_cs
 from cryoextract.io.images import ImageLocations, format_image_name, locate_images
 from cryoextract.io.mrc import StackWriter
@@ -612,19 +612,22 @@ def subtract_particles(
         raise InputError(_nothing_readable(job), job.table.source)
     shifts, table = _recentered_table(job, point, summary)
     paths = JobPaths(Path(out_dir))
-    _prepare_out_dir(paths, overwrite, job.locations)
-    if on_start is not None:
-        on_start(len(good))
     workers = max(1, int(workers or os.cpu_count() or 1))
     fit_radius = None if scale_mode is ScaleMode.NONE else scale_band * maps.box_px / 2
-    names, scales = _run_passes(
-        job, good, paths, summary, mask_volume, mode, scale_mode, shifts,
-        _Output(out_box, bool(float16), batch_size, fit_radius), padding_factor, workers,
-        on_progress)
-    _write_outputs(job, table, good, names, scales, paths, summary, scale_mode,
-                   out_box, output_format is OutputFormat.CS or (
-                       output_format is OutputFormat.AUTO
-                       and str(particles).lower().endswith(".cs")))
+    try:
+        _prepare_out_dir(paths, overwrite, job.locations)
+        if on_start is not None:
+            on_start(len(good))
+        names, scales = _run_passes(
+            job, good, paths, summary, mask_volume, mode, scale_mode, shifts,
+            _Output(out_box, bool(float16), batch_size, fit_radius), padding_factor, workers,
+            on_progress)
+        _write_outputs(job, table, good, names, scales, paths, summary, scale_mode,
+                       out_box, output_format is OutputFormat.CS or (
+                           output_format is OutputFormat.AUTO
+                           and str(particles).lower().endswith(".cs")))
+    except OSError as exc:  # writing the outputs (in a worker or here): e.g. a full disk
+        raise CryoExtractError(os_error_message(exc)) from exc
     return summary
 
 
