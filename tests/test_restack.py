@@ -151,21 +151,19 @@ def test_read_images_batches_in_table_order_keep_dtype(tmp_path):
 
 @pytest.mark.parametrize("byte_order", ["<", ">"])
 @pytest.mark.parametrize("reverse", [False, True])
-def test_read_images_into_reused_buffers(tmp_path, byte_order, reverse):
-    """With ``reuse=3`` a batch stays intact while two more are read (subtract relies on it);
-    in file order and reversed, native and big-endian stacks."""
+def test_read_images_in_any_order_and_byte_order(tmp_path, byte_order, reverse):
+    """Batches of 7 images hold the requested images, in file order and reversed, from
+    native and big-endian stacks."""
     pixels = np.arange(40 * 6 * 5, dtype=np.float32).reshape(40, 6, 5)
     with mrcfile.new(tmp_path / "s.mrcs") as mrc:
         mrc.set_data(pixels.astype(f"{byte_order}f4"))
     order = np.arange(40)[::-1] if reverse else np.arange(40)
     table = pd.DataFrame({"rlnImageName": [f"{i + 1:06d}@s.mrcs" for i in order]})
-    held: list[tuple[np.ndarray, np.ndarray]] = []
-    for rows, images in read_images(table, [tmp_path], max_batch_bytes=7 * 6 * 5 * 4,
-                                    reuse=3):
-        held = [*held[-1:], (rows, images)]
-        for kept_rows, kept in held:  # this batch and the one before it
-            assert np.array_equal(kept, pixels[order[kept_rows]])
-    assert held[-1][0][-1] == 39
+    seen = []
+    for rows, images in read_images(table, [tmp_path], max_batch_bytes=7 * 6 * 5 * 4):
+        assert len(rows) <= 7 and np.array_equal(images, pixels[order[rows]])
+        seen.extend(rows)
+    assert seen == list(range(40))
 
 
 # --------------------------------------------------------------------------- restack

@@ -296,7 +296,6 @@ def read_images(
     locations: ImageLocations | None = None,
     rows: Sequence[int] | np.ndarray | None = None,
     max_batch_bytes: int = MAX_BATCH_BYTES,
-    reuse: int = 0,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield the images of a particles table in bounded batches, in table order.
 
@@ -314,11 +313,6 @@ def read_images(
         :func:`locate_images` for them.
     max_batch_bytes : int
         Upper bound of one batch, counted as float32 pixels; at least one image.
-    reuse : int
-        With ``reuse = r >= 2``, the batches are read into ``r`` buffers in turn instead
-        of fresh arrays (fresh large arrays cost the kernel a zeroed page per 4 KiB or
-        2 MiB), so a batch stays valid until ``r - 1`` more batches have been yielded.
-        0: every batch is a new array.
 
     Yields
     ------
@@ -332,20 +326,9 @@ def read_images(
         locations = locate_images(table["rlnImageName"], base_dirs)
     order = np.arange(len(locations.names)) if rows is None else np.asarray(rows, np.int64)
     order = order[locations.ok[order]] if len(order) else order
-    buffers: list[np.ndarray] = []
-    for number, batch in enumerate(_batches(order, locations, max_batch_bytes)):
+    for batch in _batches(order, locations, max_batch_bytes):
         info = locations.stacks[locations.stack[int(batch[0])]]
-        shape = (len(batch), *info.shape_yx)
-        if reuse < 2:
-            out = np.empty(shape, dtype=info.dtype)
-        else:
-            slot = number % reuse
-            if slot == len(buffers):
-                buffers.append(np.empty(0, dtype=info.dtype))
-            flat = buffers[slot]
-            if flat.dtype != info.dtype or flat.size < np.prod(shape):
-                flat = buffers[slot] = np.empty(int(np.prod(shape)), dtype=info.dtype)
-            out = flat[: int(np.prod(shape))].reshape(shape)
+        out = np.empty((len(batch), *info.shape_yx), dtype=info.dtype)
         _read_batch_into(out, batch, locations)
         yield batch, out
 
