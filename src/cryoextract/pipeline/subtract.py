@@ -46,6 +46,7 @@ from cryoextract.ops.subtract import (
 from cryoextract.pipeline.params import JobPaths, check_box_size
 from cryoextract.pipeline.restack import DEFAULT_BATCH_SIZE, ParticleTable, read_particles
 from cryoextract.pipeline.subtract_tasks import (
+    CTF_COLUMNS,
     StackTask,
     TaskContext,
     TaskResult,
@@ -285,10 +286,12 @@ class _Job:
         return np.array([p is None for p in self.problem], dtype=bool)
 
 
+#: values of the optional CTF columns when a dataset has none (RELION's); the other
+#: :data:`~cryoextract.pipeline.subtract_tasks.CTF_COLUMNS` are required, but for
+#: ``rlnDefocusV``, which is ``rlnDefocusU`` when absent
 _CTF_DEFAULTS = {
     "rlnDefocusAngle": 0.0, "rlnPhaseShift": 0.0, "rlnCtfBfactor": 0.0, "rlnCtfScalefactor": 1.0,
 }
-_CTF_REQUIRED = ("rlnDefocusU", "rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast")
 
 
 def _row_column(
@@ -307,13 +310,12 @@ def _row_column(
 
 
 def _ctf_arrays(table: ParticleTable, particles: pd.DataFrame) -> dict[str, np.ndarray]:
-    arrays = {c: _row_column(table, particles, c, None) for c in _CTF_REQUIRED}
-    arrays["rlnDefocusV"] = (
-        _row_column(table, particles, "rlnDefocusV", 0.0)
-        if "rlnDefocusV" in particles.columns else arrays["rlnDefocusU"].copy()
-    )
-    for column, default in _CTF_DEFAULTS.items():
-        arrays[column] = _row_column(table, particles, column, default)
+    arrays: dict[str, np.ndarray] = {}
+    for column in CTF_COLUMNS:  # rlnDefocusU comes before rlnDefocusV
+        if column == "rlnDefocusV" and column not in particles.columns:
+            arrays[column] = arrays["rlnDefocusU"].copy()
+        else:
+            arrays[column] = _row_column(table, particles, column, _CTF_DEFAULTS.get(column))
     return arrays
 
 

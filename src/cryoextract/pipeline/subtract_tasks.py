@@ -335,11 +335,8 @@ class CtfCache:
 
 
 def _ctf_images(keys: np.ndarray, box_px: int, pixel_size_angstrom: float) -> np.ndarray:
-    params = [CtfParams(
-        defocus_u_angstrom=u[0], defocus_v_angstrom=u[1], defocus_angle_degrees=u[2],
-        voltage_kv=u[3], spherical_aberration_mm=u[4], amplitude_contrast=u[5],
-        phase_shift_degrees=u[6], bfactor_angstrom2=u[7], scale=u[8],
-    ) for u in keys.tolist()]
+    params = [CtfParams.from_star_row(dict(zip(CTF_COLUMNS, key[: len(CTF_COLUMNS)], strict=True)))
+              for key in keys.tolist()]
     table = ctf_2d_batch(params, box_px, pixel_size_angstrom)
     flipped = keys[:, -1] > 0
     if np.any(flipped):
