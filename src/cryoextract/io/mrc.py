@@ -87,11 +87,10 @@ def _checked_data(
 class ImageStats:
     """Header statistics of some written pixels, mergeable across writers.
 
-    ``count`` values with ``minimum``, ``maximum``, ``total`` (sum) and ``total_sq``
-    (sum of squares); the sums are float64.
+    ``minimum``, ``maximum``, ``total`` (sum) and ``total_sq`` (sum of squares) of the
+    values; the sums are float64. The writer knows how many values there are.
     """
 
-    count: int = 0
     minimum: float = np.inf
     maximum: float = -np.inf
     total: float = 0.0
@@ -104,7 +103,7 @@ class ImageStats:
         if not flat.size:
             return cls()
         return cls(
-            count=int(flat.size), minimum=float(flat.min()), maximum=float(flat.max()),
+            minimum=float(flat.min()), maximum=float(flat.max()),
             # buffered casts: no float64 copy of the whole array
             total=float(np.add.reduce(flat, dtype=np.float64)),
             total_sq=float(np.einsum("i,i->", flat, flat, dtype=np.float64)),
@@ -113,9 +112,8 @@ class ImageStats:
     def merged(self, other: ImageStats) -> ImageStats:
         """Statistics of both sets of values."""
         return ImageStats(
-            count=self.count + other.count, minimum=min(self.minimum, other.minimum),
-            maximum=max(self.maximum, other.maximum), total=self.total + other.total,
-            total_sq=self.total_sq + other.total_sq,
+            minimum=min(self.minimum, other.minimum), maximum=max(self.maximum, other.maximum),
+            total=self.total + other.total, total_sq=self.total_sq + other.total_sq,
         )
 
 
