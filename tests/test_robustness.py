@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -65,6 +66,23 @@ def test_resume_after_kill_gives_identical_outputs(dataset):
         assert done.returncode == 0, done.stderr
         assert output_files(dataset / out) == reference
         assert not list((dataset / out).rglob(".*.tmp"))
+
+
+def test_resume_removes_what_a_killed_run_left_half_written(dataset):
+    """A kill between opening a stack's temporary file and renaming it leaves the file."""
+    reference = output_files(dataset / "reference")
+    out = dataset / "half_written"
+    shutil.copytree(dataset / "reference", out)
+    stack = sorted((out / "Particles").glob("*.mrcs"))[0]
+    leftovers = [stack.with_name(f".{stack.name}.999999.tmp"),
+                 out / ".cryoextract" / "done" / ".0123456789abcdef.particles.tmp"]
+    for leftover in leftovers:
+        leftover.write_bytes(stack.read_bytes()[:3000])
+    done = subprocess.run(command("half_written", "--resume", "--workers", "1"), cwd=dataset,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert not any(leftover.exists() for leftover in leftovers)
+    assert output_files(out) == reference
 
 
 def test_lock_refuses_a_second_run_and_takes_over_a_stale_one(dataset):

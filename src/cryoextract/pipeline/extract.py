@@ -236,8 +236,20 @@ def prepare_out_dir(paths: JobPaths, params: ExtractParams, options: RunOptions)
         for stale in (paths.particles_star, paths.summary_json, paths.rejected_tsv,
                       out / "particles.cs"):
             stale.unlink(missing_ok=True)
+    _remove_temporaries(out)
     for output in params.outputs:
         (out / output.subdir / "Particles").mkdir(parents=True, exist_ok=True)
+
+
+def _remove_temporaries(out: Path) -> None:
+    """Drop the half-written files of a run that was killed.
+
+    Only called under the job's lock, so no live run owns them; ``--resume`` must not
+    leave them next to the stacks it completes.
+    """
+    for tmp in out.rglob(".*.tmp"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
 
 
 def _holds_outputs(out: Path) -> bool:
