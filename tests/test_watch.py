@@ -54,6 +54,9 @@ def test_watch_follows_a_growing_star(tmp_path):
          *ARGS, "--out", "out", "--watch", "--settle", "0.5", "--watch-timeout", "6"],
         cwd=live, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     seen = []
+    deadline = time.time() + 60  # a loaded machine may take a while to start the watcher
+    while not (live / "out" / "particles.star").exists() and time.time() < deadline:
+        time.sleep(0.1)
     for count in (2, 3, 4):
         time.sleep(1.5)
         star = live / "out" / "particles.star"
