@@ -887,3 +887,29 @@ def test_edge_reflect_drops_box_with_mirrored_nan(tmp_path: Path) -> None:
     (stack,) = res.stacks.values()
     padded = np.pad(mic, 64, mode="reflect")
     np.testing.assert_array_equal(stack[0], padded[64 - 32 : 64 + 32, 64 + 50 - 32 : 64 + 50 + 32])
+
+
+def test_console_entry_point_keeps_exit_codes_and_flushes_piped_output(tmp_path):
+    """``main`` leaves without interpreter teardown: codes and buffered output must survive."""
+    helped = subprocess.run([sys.executable, "-m", "cryoextract", "subtract", "--help"],
+                            capture_output=True, text=True, timeout=120, env=cli_env())
+    assert helped.returncode == 0 and "--mask-mode" in helped.stdout
+    usage = subprocess.run([sys.executable, "-m", "cryoextract", "subtract", "--bogus"],
+                           capture_output=True, text=True, timeout=120, env=cli_env())
+    assert usage.returncode == 2 and "--bogus" in usage.stderr
+    failed = subprocess.run([sys.executable, "-m", "cryoextract", "restack", "--particles",
+                             str(tmp_path / "none.star"), "--out", str(tmp_path / "o")],
+                            capture_output=True, text=True, timeout=120, env=cli_env())
+    assert failed.returncode == 2 and "none.star" in failed.stderr
+    # an atexit handler registered during the command still runs, after the output
+    script = ("import atexit, sys\n"
+              "from cryoextract.cli import app\n"
+              "atexit.register(lambda: print('atexit ran'))\n"
+              "sys.argv = ['cryoextract', 'subtract', '--help']\n"
+              "app.main()\n")
+    buffered = cli_env()
+    buffered.pop("PYTHONUNBUFFERED", None)  # piped stdout is then block-buffered
+    ended = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                           timeout=120, env=buffered)
+    assert ended.returncode == 0
+    assert ended.stdout.index("--mask-mode") < ended.stdout.index("atexit ran")
