@@ -24,6 +24,7 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import tracemalloc
 from pathlib import Path
 
@@ -778,3 +779,21 @@ def test_viewing_direction_order_groups_planes_and_recenter_shifts():
     projected = (euler_to_matrix(*angles.T) @ point)[:, :2]
     np.testing.assert_allclose(shifts + residual, origins - projected, atol=1e-12)
     assert np.abs(residual).max() <= 0.5 and shifts.dtype == np.int64
+
+
+def test_kernel_loading_meanwhile_runs_the_body_and_raises_a_load_failure_after(monkeypatch):
+    loads = []
+
+    def broken() -> None:
+        loads.append(threading.current_thread().name)
+        raise ImportError("numba is broken")
+
+    monkeypatch.setattr(tasks, "load_kernel", broken)
+    ran = []
+    with pytest.raises(ImportError, match="numba is broken"):
+        with tasks.kernel_loading_meanwhile(2):
+            ran.append(True)
+    assert ran == [True] and loads == ["cryoextract-kernel-load"]
+    with tasks.kernel_loading_meanwhile(1):  # one worker: loaded when used
+        ran.append(True)
+    assert len(loads) == 1

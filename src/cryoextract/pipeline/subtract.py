@@ -50,6 +50,7 @@ from cryoextract.pipeline.subtract_tasks import (
     StackTask,
     TaskContext,
     TaskResult,
+    kernel_loading_meanwhile,
     split_stack,
     task_pool,
     viewing_direction_order,
@@ -655,8 +656,9 @@ def _run_passes(
     scales = np.full(len(job.particles), np.nan)
     progress = _Progress(on_progress)
     for half, stacks in _plan_stacks(job, good, output.batch_size):
-        region, whole = _half_volumes(job.maps.volumes[half], mask, mode, scale_mode,
-                                      padding_factor, workers)
+        with kernel_loading_meanwhile(workers):
+            region, whole = _half_volumes(job.maps.volumes[half], mask, mode, scale_mode,
+                                          padding_factor, workers)
         summary.fourier_volume_bytes = max(summary.fourier_volume_bytes, region.nbytes + (
             0 if whole is None else whole.nbytes))
         context = TaskContext(
