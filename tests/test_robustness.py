@@ -85,6 +85,27 @@ def test_resume_removes_what_a_killed_run_left_half_written(dataset):
     assert output_files(out) == reference
 
 
+def test_a_run_removes_what_a_dead_worker_left_half_written(dataset, monkeypatch):
+    """A worker killed while writing a stack (its micrograph is then done elsewhere) leaves
+    its temporary file; the run removes it before publishing."""
+    from cryoextract import ExtractParams, extract
+
+    monkeypatch.chdir(dataset)
+    out = dataset / "dead_worker"
+    planted = []
+
+    def plant(result) -> None:  # a MicrographResult is done: its stack is in place
+        if not planted:
+            leftover = out / "Particles" / f".{Path(result.micrograph_name).stem}.mrcs.9.tmp"
+            leftover.write_bytes(b"\0" * 1024)
+            planted.append(leftover)
+
+    summary = extract("micrographs.star", out, ExtractParams(box_px=96), coords_dir="Picks",
+                      coords_suffix="_autopick.star", workers=1, on_progress=plant)
+    assert planted and summary.particles_kept > 0
+    assert not planted[0].exists() and not list(out.rglob(".*.tmp"))
+
+
 def test_lock_refuses_a_second_run_and_takes_over_a_stale_one(dataset):
     out = dataset / "locked"
     (out / ".cryoextract").mkdir(parents=True)

@@ -151,6 +151,7 @@ def run_extraction(
             state.start(job_definition(params, dataclasses.asdict(inputs)),
                         resume=options.resume)
             results = _run_job(plan, state, options, summary, on_start, on_progress)
+            remove_temporaries(paths.out_dir)
             write_outputs(paths, mic_set, params, results, summary, write_cs=options.write_cs)
     except OSError as exc:
         raise CryoExtractError(os_error_message(
@@ -236,16 +237,17 @@ def prepare_out_dir(paths: JobPaths, params: ExtractParams, options: RunOptions)
         for stale in (paths.particles_star, paths.summary_json, paths.rejected_tsv,
                       out / "particles.cs"):
             stale.unlink(missing_ok=True)
-    _remove_temporaries(out)
+    remove_temporaries(out)
     for output in params.outputs:
         (out / output.subdir / "Particles").mkdir(parents=True, exist_ok=True)
 
 
-def _remove_temporaries(out: Path) -> None:
-    """Drop the half-written files of a run that was killed.
+def remove_temporaries(out: Path) -> None:
+    """Drop the half-written files of a killed run or of a worker that died.
 
-    Only called under the job's lock, so no live run owns them; ``--resume`` must not
-    leave them next to the stacks it completes.
+    Call under the job's lock while no task runs (before the tasks, and after the last
+    one: a worker killed while writing a stack leaves its temporary file, and its
+    micrograph is done again elsewhere), so nobody still writes them.
     """
     for tmp in out.rglob(".*.tmp"):
         if tmp.is_file():

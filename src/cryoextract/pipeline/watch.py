@@ -24,6 +24,7 @@ from cryoextract.pipeline.extract import (
     RunOptions,
     prepare_job,
     prepare_out_dir,
+    remove_temporaries,
 )
 from cryoextract.pipeline.jobstate import JobLock, JobState, job_definition
 from cryoextract.pipeline.outputs import ExtractionSummary, write_outputs
@@ -82,6 +83,7 @@ def watch_extraction(
                         results[result.micrograph_name] = result
                         if on_progress is not None:
                             on_progress(result)
+                    remove_temporaries(paths.out_dir)
                     summary = _publish(paths, mic_set, params, results, options)
                     if on_batch is not None:
                         on_batch(summary)
