@@ -913,3 +913,18 @@ def test_console_entry_point_keeps_exit_codes_and_flushes_piped_output(tmp_path)
                            timeout=120, env=buffered)
     assert ended.returncode == 0
     assert ended.stdout.index("--mask-mode") < ended.stdout.index("atexit ran")
+    # threads still running at the end (here an executor never shut down, whose idle
+    # worker only the interpreter's exit wakes) end as in a normal exit, without a hang
+    script = ("import sys, time\n"
+              "from concurrent.futures import ThreadPoolExecutor\n"
+              "from cryoextract.cli import app\n"
+              "def late():\n"
+              "    time.sleep(0.5)\n"
+              "    print('thread done', flush=True)\n"
+              "pool = ThreadPoolExecutor(1)\n"
+              "pool.submit(late)\n"
+              "sys.argv = ['cryoextract', 'subtract', '--bogus']\n"
+              "app.main()\n")
+    waited = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=60, env=buffered)
+    assert waited.returncode == 2 and "thread done" in waited.stdout
