@@ -94,6 +94,11 @@ def test_a_run_removes_what_a_dead_worker_left_half_written(dataset, monkeypatch
     out = dataset / "dead_worker"
     planted = []
 
+    # another tool's temporary file in a folder of its own under OUT is not ours
+    others = out / "report" / ".index.html.9.tmp"
+    others.parent.mkdir(parents=True)
+    others.write_text("being written")
+
     def plant(result) -> None:  # a MicrographResult is done: its stack is in place
         if not planted:
             leftover = out / "Particles" / f".{Path(result.micrograph_name).stem}.mrcs.9.tmp"
@@ -101,9 +106,11 @@ def test_a_run_removes_what_a_dead_worker_left_half_written(dataset, monkeypatch
             planted.append(leftover)
 
     summary = extract("micrographs.star", out, ExtractParams(box_px=96), coords_dir="Picks",
-                      coords_suffix="_autopick.star", workers=1, on_progress=plant)
+                      coords_suffix="_autopick.star", workers=1, on_progress=plant,
+                      overwrite=True)  # OUT holds the other tool's folder
     assert planted and summary.particles_kept > 0
-    assert not planted[0].exists() and not list(out.rglob(".*.tmp"))
+    assert not planted[0].exists()
+    assert list(out.rglob(".*.tmp")) == [others]
 
 
 def test_lock_refuses_a_second_run_and_takes_over_a_stale_one(dataset):

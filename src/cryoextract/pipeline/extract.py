@@ -151,7 +151,7 @@ def run_extraction(
             state.start(job_definition(params, dataclasses.asdict(inputs)),
                         resume=options.resume)
             results = _run_job(plan, state, options, summary, on_start, on_progress)
-            remove_temporaries(paths.out_dir)
+            remove_temporaries(paths.out_dir, params)
             write_outputs(paths, mic_set, params, results, summary, write_cs=options.write_cs)
     except OSError as exc:
         raise CryoExtractError(os_error_message(
@@ -237,21 +237,30 @@ def prepare_out_dir(paths: JobPaths, params: ExtractParams, options: RunOptions)
         for stale in (paths.particles_star, paths.summary_json, paths.rejected_tsv,
                       out / "particles.cs"):
             stale.unlink(missing_ok=True)
-    remove_temporaries(out)
+    remove_temporaries(out, params)
     for output in params.outputs:
         (out / output.subdir / "Particles").mkdir(parents=True, exist_ok=True)
 
 
-def remove_temporaries(out: Path) -> None:
+def remove_temporaries(out: Path, params: ExtractParams) -> None:
     """Drop the half-written files of a killed run or of a worker that died.
 
     Call under the job's lock while no task runs (before the tasks, and after the last
     one: a worker killed while writing a stack leaves its temporary file, and its
-    micrograph is done again elsewhere), so nobody still writes them.
+    micrograph is done again elsewhere), so nobody still writes them. Only the folders
+    this job writes are looked at, not below them (another tool may write in
+    ``OUT/report`` or ``OUT/<subfolder>``); a file that cannot be removed is left.
     """
-    for tmp in out.rglob(".*.tmp"):
-        if tmp.is_file():
-            tmp.unlink(missing_ok=True)
+    folders = {out, out / STATE_DIR, out / STATE_DIR / "done"}
+    for output in params.outputs:
+        folders.update((out / output.subdir, out / output.subdir / "Particles"))
+    for folder in folders:
+        for tmp in folder.glob(".*.tmp"):
+            try:
+                if tmp.is_file():
+                    tmp.unlink()
+            except OSError:
+                pass  # only untidy: nothing reads a temporary name
 
 
 def _holds_outputs(out: Path) -> bool:

@@ -83,7 +83,7 @@ def watch_extraction(
                         results[result.micrograph_name] = result
                         if on_progress is not None:
                             on_progress(result)
-                    remove_temporaries(paths.out_dir)
+                    remove_temporaries(paths.out_dir, params)
                     summary = _publish(paths, mic_set, params, results, options)
                     if on_batch is not None:
                         on_batch(summary)
