@@ -928,3 +928,28 @@ def test_console_entry_point_keeps_exit_codes_and_flushes_piped_output(tmp_path)
     waited = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             timeout=60, env=buffered)
     assert waited.returncode == 2 and "thread done" in waited.stdout
+
+
+def test_help_shows_every_written_default():
+    """Rich reads ``[...]`` in help texts as markup and drops it unless escaped."""
+    import re
+
+    from typer.testing import CliRunner
+
+    from cryoextract.cli.app import app
+
+    sources = sorted((Path(cryoextract.__file__).parent / "cli").glob("*.py"))
+    written = set()
+    for source in sources:
+        text = re.sub(r'"\s*\n\s*"', "", source.read_text())  # join implicit concatenations
+        written.update(re.findall(r"\[default: ([^\]]+)\]", text))
+    assert len(written) >= 8
+    shown = ""
+    for command in ("extract", "subtract", "restack", "downsample", "select", "convert",
+                    "report"):
+        result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "400"},
+                                    terminal_width=400)
+        assert result.exit_code == 0, result.output
+        shown += " ".join(result.output.replace("│", " ").split()) + "\n"
+    missing = [d for d in written if f"[default: {' '.join(d.split())}]" not in shown]
+    assert not missing, missing

@@ -76,7 +76,7 @@ def extract_command(
         help="ramp: background plane + mean/std (RELION); mean: no ramp; whole: whole box; "
              "none.")] = NormMode.RAMP,
     bg_radius: Annotated[float | None, typer.Option(
-        help="Background radius in output pixels [default: 0.375 x output box].")] = None,
+        help="Background radius in output pixels \\[default: 0.375 x output box].")] = None,
     invert: Annotated[bool, typer.Option(
         help="Invert contrast after normalisation (white particles).")] = True,
     white_dust: Annotated[float | None, typer.Option(
@@ -104,12 +104,12 @@ def extract_command(
     recenter: Annotated[bool | None, typer.Option(
         "--recenter/--no-recenter",
         help="Move each pick by its refined origin (rlnOriginX/YAngst) before boxing "
-             "[default: on when the picks carry origins].")] = None,
+             "\\[default: on when the picks carry origins].")] = None,
     ctf_correct: Annotated[CtfCorrection, typer.Option(
         help="Phase-flip or premultiply each particle by its CTF (from the STAR), in a "
              "padded box windowed back to --box.")] = CtfCorrection.NONE,
     ctf_box: Annotated[int | None, typer.Option(
-        help="Padded box for CTF correction (micrograph px) [default: box + the defocus "
+        help="Padded box for CTF correction (micrograph px) \\[default: box + the defocus "
              "delocalisation at the output Nyquist].")] = None,
     ctf_on: Annotated[str, typer.Option(
         help="box (each particle, default) or micrograph (flip the whole micrograph "
@@ -121,7 +121,7 @@ def extract_command(
              "projected with each particle's pose.")] = None,
     seed: Annotated[int, typer.Option(help="Seed for dust and noise fill.")] = 0,
     workers: Annotated[int | None, typer.Option(
-        help="Processes [default: all cores].")] = None,
+        help="Processes \\[default: all cores].")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
     write_cs: Annotated[bool, typer.Option(
         help="Also write a cryoSPARC particles.cs beside each STAR.")] = False,
@@ -136,7 +136,7 @@ def extract_command(
     descriptors: Annotated[bool, typer.Option(
         help="Per-particle quality columns (ceScoreByVar, ceGiniPatch, ...; README).")] = True,
     patch: Annotated[int | None, typer.Option(
-        help="Patch for the local-variance descriptors, px [default: 1.5 x box].")] = None,
+        help="Patch for the local-variance descriptors, px \\[default: 1.5 x box].")] = None,
     min_distance_angstrom: Annotated[float | None, typer.Option(
         help="Of picks closer than this, keep the best by --score-column.")] = None,
     min_score: Annotated[float | None, typer.Option(

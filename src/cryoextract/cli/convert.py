@@ -47,12 +47,12 @@ def convert_command(
              "cbox, topaz, pos, txt, cs.")] = "auto",
     box: Annotated[float | None, typer.Option(
         "--box", help="Box side in output micrograph pixels for .box/.cbox "
-                      "[default: the input's, rescaled].")] = None,
+                      "\\[default: the input's, rescaled].")] = None,
     coords_pixel_size: Annotated[float | None, typer.Option(
         help="Pixel size (A) of the micrographs the picks were made on (binned picking); "
              "coordinates are scaled by this / --pixel-size.")] = None,
     pixel_size: Annotated[float | None, typer.Option(
-        help="Pixel size (A) of the micrographs the output refers to [default: from a "
+        help="Pixel size (A) of the micrographs the output refers to \\[default: from a "
              "--micrographs STAR].")] = None,
     swap_xy: Annotated[bool, typer.Option(help="Swap x and y (after scaling).")] = False,
     flip_x: Annotated[bool, typer.Option(
@@ -66,7 +66,7 @@ def convert_command(
         help="Micrographs STAR or glob of MRC files: names for the picks, shapes from the "
              "MRC headers, pixel sizes from the STAR.")] = None,
     suffix: Annotated[str | None, typer.Option(
-        help="Ending of per-micrograph output files [default: .star, .box, .cbox].")] = None,
+        help="Ending of per-micrograph output files \\[default: .star, .box, .cbox].")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing output files.")] = False,
 ) -> None:
     """Convert picks between formats, pixel sizes and axis conventions."""

@@ -32,7 +32,7 @@ def select_command(
              'and, or, not; the ce/rln prefix may be left out).',
         show_default=False)],
     output: Annotated[Path | None, typer.Option(
-        "--out", help="Output STAR (.star) or folder [default: SOURCE/selected/particles.star]."
+        "--out", help="Output STAR (.star) or folder \\[default: SOURCE/selected/particles.star]."
     )] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
 ) -> None:

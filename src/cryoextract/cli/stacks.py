@@ -73,7 +73,7 @@ def downsample_command(
     select: SelectOption = None,
     indices: IndicesOption = None,
     workers: Annotated[int | None, typer.Option(
-        help="FFT threads [default: all cores].")] = None,
+        help="FFT threads \\[default: all cores].")] = None,
     overwrite: OverwriteOption = False,
 ) -> None:
     """Fourier-crop existing particles to a smaller box or larger pixel size + a STAR."""

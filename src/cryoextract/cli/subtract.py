@@ -45,7 +45,7 @@ def subtract_command(
         "--half-maps", help="Half-maps 1 and 2: each particle is subtracted with the map of "
                             "its own half-set.", show_default=False)] = None,
     mask: Annotated[Path | None, typer.Option(
-        help="Soft mask (values in [0, 1]) of the map's size [default: none, the whole map "
+        help="Soft mask (values in [0, 1]) of the map's size \\[default: none, the whole map "
              "is subtracted].", show_default=False)] = None,
     mask_mode: Annotated[MaskMode, typer.Option(
         help="subtract: remove the density inside the mask (cryoSPARC); keep: remove the "
@@ -65,7 +65,7 @@ def subtract_command(
     float16: Annotated[bool, typer.Option(
         "--float16/--float32", help="Output MRC mode 12 or 2.")] = False,
     workers: Annotated[int | None, typer.Option(
-        help="Worker processes [default: all cores].", show_default=False)] = None,
+        help="Worker processes \\[default: all cores].", show_default=False)] = None,
     batch_size: Annotated[int, typer.Option(
         help="Particles per output stack.")] = DEFAULT_BATCH_SIZE,
     scale_band: Annotated[float, typer.Option(
