@@ -524,3 +524,19 @@ def test_read_picks_real_cryolo_box() -> None:
     assert len(picks) == len(table) > 100
     np.testing.assert_allclose(picks["rlnCoordinateX"], table[:, 0] + table[:, 2] / 2)
     np.testing.assert_allclose(picks["rlnCoordinateY"], table[:, 1] + table[:, 3] / 2)
+
+
+def test_atomic_file_publishes_only_complete_files(tmp_path):
+    from cryoextract.io.atomic import TEMPORARY_GLOB, atomic_file, temporary_path
+
+    target = tmp_path / "particles.star"
+    target.write_bytes(b"old")
+    assert temporary_path(target).match(TEMPORARY_GLOB)
+    with pytest.raises(RuntimeError), atomic_file(target) as stream:
+        stream.write(b"half")
+        raise RuntimeError("disk gone")
+    assert target.read_bytes() == b"old" and list(tmp_path.iterdir()) == [target]
+    with atomic_file(target) as stream:
+        stream.write(b"new")
+        assert target.read_bytes() == b"old"  # not published before the block ends
+    assert target.read_bytes() == b"new" and list(tmp_path.iterdir()) == [target]

@@ -75,7 +75,7 @@ def test_resume_removes_what_a_killed_run_left_half_written(dataset):
     shutil.copytree(dataset / "reference", out)
     stack = sorted((out / "Particles").glob("*.mrcs"))[0]
     leftovers = [stack.with_name(f".{stack.name}.999999.tmp"),
-                 out / ".cryoextract" / "done" / ".0123456789abcdef.particles.tmp"]
+                 out / ".cryoextract" / "done" / ".0123456789abcdef.particles.arrow.999999.tmp"]
     for leftover in leftovers:
         leftover.write_bytes(stack.read_bytes()[:3000])
     done = subprocess.run(command("half_written", "--resume", "--workers", "1"), cwd=dataset,

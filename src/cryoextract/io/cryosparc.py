@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 from cryoextract.errors import InputError
+from cryoextract.io.atomic import atomic_file
 from cryoextract.ops.rotations import euler_to_pose, pose_to_euler
 
 NUMPY_MAGIC = b"\x93NUMPY"
@@ -460,7 +461,7 @@ def write_cs(
         fields += _location_fields(table, micrograph_shapes, flip_y)
     fields += _alignment_fields(table)
     array = _structured(fields, n)
-    _save_atomic(Path(path), array)
+    save_cs(path, array)
     return array
 
 
@@ -639,11 +640,7 @@ def _structured(fields: list[tuple[str, np.ndarray]], n: int) -> np.ndarray:
     return array
 
 
-def _save_atomic(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as stream:  # a handle: np.save would append ".npy" to a name
-            np.save(stream, array, allow_pickle=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+def save_cs(path: str | os.PathLike[str], array: np.ndarray) -> None:
+    """Save a structured array as a ``.cs`` file (NumPy ``.npy`` format), atomically."""
+    with atomic_file(path) as stream:  # a handle: np.save would append ".npy" to a name
+        np.save(stream, array, allow_pickle=False)

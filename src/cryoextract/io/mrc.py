@@ -17,6 +17,7 @@ import mrcfile.utils
 import numpy as np
 
 from cryoextract.errors import InputError, MicrographError, first_line
+from cryoextract.io.atomic import temporary_path
 
 # MRC modes we read: 0 int8, 1 int16, 2 float32, 6 uint16, 12 float16.
 READABLE_DTYPES = (np.int8, np.int16, np.float32, np.uint16, np.float16)
@@ -153,7 +154,7 @@ class StackWriter:
         self.shape_yx = (int(shape_yx[0]), int(shape_yx[1]))
         self.dtype = stack_dtype(float16)
         self.pixel_size_angstrom = pixel_size_angstrom
-        self._tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        self._tmp = temporary_path(self.path)
         self._file = open(self._tmp, "wb")
         self._file.write(bytes(HEADER_BYTES))
         self._file.flush()

@@ -12,6 +12,7 @@ import pandas as pd
 import starfile
 
 from cryoextract.errors import InputError, first_line
+from cryoextract.io.atomic import atomic_file
 from cryoextract.io.star_rows import loop_rows
 
 
@@ -164,16 +165,10 @@ def write_star(path: str | os.PathLike[str], blocks: dict[str, pd.DataFrame]) ->
     Rows are formatted by :mod:`cryoextract.io.star_rows`: a million rows take about
     two seconds.
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as stream:
-            stream.write(b"\n# version 30001 (written by cryoextract)\n")
-            for name, table in blocks.items():
-                _write_loop(stream, name, table)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_file(path) as stream:
+        stream.write(b"\n# version 30001 (written by cryoextract)\n")
+        for name, table in blocks.items():
+            _write_loop(stream, name, table)
 
 
 def _write_loop(stream: BinaryIO, name: str, table: pd.DataFrame) -> None:

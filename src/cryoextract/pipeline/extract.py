@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryoextract.errors import CryoExtractError, ParameterError, os_error_message
+from cryoextract.io.atomic import TEMPORARY_GLOB
 from cryoextract.io.micrographs import MicrographSet, read_micrograph_set, with_ctffind
 from cryoextract.pipeline.checks import (
     box_size_warnings,
@@ -255,7 +256,7 @@ def remove_temporaries(out: Path, params: ExtractParams) -> None:
     for output in params.outputs:
         folders.update((out / output.subdir, out / output.subdir / "Particles"))
     for folder in folders:
-        for tmp in folder.glob(".*.tmp"):
+        for tmp in folder.glob(TEMPORARY_GLOB):
             try:
                 if tmp.is_file():
                     tmp.unlink()

@@ -22,6 +22,7 @@ from typing import Any
 import pandas as pd
 
 from cryoextract.errors import CryoExtractError, ParameterError
+from cryoextract.io.atomic import atomic_file, write_text_atomic
 from cryoextract.io.mrc import stack_image_count
 from cryoextract.pipeline.params import ExtractParams
 from cryoextract.pipeline.task import (
@@ -74,7 +75,7 @@ class JobState:
                     f"inputs ({job_file}); use the same options, or --overwrite"
                 )
             return
-        _write_text_atomic(job_file, text)
+        write_text_atomic(job_file, text)
 
     def _base(self, task: MicrographTask) -> Path:
         """Records are named by micrograph, so a growing input list keeps them valid."""
@@ -89,13 +90,12 @@ class JobState:
         tables = {"particles": result.particles, "dropped": result.dropped}
         for name, table in tables.items():
             if table is not None:
-                tmp = base.with_name(f".{base.name}.{name}.tmp")
-                table.reset_index(drop=True).to_feather(tmp)
-                os.replace(tmp, base.with_name(f"{base.name}.{name}.arrow"))
+                with atomic_file(base.with_name(f"{base.name}.{name}.arrow")) as stream:
+                    table.reset_index(drop=True).to_feather(stream)
         meta = {"micrograph": task.micrograph_name, "warnings": result.warnings,
                 "shape_yx": result.shape_yx, "tables": [k for k, v in tables.items()
                                                         if v is not None]}
-        _write_text_atomic(base.with_suffix(".json"), json.dumps(meta))
+        write_text_atomic(base.with_suffix(".json"), json.dumps(meta))
 
     def load(self, task: MicrographTask) -> MicrographResult | None:
         """A finished micrograph's result, or ``None`` if it must be (re)done.
@@ -199,7 +199,3 @@ def _alive(owner: dict[str, Any]) -> bool:
     return True
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

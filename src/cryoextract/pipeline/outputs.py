@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
+from cryoextract.io.atomic import atomic_file, write_text_atomic
 from cryoextract.io.cryosparc import write_cs as write_cryosparc
 from cryoextract.io.micrographs import MicrographSet
 from cryoextract.io.star import write_star
@@ -64,7 +64,7 @@ def write_outputs(
         str(paths.out_dir / o.subdir / "particles.star") for o in params.outputs[1:]
     ]
     _write_rejected(paths.rejected_tsv, results)
-    _write_text_atomic(paths.summary_json, summary.to_json())
+    write_text_atomic(paths.summary_json, summary.to_json())
 
 
 def gather(results: list[MicrographResult], summary: ExtractionSummary) -> None:
@@ -120,13 +120,6 @@ def _write_rejected(path: Path, results: list[MicrographResult]) -> None:
     ]
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
         {"rlnCoordinateX": [], "rlnCoordinateY": [], "reason": [], "rlnMicrographName": []})
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    table[["rlnMicrographName", "rlnCoordinateX", "rlnCoordinateY", "reason"]].to_csv(
-        tmp, sep="\t", index=False)
-    os.replace(tmp, path)
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_file(path, "w", encoding="utf-8", newline="") as stream:
+        table[["rlnMicrographName", "rlnCoordinateX", "rlnCoordinateY", "reason"]].to_csv(
+            stream, sep="\t", index=False)

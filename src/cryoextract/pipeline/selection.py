@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from cryoextract.errors import InputError, ParameterError
-from cryoextract.io.cryosparc import load_cs, read_cs_particles, write_cs
+from cryoextract.io.cryosparc import load_cs, read_cs_particles, save_cs, write_cs
 from cryoextract.io.star import find_block, read_star, write_star
 
 FIGURE_OF_MERIT = "rlnAutopickFigureOfMerit"
@@ -595,10 +595,4 @@ def _save_cs_rows(out_cs: Path, rows: np.ndarray, paths: list[str]) -> None:
     for name in rows.dtype.names:
         out[name] = np.array([p.encode() for p in paths], dtype=f"S{width}") \
             if name == "blob/path" else rows[name]
-    tmp = out_cs.with_name(f".{out_cs.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as stream:
-            np.save(stream, out, allow_pickle=False)
-        os.replace(tmp, out_cs)
-    finally:
-        tmp.unlink(missing_ok=True)
+    save_cs(out_cs, out)

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from cryoextract.errors import CryoExtractError, InputError
+from cryoextract.io.atomic import write_text_atomic
 from cryoextract.io.images import locate_images, read_images
 from cryoextract.io.mrc import open_micrograph
 from cryoextract.io.star import find_block, read_star
@@ -108,7 +109,7 @@ def write_report(
         _notes_section(run),
     ]
     page = report_dir / "index.html"
-    _write_atomic(page, _page(run, sections))
+    write_text_atomic(page, _page(run, sections))
     return page
 
 
@@ -345,10 +346,3 @@ def _e(text: str) -> str:
     return html.escape(text, quote=True)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

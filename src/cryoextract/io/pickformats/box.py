@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from cryoextract.errors import ParameterError
+from cryoextract.io.atomic import write_text_atomic
 from cryoextract.io.pickformats.common import (
     BOX_ATTR,
     SCORE,
@@ -26,7 +27,6 @@ from cryoextract.io.pickformats.common import (
     ragged_table,
     scores,
     uniform_box,
-    write_text_atomic,
 )
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from cryoextract.errors import InputError, ParameterError
+from cryoextract.io.atomic import write_text_atomic
 from cryoextract.io.pickformats.common import (
     BOX_ATTR,
     SCORE,
@@ -32,7 +33,6 @@ from cryoextract.io.pickformats.common import (
     ragged_table,
     read_text,
     uniform_box,
-    write_text_atomic,
 )
 from cryoextract.io.star import read_star
 

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from cryoextract.errors import InputError, ParameterError
+from cryoextract.io.atomic import write_text_atomic
 from cryoextract.io.pickformats.common import (
     MICROGRAPH,
     SCORE,
@@ -27,7 +28,6 @@ from cryoextract.io.pickformats.common import (
     numeric_or_text,
     read_text,
     scores,
-    write_text_atomic,
 )
 
 _RENAMED = {"image_name": MICROGRAPH, "x_coord": X, "y_coord": Y, "score": SCORE}
