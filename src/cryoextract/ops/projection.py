@@ -458,8 +458,9 @@ def project_spectra(
     return _slices(fvol, rotations, centre, ctf, max_radius_px)
 
 
+@lru_cache(maxsize=1)
 def load_kernel() -> None:
-    """Compile (or load from numba's cache) the interpolation loop now.
+    """Compile (or load from numba's cache) the interpolation loop now; once per process.
 
     Call before forking workers, so that they inherit it instead of each loading it.
     """
