@@ -41,14 +41,13 @@ from cryoextract.cli.subtract import subtract_command
 from cryoextract.errors import CryoExtractError, InputError, ParameterError
 from cryoextract.io.cryosparc import read_cs_particles, write_cs
 from cryoextract.ops.ctf import CtfParams, ctf_2d, ctf_2d_batch
-from cryoextract.ops.rotations import euler_to_matrix
+from cryoextract.ops.rotations import euler_to_matrix, viewing_direction_order
 from cryoextract.ops.subtract import inspect_mask, suggested_edge_px
 from cryoextract.pipeline import subtract_tasks as tasks
 from cryoextract.pipeline.subtract import (
     recenter_shifts,
     revert_subtraction,
     subtract_particles,
-    viewing_direction_order,
 )
 from relion_oracle import require_relion
 from shared_data import SHARED_DATA, require_paths

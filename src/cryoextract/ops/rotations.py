@@ -178,6 +178,32 @@ def euler_to_pose(rot_deg: ArrayLike, tilt_deg: ArrayLike, psi_deg: ArrayLike) -
     return matrix_to_rodrigues(np.swapaxes(euler_to_matrix(rot_deg, tilt_deg, psi_deg), -1, -2))
 
 
+def viewing_direction_order(rotations_deg: ArrayLike, bin_degrees: float = 10.0) -> NDArray:
+    """Positions sorted so that particles with close viewing directions are neighbours
+    (their central slices read the same parts of a Fourier volume).
+
+    Parameters
+    ----------
+    rotations_deg : np.ndarray
+        ``(n, 3)`` ``rlnAngleRot/Tilt/Psi`` in degrees.
+    bin_degrees : float
+        Size of the direction bins.
+
+    Returns
+    -------
+    np.ndarray
+        ``(n,)`` permutation. The direction is row 2 of RELION's matrix (``v`` and ``-v``
+        give the same central plane); bins of polar angle, then of azimuth.
+    """
+    if not len(rotations_deg):
+        return np.zeros(0, dtype=np.int64)
+    direction = euler_to_matrix(*np.asarray(rotations_deg, dtype=np.float64).T)[:, 2, :]
+    direction *= np.where(direction[:, 2:3] < 0, -1.0, 1.0)
+    polar = np.degrees(np.arccos(np.clip(direction[:, 2], -1.0, 1.0)))
+    azimuth = np.degrees(np.arctan2(direction[:, 1], direction[:, 0]))
+    return np.lexsort((np.floor(azimuth / bin_degrees), np.floor(polar / bin_degrees)))
+
+
 def _sgn(x: NDArray) -> NDArray:
     """RELION's ``SGN`` macro: ``1`` for ``x >= 0`` (zero included), else ``-1``."""
     return np.where(x >= 0, 1.0, -1.0)

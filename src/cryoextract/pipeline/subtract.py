@@ -53,7 +53,6 @@ from cryoextract.pipeline.subtract_tasks import (
     kernel_loading_meanwhile,
     split_stack,
     task_pool,
-    viewing_direction_order,
 )
 
 __all__ = [
@@ -64,7 +63,6 @@ __all__ = [
     "SubtractSummary",
     "revert_subtraction",
     "subtract_particles",
-    "viewing_direction_order",
 ]
 
 #: default band of the per-particle scale fit, fraction of Nyquist

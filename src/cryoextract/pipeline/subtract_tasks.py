@@ -38,7 +38,7 @@ from cryoextract.ops.projection import (
     origin_shifts_px,
     project_spectra,
 )
-from cryoextract.ops.rotations import euler_to_matrix
+from cryoextract.ops.rotations import euler_to_matrix, viewing_direction_order
 from cryoextract.ops.subtract import SubtractedBatch, subtract_images
 from cryoextract.pipeline.allocator import keep_freed_memory
 
@@ -52,7 +52,6 @@ __all__ = [
     "run_task",
     "split_stack",
     "task_pool",
-    "viewing_direction_order",
 ]
 
 #: bytes of input images (counted as float32) in one task: what a worker holds at once
@@ -379,28 +378,3 @@ def _ctf_images(keys: np.ndarray, box_px: int, pixel_size_angstrom: float) -> np
 
 #: this process's CTFs (each worker process has its own)
 _ctf_cache = CtfCache(CTF_CACHE_BYTES)
-
-
-def viewing_direction_order(rotations_deg: np.ndarray, bin_degrees: float = 10.0) -> np.ndarray:
-    """Positions sorted so that particles with close viewing directions are neighbours.
-
-    Parameters
-    ----------
-    rotations_deg : np.ndarray
-        ``(n, 3)`` ``rlnAngleRot/Tilt/Psi`` in degrees.
-    bin_degrees : float
-        Size of the direction bins.
-
-    Returns
-    -------
-    np.ndarray
-        ``(n,)`` permutation. The direction is row 2 of RELION's matrix (``v`` and ``-v``
-        give the same central plane); bins of polar angle, then of azimuth.
-    """
-    if not len(rotations_deg):
-        return np.zeros(0, dtype=np.int64)
-    direction = euler_to_matrix(*np.asarray(rotations_deg, dtype=np.float64).T)[:, 2, :]
-    direction *= np.where(direction[:, 2:3] < 0, -1.0, 1.0)
-    polar = np.degrees(np.arccos(np.clip(direction[:, 2], -1.0, 1.0)))
-    azimuth = np.degrees(np.arctan2(direction[:, 1], direction[:, 0]))
-    return np.lexsort((np.floor(azimuth / bin_degrees), np.floor(polar / bin_degrees)))
