@@ -1,17 +1,22 @@
-"""The driver scales linearly: planning and STAR writing at 1x and 2x size, no images read.
+"""The driver scales linearly: planning and STAR writing at 1x and 4x size, no images read.
 
 A real dataset is 10,000+ micrographs and millions of particles. The driver reads the
 micrograph list and the picks, plans one task per micrograph and, at the end, writes the
 particles STAR. None of that may hold a quadratic step. Planning 100,000 micrographs
 with 10 million picks, and writing a 10-million-row STAR, take minutes, too long for CI,
-so the tests measure each step at two sizes, the second twice the first, and check that
-time and memory grow by less than 2.6x (linear: 2x; quadratic: 4x):
+so the tests measure each step at two sizes, the second four times the first, and check
+that time and memory grow by less than 8x: linear growth gives 4x, a quadratic step 16x.
+The threshold sits halfway between the two (on a log scale), so a single measurement
+would have to be disturbed by 2x to fail a linear driver, and a driver whose time a
+quadratic step dominates could not pass. A time ratio over the threshold is measured
+once more and each size's faster run kept (the usual defence against a busy machine);
+memory is not noisy.
 
 * planning (``cryoextract.pipeline.extract.prepare_job``: read the micrographs STAR and
   a particles STAR of picks with ``rlnMicrographName``, split the picks, plan the tasks)
-  for 10,000 micrographs / 1,000,000 picks and 20,000 / 2,000,000. The micrograph files
+  for 2,500 micrographs / 250,000 picks and 10,000 / 1,000,000. The micrograph files
   do not exist: planning never opens them;
-* ``cryoextract.io.star.write_star`` of a 1,000,000 and a 2,000,000-row particles table
+* ``cryoextract.io.star.write_star`` of a 250,000 and a 1,000,000-row particles table
   (the columns of a real extraction's ``particles.star``).
 
 Each measurement runs in a fresh subprocess (this file run as a script) so peak memory
@@ -31,14 +36,16 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-MAX_RATIO = 2.6
-PLAN_SIZES = [(10_000, 1_000_000), (20_000, 2_000_000)]  # (micrographs, picks)
-STAR_ROWS = [1_000_000, 2_000_000]
+MAX_RATIO = 8.0  # sqrt(4 * 16): between linear (4x) and quadratic (16x) growth
+PLAN_SIZES = [(2_500, 250_000), (10_000, 1_000_000)]  # (micrographs, picks)
+STAR_ROWS = [250_000, 1_000_000]
 FULL = os.environ.get("CRYOEXTRACT_SCALE_FULL", "") not in ("", "0")
 
 
@@ -204,31 +211,44 @@ def _report(what: str, sizes: list[str], results: list[dict[str, float]]) -> str
 
 
 # --------------------------------------------------------------------------- tests
+def assert_linear(what: str, sizes: list[str], runs: list[Callable[[], dict[str, float]]]
+                  ) -> list[dict[str, float]]:
+    """Measure the small and the large size; their CPU time and memory must grow linearly.
+
+    A time ratio over ``MAX_RATIO`` is measured once more, keeping each size's faster run.
+    """
+    results = [run() for run in runs]
+    if results[1]["cpu_s"] / results[0]["cpu_s"] >= MAX_RATIO:
+        again = [run() for run in runs]
+        for result, repeat in zip(results, again, strict=True):
+            result["cpu_s"] = min(result["cpu_s"], repeat["cpu_s"])
+    print(_report(what, sizes, results))
+    small, large = results
+    assert large["cpu_s"] / small["cpu_s"] < MAX_RATIO, (small, large)
+    assert large["rss_growth"] / max(small["rss_growth"], 2**20) < MAX_RATIO, (small, large)
+    return results
+
+
 def test_planning_grows_linearly(tmp_path: Path) -> None:
-    results = []
+    roots = []
     for n_micrographs, n_picks in PLAN_SIZES:
-        root = tmp_path / f"plan_{n_micrographs}"
-        write_inputs(root, n_micrographs, n_picks)
-        result = measure("plan", str(root))
+        roots.append(tmp_path / f"plan_{n_micrographs}")
+        write_inputs(roots[-1], n_micrographs, n_picks)
+    results = assert_linear(
+        "planning", [f"{m} micrographs, {p} picks" for m, p in PLAN_SIZES],
+        [partial(measure, "plan", str(root)) for root in roots])
+    for (n_micrographs, n_picks), result in zip(PLAN_SIZES, results, strict=True):
         assert result["tasks"] == n_micrographs
         assert result["picks"] == n_picks
         assert result["opened"] == 0  # the micrographs do not exist and were not needed
-        results.append(result)
-    print(_report("planning", [f"{m} micrographs, {p} picks" for m, p in PLAN_SIZES],
-                  results))
-    small, large = results
-    assert large["cpu_s"] / small["cpu_s"] < MAX_RATIO, (small, large)
-    assert large["rss_growth"] / max(small["rss_growth"], 2**20) < MAX_RATIO, (small, large)
 
 
 def test_star_writing_grows_linearly(tmp_path: Path) -> None:
-    results = [measure("write", str(tmp_path), str(rows)) for rows in STAR_ROWS]
-    print(_report("write_star", [f"{rows} rows" for rows in STAR_ROWS], results))
+    results = assert_linear(
+        "write_star", [f"{rows} rows" for rows in STAR_ROWS],
+        [partial(measure, "write", str(tmp_path), str(rows)) for rows in STAR_ROWS])
     for rows, result in zip(STAR_ROWS, results, strict=True):
         assert result["lines"] > rows
-    small, large = results
-    assert large["cpu_s"] / small["cpu_s"] < MAX_RATIO, (small, large)
-    assert large["rss_growth"] / max(small["rss_growth"], 2**20) < MAX_RATIO, (small, large)
 
 
 def full_size_check(tmp_path: Path) -> None:
