@@ -8,7 +8,8 @@ an ``n``-pixel image it keeps rows ``ky`` in ``(-m/2, m/2]`` and columns ``kx`` 
 from __future__ import annotations
 
 import numpy as np
-import scipy.fft
+
+from cryoextract.ops import fft_threads
 
 
 def fourier_crop_2d(
@@ -30,7 +31,7 @@ def fourier_crop_2d(
         ``(..., 2)`` shifts ``(dx, dy)`` in *input* pixels applied to the image content
         (a feature at ``x`` moves to ``x + dx``), by a phase ramp.
     workers : int
-        Threads for scipy.fft.
+        Threads for the FFTs (:mod:`cryoextract.ops.fft_threads`).
 
     Returns
     -------
@@ -62,8 +63,8 @@ def fourier_crop_many(
         return [images for _ in out_sizes]
     keep = max(out_sizes) // 2 + 1
     # The 2D DFT is separable: drop columns kx > max(m)/2 before the y transform.
-    spectrum = scipy.fft.rfft(images, axis=-1, workers=workers)[..., :keep]
-    spectrum = scipy.fft.fft(spectrum, axis=-2, workers=workers, overwrite_x=True)
+    spectrum = fft_threads.rfft(images, axis=-1, workers=workers)[..., :keep]
+    spectrum = fft_threads.fft(spectrum, axis=-2, workers=workers, overwrite_x=True)
     return [_crop_and_invert(spectrum, n, m, shifts_xy, workers) for m in out_sizes]
 
 
@@ -83,7 +84,7 @@ def _crop_and_invert(
         cropped = spectrum[..., : half + 1].copy()
     if shifts_xy is not None:
         cropped *= _phase_ramp(np.asarray(shifts_xy) * (m / n), m)
-    out = scipy.fft.irfft2(cropped, s=(m, m), workers=workers, overwrite_x=True)
+    out = fft_threads.irfft2(cropped, s=(m, m), workers=workers, overwrite_x=True)
     return out.astype(np.float32, copy=False)
 
 

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-import scipy.fft
 from numpy.typing import ArrayLike
 from scipy import ndimage
 
 from cryoextract.errors import ParameterError
+from cryoextract.ops import fft_threads
 
 __all__ = [
     "MaskReport",
@@ -169,7 +169,7 @@ def subtract_images(
     box_px : int, optional
         Crop to the central ``box_px`` pixels (:func:`crop_centre`).
     workers : int
-        Threads for scipy.fft.
+        Threads for the FFTs (:mod:`cryoextract.ops.fft_threads`).
 
     Returns
     -------
@@ -178,15 +178,15 @@ def subtract_images(
     n = images.shape[-1]
     count = images.shape[0]
     if fit:
-        spectra = scipy.fft.rfft2(np.asarray(images, dtype=np.float32), workers=workers)
+        spectra = fft_threads.rfft2(np.asarray(images, dtype=np.float32), workers=workers)
         model = region_spectra if fit_spectra is None else fit_spectra
         scales = fit_scale(spectra, model, max_radius_px=fit_radius_px)
         spectra -= scales.astype(np.float32)[:, None, None] * region_spectra
-        out = scipy.fft.irfft2(spectra, s=(n, n), workers=workers, overwrite_x=True)
+        out = fft_threads.irfft2(spectra, s=(n, n), workers=workers, overwrite_x=True)
     else:
         # nothing to fit: subtract in real space and save the images' forward transforms
         scales = np.ones(count, dtype=np.float64)
-        out = scipy.fft.irfft2(region_spectra, s=(n, n), workers=workers)
+        out = fft_threads.irfft2(region_spectra, s=(n, n), workers=workers)
         np.subtract(images, out, out=out)
     if integer_shifts_xy is not None:
         shifts = np.asarray(integer_shifts_xy, dtype=np.float64).reshape(count, 2)

@@ -1,0 +1,69 @@
+"""``cryoextract.ops.fft_threads``: the same transforms as scipy.fft, and no thread left
+behind (scipy.fft's own ``workers > 1`` leaves a pocketfft pool whose fork handlers hung
+a ``fork()`` in CI; see the module docstring)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import scipy.fft
+
+from cryoextract.ops import fft_threads
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_same_results_as_scipy(workers, monkeypatch):
+    monkeypatch.setattr(fft_threads, "MIN_VALUES_PER_THREAD", 1)  # split even small arrays
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(5, 24, 30)).astype(np.float32)
+    np.testing.assert_allclose(fft_threads.rfft2(images, workers=workers),
+                               scipy.fft.rfft2(images), rtol=1e-6, atol=1e-4)
+    for axis in (0, 1, -1):
+        np.testing.assert_allclose(fft_threads.rfft(images, axis=axis, workers=workers),
+                                   scipy.fft.rfft(images, axis=axis), rtol=1e-6, atol=1e-4)
+        spectra = images.astype(np.complex64)
+        np.testing.assert_allclose(fft_threads.fft(spectra, axis=axis, workers=workers),
+                                   scipy.fft.fft(spectra, axis=axis), rtol=1e-6, atol=1e-4)
+    spectra = scipy.fft.rfft2(images)
+    np.testing.assert_allclose(fft_threads.irfft2(spectra, s=(24, 30), workers=workers),
+                               images, atol=1e-5)
+    single = images[0]  # one image: cut along the axis that is not transformed
+    np.testing.assert_allclose(fft_threads.rfft(single, axis=-1, workers=workers),
+                               scipy.fft.rfft(single, axis=-1), rtol=1e-6, atol=1e-4)
+
+
+def test_no_thread_outlives_a_transform():
+    """After the threaded map transform, Fourier crop and subtraction FFTs, the process has
+    as many threads as before (scipy.fft's workers=2 leaves its pool: checked first)."""
+    script = textwrap.dedent("""
+        import os
+        import numpy as np
+        import scipy.fft
+        from cryoextract.ops.fourier import fourier_crop_many
+        from cryoextract.ops.projection import fourier_volume
+        from cryoextract.ops.subtract import subtract_images
+
+        def threads():
+            return len(os.listdir("/proc/self/task"))
+
+        rng = np.random.default_rng(0)
+        before = threads()
+        fourier_volume(rng.normal(size=(48, 48, 48)).astype(np.float32), workers=2)
+        images = rng.normal(size=(64, 96, 96)).astype(np.float32)
+        fourier_crop_many(images, (48,), workers=2)
+        spectra = scipy.fft.rfft2(images).astype(np.complex64)
+        subtract_images(images, spectra * 0.5, fit=False, workers=2)
+        after = threads()
+        scipy.fft.fft(images, workers=2)
+        print(before, after, threads())
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    before, after, with_pool = map(int, proc.stdout.split())
+    assert with_pool > before  # the pool that our code must not start
+    assert after == before
