@@ -1,8 +1,8 @@
 """Contrast transfer function (CTF) with the conventions of RELION 3.1.
 
 Pure numpy, no file access. The model follows ``CTF::initialise`` and ``CTF::getCTF``
-of RELION 3.1 (``src/ctf.cpp``, ``src/ctf.h``) without magnification matrices or
-higher-order aberrations::
+of RELION 3.1 (``src/ctf.cpp``, ``src/ctf.h``); magnification matrices and symmetric
+higher-order aberrations are optional (:func:`ctf_2d_batch`)::
 
     gamma(k) = K1 * df(k) * u² + K2 * u⁴ - K5 - K3
     CTF(k)   = scale * exp(-B * u² / 4) * (-sin(gamma(k)))
@@ -266,7 +266,8 @@ def _param_arrays(params: Sequence[CtfParams]) -> dict[str, np.ndarray]:
     }
 
 
-def _ctf_values(p: dict[str, np.ndarray], ky: np.ndarray, kx: np.ndarray) -> np.ndarray:
+def _ctf_values(p: dict[str, np.ndarray], ky: np.ndarray, kx: np.ndarray,
+                gamma_offset: np.ndarray | float = 0.0) -> np.ndarray:
     """RELION 3.1 ``getCTF`` on a grid; parameter arrays (n, 1, 1), result (n, h, w)."""
     volts = p["voltage_kv"] * 1e3
     wavelength = _WAVELENGTH_CONSTANT_ANGSTROM_SQRT_VOLT / np.sqrt(
@@ -291,7 +292,7 @@ def _ctf_values(p: dict[str, np.ndarray], ky: np.ndarray, kx: np.ndarray) -> np.
     kx2, ky2 = kx * kx, ky * ky
     u2 = kx2 + ky2
     defocus_u2 = axx * kx2 + 2.0 * axy * (kx * ky) + ayy * ky2
-    gamma = k1 * defocus_u2 + k2 * (u2 * u2) - k5 - k3
+    gamma = k1 * defocus_u2 + k2 * (u2 * u2) - k5 - k3 + gamma_offset
     return p["scale"] * np.exp(k4 * u2) * -np.sin(gamma)
 
 
@@ -301,6 +302,8 @@ def ctf_2d_batch(
     pixel_size_angstrom: float,
     *,
     rfft: bool = True,
+    magnification: np.ndarray | None = None,
+    gamma_offset: np.ndarray | None = None,
 ) -> np.ndarray:
     """CTFs of several parameter sets on one Fourier grid.
 
@@ -314,6 +317,12 @@ def ctf_2d_batch(
         Pixel size of the real-space images.
     rfft
         Half-plane (``scipy.fft.rfft2``) layout or the full plane; see the module docstring.
+    magnification
+        ``(2, 2)`` anisotropic magnification ``M`` (``rlnMagMat``): the CTF is evaluated at
+        ``M k``, as RELION 3.1's ``getCTF`` (docs "Optical aberrations").
+    gamma_offset
+        ``(ny, w)`` radians added to ``gamma`` (the symmetric aberrations,
+        :func:`cryoextract.ops.aberrations.even_gamma_offset`).
 
     Returns
     -------
@@ -326,7 +335,11 @@ def ctf_2d_batch(
     ky, kx = frequency_grid_angstrom(box_px, pixel_size_angstrom, rfft=rfft)
     if not params:
         return np.zeros((0, ky.shape[0], kx.shape[1]), dtype=np.float32)
-    return _ctf_values(_param_arrays(params), ky, kx).astype(np.float32)
+    if magnification is not None:
+        m = np.asarray(magnification, dtype=np.float64)
+        kx, ky = m[0, 0] * kx + m[0, 1] * ky, m[1, 0] * kx + m[1, 1] * ky
+    offset = 0.0 if gamma_offset is None else np.asarray(gamma_offset, dtype=np.float64)
+    return _ctf_values(_param_arrays(params), ky, kx, offset).astype(np.float32)
 
 
 def ctf_2d(

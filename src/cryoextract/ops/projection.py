@@ -35,10 +35,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-import scipy.fft
 from numpy.typing import ArrayLike, NDArray
 
 from cryoextract.errors import ParameterError
+from cryoextract.ops import fft_threads
+from cryoextract.ops.aberrations import magnified_axes
 
 __all__ = [
     "FourierVolume",
@@ -183,7 +184,7 @@ def fourier_volume(
         Divide the map by the trilinear kernel's transform first (see the module
         docstring); turn off only for tests.
     workers : int
-        Threads for scipy.fft.
+        Threads for the FFTs (:mod:`cryoextract.ops.fft_threads`).
 
     Returns
     -------
@@ -243,17 +244,17 @@ def _transform_into(data: np.ndarray, channel: int, volume: np.ndarray, p: int,
         rows = np.zeros((stop - start, n, p), dtype=np.float32)
         for a, b in zip(src, dst, strict=True):
             rows[:, :, b] = volume[start:stop, :, a]
-        along_x = scipy.fft.rfft(rows, axis=-1, workers=workers)
+        along_x = fft_threads.rfft(rows, axis=-1, workers=workers)
         planes = np.zeros((stop - start, p, h), dtype=np.complex64)
         for a, b in zip(src, dst, strict=True):
             planes[:, b] = along_x[:, a]
-        planes = scipy.fft.fft(planes, axis=1, workers=workers, overwrite_x=True)
+        planes = fft_threads.fft(planes, axis=1, workers=workers, overwrite_x=True)
         data[(np.arange(start, stop) - n // 2) % p, :p, :h, channel] = planes
     step = max(1, _PLANES_PER_CHUNK * p // h)
     for start in range(0, p, step):
         stop = min(start + step, p)
         slab = data[:p, start:stop, :h, channel]
-        data[:p, start:stop, :h, channel] = scipy.fft.fft(slab, axis=0, workers=workers)
+        data[:p, start:stop, :h, channel] = fft_threads.fft(slab, axis=0, workers=workers)
 
 
 def _padding_slices(n: int, p: int) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
@@ -263,7 +264,10 @@ def _padding_slices(n: int, p: int) -> tuple[tuple[slice, slice], tuple[slice, s
 
 
 @lru_cache(maxsize=16)
-def slice_grid(box_px: int, max_radius_px: float | None = None) -> SliceGrid:
+def slice_grid(
+    box_px: int, max_radius_px: float | None = None,
+    magnifications: tuple[tuple[float, float, float, float], ...] = (),
+) -> SliceGrid:
     """The rfft points of a ``box_px`` image with ``kx² + ky² <= r²``.
 
     Parameters
@@ -272,6 +276,10 @@ def slice_grid(box_px: int, max_radius_px: float | None = None) -> SliceGrid:
         Image side ``N`` (even).
     max_radius_px : float, optional
         ``r`` in cycles per box; default and at most ``N / 2`` (RELION's Nyquist circle).
+    magnifications : tuple of ``(M00, M01, M10, M11)``
+        Anisotropic magnifications of the poses: only points with ``|M k| <= N / 2`` for
+        each of them are kept (RELION's ``r_max`` test in the map, which also keeps the
+        slice inside the padded transform).
 
     Returns
     -------
@@ -285,6 +293,10 @@ def slice_grid(box_px: int, max_radius_px: float | None = None) -> SliceGrid:
     ky[ky > half] -= n
     kx = np.arange(half + 1, dtype=np.float64)
     inside = ky[:, None] ** 2 + kx[None, :] ** 2 <= radius * radius
+    for m00, m01, m10, m11 in magnifications:
+        x = m00 * kx[None, :] + m01 * ky[:, None]
+        y = m10 * kx[None, :] + m11 * ky[:, None]
+        inside &= x * x + y * y <= half * half
     rows, cols = (np.asarray(i, dtype=np.int64) for i in np.nonzero(inside))
     return SliceGrid(flat_index=rows * (half + 1) + cols, rows=rows, cols=cols,
                      kx=kx[cols].astype(np.float32), ky=ky[rows].astype(np.float32))
@@ -320,6 +332,7 @@ def central_slices(
 def _slices(
     fvol: FourierVolume, rotations: ArrayLike, shifts_xy: np.ndarray | None,
     ctf: np.ndarray | None, max_radius_px: float | None,
+    magnification: ArrayLike | None = None,
 ) -> np.ndarray:
     """Central slices, moved by ``shifts_xy`` and multiplied by ``ctf`` on the way out
     (:func:`cryoextract.ops.slice_kernel.fill_slices`)."""
@@ -328,7 +341,12 @@ def _slices(
         raise ParameterError(f"rotations must be (B, 3, 3), got shape {a.shape}")
     n, count = fvol.box_px, len(a)
     h = n // 2 + 1
-    grid = slice_grid(n, max_radius_px)
+    magnifications: tuple[tuple[float, float, float, float], ...] = ()
+    if magnification is not None:
+        m = np.broadcast_to(np.asarray(magnification, dtype=np.float64), (count, 2, 2))
+        a = magnified_axes(a, m)
+        magnifications = tuple(sorted({tuple(row) for row in m.reshape(count, 4).tolist()}))
+    grid = slice_grid(n, max_radius_px, magnifications)
     if shifts_xy is None:
         phase_x = np.ones((count, h), dtype=np.complex64)
         phase_y = np.ones((count, n), dtype=np.complex64)
@@ -427,6 +445,7 @@ def project_spectra(
     ctf: np.ndarray | None = None,
     *,
     max_radius_px: float | None = None,
+    magnification: ArrayLike | None = None,
 ) -> np.ndarray:
     """Spectra of projections centred on pixel ``N // 2``, shifted and CTF-modulated.
 
@@ -443,6 +462,10 @@ def project_spectra(
         (:func:`cryoextract.ops.ctf.ctf_2d_batch`).
     max_radius_px : float, optional
         As :func:`central_slices`.
+    magnification : array_like, optional
+        ``(2, 2)`` or ``(B, 2, 2)`` anisotropic magnification ``M`` of the images: the
+        slice is read at ``A.T @ (M k, 0)``, only where ``|M k| <= N / 2``
+        (:func:`cryoextract.ops.aberrations.magnified_axes`).
 
     Returns
     -------
@@ -455,7 +478,7 @@ def project_spectra(
     centre = np.full((count, 2), fvol.box_px // 2, dtype=np.float64)
     if shifts_xy is not None:
         centre = centre + np.asarray(shifts_xy, dtype=np.float64).reshape(count, 2)
-    return _slices(fvol, rotations, centre, ctf, max_radius_px)
+    return _slices(fvol, rotations, centre, ctf, max_radius_px, magnification)
 
 
 @lru_cache(maxsize=1)
@@ -483,7 +506,7 @@ def project(
     fvol, rotations, shifts_xy, ctf
         As :func:`project_spectra`.
     workers : int
-        Threads for scipy.fft.
+        Threads for the FFTs (:mod:`cryoextract.ops.fft_threads`).
 
     Returns
     -------
@@ -493,5 +516,5 @@ def project(
     """
     spectra = project_spectra(fvol, rotations, shifts_xy, ctf)
     n = fvol.box_px
-    images = scipy.fft.irfft2(spectra, s=(n, n), workers=workers, overwrite_x=True)
+    images = fft_threads.irfft2(spectra, s=(n, n), workers=workers, overwrite_x=True)
     return images.astype(np.float32, copy=False)

@@ -35,6 +35,7 @@ from cryoextract.io.cryosparc import write_cs
 from cryoextract.io.images import ImageLocations, format_image_name, locate_images
 from cryoextract.io.mrc import StackWriter
 from cryoextract.io.star import find_block, read_star, write_star
+from cryoextract.ops.aberrations import OpticalAberrations
 from cryoextract.ops.projection import DEFAULT_PADDING_FACTOR, FourierVolume, fourier_volume
 from cryoextract.ops.rotations import euler_to_matrix
 from cryoextract.ops.subtract import (
@@ -139,6 +140,7 @@ class SubtractSummary:
     recenter_xyz_px: list[float] | None = None
     recentered: int = 0
     float16: bool = False
+    aberrations: dict[str, list[str]] = field(default_factory=dict)
     stacks: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -278,6 +280,8 @@ class _Job:
     ctf: dict[str, np.ndarray]  # per-row CTF parameter arrays
     ctf_power: np.ndarray  # (n,) 1 (plain), 2 (premultiplied)
     phase_flipped: np.ndarray  # (n,) bool
+    optics_group: np.ndarray  # (n,) int rlnOpticsGroup
+    aberrations: dict[int, OpticalAberrations]  # optics groups that have any
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -339,14 +343,50 @@ def _prepare(
     _check_sizes(table, locations, problem, detail, maps.box_px)
     premultiplied = _row_column(table, particles, "rlnCtfDataAreCtfPremultiplied", 0.0)
     flipped = _row_column(table, particles, "rlnCtfDataArePhaseFlipped", 0.0)
+    warnings = list(table.warnings)
     return _Job(
         table=table, particles=particles, locations=locations, problem=problem, detail=detail,
         maps=maps, subset=subset,
         rotations=particles[list(POSE_COLUMNS)].to_numpy(dtype=np.float64),
         origins_angstrom=origins, pixel_size_angstrom=apix, ctf=_ctf_arrays(table, particles),
         ctf_power=np.where(premultiplied > 0, 2, 1), phase_flipped=flipped > 0,
-        warnings=list(table.warnings),
+        optics_group=particles["rlnOpticsGroup"].to_numpy(dtype=np.int64),
+        aberrations=_optics_aberrations(table, warnings), warnings=warnings,
     )
+
+
+def _optics_aberrations(table: ParticleTable, warnings: list[str]
+                        ) -> dict[int, OpticalAberrations]:
+    """The aberrations of each optics group that has any (docs "Optical aberrations")."""
+    found: dict[int, OpticalAberrations] = {}
+    for row in table.optics.to_dict("records"):
+        try:
+            aberrations = OpticalAberrations.from_star_row(row)
+        except InputError as exc:
+            raise InputError(f"optics group {row['rlnOpticsGroup']}: {exc.reason}",
+                             table.source) from None
+        if not aberrations.is_identity:
+            found[int(row["rlnOpticsGroup"])] = aberrations
+    if "rlnMtfFileName" in table.optics.columns and \
+            table.optics["rlnMtfFileName"].astype(str).nunique() > 1:
+        warnings.append("optics groups have different detector MTFs (rlnMtfFileName): the "
+                        "ratio to their average, which relion_particle_subtract applies, is "
+                        "not applied")
+    return found
+
+
+def describe_aberrations(aberrations: OpticalAberrations) -> list[str]:
+    """What is applied for one optics group, in words (for the summary)."""
+    words = []
+    if aberrations.has_odd:
+        words.append(f"antisymmetric (beam tilt, odd Zernike): {len(aberrations.odd_zernike)} "
+                     "coefficients")
+    if any(c != 0.0 for c in aberrations.even_zernike):
+        words.append(f"symmetric (even Zernike): {len(aberrations.even_zernike)} coefficients")
+    if aberrations.magnification is not None:
+        words.append("anisotropic magnification " +
+                     ", ".join(f"{v:.6g}" for v in aberrations.magnification))
+    return words
 
 
 def _pixel_size(
@@ -600,6 +640,8 @@ def subtract_particles(
     )
     apix = job.pixel_size_angstrom
     summary.pixel_size_angstrom = apix
+    summary.aberrations = {f"optics group {g}": describe_aberrations(a)
+                           for g, a in sorted(job.aberrations.items())}
     _mask_warnings(summary, job, mask_report, mode, apix, map_resolution_angstrom,
                    recenter_on_mask)
     if not maps.pixel_size_angstrom > 0:
@@ -663,6 +705,7 @@ def _run_passes(
             particles=job.particles, locations=job.locations, rotations_deg=job.rotations,
             origins_angstrom=job.origins_angstrom, integer_shifts_xy=shifts, ctf=job.ctf,
             ctf_power=job.ctf_power, phase_flipped=job.phase_flipped,
+            optics_group=job.optics_group, aberrations=job.aberrations,
             pixel_size_angstrom=job.pixel_size_angstrom, region=region, whole=whole,
             out_box_px=output.box_px, float16=output.float16,
             fit_radius_px=output.fit_radius,

@@ -20,17 +20,18 @@ import signal
 import sys
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
+from functools import lru_cache, partial
 
 import numpy as np
 import pandas as pd
 
 from cryoextract.io.images import ImageLocations, read_images
 from cryoextract.io.mrc import ImageStats, stack_dtype, write_images_at
+from cryoextract.ops.aberrations import OpticalAberrations, even_gamma_offset, odd_phase_factors
 from cryoextract.ops.ctf import CtfParams, ctf_2d_batch
 from cryoextract.ops.projection import (
     FourierVolume,
@@ -44,6 +45,9 @@ from cryoextract.pipeline.allocator import keep_freed_memory
 
 __all__ = [
     "CTF_COLUMNS",
+    "KEY_FLIPPED",
+    "KEY_GROUP",
+    "KEY_POWER",
     "CtfCache",
     "StackTask",
     "TaskContext",
@@ -65,6 +69,9 @@ CTF_COLUMNS = (
     "rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnVoltage", "rlnSphericalAberration",
     "rlnAmplitudeContrast", "rlnPhaseShift", "rlnCtfBfactor", "rlnCtfScalefactor",
 )
+#: positions in a CTF cache key after the :data:`CTF_COLUMNS`: 1 (plain images) or 2
+#: (CTF-premultiplied), phase-flipped 0 or 1, optics group (for its aberrations)
+KEY_POWER, KEY_FLIPPED, KEY_GROUP = range(len(CTF_COLUMNS), len(CTF_COLUMNS) + 3)
 
 
 @dataclass(frozen=True)
@@ -89,6 +96,10 @@ class TaskContext:
         ``(n,)`` 1 (plain images), 2 (CTF-premultiplied).
     phase_flipped : np.ndarray
         ``(n,)`` bool.
+    optics_group : np.ndarray
+        ``(n,)`` int ``rlnOpticsGroup``.
+    aberrations : mapping of int to OpticalAberrations
+        The optics groups that have aberrations (docs "Optical aberrations").
     pixel_size_angstrom : float
         Of the images and the map.
     region : FourierVolume
@@ -111,6 +122,8 @@ class TaskContext:
     ctf: dict[str, np.ndarray]
     ctf_power: np.ndarray
     phase_flipped: np.ndarray
+    optics_group: np.ndarray
+    aberrations: Mapping[int, OpticalAberrations]
     pixel_size_angstrom: float
     region: FourierVolume
     whole: FourierVolume | None
@@ -293,17 +306,61 @@ def _subtract_chunk(
     rotations = euler_to_matrix(*context.rotations_deg[rows].T)
     origins = context.origins_angstrom[rows]
     offsets = origin_shifts_px(origins[:, 0], origins[:, 1], context.pixel_size_angstrom)
-    region = project_spectra(context.region, rotations, offsets, ctf)
+    groups = context.optics_group[rows]
+    magnification = _magnifications(context.aberrations, groups)
+    phases = _phases(context, groups, images.shape[-1])
+    region = project_spectra(context.region, rotations, offsets, ctf,
+                             magnification=magnification)
     fit_radius = context.fit_radius_px
     whole = None
     if context.whole is not None and fit_radius is not None:
         whole = project_spectra(context.whole, rotations, offsets, ctf,
-                                max_radius_px=fit_radius)
+                                max_radius_px=fit_radius, magnification=magnification)
+    if phases is not None:  # antisymmetric aberrations (beam tilt): a phase per frequency
+        region *= phases
+        if whole is not None:
+            whole *= phases
     return subtract_images(
         images, region, fit_spectra=whole, fit=fit_radius is not None,
         fit_radius_px=fit_radius, integer_shifts_xy=context.integer_shifts_xy[rows],
         box_px=context.out_box_px, workers=1,
     )
+
+
+def _magnifications(
+    aberrations: Mapping[int, OpticalAberrations], groups: np.ndarray
+) -> np.ndarray | None:
+    """``(B, 2, 2)`` magnification of each row's optics group, None when all are 1."""
+    matrices = {g: a.matrix for g, a in aberrations.items() if a.matrix is not None}
+    if not matrices or not np.isin(groups, list(matrices)).any():
+        return None
+    out = np.broadcast_to(np.eye(2), (len(groups), 2, 2)).copy()
+    for group, matrix in matrices.items():
+        out[groups == group] = matrix
+    return out
+
+
+def _phases(context: TaskContext, groups: np.ndarray, box_px: int) -> np.ndarray | None:
+    """``(B, N, N // 2 + 1)`` odd-aberration phases of the rows, None when there are none."""
+    odd = {g: a for g, a in context.aberrations.items() if a.has_odd}
+    if not odd or not np.isin(groups, list(odd)).any():
+        return None
+    out = np.ones((len(groups), box_px, box_px // 2 + 1), dtype=np.complex64)
+    for group, aberrations in odd.items():
+        out[groups == group] = _odd_phases(aberrations, box_px, context.pixel_size_angstrom)
+    return out
+
+
+@lru_cache(maxsize=32)
+def _odd_phases(aberrations: OpticalAberrations, box_px: int,
+                pixel_size_angstrom: float) -> np.ndarray:
+    return odd_phase_factors(aberrations, box_px, pixel_size_angstrom)
+
+
+@lru_cache(maxsize=32)
+def _gamma_offset(aberrations: OpticalAberrations, box_px: int,
+                  pixel_size_angstrom: float) -> np.ndarray:
+    return even_gamma_offset(aberrations, box_px, pixel_size_angstrom)
 
 
 def batch_ctf(context: TaskContext, rows: np.ndarray, box_px: int) -> tuple[np.ndarray, np.ndarray]:
@@ -319,9 +376,11 @@ def batch_ctf(context: TaskContext, rows: np.ndarray, box_px: int) -> tuple[np.n
         ``(len(rows),)`` index of each row's CTF in ``table``.
     """
     keys = np.column_stack([context.ctf[c][rows] for c in CTF_COLUMNS]
-                           + [context.ctf_power[rows], context.phase_flipped[rows]])
+                           + [context.ctf_power[rows], context.phase_flipped[rows],
+                              context.optics_group[rows]])
     unique, which = np.unique(keys, axis=0, return_inverse=True)
-    return _ctf_cache.table(unique, box_px, context.pixel_size_angstrom), which.ravel()
+    table = _ctf_cache.table(unique, box_px, context.pixel_size_angstrom, context.aberrations)
+    return table, which.ravel()
 
 
 class CtfCache:
@@ -333,14 +392,18 @@ class CtfCache:
 
     def __init__(self, budget_bytes: int):
         self.budget_bytes = budget_bytes
-        self._items: OrderedDict[tuple[float, ...], np.ndarray] = OrderedDict()
+        self._items: OrderedDict[tuple[object, ...], np.ndarray] = OrderedDict()
         self._bytes = 0
 
-    def table(self, keys: np.ndarray, box_px: int, pixel_size_angstrom: float) -> np.ndarray:
-        """``(U, N, N // 2 + 1)`` float32 CTFs of the ``(U, 11)`` keys (the values of
-        :data:`CTF_COLUMNS`, then power 1 or 2, then phase-flipped 0 or 1)."""
+    def table(self, keys: np.ndarray, box_px: int, pixel_size_angstrom: float,
+              aberrations: Mapping[int, OpticalAberrations]) -> np.ndarray:
+        """``(U, N, N // 2 + 1)`` float32 CTFs of the ``(U, 12)`` keys (the values of
+        :data:`CTF_COLUMNS`, then power 1 or 2, phase-flipped 0 or 1 and optics group:
+        :data:`KEY_POWER`, ...), with the ``aberrations`` of their optics groups (part
+        of what a CTF is cached under)."""
         table = np.empty((len(keys), box_px, box_px // 2 + 1), dtype=np.float32)
-        wanted = [(*row, float(box_px), float(pixel_size_angstrom)) for row in keys.tolist()]
+        wanted = [(*row, float(box_px), float(pixel_size_angstrom),
+                   aberrations.get(int(row[KEY_GROUP]))) for row in keys.tolist()]
         missing = []
         for k, key in enumerate(wanted):  # every hit copied before a store can drop it
             image = self._items.get(key)
@@ -350,12 +413,13 @@ class CtfCache:
                 table[k] = image
                 self._items.move_to_end(key)
         if missing:
-            table[missing] = _ctf_images(keys[missing], box_px, pixel_size_angstrom)
+            table[missing] = _ctf_images(keys[missing], box_px, pixel_size_angstrom,
+                                         aberrations)
             for k in missing:
                 self._store(wanted[k], table[k].copy())
         return table
 
-    def _store(self, key: tuple[float, ...], image: np.ndarray) -> None:
+    def _store(self, key: tuple[object, ...], image: np.ndarray) -> None:
         self._items[key] = image
         self._bytes += image.nbytes
         while self._bytes > self.budget_bytes and len(self._items) > 1:
@@ -363,14 +427,25 @@ class CtfCache:
             self._bytes -= dropped.nbytes
 
 
-def _ctf_images(keys: np.ndarray, box_px: int, pixel_size_angstrom: float) -> np.ndarray:
+def _ctf_images(keys: np.ndarray, box_px: int, pixel_size_angstrom: float,
+                aberrations: Mapping[int, OpticalAberrations]) -> np.ndarray:
     params = [CtfParams.from_star_row(dict(zip(CTF_COLUMNS, key[: len(CTF_COLUMNS)], strict=True)))
               for key in keys.tolist()]
-    table = ctf_2d_batch(params, box_px, pixel_size_angstrom)
-    flipped = keys[:, -1] > 0
+    table = np.empty((len(keys), box_px, box_px // 2 + 1), dtype=np.float32)
+    groups = keys[:, KEY_GROUP].astype(np.int64)
+    for group in np.unique(groups):
+        which = np.flatnonzero(groups == group)
+        optics = aberrations.get(int(group))
+        extra = {}
+        if optics is not None and optics.changes_ctf:
+            extra = {"magnification": optics.matrix,
+                     "gamma_offset": _gamma_offset(optics, box_px, pixel_size_angstrom)}
+        table[which] = ctf_2d_batch([params[k] for k in which], box_px, pixel_size_angstrom,
+                                    **extra)
+    flipped = keys[:, KEY_FLIPPED] > 0
     if np.any(flipped):
         table[flipped] = np.abs(table[flipped])
-    squared = keys[:, -2] == 2
+    squared = keys[:, KEY_POWER] == 2
     if np.any(squared):
         table[squared] *= table[squared]
     return table
