@@ -155,3 +155,33 @@ def test_ctf_cache_keeps_ctfs_of_different_aberrations_apart():
         [params], BOX, APIX, magnification=optics.matrix,
         gamma_offset=even_gamma_offset(optics, BOX, APIX))[0], atol=1e-7)
     assert np.abs(plain - aberrated).max() > 0.1
+
+
+def test_zernike_terms_put_the_nyquist_row_at_minus_half():
+    """RELION's ``getGammaOffset`` and ``getPhaseCorrection`` read row ``N/2`` as
+    ``ky = -1 / (2 apix)`` (unlike the CTF's ``+1 / (2 apix)``): it matters for terms
+    that are not even in ``ky``, such as ``Z(-2, 2) = 2 x y``."""
+    c = 5.0
+    offset = even_gamma_offset(OpticalAberrations(even_zernike=(0.0, c)), BOX, APIX)
+    kx = np.arange(BOX // 2 + 1) / (BOX * APIX)
+    np.testing.assert_allclose(offset[BOX // 2], c * 2 * kx * (-0.5 / APIX), atol=1e-12)
+    np.testing.assert_allclose(offset[1], c * 2 * kx * (1 / (BOX * APIX)), atol=1e-12)
+
+
+def test_each_optics_group_keeps_its_own_nyquist_region():
+    """Particles of optics groups with different magnifications projected together: each
+    slice equals its projection alone (not cut to the region of the other's ``M``)."""
+    rng = np.random.default_rng(4)
+    fvol = fourier_volume(rng.normal(size=(BOX,) * 3).astype(np.float32))
+    rotations = euler_to_matrix(*rng.uniform(0, 180, (3, 4)))
+    stretch = np.array([[1.05, 0.01], [0.0, 0.97]])
+    magnification = np.stack([np.eye(2), stretch, np.eye(2), stretch])
+    offsets = rng.uniform(-2, 2, (4, 2))
+    ctf = np.ones((4, BOX, BOX // 2 + 1), dtype=np.float32)
+    together = tasks._projections(fvol, rotations, offsets, ctf, magnification, None)
+    for row in range(4):
+        alone = project_spectra(fvol, rotations[row:row + 1], offsets[row:row + 1],
+                                ctf[row:row + 1], magnification=magnification[row])[0]
+        np.testing.assert_allclose(together[row], alone, rtol=1e-6, atol=1e-6)
+    plain = project_spectra(fvol, rotations[:1], offsets[:1], ctf[:1])[0]
+    np.testing.assert_allclose(together[0], plain, rtol=1e-6, atol=1e-6)

@@ -80,9 +80,8 @@ class OpticalAberrations:
             if len(self.magnification) != 4:
                 raise ParameterError("a magnification matrix has four elements")
             m00, m01, m10, m11 = self.magnification
-            if not m00 * m11 - m01 * m10 > 0:
-                raise ParameterError(f"magnification matrix {self.magnification} is singular "
-                                     "or mirrors the image")
+            if abs(m00 * m11 - m01 * m10) < 1e-6:
+                raise ParameterError(f"magnification matrix {self.magnification} is singular")
 
     @classmethod
     def from_star_row(cls, row: Mapping[str, Any]) -> OpticalAberrations:
@@ -238,8 +237,9 @@ def relion_frequency_grid(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(x, y)`` frequencies in 1/Å of the rfft layout, each ``(N, N // 2 + 1)``, after ``M``.
 
-    RELION puts the Nyquist row at ``-N/2`` for the odd terms (``getPhaseCorrection``) and
-    at ``+N/2`` for the even ones and the CTF (``getGammaOffset``); the flag picks.
+    RELION puts the Nyquist row at ``-N/2`` for the Zernike terms, odd and even
+    (``getPhaseCorrection``, ``getGammaOffset``), and at ``+N/2`` for the CTF itself
+    (``getFftwImage``); the flag picks.
     """
     n = int(box_px)
     h = n // 2 + 1
@@ -285,7 +285,7 @@ def even_gamma_offset(
     """``Σ c_j Z_j(M k)`` of the even terms, added to the CTF's ``gamma`` (RELION's
     ``getGammaOffset``); ``(N, N // 2 + 1)`` float64, rfft layout."""
     x, y = relion_frequency_grid(box_px, pixel_size_angstrom, aberrations.matrix,
-                                 nyquist_row_negative=False)
+                                 nyquist_row_negative=True)
     return _zernike_sum(aberrations.even_zernike, even_zernike_mn, x, y)
 
 

@@ -339,7 +339,17 @@ def ctf_2d_batch(
         m = np.asarray(magnification, dtype=np.float64)
         kx, ky = m[0, 0] * kx + m[0, 1] * ky, m[1, 0] * kx + m[1, 1] * ky
     offset = 0.0 if gamma_offset is None else np.asarray(gamma_offset, dtype=np.float64)
+    if gamma_offset is not None and not _fits(np.shape(offset), (ky.shape[0], kx.shape[-1])):
+        raise ParameterError(f"gamma offset of shape {np.shape(offset)} does not fit the "
+                             f"{(ky.shape[0], kx.shape[-1])} grid")
     return _ctf_values(_param_arrays(params), ky, kx, offset).astype(np.float32)
+
+
+def _fits(shape: tuple[int, ...], grid_shape: tuple[int, int]) -> bool:
+    try:
+        return np.broadcast_shapes(shape, grid_shape) == grid_shape
+    except ValueError:
+        return False
 
 
 def ctf_2d(

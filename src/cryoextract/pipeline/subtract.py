@@ -368,7 +368,7 @@ def _optics_aberrations(table: ParticleTable, warnings: list[str]
         if not aberrations.is_identity:
             found[int(row["rlnOpticsGroup"])] = aberrations
     if "rlnMtfFileName" in table.optics.columns and \
-            table.optics["rlnMtfFileName"].astype(str).nunique() > 1:
+            table.optics["rlnMtfFileName"].dropna().astype(str).nunique() > 1:
         warnings.append("optics groups have different detector MTFs (rlnMtfFileName): the "
                         "ratio to their average, which relion_particle_subtract applies, is "
                         "not applied")

@@ -309,13 +309,11 @@ def _subtract_chunk(
     groups = context.optics_group[rows]
     magnification = _magnifications(context.aberrations, groups)
     phases = _phases(context, groups, images.shape[-1])
-    region = project_spectra(context.region, rotations, offsets, ctf,
-                             magnification=magnification)
+    region = _projections(context.region, rotations, offsets, ctf, magnification, None)
     fit_radius = context.fit_radius_px
     whole = None
     if context.whole is not None and fit_radius is not None:
-        whole = project_spectra(context.whole, rotations, offsets, ctf,
-                                max_radius_px=fit_radius, magnification=magnification)
+        whole = _projections(context.whole, rotations, offsets, ctf, magnification, fit_radius)
     if phases is not None:  # antisymmetric aberrations (beam tilt): a phase per frequency
         region *= phases
         if whole is not None:
@@ -325,6 +323,28 @@ def _subtract_chunk(
         fit_radius_px=fit_radius, integer_shifts_xy=context.integer_shifts_xy[rows],
         box_px=context.out_box_px, workers=1,
     )
+
+
+def _projections(
+    fvol: FourierVolume, rotations: np.ndarray, offsets: np.ndarray, ctf: np.ndarray,
+    magnification: np.ndarray | None, max_radius_px: float | None,
+) -> np.ndarray:
+    """:func:`project_spectra` once per distinct magnification: each slice then keeps
+    every point with ``|M k| <= N / 2`` of its own ``M`` (RELION's ``r_max`` test)."""
+    if magnification is None:
+        return project_spectra(fvol, rotations, offsets, ctf, max_radius_px=max_radius_px)
+    distinct, which = np.unique(magnification.reshape(-1, 4), axis=0, return_inverse=True)
+    which = which.ravel()
+    if len(distinct) == 1:
+        return project_spectra(fvol, rotations, offsets, ctf, max_radius_px=max_radius_px,
+                               magnification=distinct[0].reshape(2, 2))
+    out = np.empty((len(rotations), fvol.box_px, fvol.box_px // 2 + 1), dtype=np.complex64)
+    for k, matrix in enumerate(distinct):
+        rows = which == k
+        out[rows] = project_spectra(fvol, rotations[rows], offsets[rows], ctf[rows],
+                                    max_radius_px=max_radius_px,
+                                    magnification=matrix.reshape(2, 2))
+    return out
 
 
 def _magnifications(
