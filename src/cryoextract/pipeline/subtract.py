@@ -34,8 +34,10 @@ from cryoextract.errors import CryoExtractError, InputError, ParameterError, os_
 from cryoextract.io.cryosparc import write_cs
 from cryoextract.io.images import ImageLocations, format_image_name, locate_images
 from cryoextract.io.mrc import StackWriter
+from cryoextract.io.mtf import read_mtf
 from cryoextract.io.star import find_block, read_star, write_star
 from cryoextract.ops.aberrations import OpticalAberrations
+from cryoextract.ops.mtf import mtf_image, relative_mtfs
 from cryoextract.ops.projection import DEFAULT_PADDING_FACTOR, FourierVolume, fourier_volume
 from cryoextract.ops.rotations import euler_to_matrix
 from cryoextract.ops.subtract import (
@@ -282,6 +284,7 @@ class _Job:
     phase_flipped: np.ndarray  # (n,) bool
     optics_group: np.ndarray  # (n,) int rlnOpticsGroup
     aberrations: dict[int, OpticalAberrations]  # optics groups that have any
+    mtf_ratios: dict[int, np.ndarray]  # relative MTF per optics group (or none)
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -351,7 +354,8 @@ def _prepare(
         origins_angstrom=origins, pixel_size_angstrom=apix, ctf=_ctf_arrays(table, particles),
         ctf_power=np.where(premultiplied > 0, 2, 1), phase_flipped=flipped > 0,
         optics_group=particles["rlnOpticsGroup"].to_numpy(dtype=np.int64),
-        aberrations=_optics_aberrations(table, warnings), warnings=warnings,
+        aberrations=_optics_aberrations(table, warnings),
+        mtf_ratios=_mtf_ratios(table, maps.box_px, apix, warnings), warnings=warnings,
     )
 
 
@@ -367,12 +371,47 @@ def _optics_aberrations(table: ParticleTable, warnings: list[str]
                              table.source) from None
         if not aberrations.is_identity:
             found[int(row["rlnOpticsGroup"])] = aberrations
-    if "rlnMtfFileName" in table.optics.columns and \
-            table.optics["rlnMtfFileName"].dropna().astype(str).nunique() > 1:
-        warnings.append("optics groups have different detector MTFs (rlnMtfFileName): the "
-                        "ratio to their average, which relion_particle_subtract applies, is "
-                        "not applied")
     return found
+
+
+def _mtf_ratios(table: ParticleTable, box_px: int, pixel_size_angstrom: float,
+                warnings: list[str]) -> dict[int, np.ndarray]:
+    """Each optics group's MTF over the average of all groups' (``(N, N // 2 + 1)``
+    float32), when the groups name different MTF files, as ``relion_particle_subtract``
+    (docs "Optical aberrations"); empty otherwise."""
+    optics = table.optics
+    if "rlnMtfFileName" not in optics.columns:
+        return {}
+    names = optics["rlnMtfFileName"].astype(str).str.strip().tolist()
+    if len(set(names)) < 2:
+        return {}
+    missing = [c for c in ("rlnMicrographOriginalPixelSize",) if c not in optics.columns]
+    if missing or any(n in ("", "nan", "None") for n in names):
+        warnings.append("optics groups have different detector MTFs, but not every group has "
+                        "an MTF file and rlnMicrographOriginalPixelSize: the ratio of each "
+                        "MTF to their average, which relion_particle_subtract applies, is not "
+                        "applied")
+        return {}
+    images = []
+    for name, detector_apix in zip(names, optics["rlnMicrographOriginalPixelSize"],
+                                   strict=True):
+        resolution, value = read_mtf(_mtf_path(name, table.base_dirs))
+        images.append(mtf_image(resolution, value, float(detector_apix), box_px,
+                                pixel_size_angstrom))
+    groups = optics["rlnOpticsGroup"].astype(int).tolist()
+    return {g: ratio.astype(np.float32)
+            for g, ratio in zip(groups, relative_mtfs(images), strict=True)}
+
+
+def _mtf_path(name: str, base_dirs: Sequence[Path]) -> Path:
+    """An MTF file as RELION finds it (the working directory), else beside the STAR."""
+    path = Path(name)
+    if path.is_absolute():
+        return path
+    for base in base_dirs:
+        if (base / path).is_file():
+            return base / path
+    return Path(base_dirs[0]) / path if base_dirs else path
 
 
 def describe_aberrations(aberrations: OpticalAberrations) -> list[str]:
@@ -642,6 +681,9 @@ def subtract_particles(
     summary.pixel_size_angstrom = apix
     summary.aberrations = {f"optics group {g}": describe_aberrations(a)
                            for g, a in sorted(job.aberrations.items())}
+    for group in sorted(job.mtf_ratios):
+        summary.aberrations.setdefault(f"optics group {group}", []).append(
+            "detector MTF relative to the average of the optics groups'")
     _mask_warnings(summary, job, mask_report, mode, apix, map_resolution_angstrom,
                    recenter_on_mask)
     if not maps.pixel_size_angstrom > 0:
@@ -706,6 +748,7 @@ def _run_passes(
             origins_angstrom=job.origins_angstrom, integer_shifts_xy=shifts, ctf=job.ctf,
             ctf_power=job.ctf_power, phase_flipped=job.phase_flipped,
             optics_group=job.optics_group, aberrations=job.aberrations,
+            mtf_ratios=job.mtf_ratios,
             pixel_size_angstrom=job.pixel_size_angstrom, region=region, whole=whole,
             out_box_px=output.box_px, float16=output.float16,
             fit_radius_px=output.fit_radius,

@@ -100,6 +100,8 @@ class TaskContext:
         ``(n,)`` int ``rlnOpticsGroup``.
     aberrations : mapping of int to OpticalAberrations
         The optics groups that have aberrations (docs "Optical aberrations").
+    mtf_ratios : mapping of int to np.ndarray
+        ``(N, N // 2 + 1)`` float32 relative MTF of optics groups (empty: none applied).
     pixel_size_angstrom : float
         Of the images and the map.
     region : FourierVolume
@@ -124,6 +126,7 @@ class TaskContext:
     phase_flipped: np.ndarray
     optics_group: np.ndarray
     aberrations: Mapping[int, OpticalAberrations]
+    mtf_ratios: Mapping[int, np.ndarray]
     pixel_size_angstrom: float
     region: FourierVolume
     whole: FourierVolume | None
@@ -314,7 +317,7 @@ def _subtract_chunk(
     whole = None
     if context.whole is not None and fit_radius is not None:
         whole = _projections(context.whole, rotations, offsets, ctf, magnification, fit_radius)
-    if phases is not None:  # antisymmetric aberrations (beam tilt): a phase per frequency
+    if phases is not None:  # beam tilt and other odd aberrations, relative MTF
         region *= phases
         if whole is not None:
             whole *= phases
@@ -361,13 +364,19 @@ def _magnifications(
 
 
 def _phases(context: TaskContext, groups: np.ndarray, box_px: int) -> np.ndarray | None:
-    """``(B, N, N // 2 + 1)`` odd-aberration phases of the rows, None when there are none."""
+    """``(B, N, N // 2 + 1)`` factors of the rows' optics groups on the projection: the
+    odd aberrations' phases times the relative MTF; None when there are none."""
     odd = {g: a for g, a in context.aberrations.items() if a.has_odd}
-    if not odd or not np.isin(groups, list(odd)).any():
+    present = set(np.unique(groups).tolist())
+    if not present & (set(odd) | set(context.mtf_ratios)):
         return None
     out = np.ones((len(groups), box_px, box_px // 2 + 1), dtype=np.complex64)
-    for group, aberrations in odd.items():
-        out[groups == group] = _odd_phases(aberrations, box_px, context.pixel_size_angstrom)
+    for group in present:
+        rows = groups == group
+        if group in odd:
+            out[rows] = _odd_phases(odd[group], box_px, context.pixel_size_angstrom)
+        if group in context.mtf_ratios:
+            out[rows] *= context.mtf_ratios[group]
     return out
 
 
