@@ -26,6 +26,7 @@ import signal
 import subprocess
 import threading
 import tracemalloc
+from dataclasses import dataclass
 from pathlib import Path
 
 import mrcfile
@@ -429,64 +430,73 @@ ABERRATIONS = {
 }
 
 
+@dataclass
+class OpticsComparison:
+    """What ``relion_particle_subtract`` and we removed (``input - output``, input order)
+    with an optics table, and what we removed with the plain one."""
+
+    relion: np.ndarray
+    ours: np.ndarray
+    plain: np.ndarray
+    summary: object
+
+
+def compare_optics_with_relion(two_domain: dict, root: Path, particles: pd.DataFrame,
+                               optics: pd.DataFrame, plain_optics: pd.DataFrame
+                               ) -> OpticsComparison:
+    """The whole of a sharp two-domain map (detail up to Nyquist, where the optics
+    matter) subtracted from the noise-free particles by RELION and by us, ``--scale
+    none``."""
+    require_relion("relion_refine", "relion_particle_subtract")
+    shutil.copy(two_domain["root"] / "imgs.mrcs", root / "imgs.mrcs")
+    write_mrc(root / "sharp.mrc", domain(CENTRE_A, 1, sigma_px=0.6)
+              + domain(CENTRE_B, 2, sigma_px=0.6))
+    for name, table in (("p.star", optics), ("plain.star", plain_optics)):
+        starfile.write({"optics": table, "particles": particles}, root / name, overwrite=True)
+    optimiser = relion_optimiser(root, "p.star", "sharp.mrc", diameter=80)
+    subprocess.run(["relion_particle_subtract", "--i", optimiser, "--o", "S/"], cwd=root,
+                   check=True, capture_output=True, timeout=120)
+    inputs = mrcfile.read(root / "imgs.mrcs")
+    table = starfile.read(root / "S" / "particles_subtracted.star")["particles"]
+    relion = np.empty_like(inputs)
+    for name, original in zip(table["rlnImageName"], table["rlnImageOriginalName"],
+                              strict=True):  # one stack per optics group
+        index, path = name.split("@")
+        relion[int(original.split("@")[0]) - 1] = mrcfile.read(root / path)[int(index) - 1]
+    summary = subtract_particles(root / "p.star", root / "ours", map_path=root / "sharp.mrc",
+                                 scale="none")
+    subtract_particles(root / "plain.star", root / "plain", map_path=root / "sharp.mrc",
+                       scale="none")
+    return OpticsComparison(relion=removed(inputs, relion),
+                            ours=removed(inputs, read_output(root / "ours")[1]),
+                            plain=removed(inputs, read_output(root / "plain")[1]),
+                            summary=summary)
+
+
 def test_optical_aberrations_match_relion_particle_subtract(two_domain, tmp_path):
     """RELION 3.1 applies each optics group's beam tilt, odd and even Zernike terms and
     anisotropic magnification (``ObservationModel``) to the projection it subtracts;
     ours matches it, and without them it would not."""
-    require_relion("relion_refine", "relion_particle_subtract")
-    root = two_domain["root"]
-    shutil.copy(root / "imgs.mrcs", tmp_path / "imgs.mrcs")
-    sharp = domain(CENTRE_A, 1, sigma_px=0.6) + domain(CENTRE_B, 2, sigma_px=0.6)
-    write_mrc(tmp_path / "sharp.mrc", sharp)
-    particles = two_domain["particles"]
-    starfile.write({"optics": optics_table().assign(**ABERRATIONS), "particles": particles},
-                   tmp_path / "p.star", overwrite=True)
-    write_star(tmp_path / "plain.star", particles)
-    optimiser = relion_optimiser(tmp_path, "p.star", "sharp.mrc", diameter=80)
-    subprocess.run(["relion_particle_subtract", "--i", optimiser, "--o", "S/"], cwd=tmp_path,
-                   check=True, capture_output=True, timeout=120)
-    inputs = mrcfile.read(tmp_path / "imgs.mrcs")
-    relion = removed(inputs, mrcfile.read(tmp_path / "S" / "Particles" /
-                                          "subtracted_opticsgroup1.mrcs"))
-    summary = subtract_particles(tmp_path / "p.star", tmp_path / "ours",
-                                 map_path=tmp_path / "sharp.mrc", scale="none")
-    subtract_particles(tmp_path / "plain.star", tmp_path / "plain",
-                       map_path=tmp_path / "sharp.mrc", scale="none")
-    ours = removed(inputs, read_output(tmp_path / "ours")[1])
-    plain = removed(inputs, read_output(tmp_path / "plain")[1])
+    run = compare_optics_with_relion(two_domain, tmp_path, two_domain["particles"],
+                                     optics_table().assign(**ABERRATIONS), optics_table())
     # as close as without aberrations: on this sharp map the gridding corrections
     # (ours separable, RELION's radial) differ by up to 1 % of the range
-    assert min(corr(a, b) for a, b in zip(ours, relion, strict=True)) >= 0.999
-    assert np.abs(ours - relion).max() < 0.02 * np.abs(relion).max()
+    assert min(corr(a, b) for a, b in zip(run.ours, run.relion, strict=True)) >= 0.999
+    assert np.abs(run.ours - run.relion).max() < 0.02 * np.abs(run.relion).max()
     # the aberrations matter: the plain model misses RELION's projection
-    assert min(corr(a, b) for a, b in zip(plain, relion, strict=True)) < 0.95
-    assert np.abs(plain - relion).max() > 0.1 * np.abs(relion).max()
-    assert len(summary.aberrations["optics group 1"]) == 3
+    assert min(corr(a, b) for a, b in zip(run.plain, run.relion, strict=True)) < 0.95
+    assert np.abs(run.plain - run.relion).max() > 0.1 * np.abs(run.relion).max()
+    assert len(run.summary.aberrations["optics group 1"]) == 3
     # the optics table, aberrations included, is passed on unchanged
     optics = starfile.read(tmp_path / "ours" / "particles.star")["optics"]
     assert optics["rlnOddZernike"].iloc[0] == ABERRATIONS["rlnOddZernike"]
     assert float(optics["rlnMagMat00"].iloc[0]) == ABERRATIONS["rlnMagMat00"]
 
 
-def relion_stacks_in_input_order(root: Path, star: str, count: int) -> np.ndarray:
-    """RELION's subtracted images (one stack per optics group) in input order."""
-    table = starfile.read(root / star)["particles"]
-    out = np.empty((count, N, N), np.float32)
-    for name, original in zip(table["rlnImageName"], table["rlnImageOriginalName"],
-                              strict=True):
-        index, path = name.split("@")
-        out[int(original.split("@")[0]) - 1] = mrcfile.read(root / path)[int(index) - 1]
-    return out
-
-
 def test_different_detector_mtfs_match_relion_particle_subtract(two_domain, tmp_path):
     """Optics groups with different MTF files: RELION multiplies each projection by its
     group's MTF over the groups' average; so do we (without it the amplitudes are off by
     about 10 % here)."""
-    require_relion("relion_refine", "relion_particle_subtract")
-    shutil.copy(two_domain["root"] / "imgs.mrcs", tmp_path / "imgs.mrcs")
-    write_mrc(tmp_path / "sharp.mrc", domain(CENTRE_A, 1, sigma_px=0.6)
-              + domain(CENTRE_B, 2, sigma_px=0.6))
     resolution = np.linspace(0.0, 0.5, 51)
     for name, decay in (("mtf_a.star", 1.0), ("mtf_b.star", 3.0)):
         starfile.write(pd.DataFrame({"rlnResolutionInversePixel": resolution,
@@ -497,29 +507,14 @@ def test_different_detector_mtfs_match_relion_particle_subtract(two_domain, tmp_
     optics = pd.concat([optics_table(), optics_table()], ignore_index=True).assign(
         rlnOpticsGroup=[1, 2], rlnOpticsGroupName=["g1", "g2"],
         rlnMtfFileName=["mtf_a.star", "mtf_b.star"], rlnMicrographOriginalPixelSize=1.0)
-    starfile.write({"optics": optics, "particles": particles}, tmp_path / "p.star",
-                   overwrite=True)
-    starfile.write({"optics": optics.drop(columns="rlnMtfFileName"), "particles": particles},
-                   tmp_path / "plain.star", overwrite=True)
-    optimiser = relion_optimiser(tmp_path, "p.star", "sharp.mrc", diameter=80)
-    subprocess.run(["relion_particle_subtract", "--i", optimiser, "--o", "S/"], cwd=tmp_path,
-                   check=True, capture_output=True, timeout=120)
-    inputs = mrcfile.read(tmp_path / "imgs.mrcs")
-    relion = removed(inputs, relion_stacks_in_input_order(
-        tmp_path, "S/particles_subtracted.star", len(particles)))
-    summary = subtract_particles(tmp_path / "p.star", tmp_path / "ours",
-                                 map_path=tmp_path / "sharp.mrc", scale="none")
-    subtract_particles(tmp_path / "plain.star", tmp_path / "plain",
-                       map_path=tmp_path / "sharp.mrc", scale="none")
-    ours = removed(inputs, read_output(tmp_path / "ours")[1])
-    plain = removed(inputs, read_output(tmp_path / "plain")[1])
-    norms = np.linalg.norm(ours, axis=(1, 2)) / np.linalg.norm(relion, axis=(1, 2))
-    assert np.abs(norms - 1).max() < 0.01
-    assert min(corr(a, b) for a, b in zip(ours, relion, strict=True)) >= 0.999
-    assert np.abs(ours - relion).max() < 0.02 * np.abs(relion).max()
-    plain_norms = np.linalg.norm(plain, axis=(1, 2)) / np.linalg.norm(relion, axis=(1, 2))
-    assert np.abs(plain_norms - 1).min() > 0.05
-    assert "optics group 2" in summary.aberrations
+    run = compare_optics_with_relion(two_domain, tmp_path, particles, optics,
+                                     optics.drop(columns="rlnMtfFileName"))
+    norm = np.linalg.norm(run.relion, axis=(1, 2))
+    assert np.abs(np.linalg.norm(run.ours, axis=(1, 2)) / norm - 1).max() < 0.01
+    assert min(corr(a, b) for a, b in zip(run.ours, run.relion, strict=True)) >= 0.999
+    assert np.abs(run.ours - run.relion).max() < 0.02 * np.abs(run.relion).max()
+    assert np.abs(np.linalg.norm(run.plain, axis=(1, 2)) / norm - 1).min() > 0.05
+    assert "optics group 2" in run.summary.aberrations
 
 
 # --------------------------------------------------------------------------- real data
