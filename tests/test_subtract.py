@@ -639,6 +639,15 @@ def test_cryosparc_cs_input_and_output(tmp_path):
     a_in = euler_to_matrix(*particles[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy().T)
     a_out = euler_to_matrix(*back[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy().T)
     np.testing.assert_allclose(a_out, a_in, atol=1e-5)
+    assert not any("higher-order" in w for w in from_cs.warnings)
+    # cryoSPARC's higher-order CTF terms are not converted: said, not silently dropped
+    data = np.load(tmp_path / "p.cs")
+    data["ctf/tilt_A"][:, 0] = 0.3
+    with open(tmp_path / "tilted.cs", "wb") as stream:
+        np.save(stream, data)
+    tilted = subtract_particles(tmp_path / "tilted.cs", tmp_path / "tilted",
+                                map_path=tmp_path / "map.mrc", scale="none", base_dir=tmp_path)
+    assert any("ctf/tilt_A set in the .cs" in w for w in tilted.warnings)
 
 
 def test_float16_small_batches_and_chunks_give_the_same_result(tmp_path, monkeypatch):

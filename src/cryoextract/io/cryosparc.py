@@ -61,6 +61,10 @@ CTF_FIELDS: dict[str, tuple[str, float]] = {
     "ctf/cs_mm": ("rlnSphericalAberration", 1.0),
     "ctf/amp_contrast": ("rlnAmplitudeContrast", 1.0),
 }
+#: cryoSPARC's higher-order CTF terms (Global CTF Refinement); their conventions have no
+#: oracle here, so they are not converted, only reported when set
+HIGHER_ORDER_CTF_FIELDS = ("ctf/tilt_A", "ctf/trefoil_A", "ctf/tetra_A", "ctf/shift_A",
+                           "ctf/anisomag")
 #: CTF columns that RELION 3.1 keeps in the optics table
 OPTICS_CTF_COLUMNS = ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast")
 ORIGIN_COLUMNS = ("rlnOriginXAngst", "rlnOriginYAngst")
@@ -181,7 +185,7 @@ def read_cs_picks(
 
 def read_cs_particles(
     path: str | os.PathLike[str], *, micrograph_shape: tuple[int, int] | None = None,
-    flip_y: bool = False,
+    flip_y: bool = False, notes: list[str] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """A ``.cs`` particle file as RELION 3.1 optics and particles tables.
 
@@ -191,6 +195,9 @@ def read_cs_particles(
         ``.cs`` file with ``blob/path``, ``blob/idx``, ``blob/shape``, ``blob/psize_A``.
     micrograph_shape, flip_y
         As :func:`read_cs_picks` (used only where the file has locations).
+    notes
+        Gets one line when the file sets cryoSPARC's higher-order CTF terms
+        (:data:`HIGHER_ORDER_CTF_FIELDS`), which are not converted.
 
     Returns
     -------
@@ -211,6 +218,10 @@ def read_cs_particles(
     if missing:
         raise InputError(f"not a particle .cs file (no {', '.join(missing)})", path)
     table = _particle_table(data, path, micrograph_shape, flip_y)
+    unconverted = [f for f in HIGHER_ORDER_CTF_FIELDS if _is_set(data, f)]
+    if unconverted and notes is not None:
+        notes.append(f"{', '.join(unconverted)} set in the .cs: cryoSPARC's higher-order CTF "
+                     "terms are not converted, so they are not applied")
     optics_columns = ["rlnOpticsGroupName", "rlnOpticsGroup",
                       *[c for c in OPTICS_CTF_COLUMNS if c in table.columns],
                       "rlnImagePixelSize", "rlnImageSize"]
@@ -243,6 +254,14 @@ def _particle_table(
     if "blob/shape" in names:
         table["rlnImageSize"] = _box_sizes(data, path)
     return _assign_optics_groups(table, data, path)
+
+
+def _is_set(data: np.ndarray, field: str) -> bool:
+    """Whether a numeric field is present and not all zeros (cryoSPARC's "unset")."""
+    if field not in (data.dtype.names or ()) or data[field].dtype.kind not in "biuf":
+        return False
+    values = np.asarray(data[field], dtype=np.float64)
+    return bool(np.any(values[np.isfinite(values)] != 0))
 
 
 def _field(data: np.ndarray, field: str, path: str | os.PathLike[str]) -> np.ndarray:

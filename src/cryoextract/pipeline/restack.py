@@ -126,8 +126,9 @@ def read_particles(
     path = Path(path)
     dirs = _base_dirs(path, base_dir)
     if path.suffix.lower() == ".cs":
-        optics, particles = _read_cs(path)
-        return _checked(ParticleTable(optics, particles, str(path), dirs), path)
+        notes: list[str] = []
+        optics, particles = _read_cs(path, notes)
+        return _checked(ParticleTable(optics, particles, str(path), dirs, tuple(notes)), path)
     tables = read_star(path)
     particles = find_block(tables, path, ("rlnImageName",), preferred=("particles",))
     particles = particles.reset_index(drop=True)
@@ -191,7 +192,7 @@ def _same_dir(a: Path, b: Path) -> bool:
     return os.path.abspath(a) == os.path.abspath(b)
 
 
-def _read_cs(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _read_cs(path: Path, notes: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     try:
         from cryoextract.io.cryosparc import read_cs_particles  # type: ignore[import-not-found]
     except ImportError as exc:
@@ -199,7 +200,7 @@ def _read_cs(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
             "cryoSPARC .cs input needs cryoextract.io.cryosparc, which this build lacks; "
             "export the particles to a RELION STAR (e.g. with csparc2star.py)", path
         ) from exc
-    optics, particles = read_cs_particles(path)
+    optics, particles = read_cs_particles(path, notes=notes)
     return optics.reset_index(drop=True), particles.reset_index(drop=True)
 
 
