@@ -38,7 +38,7 @@ import typer
 from scipy import ndimage
 from typer.testing import CliRunner
 
-from cryoextract.cli.subtract import subtract_command
+from cryoextract.cli.subtract import print_subtract_summary, subtract_command
 from cryoextract.errors import CryoExtractError, InputError, ParameterError
 from cryoextract.io.cryosparc import read_cs_particles, write_cs
 from cryoextract.ops.ctf import CtfParams, ctf_2d, ctf_2d_batch
@@ -473,7 +473,7 @@ def compare_optics_with_relion(two_domain: dict, root: Path, particles: pd.DataF
                             summary=summary)
 
 
-def test_optical_aberrations_match_relion_particle_subtract(two_domain, tmp_path):
+def test_optical_aberrations_match_relion_particle_subtract(two_domain, tmp_path, capsys):
     """RELION 3.1 applies each optics group's beam tilt, odd and even Zernike terms and
     anisotropic magnification (``ObservationModel``) to the projection it subtracts;
     ours matches it, and without them it would not."""
@@ -487,6 +487,9 @@ def test_optical_aberrations_match_relion_particle_subtract(two_domain, tmp_path
     assert min(corr(a, b) for a, b in zip(run.plain, run.relion, strict=True)) < 0.95
     assert np.abs(run.plain - run.relion).max() > 0.1 * np.abs(run.relion).max()
     assert len(run.summary.aberrations["optics group 1"]) == 3
+    print_subtract_summary(run.summary)
+    shown = capsys.readouterr().out
+    assert "optics group 1 aberrations" in shown and "anisotropic" in shown
     # the optics table, aberrations included, is passed on unchanged
     optics = starfile.read(tmp_path / "ours" / "particles.star")["optics"]
     assert optics["rlnOddZernike"].iloc[0] == ABERRATIONS["rlnOddZernike"]

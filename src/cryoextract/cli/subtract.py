@@ -125,6 +125,8 @@ def print_subtract_summary(summary: SubtractSummary) -> None:
     table.add_row("mask", f"{summary.mask or 'none'} ({summary.mask_mode})")
     if summary.mask_edge_width_px is not None:
         table.add_row("mask soft edge", f"{summary.mask_edge_width_px:.1f} px")
+    for group, applied in summary.aberrations.items():
+        table.add_row(f"{group} aberrations", escape("; ".join(applied)))
     for name, stats in summary.scale.items():
         table.add_row(f"scale {name}", f"median {stats['median']:.4g}, mean {stats['mean']:.4g} "
                                        f"+- {stats['std']:.3g} [{stats['min']:.4g}, "
