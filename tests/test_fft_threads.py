@@ -42,6 +42,7 @@ def test_no_thread_outlives_a_transform():
     as many threads as before (scipy.fft's workers=2 leaves its pool: checked first)."""
     script = textwrap.dedent("""
         import os
+        import time
         import numpy as np
         import scipy.fft
         from cryoextract.ops.fourier import fourier_crop_many
@@ -51,6 +52,12 @@ def test_no_thread_outlives_a_transform():
         def threads():
             return len(os.listdir("/proc/self/task"))
 
+        def settled(count):  # a joined thread may take a moment to leave /proc
+            deadline = time.monotonic() + 20
+            while threads() > count and time.monotonic() < deadline:
+                time.sleep(0.05)
+            return threads()
+
         rng = np.random.default_rng(0)
         before = threads()
         fourier_volume(rng.normal(size=(48, 48, 48)).astype(np.float32), workers=2)
@@ -58,7 +65,7 @@ def test_no_thread_outlives_a_transform():
         fourier_crop_many(images, (48,), workers=2)
         spectra = scipy.fft.rfft2(images).astype(np.complex64)
         subtract_images(images, spectra * 0.5, fit=False, workers=2)
-        after = threads()
+        after = settled(before)
         scipy.fft.fft(images, workers=2)
         print(before, after, threads())
     """)
