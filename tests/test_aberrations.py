@@ -17,7 +17,6 @@ from cryoextract.ops.aberrations import (
     magnified_axes,
     odd_phase_factors,
     odd_zernike_mn,
-    relion_frequency_grid,
     zernike,
 )
 from cryoextract.ops.ctf import CtfParams, ctf_2d_batch, electron_wavelength_angstrom
@@ -58,7 +57,8 @@ def test_beam_tilt_phase_is_the_axial_coma():
         "rlnBeamTiltX": tilt_x, "rlnBeamTiltY": tilt_y, "rlnSphericalAberration": cs_mm,
         "rlnVoltage": kv})
     phase = np.angle(odd_phase_factors(aberrations, BOX, APIX).astype(np.complex128))
-    x, y = relion_frequency_grid(BOX, APIX, None, nyquist_row_negative=True)
+    # numpy's frequencies put the Nyquist row at -N/2, as RELION's phase correction
+    y, x = np.meshgrid(np.fft.fftfreq(BOX, APIX), np.fft.rfftfreq(BOX, APIX), indexing="ij")
     wavelength = electron_wavelength_angstrom(kv)
     coma = (-2 * np.pi * cs_mm * 1e7 * wavelength**2 * (x * x + y * y)
             * (x * tilt_x + y * tilt_y) * 1e-3)
@@ -93,7 +93,10 @@ def test_magnified_ctf_is_evaluated_at_m_k():
                        spherical_aberration_mm=1.4, amplitude_contrast=0.07,
                        bfactor_angstrom2=40.0)
     ctf = ctf_2d_batch([params], BOX, APIX, magnification=m)[0]
-    x, y = relion_frequency_grid(BOX, APIX, m, nyquist_row_negative=False)
+    ky = np.fft.fftfreq(BOX, APIX)
+    ky[BOX // 2] *= -1  # the CTF's Nyquist row is +N/2 (RELION's getFftwImage)
+    ky, kx = np.meshgrid(ky, np.fft.rfftfreq(BOX, APIX), indexing="ij")
+    x, y = m[0, 0] * kx + m[0, 1] * ky, m[1, 0] * kx + m[1, 1] * ky
     u2 = x * x + y * y
     wavelength = electron_wavelength_angstrom(200.0)
     gamma = (np.pi * wavelength * -12000.0 * u2 + np.pi / 2 * 1.4e7 * wavelength**3 * u2 * u2
@@ -170,18 +173,26 @@ def test_zernike_terms_put_the_nyquist_row_at_minus_half():
 
 def test_each_optics_group_keeps_its_own_nyquist_region():
     """Particles of optics groups with different magnifications projected together: each
-    slice equals its projection alone (not cut to the region of the other's ``M``)."""
+    slice equals its projection alone (not cut to the region of the other's ``M``), times
+    its group's relative MTF."""
     rng = np.random.default_rng(4)
     fvol = fourier_volume(rng.normal(size=(BOX,) * 3).astype(np.float32))
     rotations = euler_to_matrix(*rng.uniform(0, 180, (3, 4)))
-    stretch = np.array([[1.05, 0.01], [0.0, 0.97]])
-    magnification = np.stack([np.eye(2), stretch, np.eye(2), stretch])
+    stretch = (1.05, 0.01, 0.0, 0.97)
+    half = np.full((BOX, BOX // 2 + 1), 0.5, dtype=np.float32)
+    optics = tasks.GroupOptics({2: OpticalAberrations(magnification=stretch)}, {2: half})
+    groups = np.array([1, 2, 1, 2])
     offsets = rng.uniform(-2, 2, (4, 2))
     ctf = np.ones((4, BOX, BOX // 2 + 1), dtype=np.float32)
-    together = tasks._projections(fvol, rotations, offsets, ctf, magnification, None)
-    for row in range(4):
+    together = tasks.project_groups(optics, groups, rotations, offsets, ctf, fvol,
+                                    pixel_size_angstrom=APIX)
+    for row, group in enumerate(groups):
+        matrix = np.reshape(stretch, (2, 2)) if group == 2 else None
         alone = project_spectra(fvol, rotations[row:row + 1], offsets[row:row + 1],
-                                ctf[row:row + 1], magnification=magnification[row])[0]
-        np.testing.assert_allclose(together[row], alone, rtol=1e-6, atol=1e-6)
+                                ctf[row:row + 1], magnification=matrix)[0]
+        np.testing.assert_allclose(together[row], alone * (0.5 if group == 2 else 1.0),
+                                   rtol=1e-6, atol=1e-6)
     plain = project_spectra(fvol, rotations[:1], offsets[:1], ctf[:1])[0]
     np.testing.assert_allclose(together[0], plain, rtol=1e-6, atol=1e-6)
+    # groups of plain CTFs share one CTF cache column; group 2's magnification does not
+    assert optics.ctf_groups(groups).tolist() == [0, 2, 0, 2]

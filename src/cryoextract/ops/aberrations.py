@@ -29,28 +29,22 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from cryoextract.errors import InputError, ParameterError
-from cryoextract.ops.ctf import electron_wavelength_angstrom
+from cryoextract.ops.ctf import electron_wavelength_angstrom, frequency_grid_angstrom, star_number
 
 __all__ = [
-    "ABERRATION_LABELS",
     "OpticalAberrations",
     "even_gamma_offset",
     "even_zernike_mn",
     "magnified_axes",
     "odd_phase_factors",
     "odd_zernike_mn",
-    "relion_frequency_grid",
     "with_beam_tilt",
     "zernike",
+    "zernike_frequencies",
 ]
 
 _ANGSTROM_PER_MM = 1e7
 _RAD_PER_MRAD = 1e-3
-#: RELION 3.1 optics labels read by :meth:`OpticalAberrations.from_star_row`
-ABERRATION_LABELS = (
-    "rlnBeamTiltX", "rlnBeamTiltY", "rlnOddZernike", "rlnEvenZernike",
-    "rlnMagMat00", "rlnMagMat01", "rlnMagMat10", "rlnMagMat11",
-)
 
 
 @dataclass(frozen=True)
@@ -85,7 +79,8 @@ class OpticalAberrations:
 
     @classmethod
     def from_star_row(cls, row: Mapping[str, Any]) -> OpticalAberrations:
-        """Read the aberrations of one RELION 3.1 optics row (:data:`ABERRATION_LABELS`).
+        """Read the aberrations of one RELION 3.1 optics row: ``rlnBeamTiltX/Y``,
+        ``rlnOddZernike``, ``rlnEvenZernike``, ``rlnMagMat00/01/10/11``.
 
         ``rlnOddZernike``/``rlnEvenZernike`` are RELION's vectors, ``[c0,c1,...]``; a beam
         tilt needs ``rlnSphericalAberration`` and ``rlnVoltage`` in the same row.
@@ -98,16 +93,16 @@ class OpticalAberrations:
         """
         odd = _star_vector(row, "rlnOddZernike")
         even = _star_vector(row, "rlnEvenZernike")
-        tilt = (_star_number(row, "rlnBeamTiltX"), _star_number(row, "rlnBeamTiltY"))
+        tilt = (star_number(row, "rlnBeamTiltX"), star_number(row, "rlnBeamTiltY"))
         if tilt != (None, None):
-            cs, kv = (_star_number(row, label) for label in
+            cs, kv = (star_number(row, label) for label in
                       ("rlnSphericalAberration", "rlnVoltage"))
             if cs is None or kv is None:
                 raise InputError("a beam tilt needs rlnSphericalAberration and rlnVoltage "
                                  "in its optics group")
             odd = with_beam_tilt(odd, tilt[0] or 0.0, tilt[1] or 0.0, cs,
                                  electron_wavelength_angstrom(kv))
-        elements = [_star_number(row, f"rlnMagMat{i}{j}") for i in (0, 1) for j in (0, 1)]
+        elements = [star_number(row, f"rlnMagMat{i}{j}") for i in (0, 1) for j in (0, 1)]
         magnification = None
         if any(e is not None for e in elements):
             identity = (1.0, 0.0, 0.0, 1.0)
@@ -129,9 +124,14 @@ class OpticalAberrations:
         return any(c != 0.0 for c in self.odd_zernike)
 
     @property
+    def has_even(self) -> bool:
+        """Whether the CTF's ``gamma`` gets an offset."""
+        return any(c != 0.0 for c in self.even_zernike)
+
+    @property
     def changes_ctf(self) -> bool:
         """Whether the CTF differs from the plain model (even terms or magnification)."""
-        return any(c != 0.0 for c in self.even_zernike) or self.magnification is not None
+        return self.has_even or self.magnification is not None
 
     @property
     def matrix(self) -> np.ndarray | None:
@@ -139,16 +139,6 @@ class OpticalAberrations:
         if self.magnification is None:
             return None
         return np.asarray(self.magnification, dtype=np.float64).reshape(2, 2)
-
-
-def _star_number(row: Mapping[str, Any], label: str) -> float | None:
-    value = row.get(label)
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{label} is not a number: {value!r}") from None
 
 
 def _star_vector(row: Mapping[str, Any], label: str) -> tuple[float, ...]:
@@ -231,23 +221,21 @@ def zernike(m: int, n: int, x: ArrayLike, y: ArrayLike) -> np.ndarray:
     return radial * (np.cos(a * phi) if m >= 0 else np.sin(a * phi))
 
 
-def relion_frequency_grid(
-    box_px: int, pixel_size_angstrom: float, magnification: np.ndarray | None,
-    *, nyquist_row_negative: bool,
+def zernike_frequencies(
+    box_px: int, pixel_size_angstrom: float, magnification: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(x, y)`` frequencies in 1/Å of the rfft layout, each ``(N, N // 2 + 1)``, after ``M``.
+    """``(x, y)`` = ``M k`` in 1/Å at the rfft points of an ``N``-pixel image, each
+    ``(N, N // 2 + 1)``: where RELION evaluates the Zernike terms.
 
-    RELION puts the Nyquist row at ``-N/2`` for the Zernike terms, odd and even
-    (``getPhaseCorrection``, ``getGammaOffset``), and at ``+N/2`` for the CTF itself
-    (``getFftwImage``); the flag picks.
+    The grid of :func:`cryoextract.ops.ctf.frequency_grid_angstrom`, but for row
+    ``N // 2`` (``ky = -N/2`` for an even ``N``): RELION's ``getPhaseCorrection`` and
+    ``getGammaOffset`` test ``y < N/2`` where the CTF itself tests ``y <= N/2``.
     """
-    n = int(box_px)
-    h = n // 2 + 1
-    rows = np.arange(n, dtype=np.float64)
-    rows[rows >= (h - 1 if nyquist_row_negative else h)] -= n
-    y, x = np.meshgrid(rows / (n * pixel_size_angstrom),
-                       np.arange(h, dtype=np.float64) / (n * pixel_size_angstrom),
-                       indexing="ij")
+    ky, kx = frequency_grid_angstrom(box_px, pixel_size_angstrom)
+    ky = ky.copy()
+    row = int(box_px) // 2
+    ky[row] = (row - int(box_px)) / (int(box_px) * pixel_size_angstrom)
+    y, x = np.broadcast_arrays(ky, kx)
     if magnification is None:
         return x, y
     m = magnification
@@ -273,8 +261,7 @@ def odd_phase_factors(
     np.ndarray
         ``(N, N // 2 + 1)`` complex64, rfft layout; multiplies a predicted spectrum.
     """
-    x, y = relion_frequency_grid(box_px, pixel_size_angstrom, aberrations.matrix,
-                                 nyquist_row_negative=True)
+    x, y = zernike_frequencies(box_px, pixel_size_angstrom, aberrations.matrix)
     return np.exp(1j * _zernike_sum(aberrations.odd_zernike, odd_zernike_mn, x, y)
                   ).astype(np.complex64)
 
@@ -284,8 +271,7 @@ def even_gamma_offset(
 ) -> np.ndarray:
     """``Σ c_j Z_j(M k)`` of the even terms, added to the CTF's ``gamma`` (RELION's
     ``getGammaOffset``); ``(N, N // 2 + 1)`` float64, rfft layout."""
-    x, y = relion_frequency_grid(box_px, pixel_size_angstrom, aberrations.matrix,
-                                 nyquist_row_negative=True)
+    x, y = zernike_frequencies(box_px, pixel_size_angstrom, aberrations.matrix)
     return _zernike_sum(aberrations.even_zernike, even_zernike_mn, x, y)
 
 
@@ -301,7 +287,7 @@ def magnified_axes(rotations: np.ndarray, magnification: np.ndarray) -> np.ndarr
     rotations : np.ndarray
         ``(B, 3, 3)`` Euler matrices.
     magnification : np.ndarray
-        ``(2, 2)`` ``M``, or ``(B, 2, 2)``, one per pose.
+        ``(2, 2)`` ``M``.
 
     Returns
     -------
@@ -310,5 +296,5 @@ def magnified_axes(rotations: np.ndarray, magnification: np.ndarray) -> np.ndarr
     """
     a = np.array(rotations, dtype=np.float64)
     m = np.asarray(magnification, dtype=np.float64)
-    a[:, :2, :] = np.matmul(np.swapaxes(m, -1, -2), a[:, :2, :])
+    a[:, :2, :] = np.matmul(m.T, a[:, :2, :])
     return a

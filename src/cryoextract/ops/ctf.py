@@ -56,6 +56,7 @@ __all__ = [
     "ctf_2d_batch",
     "electron_wavelength_angstrom",
     "frequency_grid_angstrom",
+    "star_number",
 ]
 
 # RELION's relativistic wavelength constant: lambda = 12.2643247 / sqrt(V (1 + 0.978466e-6 V))
@@ -161,17 +162,31 @@ class CtfParams:
         return electron_wavelength_angstrom(self.voltage_kv)
 
 
-def _star_float(row: Mapping[str, Any], label: str, default: float | None) -> float:
-    """One numeric value of a STAR row, ``default`` when absent (required when None)."""
+def star_number(row: Mapping[str, Any], label: str) -> float | None:
+    """One numeric value of a STAR row (a mapping of labels), None when absent or empty.
+
+    Raises
+    ------
+    InputError
+        The value is not a number.
+    """
     value = row.get(label, None)
     if value is None or (isinstance(value, float) and np.isnan(value)):
-        if default is None:
-            raise InputError(f"CTF label {label} is missing")
-        return float(default)
+        return None
     try:
         return float(value)
     except (TypeError, ValueError):
-        raise InputError(f"CTF label {label} is not a number: {value!r}") from None
+        raise InputError(f"{label} is not a number: {value!r}") from None
+
+
+def _star_float(row: Mapping[str, Any], label: str, default: float | None) -> float:
+    """A CTF value of a STAR row, ``default`` when absent (required when None)."""
+    value = star_number(row, label)
+    if value is not None:
+        return value
+    if default is None:
+        raise InputError(f"CTF label {label} is missing")
+    return float(default)
 
 
 def electron_wavelength_angstrom(voltage_kv: float) -> float:
@@ -338,18 +353,15 @@ def ctf_2d_batch(
     if magnification is not None:
         m = np.asarray(magnification, dtype=np.float64)
         kx, ky = m[0, 0] * kx + m[0, 1] * ky, m[1, 0] * kx + m[1, 1] * ky
-    offset = 0.0 if gamma_offset is None else np.asarray(gamma_offset, dtype=np.float64)
-    if gamma_offset is not None and not _fits(np.shape(offset), (ky.shape[0], kx.shape[-1])):
-        raise ParameterError(f"gamma offset of shape {np.shape(offset)} does not fit the "
-                             f"{(ky.shape[0], kx.shape[-1])} grid")
+    offset: np.ndarray | float = 0.0
+    if gamma_offset is not None:
+        grid_shape = (ky.shape[0], kx.shape[-1])
+        try:
+            offset = np.broadcast_to(np.asarray(gamma_offset, dtype=np.float64), grid_shape)
+        except ValueError:
+            raise ParameterError(f"gamma offset of shape {np.shape(gamma_offset)} does not "
+                                 f"fit the {grid_shape} grid") from None
     return _ctf_values(_param_arrays(params), ky, kx, offset).astype(np.float32)
-
-
-def _fits(shape: tuple[int, ...], grid_shape: tuple[int, int]) -> bool:
-    try:
-        return np.broadcast_shapes(shape, grid_shape) == grid_shape
-    except ValueError:
-        return False
 
 
 def ctf_2d(

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from cryoextract.errors import ParameterError
+from cryoextract.ops.ctf import frequency_grid_angstrom
 
 __all__ = ["mtf_image", "relative_mtfs"]
 
@@ -52,11 +53,7 @@ def mtf_image(
     step = (curve_x[-1] - curve_x[0]) / n
     if not step > 0:
         raise ParameterError("the MTF's resolutions do not increase")
-    box = int(box_px)
-    rows = np.arange(box, dtype=np.float64)
-    rows[rows > box // 2] -= box
-    ky = rows[:, None] / (box * pixel_size_angstrom)
-    kx = np.arange(box // 2 + 1, dtype=np.float64)[None, :] / (box * pixel_size_angstrom)
+    ky, kx = frequency_grid_angstrom(box_px, pixel_size_angstrom)
     radius = np.hypot(kx, ky)
     bins = np.floor(radius / step).astype(np.int64)
     inner = np.clip(bins, 0, n - 2)

@@ -266,7 +266,7 @@ def _padding_slices(n: int, p: int) -> tuple[tuple[slice, slice], tuple[slice, s
 @lru_cache(maxsize=16)
 def slice_grid(
     box_px: int, max_radius_px: float | None = None,
-    magnifications: tuple[tuple[float, float, float, float], ...] = (),
+    magnification: tuple[float, float, float, float] | None = None,
 ) -> SliceGrid:
     """The rfft points of a ``box_px`` image with ``kx² + ky² <= r²``.
 
@@ -276,10 +276,10 @@ def slice_grid(
         Image side ``N`` (even).
     max_radius_px : float, optional
         ``r`` in cycles per box; default and at most ``N / 2`` (RELION's Nyquist circle).
-    magnifications : tuple of ``(M00, M01, M10, M11)``
-        Anisotropic magnifications of the poses: only points with ``|M k| <= N / 2`` for
-        each of them are kept (RELION's ``r_max`` test in the map, which also keeps the
-        slice inside the padded transform).
+    magnification : ``(M00, M01, M10, M11)``, optional
+        Anisotropic magnification of the images: only points with ``|M k| <= N / 2`` are
+        kept (RELION's ``r_max`` test in the map, which also keeps the slice inside the
+        padded transform).
 
     Returns
     -------
@@ -293,7 +293,8 @@ def slice_grid(
     ky[ky > half] -= n
     kx = np.arange(half + 1, dtype=np.float64)
     inside = ky[:, None] ** 2 + kx[None, :] ** 2 <= radius * radius
-    for m00, m01, m10, m11 in magnifications:
+    if magnification is not None:
+        m00, m01, m10, m11 = magnification
         x = m00 * kx[None, :] + m01 * ky[:, None]
         y = m10 * kx[None, :] + m11 * ky[:, None]
         inside &= x * x + y * y <= half * half
@@ -341,12 +342,12 @@ def _slices(
         raise ParameterError(f"rotations must be (B, 3, 3), got shape {a.shape}")
     n, count = fvol.box_px, len(a)
     h = n // 2 + 1
-    magnifications: tuple[tuple[float, float, float, float], ...] = ()
+    elements = None
     if magnification is not None:
-        m = np.broadcast_to(np.asarray(magnification, dtype=np.float64), (count, 2, 2))
+        m = np.asarray(magnification, dtype=np.float64).reshape(2, 2)
         a = magnified_axes(a, m)
-        magnifications = tuple(sorted({tuple(row) for row in m.reshape(count, 4).tolist()}))
-    grid = slice_grid(n, max_radius_px, magnifications)
+        elements = tuple(m.ravel().tolist())
+    grid = slice_grid(n, max_radius_px, elements)
     if shifts_xy is None:
         phase_x = np.ones((count, h), dtype=np.complex64)
         phase_y = np.ones((count, n), dtype=np.complex64)
@@ -463,8 +464,8 @@ def project_spectra(
     max_radius_px : float, optional
         As :func:`central_slices`.
     magnification : array_like, optional
-        ``(2, 2)`` or ``(B, 2, 2)`` anisotropic magnification ``M`` of the images: the
-        slice is read at ``A.T @ (M k, 0)``, only where ``|M k| <= N / 2``
+        ``(2, 2)`` anisotropic magnification ``M`` of the images: the slice is read at
+        ``A.T @ (M k, 0)``, only where ``|M k| <= N / 2``
         (:func:`cryoextract.ops.aberrations.magnified_axes`).
 
     Returns

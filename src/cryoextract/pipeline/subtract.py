@@ -32,7 +32,7 @@ import pandas as pd
 
 from cryoextract.errors import CryoExtractError, InputError, ParameterError, os_error_message
 from cryoextract.io.cryosparc import write_cs
-from cryoextract.io.images import ImageLocations, format_image_name, locate_images
+from cryoextract.io.images import ImageLocations, format_image_name, locate, locate_images
 from cryoextract.io.mrc import StackWriter
 from cryoextract.io.mtf import read_mtf
 from cryoextract.io.star import find_block, read_star, write_star
@@ -50,6 +50,7 @@ from cryoextract.pipeline.params import JobPaths, check_box_size
 from cryoextract.pipeline.restack import DEFAULT_BATCH_SIZE, ParticleTable, read_particles
 from cryoextract.pipeline.subtract_tasks import (
     CTF_COLUMNS,
+    GroupOptics,
     StackTask,
     TaskContext,
     TaskResult,
@@ -283,8 +284,7 @@ class _Job:
     ctf_power: np.ndarray  # (n,) 1 (plain), 2 (premultiplied)
     phase_flipped: np.ndarray  # (n,) bool
     optics_group: np.ndarray  # (n,) int rlnOpticsGroup
-    aberrations: dict[int, OpticalAberrations]  # optics groups that have any
-    mtf_ratios: dict[int, np.ndarray]  # relative MTF per optics group (or none)
+    optics: GroupOptics  # aberrations and relative MTFs by optics group
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -354,13 +354,13 @@ def _prepare(
         origins_angstrom=origins, pixel_size_angstrom=apix, ctf=_ctf_arrays(table, particles),
         ctf_power=np.where(premultiplied > 0, 2, 1), phase_flipped=flipped > 0,
         optics_group=particles["rlnOpticsGroup"].to_numpy(dtype=np.int64),
-        aberrations=_optics_aberrations(table, warnings),
-        mtf_ratios=_mtf_ratios(table, maps.box_px, apix, warnings), warnings=warnings,
+        optics=GroupOptics(_optics_aberrations(table),
+                           _mtf_ratios(table, maps.box_px, apix, warnings)),
+        warnings=warnings,
     )
 
 
-def _optics_aberrations(table: ParticleTable, warnings: list[str]
-                        ) -> dict[int, OpticalAberrations]:
+def _optics_aberrations(table: ParticleTable) -> dict[int, OpticalAberrations]:
     """The aberrations of each optics group that has any (docs "Optical aberrations")."""
     found: dict[int, OpticalAberrations] = {}
     for row in table.optics.to_dict("records"):
@@ -385,33 +385,22 @@ def _mtf_ratios(table: ParticleTable, box_px: int, pixel_size_angstrom: float,
     names = optics["rlnMtfFileName"].astype(str).str.strip().tolist()
     if len(set(names)) < 2:
         return {}
-    missing = [c for c in ("rlnMicrographOriginalPixelSize",) if c not in optics.columns]
-    if missing or any(n in ("", "nan", "None") for n in names):
+    unknown = pd.Series(np.nan, index=optics.index)
+    detector = pd.to_numeric(optics.get("rlnMicrographOriginalPixelSize", unknown),
+                             errors="coerce")
+    if not (detector > 0).all() or any(n in ("", "nan", "None") for n in names):
         warnings.append("optics groups have different detector MTFs, but not every group has "
                         "an MTF file and rlnMicrographOriginalPixelSize: the ratio of each "
                         "MTF to their average, which relion_particle_subtract applies, is not "
                         "applied")
         return {}
-    images = []
-    for name, detector_apix in zip(names, optics["rlnMicrographOriginalPixelSize"],
-                                   strict=True):
-        resolution, value = read_mtf(_mtf_path(name, table.base_dirs))
-        images.append(mtf_image(resolution, value, float(detector_apix), box_px,
-                                pixel_size_angstrom))
+    # looked up as RELION does (the working directory), else beside the STAR
+    curves = {name: read_mtf(locate(name, table.base_dirs) or name) for name in set(names)}
+    images = [mtf_image(*curves[name], float(apix), box_px, pixel_size_angstrom)
+              for name, apix in zip(names, detector, strict=True)]
     groups = optics["rlnOpticsGroup"].astype(int).tolist()
     return {g: ratio.astype(np.float32)
             for g, ratio in zip(groups, relative_mtfs(images), strict=True)}
-
-
-def _mtf_path(name: str, base_dirs: Sequence[Path]) -> Path:
-    """An MTF file as RELION finds it (the working directory), else beside the STAR."""
-    path = Path(name)
-    if path.is_absolute():
-        return path
-    for base in base_dirs:
-        if (base / path).is_file():
-            return base / path
-    return Path(base_dirs[0]) / path if base_dirs else path
 
 
 def describe_aberrations(aberrations: OpticalAberrations) -> list[str]:
@@ -420,7 +409,7 @@ def describe_aberrations(aberrations: OpticalAberrations) -> list[str]:
     if aberrations.has_odd:
         words.append(f"antisymmetric (beam tilt, odd Zernike): {len(aberrations.odd_zernike)} "
                      "coefficients")
-    if any(c != 0.0 for c in aberrations.even_zernike):
+    if aberrations.has_even:
         words.append(f"symmetric (even Zernike): {len(aberrations.even_zernike)} coefficients")
     if aberrations.magnification is not None:
         words.append("anisotropic magnification " +
@@ -680,8 +669,8 @@ def subtract_particles(
     apix = job.pixel_size_angstrom
     summary.pixel_size_angstrom = apix
     summary.aberrations = {f"optics group {g}": describe_aberrations(a)
-                           for g, a in sorted(job.aberrations.items())}
-    for group in sorted(job.mtf_ratios):
+                           for g, a in sorted(job.optics.aberrations.items())}
+    for group in sorted(job.optics.mtf_ratios):
         summary.aberrations.setdefault(f"optics group {group}", []).append(
             "detector MTF relative to the average of the optics groups'")
     _mask_warnings(summary, job, mask_report, mode, apix, map_resolution_angstrom,
@@ -747,8 +736,7 @@ def _run_passes(
             particles=job.particles, locations=job.locations, rotations_deg=job.rotations,
             origins_angstrom=job.origins_angstrom, integer_shifts_xy=shifts, ctf=job.ctf,
             ctf_power=job.ctf_power, phase_flipped=job.phase_flipped,
-            optics_group=job.optics_group, aberrations=job.aberrations,
-            mtf_ratios=job.mtf_ratios,
+            optics_group=job.optics_group, optics=job.optics,
             pixel_size_angstrom=job.pixel_size_angstrom, region=region, whole=whole,
             out_box_px=output.box_px, float16=output.float16,
             fit_radius_px=output.fit_radius,

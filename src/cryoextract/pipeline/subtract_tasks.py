@@ -23,7 +23,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache, partial
 
 import numpy as np
@@ -49,10 +49,12 @@ __all__ = [
     "KEY_GROUP",
     "KEY_POWER",
     "CtfCache",
+    "GroupOptics",
     "StackTask",
     "TaskContext",
     "TaskResult",
     "batch_ctf",
+    "project_groups",
     "run_task",
     "split_stack",
     "task_pool",
@@ -70,8 +72,55 @@ CTF_COLUMNS = (
     "rlnAmplitudeContrast", "rlnPhaseShift", "rlnCtfBfactor", "rlnCtfScalefactor",
 )
 #: positions in a CTF cache key after the :data:`CTF_COLUMNS`: 1 (plain images) or 2
-#: (CTF-premultiplied), phase-flipped 0 or 1, optics group (for its aberrations)
+#: (CTF-premultiplied), phase-flipped 0 or 1, optics group whose aberrations change the
+#: CTF (:meth:`GroupOptics.ctf_groups`; 0 for the plain CTF)
 KEY_POWER, KEY_FLIPPED, KEY_GROUP = range(len(CTF_COLUMNS), len(CTF_COLUMNS) + 3)
+
+
+@dataclass(frozen=True)
+class GroupOptics:
+    """What RELION's ``ObservationModel`` adds to a prediction, per optics group (docs
+    "Optical aberrations"); groups that are not keys get the plain model.
+
+    Attributes
+    ----------
+    aberrations : mapping of int to OpticalAberrations
+        Beam tilt, Zernike terms and magnification of the groups that have any.
+    mtf_ratios : mapping of int to np.ndarray
+        ``(N, N // 2 + 1)`` float32 MTF of each group over the groups' average, when they
+        have different MTFs.
+    """
+
+    aberrations: Mapping[int, OpticalAberrations] = field(default_factory=dict)
+    mtf_ratios: Mapping[int, np.ndarray] = field(default_factory=dict)
+
+    def applies_to(self, group: int) -> bool:
+        """Whether the group's projections differ from the plain model."""
+        return group in self.aberrations or group in self.mtf_ratios
+
+    def magnification(self, group: int) -> np.ndarray | None:
+        """``(2, 2)`` ``M`` of the group, None for the identity."""
+        optics = self.aberrations.get(group)
+        return None if optics is None else optics.matrix
+
+    def spectrum_factor(self, group: int, box_px: int,
+                        pixel_size_angstrom: float) -> np.ndarray | None:
+        """``(N, N // 2 + 1)`` factor on the group's projected spectra: the odd
+        aberrations' phase times the relative MTF; None when there is neither."""
+        optics = self.aberrations.get(group)
+        factor = None
+        if optics is not None and optics.has_odd:
+            factor = _odd_phases(optics, box_px, pixel_size_angstrom)
+        ratio = self.mtf_ratios.get(group)
+        if ratio is not None:
+            factor = ratio if factor is None else factor * ratio
+        return factor
+
+    def ctf_groups(self, groups: np.ndarray) -> np.ndarray:
+        """``groups`` where the group's CTF differs from the plain model, else 0: the
+        CTF cache's key column (groups with plain CTFs share their entries)."""
+        changed = [g for g, a in self.aberrations.items() if a.changes_ctf]
+        return np.where(np.isin(groups, changed), groups, 0)
 
 
 @dataclass(frozen=True)
@@ -98,10 +147,8 @@ class TaskContext:
         ``(n,)`` bool.
     optics_group : np.ndarray
         ``(n,)`` int ``rlnOpticsGroup``.
-    aberrations : mapping of int to OpticalAberrations
-        The optics groups that have aberrations (docs "Optical aberrations").
-    mtf_ratios : mapping of int to np.ndarray
-        ``(N, N // 2 + 1)`` float32 relative MTF of optics groups (empty: none applied).
+    optics : GroupOptics
+        Aberrations and relative MTFs by optics group.
     pixel_size_angstrom : float
         Of the images and the map.
     region : FourierVolume
@@ -125,8 +172,7 @@ class TaskContext:
     ctf_power: np.ndarray
     phase_flipped: np.ndarray
     optics_group: np.ndarray
-    aberrations: Mapping[int, OpticalAberrations]
-    mtf_ratios: Mapping[int, np.ndarray]
+    optics: GroupOptics
     pixel_size_angstrom: float
     region: FourierVolume
     whole: FourierVolume | None
@@ -310,17 +356,13 @@ def _subtract_chunk(
     origins = context.origins_angstrom[rows]
     offsets = origin_shifts_px(origins[:, 0], origins[:, 1], context.pixel_size_angstrom)
     groups = context.optics_group[rows]
-    magnification = _magnifications(context.aberrations, groups)
-    phases = _phases(context, groups, images.shape[-1])
-    region = _projections(context.region, rotations, offsets, ctf, magnification, None)
+    project = partial(project_groups, context.optics, groups, rotations, offsets, ctf,
+                      pixel_size_angstrom=context.pixel_size_angstrom)
+    region = project(context.region)
     fit_radius = context.fit_radius_px
     whole = None
     if context.whole is not None and fit_radius is not None:
-        whole = _projections(context.whole, rotations, offsets, ctf, magnification, fit_radius)
-    if phases is not None:  # beam tilt and other odd aberrations, relative MTF
-        region *= phases
-        if whole is not None:
-            whole *= phases
+        whole = project(context.whole, max_radius_px=fit_radius)
     return subtract_images(
         images, region, fit_spectra=whole, fit=fit_radius is not None,
         fit_radius_px=fit_radius, integer_shifts_xy=context.integer_shifts_xy[rows],
@@ -328,55 +370,40 @@ def _subtract_chunk(
     )
 
 
-def _projections(
-    fvol: FourierVolume, rotations: np.ndarray, offsets: np.ndarray, ctf: np.ndarray,
-    magnification: np.ndarray | None, max_radius_px: float | None,
+def project_groups(
+    optics: GroupOptics, groups: np.ndarray, rotations: np.ndarray, offsets: np.ndarray,
+    ctf: np.ndarray, fvol: FourierVolume, *, pixel_size_angstrom: float,
+    max_radius_px: float | None = None,
 ) -> np.ndarray:
-    """:func:`project_spectra` once per distinct magnification: each slice then keeps
-    every point with ``|M k| <= N / 2`` of its own ``M`` (RELION's ``r_max`` test)."""
-    if magnification is None:
+    """:func:`project_spectra` of particles of several optics groups, each with its
+    group's optics: magnification (each group keeps its own ``|M k| <= N / 2``, RELION's
+    ``r_max`` test), then the odd aberrations' phase and the relative MTF.
+
+    Parameters
+    ----------
+    optics : GroupOptics
+        By optics group.
+    groups : np.ndarray
+        ``(B,)`` optics group of each particle.
+    rotations, offsets, ctf
+        ``(B, 3, 3)``, ``(B, 2)``, ``(B, N, N // 2 + 1)``: as :func:`project_spectra`.
+    fvol : FourierVolume
+        The map.
+    """
+    present = np.unique(groups).tolist()
+    if not any(optics.applies_to(g) for g in present):
         return project_spectra(fvol, rotations, offsets, ctf, max_radius_px=max_radius_px)
-    distinct, which = np.unique(magnification.reshape(-1, 4), axis=0, return_inverse=True)
-    which = which.ravel()
-    if len(distinct) == 1:
-        return project_spectra(fvol, rotations, offsets, ctf, max_radius_px=max_radius_px,
-                               magnification=distinct[0].reshape(2, 2))
-    out = np.empty((len(rotations), fvol.box_px, fvol.box_px // 2 + 1), dtype=np.complex64)
-    for k, matrix in enumerate(distinct):
-        rows = which == k
-        out[rows] = project_spectra(fvol, rotations[rows], offsets[rows], ctf[rows],
-                                    max_radius_px=max_radius_px,
-                                    magnification=matrix.reshape(2, 2))
-    return out
-
-
-def _magnifications(
-    aberrations: Mapping[int, OpticalAberrations], groups: np.ndarray
-) -> np.ndarray | None:
-    """``(B, 2, 2)`` magnification of each row's optics group, None when all are 1."""
-    matrices = {g: a.matrix for g, a in aberrations.items() if a.matrix is not None}
-    if not matrices or not np.isin(groups, list(matrices)).any():
-        return None
-    out = np.broadcast_to(np.eye(2), (len(groups), 2, 2)).copy()
-    for group, matrix in matrices.items():
-        out[groups == group] = matrix
-    return out
-
-
-def _phases(context: TaskContext, groups: np.ndarray, box_px: int) -> np.ndarray | None:
-    """``(B, N, N // 2 + 1)`` factors of the rows' optics groups on the projection: the
-    odd aberrations' phases times the relative MTF; None when there are none."""
-    odd = {g: a for g, a in context.aberrations.items() if a.has_odd}
-    present = set(np.unique(groups).tolist())
-    if not present & (set(odd) | set(context.mtf_ratios)):
-        return None
-    out = np.ones((len(groups), box_px, box_px // 2 + 1), dtype=np.complex64)
+    n = fvol.box_px
+    out = np.empty((len(groups), n, n // 2 + 1), dtype=np.complex64)
     for group in present:
-        rows = groups == group
-        if group in odd:
-            out[rows] = _odd_phases(odd[group], box_px, context.pixel_size_angstrom)
-        if group in context.mtf_ratios:
-            out[rows] *= context.mtf_ratios[group]
+        rows = np.flatnonzero(groups == group)
+        spectra = project_spectra(fvol, rotations[rows], offsets[rows], ctf[rows],
+                                  max_radius_px=max_radius_px,
+                                  magnification=optics.magnification(group))
+        factor = optics.spectrum_factor(group, n, pixel_size_angstrom)
+        if factor is not None:
+            spectra *= factor
+        out[rows] = spectra
     return out
 
 
@@ -406,9 +433,10 @@ def batch_ctf(context: TaskContext, rows: np.ndarray, box_px: int) -> tuple[np.n
     """
     keys = np.column_stack([context.ctf[c][rows] for c in CTF_COLUMNS]
                            + [context.ctf_power[rows], context.phase_flipped[rows],
-                              context.optics_group[rows]])
+                              context.optics.ctf_groups(context.optics_group[rows])])
     unique, which = np.unique(keys, axis=0, return_inverse=True)
-    table = _ctf_cache.table(unique, box_px, context.pixel_size_angstrom, context.aberrations)
+    table = _ctf_cache.table(unique, box_px, context.pixel_size_angstrom,
+                             context.optics.aberrations)
     return table, which.ravel()
 
 
