@@ -1,29 +1,48 @@
-"""Benchmark: cryoextract vs RELION 3.1 ``relion_preprocess --extract`` on real micrographs.
+"""Benchmark: the default ``cryoextract extract`` vs RELION 3.1 ``relion_preprocess --extract``.
 
-Builds a dataset from the full-size real micrograph
-``../shared/data/real/mrcfile_1.5.4_sdist/fei-extended.mrc`` (relative to the repository
-root): ``--copies`` copies of it, ``--picks`` random picks on each (seeded, every box fully
-inside the micrograph), RELION coordinate STAR files and a RELION 3.1 micrographs STAR.
-Then times, after one untimed warm-up run of each (page cache warm), ``--repeats`` runs of
+For each micrograph shape (``--shapes``):
+
+* ``real``: the real 3710x3838 uint16 micrograph
+  ``../shared/data/real/mrcfile_1.5.4_sdist/fei-extended.mrc`` (relative to the repository
+  root), 0.8538 Å/px;
+* ``sim4096``: 4096x4096 uint16 micrographs from the project's simulator
+  (``cryoextract simulate --size 4096 --dtype uint16``), 1.5 Å/px;
+
+it builds ``--copies`` micrographs (hard links of the source ones), ``--picks`` random picks
+on each (seeded; every 256 px box inside the micrograph; no box holding a pixel above
+32767, which RELION 3.1 reads as a negative int16), RELION coordinate STAR files and a
+RELION 3.1 micrographs STAR. Then, after one untimed warm-up run of each (page cache
+warm), it times ``--repeats`` rounds of, in turn:
 
 * RELION, one process: ``relion_preprocess --extract --extract_size 256 --scale 128
-  --norm --bg_radius 48 --invert_contrast``
-* cryoextract with ``--workers 2`` and with ``--workers 1`` (same operations: box 256,
-  Fourier crop to 128, ramp normalisation with background radius 48, inverted contrast)
+  --norm --bg_radius 48 --invert_contrast``;
+* cryoextract exactly as the README shows it (console script, descriptors and QC report
+  on, all cores): ``cryoextract extract --micrographs micrographs.star --coords-dir Picks
+  --coords-suffix _pick.star --box 256 --bin-to 128 --out Ours`` (ramp normalisation,
+  background radius 0.375 x 128 = 48 and inverted contrast are its defaults);
+* the same with ``--no-report`` (the report's share of the run) and with
+  ``--workers 1``;
+* the naive floor ``benchmarks/floor_extract.py`` (read, cut, one batched
+  ``rfft2``/``irfft2`` Fourier crop, write one stack per micrograph; 2 processes).
 
-alternating the tools, and records wall time and peak resident memory per process (the
-kernel's high-water mark ``VmHWM`` of every process in the tree, read every 20 ms).
-``ru_maxrss`` from ``wait4`` is not used: after vfork + exec it carries the high-water
-mark of the process that started the command (here the benchmark itself). Finally
-checks that both wrote every particle and that the stacks agree pixel for pixel.
+Each run starts from an empty output directory. Measured per run: wall time (start to
+reaped), CPU seconds (user + system of the process and every child it waited for, from
+``wait4``), and peak RSS per process (the kernel's ``VmHWM`` of the process and of every
+descendant, read every 20 ms; ``ru_maxrss`` is not used: after vfork + exec it carries the
+benchmark's own high-water mark). It also times ``cryoextract --help``, ``cryoextract
+extract --help`` and ``python -c "import numpy"`` (median of 7), checks that every run
+wrote every particle and that the default run's particles agree with RELION's (matched
+by micrograph and integer box centre: Pearson r >= 0.9999, max |diff| <= 1e-3), and runs a
+memory case: one micrograph with ``--memory-picks`` picks (default 100,000), default
+command, peak RSS per process.
 
-``--scale-test`` instead runs cryoextract alone on 4 and on 32 micrographs and prints
-the peak RSS of the main process and of the workers for both.
+Needs psutil. Run from anywhere::
 
-Needs psutil (``.venv/bin/pip install psutil``). Run from anywhere::
+    .venv/bin/python benchmarks/extract_vs_relion.py [--shapes real,sim4096] [--copies 16]
+        [--picks 300] [--repeats 3] [--memory-picks 100000] [--workdir DIR] [--keep]
 
-    .venv/bin/python benchmarks/extract_vs_relion.py [--workdir DIR] [--copies 16]
-        [--picks 300] [--repeats 3] [--keep] [--scale-test]
+Exit status: 0 when every check passes, 1 when a particle count or the agreement fails,
+2 when something it needs is missing.
 """
 
 from __future__ import annotations
@@ -53,69 +72,97 @@ except ImportError:  # pragma: no cover - reported at start-up
     psutil = None
 
 REPO = Path(__file__).resolve().parents[1]
-MICROGRAPH = REPO.parent / "shared/data/real/mrcfile_1.5.4_sdist/fei-extended.mrc"
+REAL_MICROGRAPH = REPO.parent / "shared/data/real/mrcfile_1.5.4_sdist/fei-extended.mrc"
+BIN = Path(sys.executable).parent
 BOX = 256
 BIN_TO = 128
 BG_RADIUS = 48
-PIXEL_SIZE = 0.8538
 POLL_S = 0.020
 MIN_CORRELATION = 0.9999
 MAX_ABS_DIFF = 1e-3
 MIB = 2**20
 INT16_MAX = 32767
+SIM_SOURCES = 2  # simulated micrographs; the copies are hard links of these
 
 
 # --------------------------------------------------------------------------- dataset
 
 
-def build_dataset(workdir: Path, copies: int, picks: int, seed: int) -> tuple[int, int]:
-    """Write Micrographs/, Picks/Micrographs/ and micrographs.star under ``workdir``.
+@dataclass
+class Shape:
+    name: str
+    sources: list[Path]
+    pixel_size: float
 
-    Returns the micrograph shape (ny, nx).
-    """
-    with mrcfile.open(MICROGRAPH, permissive=True) as mrc:
-        ny, nx = mrc.data.shape[-2:]
-        # RELION 3.1.3 reads MRC mode 6 (uint16) as signed int16: pixels above 32767 wrap
-        # to negative values. Keep them out of every box so the comparison is meaningful.
-        wrapped = np.argwhere(mrc.data > INT16_MAX) if mrc.data.dtype == np.uint16 else []
+
+def real_shape(_: Path) -> Shape:
+    return Shape("real", [REAL_MICROGRAPH], 0.8538)
+
+
+def sim_shape(root: Path) -> Shape:
+    sim = root / "sim4096_source"
+    if not (sim / "micrographs.star").is_file():
+        subprocess.run([str(BIN / "cryoextract"), "simulate", "--out", str(sim),
+                        "--micrographs", str(SIM_SOURCES), "--size", "4096",
+                        "--dtype", "uint16", "--particles", "300", "--seed", "1"],
+                       check=True, capture_output=True)
+    return Shape("sim4096", sorted((sim / "Micrographs").glob("*.mrc")), 1.5)
+
+
+SHAPES = {"real": real_shape, "sim4096": sim_shape}
+
+
+def build_dataset(workdir: Path, shape: Shape, copies: int, picks: int,
+                  seed: int) -> tuple[int, int]:
+    """Micrographs/, Picks/Micrographs/ and micrographs.star under ``workdir``; (ny, nx)."""
     mic_dir = workdir / "Micrographs"
     pick_dir = workdir / "Picks" / "Micrographs"
     for d in (mic_dir, pick_dir):
         shutil.rmtree(d, ignore_errors=True)
         d.mkdir(parents=True)
     rng = np.random.default_rng(seed)
-    half = BOX // 2
-    # box spans [c - half, c + half - 1] around c = floor(pick): keep it inside
-    lo, hi_x, hi_y = half, nx - half, ny - half
     names = []
     for i in range(copies):
+        source = shape.sources[i % len(shape.sources)]
+        with mrcfile.open(source, permissive=True) as mrc:
+            ny, nx = mrc.data.shape[-2:]
+            # RELION 3.1.3 reads MRC mode 6 (uint16) as int16: keep such pixels out of boxes
+            wrapped = np.argwhere(mrc.data > INT16_MAX) if mrc.data.dtype == np.uint16 else []
         name = f"mic_{i:03d}"
         target = mic_dir / f"{name}.mrc"
         try:
-            os.link(MICROGRAPH, target)
+            os.link(source, target)
         except OSError:
-            shutil.copyfile(MICROGRAPH, target)
-        cx, cy = random_centres(rng, picks, (lo, hi_x), (lo, hi_y), wrapped)
-        fx = np.minimum(rng.random(picks), 0.999)
-        fy = np.minimum(rng.random(picks), 0.999)
-        fom = rng.random(picks)
-        lines = ["", "data_", "", "loop_", "_rlnCoordinateX #1", "_rlnCoordinateY #2",
-                 "_rlnAutopickFigureOfMerit #3"]
-        lines += [f"{x + a:12.3f} {y + b:12.3f} {f:10.6f}"
-                  for x, y, a, b, f in zip(cx, cy, fx, fy, fom, strict=True)]
-        (pick_dir / f"{name}_pick.star").write_text("\n".join(lines) + "\n\n")
+            shutil.copyfile(source, target)
+        write_picks(pick_dir / f"{name}_pick.star", rng, picks, (ny, nx), wrapped)
         names.append(f"Micrographs/{name}.mrc")
     star = [
         "", "# version 30001", "", "data_optics", "", "loop_",
         "_rlnOpticsGroupName #1", "_rlnOpticsGroup #2", "_rlnMicrographPixelSize #3",
         "_rlnVoltage #4", "_rlnSphericalAberration #5", "_rlnAmplitudeContrast #6",
-        f"opticsGroup1 1 {PIXEL_SIZE:.6f} 300.000000 2.700000 0.100000",
+        f"opticsGroup1 1 {shape.pixel_size:.6f} 300.000000 2.700000 0.100000",
         "", "", "# version 30001", "", "data_micrographs", "", "loop_",
         "_rlnMicrographName #1", "_rlnOpticsGroup #2",
         *(f"{n} 1" for n in names),
     ]
     (workdir / "micrographs.star").write_text("\n".join(star) + "\n\n")
-    return int(ny), int(nx), len(wrapped)
+    return int(ny), int(nx)
+
+
+def write_picks(path: Path, rng: np.random.Generator, n: int, shape_yx: tuple[int, int],
+                avoid: np.ndarray | list) -> None:
+    """``n`` picks with random fractions, distinct integer centres, boxes inside."""
+    ny, nx = shape_yx
+    half = BOX // 2
+    cx, cy = random_centres(rng, n, (half, nx - half), (half, ny - half), avoid)
+    fx = np.minimum(rng.random(n), 0.999)
+    fy = np.minimum(rng.random(n), 0.999)
+    fom = rng.random(n)
+    lines = ["", "data_", "", "loop_", "_rlnCoordinateX #1", "_rlnCoordinateY #2",
+             "_rlnAutopickFigureOfMerit #3"]
+    lines += [f"{x + a:12.3f} {y + b:12.3f} {f:10.6f}"
+              for x, y, a, b, f in zip(cx, cy, fx, fy, fom, strict=True)]
+    path.write_text("\n".join(lines) + "\n\n")
 
 
 def random_centres(
@@ -147,17 +194,13 @@ def random_centres(
 @dataclass
 class Run:
     wall_s: float
+    cpu_s: float  # user + system of the process and the children it waited for
     main_rss: int  # peak RSS (VmHWM) of the process started, bytes
     worker_rss: int  # largest peak RSS (VmHWM) over its descendants, 0 if none
-    n_workers_seen: int
 
 
 def peak_rss(p: psutil.Process) -> int:
-    """Peak RSS so far of a live process, bytes (0 if gone).
-
-    The kernel's high-water mark ``VmHWM`` where /proc has it (exact, so a short spike
-    between two polls is not missed), else the current RSS.
-    """
+    """Peak RSS so far of a live process, bytes (0 if gone): ``VmHWM``, else current RSS."""
     try:
         with open(f"/proc/{p.pid}/status") as f:
             for line in f:
@@ -172,10 +215,9 @@ def peak_rss(p: psutil.Process) -> int:
 
 
 def run_measured(cmd: list[str], cwd: Path, log: Path) -> Run:
-    """Run ``cmd``; wall time around start..exit, peak RSS of every process in its tree."""
+    """Run ``cmd``: wall time, CPU time of its tree (wait4), peak RSS of each process."""
     peaks: dict[int, int] = {}
     stop = threading.Event()
-
     with open(log, "w") as out:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
@@ -198,7 +240,7 @@ def run_measured(cmd: list[str], cwd: Path, log: Path) -> Run:
 
         poller = threading.Thread(target=poll, daemon=True)
         poller.start()
-        _, status = os.waitpid(proc.pid, 0)
+        _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
         stop.set()
         poller.join()
@@ -207,12 +249,17 @@ def run_measured(cmd: list[str], cwd: Path, log: Path) -> Run:
         tail = log.read_text()[-3000:]
         raise RuntimeError(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{tail}")
     workers = [v for pid, v in peaks.items() if pid != proc.pid]
-    return Run(
-        wall_s=wall,
-        main_rss=peaks.get(proc.pid, 0),
-        worker_rss=max(workers, default=0),
-        n_workers_seen=len(workers),
-    )
+    return Run(wall_s=wall, cpu_s=usage.ru_utime + usage.ru_stime,
+               main_rss=peaks.get(proc.pid, 0), worker_rss=max(workers, default=0))
+
+
+def median_wall(cmd: list[str], repeats: int = 7) -> float:
+    walls = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True, capture_output=True)
+        walls.append(time.perf_counter() - t0)
+    return statistics.median(walls)
 
 
 # --------------------------------------------------------------------------- tools
@@ -221,38 +268,39 @@ def run_measured(cmd: list[str], cwd: Path, log: Path) -> Run:
 @dataclass
 class Tool:
     label: str
-    workers: int
     cmd: list[str]
     out_dir: str
+    counts: bool = True  # writes a particles STAR to count
     runs: list[Run] = field(default_factory=list)
 
-    @property
-    def is_relion(self) -> bool:
-        return self.label == "RELION"
+    def median(self, key: str) -> float:
+        return statistics.median(getattr(r, key) for r in self.runs)
 
 
-def relion_tool(relion: str) -> Tool:
-    return Tool("RELION", 1, [
-        relion, "--i", "micrographs.star", "--coord_dir", "Picks/",
-        "--coord_suffix", "_pick.star", "--part_star", "Relion/particles.star",
-        "--part_dir", "Relion/", "--extract", "--extract_size", str(BOX),
-        "--scale", str(BIN_TO), "--norm", "--bg_radius", str(BG_RADIUS), "--invert_contrast",
-    ], "Relion")
-
-
-def ours_tool(workers: int) -> Tool:
-    return Tool("cryoextract", workers, [
-        sys.executable, "-m", "cryoextract", "extract", "--micrographs", "micrographs.star",
-        "--coords-dir", "Picks", "--coords-suffix", "_pick.star", "--box", str(BOX),
-        "--bin-to", str(BIN_TO), "--bg-radius", str(BG_RADIUS), "--out", "Ours",
-        "--overwrite", "--no-report", "--workers", str(workers),
-    ], "Ours")
+def tools(relion: str) -> list[Tool]:
+    ours = [str(BIN / "cryoextract"), "extract", "--micrographs", "micrographs.star",
+            "--coords-dir", "Picks", "--coords-suffix", "_pick.star", "--box", str(BOX),
+            "--bin-to", str(BIN_TO), "--out"]
+    return [
+        Tool("RELION (1 process)", [
+            relion, "--i", "micrographs.star", "--coord_dir", "Picks/",
+            "--coord_suffix", "_pick.star", "--part_star", "Relion/particles.star",
+            "--part_dir", "Relion/", "--extract", "--extract_size", str(BOX),
+            "--scale", str(BIN_TO), "--norm", "--bg_radius", str(BG_RADIUS),
+            "--invert_contrast"], "Relion"),
+        Tool("ours, default", [*ours, "Ours"], "Ours"),
+        Tool("ours, --no-report", [*ours, "OursNoReport", "--no-report"], "OursNoReport"),
+        Tool("ours, --workers 1", [*ours, "OursW1", "--workers", "1"], "OursW1"),
+        Tool("floor (2 processes)", [
+            sys.executable, str(REPO / "benchmarks" / "floor_extract.py"), "micrographs.star",
+            "Picks", "_pick.star", "--box", str(BOX), "--bin-to", str(BIN_TO),
+            "--out", "Floor", "--processes", "2"], "Floor", counts=False),
+    ]
 
 
 def run_tool(tool: Tool, workdir: Path, tag: str) -> Run:
-    # start every run from an empty output directory (outside the timing)
-    shutil.rmtree(workdir / tool.out_dir, ignore_errors=True)
-    log = workdir / "logs" / f"{tool.label}_w{tool.workers}_{tag}.log"
+    shutil.rmtree(workdir / tool.out_dir, ignore_errors=True)  # not timed
+    log = workdir / "logs" / f"{tool.out_dir}_{tag}.log"
     return run_measured(tool.cmd, workdir, log)
 
 
@@ -267,22 +315,25 @@ def read_particles(star: Path) -> pd.DataFrame:
     raise RuntimeError(f"no particles block in {star}")
 
 
-def index_particles(star: Path, base: Path) -> dict[tuple[str, int, int], tuple[Path, int]]:
-    """(micrograph stem, floor x, floor y) -> (stack path, 0-based slice)."""
+def index_particles(star: Path, workdir: Path) -> dict[tuple[str, int, int], tuple[Path, int]]:
+    """(micrograph stem, floor x, floor y) -> (stack path, 0-based slice).
+
+    Stack paths are looked up relative to ``workdir`` (where the command ran, RELION's
+    convention), then relative to the STAR's folder.
+    """
     table = read_particles(star)
     index: dict[tuple[str, int, int], tuple[Path, int]] = {}
     for name, x, y, image in zip(table["rlnMicrographName"], table["rlnCoordinateX"],
                                  table["rlnCoordinateY"], table["rlnImageName"], strict=True):
         slice_no, path = str(image).split("@", 1)
+        stack = workdir / path
+        if not stack.is_file():
+            stack = star.parent / path
         key = (Path(str(name)).stem, int(np.floor(float(x))), int(np.floor(float(y))))
         if key in index:
             raise RuntimeError(f"duplicate particle {key} in {star}")
-        index[key] = (base / path, int(slice_no) - 1)
+        index[key] = (stack, int(slice_no) - 1)
     return index
-
-
-def count_particles(star: Path) -> int:
-    return len(read_particles(star))
 
 
 @dataclass
@@ -292,7 +343,6 @@ class Agreement:
     n_matched: int
     min_corr: float
     max_abs_diff: float
-    median_abs_diff: float
 
     @property
     def ok(self) -> bool:
@@ -302,34 +352,25 @@ class Agreement:
 
 def compare(workdir: Path, ours_dir: str) -> Agreement:
     relion = index_particles(workdir / "Relion" / "particles.star", workdir)
-    ours = index_particles(workdir / ours_dir / "particles.star", workdir / ours_dir)
+    ours = index_particles(workdir / ours_dir / "particles.star", workdir)
     keys = sorted(set(relion) & set(ours))
     stacks: dict[Path, np.ndarray] = {}
 
     def image(path: Path, i: int) -> np.ndarray:
         if path not in stacks:
-            if len(stacks) > 4:  # keep a few stacks in memory at a time
+            if len(stacks) > 4:
                 stacks.pop(next(iter(stacks)))
             with mrcfile.open(path, permissive=True) as mrc:
                 stacks[path] = np.asarray(mrc.data, dtype=np.float64)
         return stacks[path][i]
 
-    corrs, diffs, med = [], [], []
+    corrs, diffs = [], []
     for key in keys:
-        a = image(*relion[key])
-        b = image(*ours[key])
-        if a.shape != b.shape:
-            raise RuntimeError(f"shape mismatch for {key}: {a.shape} vs {b.shape}")
+        a, b = image(*relion[key]), image(*ours[key])
         corrs.append(float(np.corrcoef(a.ravel(), b.ravel())[0, 1]))
-        d = np.abs(a - b)
-        diffs.append(float(d.max()))
-        med.append(float(np.median(d)))
-    return Agreement(
-        n_relion=len(relion), n_ours=len(ours), n_matched=len(keys),
-        min_corr=min(corrs, default=float("nan")),
-        max_abs_diff=max(diffs, default=float("nan")),
-        median_abs_diff=float(np.median(med)) if med else float("nan"),
-    )
+        diffs.append(float(np.abs(a - b).max()))
+    return Agreement(len(relion), len(ours), len(keys), min(corrs, default=float("nan")),
+                     max(diffs, default=float("nan")))
 
 
 # --------------------------------------------------------------------------- reporting
@@ -345,175 +386,141 @@ def machine() -> str:
     except OSError:
         pass
     mem = psutil.virtual_memory().total / 2**30
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else "?"
-    return (f"nproc {affinity} (os.cpu_count {os.cpu_count()}), CPU {model}, "
-            f"RAM {mem:.1f} GiB, {platform.platform()}, Python {platform.python_version()}, "
+    return (f"nproc {len(os.sched_getaffinity(0))}, CPU {model}, RAM {mem:.1f} GiB, "
+            f"{platform.platform()}, Python {platform.python_version()}, "
             f"numpy {np.__version__}")
 
 
-def relion_version(relion: str) -> str:
-    try:
-        out = subprocess.run([relion, "--version"], capture_output=True, text=True,
-                             timeout=30).stdout
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return " ".join(out.split()) or "unknown"
-
-
 def mib(n: int) -> str:
-    return f"{n / MIB:7.0f}" if n else "      -"
+    return f"{n / MIB:.0f}" if n else "-"
 
 
-def print_table(tools: list[Tool], n_particles: int) -> None:
-    relion = next((t for t in tools if t.is_relion), None)
-    relion_med = statistics.median(r.wall_s for r in relion.runs) if relion else None
-    header = (f"{'tool':<12} {'workers':>7} {'median s':>9} {'min s':>7} {'part/s':>8} "
-              f"{'RSS main':>9} {'RSS wrk':>8} {'RELION/ours':>11}")
+def print_shape(shape: Shape, ny: int, nx: int, table: list[Tool], n: int) -> None:
+    relion, default, no_report, _, floor = table
+    print(f"\n== {shape.name}: {nx}x{ny} px uint16, {n} particles, box {BOX} -> {BIN_TO} ==")
+    header = (f"{'run':<22} {'wall s':>7} {'CPU s':>7} {'part/s':>7} {'RSS main':>9} "
+              f"{'RSS wrk':>8} {'RELION/ours wall':>17} {'RELION/ours CPU':>16}")
     print(header)
     print("-" * len(header))
-    for t in tools:
-        walls = [r.wall_s for r in t.runs]
-        med = statistics.median(walls)
-        ratio = "" if t.is_relion or relion_med is None else f"{relion_med / med:11.2f}"
-        main = max(r.main_rss for r in t.runs)
-        wrk = max(r.worker_rss for r in t.runs)
-        print(f"{t.label:<12} {t.workers:>7} {med:9.2f} {min(walls):7.2f} "
-              f"{n_particles / med:8.0f} {mib(main):>9} {mib(wrk):>8} {ratio:>11}")
-    print("  (wall s over the timed runs; part/s from the median; RSS in MiB, peak over runs:")
-    print("   'RSS main' = the process started, 'RSS wrk' = largest pool worker, both the")
-    print("   kernel's VmHWM read every 20 ms)")
-    for t in tools:
-        print(f"  {t.label} w{t.workers} walls: " + ", ".join(f"{r.wall_s:.2f}" for r in t.runs))
+    for t in table:
+        wall, cpu = t.median("wall_s"), t.median("cpu_s")
+        ratios = ("", "") if t is relion or t is floor else (
+            f"{relion.median('wall_s') / wall:.2f}", f"{relion.median('cpu_s') / cpu:.2f}")
+        print(f"{t.label:<22} {wall:7.2f} {cpu:7.2f} {n / wall:7.0f} "
+              f"{mib(max(r.main_rss for r in t.runs)):>9} "
+              f"{mib(max(r.worker_rss for r in t.runs)):>8} {ratios[0]:>17} {ratios[1]:>16}")
+    print("  (medians over the timed rounds; RSS = peak VmHWM in MiB of the process started /"
+          " of its largest child)")
+    for t in table:
+        print(f"  {t.label} walls: " + ", ".join(f"{r.wall_s:.2f}" for r in t.runs)
+              + "; CPU: " + ", ".join(f"{r.cpu_s:.2f}" for r in t.runs))
+    share = 1 - no_report.median("wall_s") / default.median("wall_s")
+    print(f"  ours/floor wall: {default.median('wall_s') / floor.median('wall_s'):.2f} "
+          f"(goal <= 0.8); CPU {default.median('cpu_s') / floor.median('cpu_s'):.2f}")
+    print(f"  report's share of the default run's wall time: {share:.1%} (goal <= 10 %)")
 
 
 # --------------------------------------------------------------------------- modes
 
 
-def benchmark(args: argparse.Namespace, workdir: Path, relion: str) -> int:
-    n_expected = args.copies * args.picks
-    ny, nx, n_wrapped = build_dataset(workdir, args.copies, args.picks, args.seed)
-    print(f"dataset: {args.copies} x {MICROGRAPH.name} ({nx}x{ny} px, "
-          f"{MICROGRAPH.stat().st_size / MIB:.1f} MiB each), {args.picks} picks each = "
-          f"{n_expected} particles; box {BOX} -> {BIN_TO}, bg radius {BG_RADIUS}, "
-          f"ramp norm, inverted contrast")
-    if n_wrapped:
-        print(f"note: {n_wrapped} pixel(s) of the micrograph exceed {INT16_MAX}; RELION 3.1.3 "
-              f"reads MRC mode 6 (uint16) as int16, so picks were drawn with no box holding "
-              f"them")
-    print(f"workdir: {workdir}")
-    tools = [relion_tool(relion), ours_tool(2), ours_tool(1)]
-    print("warm-up (untimed) ...", flush=True)
-    for t in tools:
+def benchmark_shape(args: argparse.Namespace, root: Path, shape: Shape, relion: str) -> bool:
+    workdir = root / shape.name
+    (workdir / "logs").mkdir(parents=True, exist_ok=True)
+    n = args.copies * args.picks
+    ny, nx = build_dataset(workdir, shape, args.copies, args.picks, args.seed)
+    table = tools(relion)
+    print(f"[{shape.name}] warm-up ...", flush=True)
+    for t in table:
         run_tool(t, workdir, "warmup")
-    agreements: dict[int, Agreement] = {}
     ok = True
     for rep in range(args.repeats):
-        for t in tools:
-            run = run_tool(t, workdir, f"r{rep}")
-            t.runs.append(run)
-            n = count_particles(workdir / t.out_dir / "particles.star")
-            print(f"  repeat {rep + 1}/{args.repeats} {t.label:<11} w{t.workers}: "
-                  f"{run.wall_s:6.2f} s, {n} particles", flush=True)
-            if n != n_expected:
-                print(f"ERROR: {t.label} wrote {n} particles, expected {n_expected}")
-                ok = False
-            if not t.is_relion and rep == args.repeats - 1:
-                agreements[t.workers] = compare(workdir, t.out_dir)
-    print()
-    print_table(tools, n_expected)
-    print()
-    print(f"agreement with RELION (matched by micrograph + floor of the pick; "
-          f"thresholds r >= {MIN_CORRELATION}, max |diff| <= {MAX_ABS_DIFF:g}):")
-    for workers, a in agreements.items():
-        verdict = "OK" if a.ok else "FAIL"
-        print(f"  cryoextract w{workers}: RELION {a.n_relion}, ours {a.n_ours}, matched "
-              f"{a.n_matched}; min Pearson r {a.min_corr:.10f} (1 - r {1 - a.min_corr:.1e}); "
-              f"max |diff| {a.max_abs_diff:.2e}; median |diff| {a.median_abs_diff:.2e}  {verdict}")
-        ok = ok and a.ok
-    return 0 if ok else 1
+        for t in table:
+            t.runs.append(run_tool(t, workdir, f"r{rep}"))
+            if t.counts:
+                got = len(read_particles(workdir / t.out_dir / "particles.star"))
+                if got != n:
+                    print(f"ERROR: {t.label} wrote {got} particles, expected {n}")
+                    ok = False
+        print(f"[{shape.name}] round {rep + 1}/{args.repeats}: " + ", ".join(
+            f"{t.label} {t.runs[-1].wall_s:.2f} s" for t in table), flush=True)
+    print_shape(shape, ny, nx, table, n)
+    agreement = compare(workdir, "Ours")
+    print(f"  agreement with RELION: matched {agreement.n_matched} of {agreement.n_relion} "
+          f"(ours {agreement.n_ours}); min r {agreement.min_corr:.8f}; max |diff| "
+          f"{agreement.max_abs_diff:.2e}  {'OK' if agreement.ok else 'FAIL'}")
+    return ok and agreement.ok
 
 
-def scale_test(args: argparse.Namespace, workdir: Path) -> int:
-    ok = True
-    rows = []
-    for copies in (4, 32):
-        sub = workdir / f"scale_{copies}"
-        sub.mkdir(parents=True, exist_ok=True)
-        (sub / "logs").mkdir(exist_ok=True)
-        build_dataset(sub, copies, args.picks, args.seed)
-        tool = ours_tool(2)
-        run_tool(tool, sub, "warmup")
-        run = run_tool(tool, sub, "scale")
-        n = count_particles(sub / tool.out_dir / "particles.star")
-        ok = ok and n == copies * args.picks
-        rows.append((copies, n, run))
-        if not args.keep:
-            shutil.rmtree(sub, ignore_errors=True)
-    print(f"scale test: cryoextract --workers 2, {args.picks} picks per micrograph, box "
-          f"{BOX} -> {BIN_TO} (one warm-up, then one measured run each)")
-    header = (f"{'micrographs':>11} {'particles':>9} {'wall s':>7} {'RSS main':>9} "
-              f"{'RSS wrk':>8} {'workers seen':>12}")
-    print(header)
-    print("-" * len(header))
-    for copies, n, run in rows:
-        print(f"{copies:>11} {n:>9} {run.wall_s:7.2f} {mib(run.main_rss):>9} "
-              f"{mib(run.worker_rss):>8} {run.n_workers_seen:>12}")
-    print("  (RSS in MiB: 'RSS main' = the cryoextract process, 'RSS wrk' = largest pool")
-    print("   worker, both the kernel's VmHWM read every 20 ms)")
-    return 0 if ok else 1
+def startup() -> None:
+    numpy_s = median_wall([sys.executable, "-c", "import numpy"])
+    print("\n== start-up (median of 7) ==")
+    print(f"python -c 'import numpy'      {numpy_s:.3f} s")
+    for cmd in (["--help"], ["extract", "--help"]):
+        wall = median_wall([str(BIN / "cryoextract"), *cmd])
+        print(f"cryoextract {' '.join(cmd):<17} {wall:.3f} s = {wall / numpy_s:.2f}x numpy "
+              f"(goal <= 2.5x)")
+
+
+def memory_case(args: argparse.Namespace, root: Path) -> bool:
+    workdir = root / "memory"
+    (workdir / "logs").mkdir(parents=True, exist_ok=True)
+    shape = real_shape(root)
+    build_dataset(workdir, Shape("memory", shape.sources, shape.pixel_size), 1,
+                  args.memory_picks, args.seed)
+    tool = tools("relion_preprocess")[1]
+    run = run_tool(tool, workdir, "memory")
+    got = len(read_particles(workdir / tool.out_dir / "particles.star"))
+    print(f"\n== memory: one micrograph, {args.memory_picks} picks, default command ==")
+    print(f"wall {run.wall_s:.1f} s, CPU {run.cpu_s:.1f} s, {got} particles; peak RSS main "
+          f"{mib(run.main_rss)} MiB, largest worker {mib(run.worker_rss)} MiB (goal <= 1024)")
+    return got == args.memory_picks
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", type=Path, help="build the dataset here (default: temp)")
-    parser.add_argument("--copies", type=int, default=16, help="micrographs (default 16)")
+    parser.add_argument("--shapes", default="real,sim4096", help="real, sim4096 or both")
+    parser.add_argument("--workdir", type=Path, help="build the datasets here (default: temp)")
+    parser.add_argument("--copies", type=int, default=16, help="micrographs (16)")
     parser.add_argument("--picks", type=int, default=300, help="picks per micrograph (300)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per tool (3)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds (3)")
+    parser.add_argument("--memory-picks", type=int, default=100_000,
+                        help="picks on the one micrograph of the memory case (0: skip)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the picks (0)")
     parser.add_argument("--keep", action="store_true", help="keep the working directory")
-    parser.add_argument("--scale-test", action="store_true",
-                        help="only run cryoextract on 4 and 32 micrographs and compare memory")
     args = parser.parse_args(argv)
-
+    shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
     if psutil is None:
         print("error: psutil is needed: .venv/bin/pip install psutil", file=sys.stderr)
         return 2
-    if not MICROGRAPH.is_file():
-        print(f"error: real micrograph not found: {MICROGRAPH}\n(expected next to the "
-              f"repository, in ../shared/data/real/)", file=sys.stderr)
+    if not REAL_MICROGRAPH.is_file():
+        print(f"error: real micrograph not found: {REAL_MICROGRAPH}", file=sys.stderr)
         return 2
     relion = shutil.which("relion_preprocess")
-    if relion is None and not args.scale_test:
-        print("error: relion_preprocess not found on PATH (RELION 3.1 is needed)",
-              file=sys.stderr)
+    if relion is None:
+        print("error: relion_preprocess not found on PATH (RELION 3.1)", file=sys.stderr)
         return 2
-    if min(args.copies, args.picks, args.repeats) < 1:
-        parser.error("--copies, --picks and --repeats must be >= 1")
-
-    if args.workdir is not None:
-        workdir = args.workdir.resolve()
-        workdir.mkdir(parents=True, exist_ok=True)
-        remove = False
-    else:
-        workdir = Path(tempfile.mkdtemp(prefix="cryoextract_bench_"))
-        remove = not args.keep
-    (workdir / "logs").mkdir(exist_ok=True)
-
+    if any(s not in SHAPES for s in shapes) or min(args.copies, args.picks, args.repeats) < 1:
+        parser.error("--shapes takes real and/or sim4096; counts must be >= 1")
+    root = args.workdir.resolve() if args.workdir else Path(tempfile.mkdtemp(
+        prefix="cryoextract_bench_"))
+    root.mkdir(parents=True, exist_ok=True)
     print(f"date: {dt.datetime.now().astimezone().isoformat(timespec='seconds')}")
     print(f"machine: {machine()}")
-    if relion is not None:
-        print(f"RELION: {relion} ({relion_version(relion)})")
-    print(f"cryoextract: {sys.executable} -m cryoextract")
+    print(f"RELION: {relion}; cryoextract: {BIN / 'cryoextract'}; workdir {root}")
+    ok = True
     try:
-        if args.scale_test:
-            return scale_test(args, workdir)
-        return benchmark(args, workdir, relion)
+        for name in shapes:
+            ok = benchmark_shape(args, root, SHAPES[name](root), relion) and ok
+        startup()
+        if args.memory_picks:
+            ok = memory_case(args, root) and ok
     finally:
-        if remove:
-            shutil.rmtree(workdir, ignore_errors=True)
+        if args.workdir is None and not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
         else:
-            print(f"kept: {workdir}")
+            print(f"kept: {root}")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

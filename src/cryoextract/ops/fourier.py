@@ -7,6 +7,11 @@ an ``n``-pixel image it keeps rows ``ky`` in ``(-m/2, m/2]`` and columns ``kx`` 
 
 from __future__ import annotations
 
+import sys
+import threading
+from functools import lru_cache
+from typing import Any
+
 import numpy as np
 
 from cryoextract.ops import fft_threads
@@ -61,6 +66,8 @@ def fourier_crop_many(
     images = np.asarray(images, dtype=np.float32)
     if shifts_xy is None and all(m == n for m in out_sizes):
         return [images for _ in out_sizes]
+    if workers == 1 and _fftw_available():
+        return _fftw_crop_many(images, out_sizes, shifts_xy)
     keep = max(out_sizes) // 2 + 1
     # The 2D DFT is separable: drop columns kx > max(m)/2 before the y transform.
     spectrum = fft_threads.rfft(images, axis=-1, workers=workers)[..., :keep]
@@ -95,3 +102,113 @@ def _phase_ramp(shifts_xy: np.ndarray, size: int) -> np.ndarray:
     dx = shifts_xy[..., 0, None, None]
     dy = shifts_xy[..., 1, None, None]
     return np.exp(-2j * np.pi * (kx * dx + ky * dy)).astype(np.complex64)
+
+
+# --------------------------------------------------------------------------- FFTW
+# With pyFFTW installed, one box at a time through FFTW plans made once per thread:
+# each box stays in the CPU cache from its row transform to its inverse, and FFTW's
+# SIMD codelets beat pocketfft on these sizes (docs/conventions.md, "Fourier crop").
+
+_PLANS = threading.local()
+
+
+@lru_cache(maxsize=1)
+def _fftw_available() -> bool:
+    """Whether pyFFTW imports; imported once per process, without its Dask interface.
+
+    pyFFTW's package imports ``dask.array`` when Dask is installed (0.2 s, for an
+    interface we never use): that one module is marked missing while it imports.
+    """
+    blocked = "dask.array.fft" not in sys.modules
+    if blocked:
+        sys.modules["dask.array.fft"] = None  # type: ignore[assignment]
+    try:
+        import pyfftw  # noqa: F401
+    except ImportError:
+        return False
+    finally:
+        if blocked:
+            del sys.modules["dask.array.fft"]
+    return True
+
+
+class _BoxPlans:
+    """FFTW plans and aligned buffers cropping one ``(n, n)`` box to each of ``sizes``.
+
+    The row transform keeps columns ``kx <= max(sizes) / 2`` only, the column
+    transform runs on those, and each size has its own inverse; FFTW's backward
+    transforms are not normalised, so every crop is scaled by ``1 / n**2``
+    (``(m / n)**2`` of the crop times ``1 / m**2`` of the inverse).
+    """
+
+    def __init__(self, n: int, sizes: tuple[int, ...]):
+        import pyfftw
+
+        flags = ("FFTW_ESTIMATE",)  # planning once per process must cost nothing
+        self.n = n
+        self.keep = max(sizes) // 2 + 1
+        self.box = pyfftw.empty_aligned((n, n), dtype="float32")
+        self.rows = pyfftw.empty_aligned((n, n // 2 + 1), dtype="complex64")
+        self.columns = pyfftw.empty_aligned((n, self.keep), dtype="complex64")
+        self.forward_x = pyfftw.FFTW(self.box, self.rows, axes=(1,), flags=flags, threads=1)
+        self.forward_y = pyfftw.FFTW(self.columns, self.columns, axes=(0,), flags=flags,
+                                     threads=1)
+        self.inverse: dict[int, tuple[np.ndarray, np.ndarray, Any]] = {}
+        for m in sizes:
+            spectrum = pyfftw.empty_aligned((m, m // 2 + 1), dtype="complex64")
+            image = pyfftw.empty_aligned((m, m), dtype="float32")
+            plan = pyfftw.FFTW(spectrum, image, axes=(0, 1), direction="FFTW_BACKWARD",
+                               flags=(*flags, "FFTW_DESTROY_INPUT"), threads=1)
+            self.inverse[m] = (spectrum, image, plan)
+
+    def transform(self, box: np.ndarray) -> None:
+        """Forward transform of one ``(n, n)`` box into :attr:`columns`."""
+        np.copyto(self.box, box, casting="unsafe")
+        self.forward_x.execute()
+        np.copyto(self.columns, self.rows[:, : self.keep])
+        self.forward_y.execute()
+
+    def crop(self, m: int, factor: np.ndarray | float) -> np.ndarray:
+        """The ``(m, m)`` image of the last transformed box, its crop times ``factor``.
+
+        ``factor`` is a scalar or an ``(m, m // 2 + 1)`` phase ramp; the returned array
+        is overwritten by the next call.
+        """
+        spectrum, image, plan = self.inverse[m]
+        half = m // 2
+        spectrum[: half + 1] = self.columns[: half + 1, : half + 1]
+        spectrum[half + 1 :] = self.columns[self.n - half + 1 :, : half + 1]
+        spectrum *= factor
+        plan.execute()
+        return image
+
+
+def _box_plans(n: int, sizes: tuple[int, ...]) -> _BoxPlans:
+    cache: dict[tuple[int, tuple[int, ...]], _BoxPlans] | None = getattr(_PLANS, "cache", None)
+    if cache is None:
+        cache = _PLANS.cache = {}
+    key = (n, sizes)
+    if key not in cache:
+        cache[key] = _BoxPlans(n, sizes)
+    return cache[key]
+
+
+def _fftw_crop_many(
+    images: np.ndarray, out_sizes: tuple[int, ...], shifts_xy: np.ndarray | None
+) -> list[np.ndarray]:
+    """:func:`fourier_crop_many` box by box through FFTW (same coefficients)."""
+    n = images.shape[-1]
+    batch = images.shape[:-2]
+    boxes = images.reshape(-1, n, n)
+    sizes = tuple(sorted(set(out_sizes)))
+    plans = _box_plans(n, sizes)
+    scale = np.float32(1.0 / n**2)
+    shifts = None if shifts_xy is None else np.asarray(shifts_xy).reshape(-1, 2)
+    results = {m: np.empty((len(boxes), m, m), dtype=np.float32) for m in sizes}
+    ramps = {} if shifts is None else \
+        {m: _phase_ramp(shifts * (m / n), m) * scale for m in sizes}
+    for i, box in enumerate(boxes):
+        plans.transform(box)
+        for m, result in results.items():
+            result[i] = plans.crop(m, scale if shifts is None else ramps[m][i])
+    return [results[m].reshape(*batch, m, m) for m in out_sizes]

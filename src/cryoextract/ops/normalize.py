@@ -9,6 +9,8 @@ the image is shifted and scaled to background mean 0 and population std 1.
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -25,18 +27,78 @@ class NormMode(str, enum.Enum):
     NONE = "none"
 
 
+
+
+@lru_cache(maxsize=32)
 def background_mask(box_px: int, radius_px: float) -> np.ndarray:
-    """``(box, box)`` bool, True where ``i**2 + j**2 > radius**2`` (i, j from the centre)."""
+    """``(box, box)`` bool, True where ``i**2 + j**2 > radius**2`` (i, j from the centre).
+
+    Cached and read-only: copy it to modify it.
+    """
     offsets = np.arange(box_px) - box_px // 2
-    return offsets[:, None] ** 2 + offsets[None, :] ** 2 > radius_px**2
+    mask = offsets[:, None] ** 2 + offsets[None, :] ** 2 > radius_px**2
+    mask.setflags(write=False)
+    return mask
 
 
-def _masked_stats(images: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and population std of each ``(n, h, w)`` image over a ``(h, w)`` bool mask."""
-    count = int(mask.sum())
-    mean = np.sum(images * mask, axis=(1, 2)) / count
-    deviation = (images - mean[:, None, None]) * mask
-    return mean, np.sqrt(np.sum(np.square(deviation), axis=(1, 2)) / count)
+@dataclass(frozen=True)
+class _Region:
+    """A background region and what every least-squares fit over it shares.
+
+    ``weights`` is the ``(h, w)`` float32 0/1 mask; ``x`` ``(w,)`` and ``y`` ``(h,)`` are
+    pixel coordinates about the box centre (float64); ``gram_inverse`` is the
+    (pseudo-)inverse of the ``3x3`` normal matrix of the plane ``a*x + b*y + c`` over
+    the region.
+    """
+
+    weights: np.ndarray
+    count: float
+    x: np.ndarray
+    y: np.ndarray
+    gram_inverse: np.ndarray
+
+
+@lru_cache(maxsize=32)
+def _region(box_px: int, radius_px: float | None) -> _Region:
+    """The pixels outside ``radius_px`` of a square box; all of them for ``None``."""
+    mask = np.ones((box_px, box_px), dtype=bool) if radius_px is None \
+        else background_mask(box_px, radius_px)
+    x = np.arange(box_px, dtype=np.float64) - box_px // 2
+    xx, yy = np.meshgrid(x, x)
+    basis = np.stack([xx[mask], yy[mask], np.ones(int(mask.sum()))])
+    weights = mask.astype(np.float32)
+    region = _Region(weights, float(mask.sum()), x, x.copy(), np.linalg.pinv(basis @ basis.T))
+    for array in (region.weights, region.x, region.y, region.gram_inverse):
+        array.setflags(write=False)
+    return region
+
+
+def _region_sums(images: np.ndarray, region: _Region) -> np.ndarray:
+    """``(n, 4)`` float64 sums over the region ``(x*v, y*v, v, v**2)`` of each image.
+
+    ``images`` is ``(n, h, w)`` float32, best centred near 0 (the sums are float32 per
+    row and column). Element-wise numpy only, no BLAS (whose threads would compete
+    with the worker processes): the masked stack is summed along each axis and those
+    ``(n, w)`` and ``(n, h)`` profiles are weighted by the coordinates.
+    """
+    n = len(images)
+    masked = images * region.weights
+    columns = masked.sum(axis=1).astype(np.float64)  # (n, w)
+    rows = masked.sum(axis=2).astype(np.float64)  # (n, h)
+    squares = np.einsum("nk,nk->n", masked.reshape(n, -1), images.reshape(n, -1))
+    return np.stack([np.einsum("nw,w->n", columns, region.x),
+                     np.einsum("nh,h->n", rows, region.y),
+                     rows.sum(axis=1), squares.astype(np.float64)], axis=1)
+
+
+def _mean_std(images: np.ndarray, region: _Region) -> tuple[np.ndarray, np.ndarray]:
+    """``(n,)`` mean and population std of each image over the region (float64)."""
+    flat = images.reshape(len(images), -1)
+    centre = flat.mean(axis=1)  # float32, pairwise
+    sums = _region_sums(images - centre[:, None, None], region)
+    offset = sums[:, 2] / region.count
+    variance = sums[:, 3] / region.count - offset**2
+    return centre + offset, np.sqrt(np.maximum(variance, 0.0))
 
 
 def remove_dust(
@@ -70,8 +132,16 @@ def remove_dust(
         ``(n,)`` int number of replaced pixels per image.
     """
     flat = images.reshape(len(images), -1)
-    mean, std = _masked_stats(images, background)
-    deviation = flat - mean[:, None]
+    count = float(background.sum())
+    weights = background.astype(images.dtype)
+    centre = flat.mean(axis=1)
+    deviation = flat - centre[:, None]
+    masked = deviation * weights.ravel()
+    offset = masked.sum(axis=1, dtype=np.float64) / count
+    variance = np.einsum("nk,nk->n", masked, deviation).astype(np.float64) / count
+    mean = centre + offset
+    std = np.sqrt(np.maximum(variance - offset**2, 0.0))
+    deviation -= offset[:, None].astype(images.dtype)
     dust = np.zeros(flat.shape, dtype=bool)
     if white_sigma is not None:
         dust |= deviation > white_sigma * std[:, None]
@@ -83,69 +153,16 @@ def remove_dust(
     return dust.sum(axis=1)
 
 
-def _plane_basis(background: np.ndarray) -> np.ndarray:
-    """``(3, h*w)`` float32 rows ``mask*x``, ``mask*y``, ``mask`` (array indices)."""
-    h, w = background.shape
-    mask = background.ravel().astype(np.float32)
-    x = np.tile(np.arange(w, dtype=np.float32), h)
-    y = np.repeat(np.arange(h, dtype=np.float32), w)
-    return np.stack([mask * x, mask * y, mask])
-
-
-def _background_moments(flat: np.ndarray, basis: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Background sums ``(sum x*v, sum y*v, sum v)`` ``(n, 3)`` and ``sum v**2`` ``(n,)``.
-
-    ``flat`` is ``(n, h*w)``; accumulated in float64 (einsum: no BLAS threads in workers).
-    """
-    sums = np.einsum("nk,jk->nj", flat, basis, dtype=np.float64)
-    squares = np.einsum("nk,nk,k->n", flat, flat, basis[2], dtype=np.float64)
-    return sums, squares
-
-
-def fit_background_planes(images: np.ndarray, background: np.ndarray) -> np.ndarray:
-    """Least-squares planes ``a*x + b*y + c`` fitted to each image's background.
-
-    ``x`` and ``y`` are array indices (column, row); the 3x3 normal equations are shared
-    by every image (the mask is the same for all).
-
-    Parameters
-    ----------
-    images : np.ndarray
-        ``(n, h, w)`` float stack.
-    background : np.ndarray
-        ``(h, w)`` bool background mask.
-
-    Returns
-    -------
-    np.ndarray
-        ``(n, 3)`` float64 coefficients ``(a, b, c)``.
-    """
-    basis = _plane_basis(background)
-    sums, _ = _background_moments(images.reshape(len(images), -1), basis)
-    return _solve_planes(sums, basis)
-
-
-def _solve_planes(sums: np.ndarray, basis: np.ndarray) -> np.ndarray:
-    exact = basis.astype(np.float64)
-    return np.linalg.solve(exact @ exact.T, sums.T).T
-
-
-def subtract_ramp(images: np.ndarray, background: np.ndarray) -> None:
-    """Subtract the least-squares background plane of each ``(n, h, w)`` image, in place."""
-    _apply_affine(images, fit_background_planes(images, background), np.ones(len(images)))
-
-
-def _apply_affine(images: np.ndarray, planes: np.ndarray, scale: np.ndarray) -> None:
+def _apply_affine(images: np.ndarray, planes: np.ndarray, scale: np.ndarray,
+                  region: _Region) -> None:
     """``images = (images - plane) * scale`` in place, in the stack's dtype.
 
-    ``planes`` is ``(n, 3)`` ``(a, b, c)`` of ``a*x + b*y + c``; ``scale`` is ``(n,)``.
+    ``planes`` is ``(n, 3)`` ``(a, b, c)`` of ``a*x + b*y + c`` in the region's centred
+    coordinates; ``scale`` is ``(n,)``.
     """
-    h, w = images.shape[-2:]
     dtype = images.dtype
-    x = np.arange(w, dtype=np.float64)
-    y = np.arange(h, dtype=np.float64)
-    images -= (planes[:, 0, None, None] * x).astype(dtype)  # (n, 1, w)
-    images -= (planes[:, 1, None] * y + planes[:, 2, None])[:, :, None].astype(dtype)  # (n, h, 1)
+    images -= (planes[:, 0, None, None] * region.x).astype(dtype)  # (n, 1, w)
+    images -= (planes[:, 1, None] * region.y + planes[:, 2, None])[:, :, None].astype(dtype)
     images *= scale[:, None, None].astype(dtype)
 
 
@@ -161,15 +178,16 @@ def normalise(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Normalise a stack in place and report what was done per image.
 
-    Background sums are accumulated in float64 from images first centred on their own
-    mean (so float32 products do not cancel); the background mean and std after the
-    plane fit follow from the normal equations, and the correction is applied in one
-    pass in the stack's dtype. Agrees with RELION's double-precision result to ~1e-5.
+    Each image is first centred on its own mean (so that float32 sums do not cancel);
+    the background sums ``(x*v, y*v, v, v**2)`` then give the least-squares plane and
+    the residual's std through the normal equations, shared by every image, and the
+    correction is applied in one pass in the stack's dtype. Agrees with RELION's
+    double-precision result to ~1e-5.
 
     Parameters
     ----------
     images : np.ndarray
-        ``(n, h, w)`` float stack, modified in place.
+        ``(n, h, w)`` float stack (``h == w``), modified in place.
     mode : NormMode
         ``ramp`` and ``mean`` use the background outside ``radius_px``; ``whole``
         uses every pixel and no ramp; ``none`` leaves the values (dust is still
@@ -192,13 +210,11 @@ def normalise(
         was left unscaled.
     """
     n, _, width = images.shape
-    background = background_mask(width, radius_px)
-    if mode is NormMode.WHOLE:
-        background = np.ones_like(background)
+    region = _region(width, None if mode is NormMode.WHOLE else float(radius_px))
     dust_count = np.zeros(n, dtype=np.int64)
     if white_sigma is not None or black_sigma is not None:
         dust_count = remove_dust(
-            images, background, rng or np.random.default_rng(0),
+            images, region.weights.astype(bool), rng or np.random.default_rng(0),
             white_sigma=white_sigma, black_sigma=black_sigma,
         )
     sign = -1.0 if invert else 1.0
@@ -206,23 +222,21 @@ def normalise(
         if invert:
             np.negative(images, out=images)
         return dust_count, np.zeros(n, dtype=bool)
-    flat = images.reshape(n, -1)
-    centre = flat.mean(axis=1, dtype=np.float64).astype(images.dtype)
-    flat -= centre[:, None]
-    basis = _plane_basis(background)
-    sums, squares = _background_moments(flat, basis)
-    count = float(background.sum())
+    centre = images.reshape(n, -1).mean(axis=1)  # float32, pairwise summation
+    images -= centre[:, None, None]
+    sums = _region_sums(images, region)
+    rhs, squares = sums[:, :3], sums[:, 3]
     planes = np.zeros((n, 3))
     if mode is NormMode.RAMP:
-        planes = _solve_planes(sums, basis)
+        planes = rhs @ region.gram_inverse
         # the fit has a constant term, so the residual has mean 0 over the background
-        variance = (squares - np.einsum("nj,nj->n", planes, sums)) / count
+        variance = (squares - np.einsum("nj,nj->n", planes, rhs)) / region.count
     else:
-        planes[:, 2] = sums[:, 2] / count
-        variance = squares / count - planes[:, 2] ** 2
+        planes[:, 2] = rhs[:, 2] / region.count
+        variance = squares / region.count - planes[:, 2] ** 2
     std = np.sqrt(np.maximum(variance, 0.0))
     is_flat = std < MIN_STD
     planes[is_flat] = 0.0
     planes[is_flat, 2] = -centre[is_flat]  # leave flat images as they came
-    _apply_affine(images, planes, sign / np.where(is_flat, 1.0, std))
+    _apply_affine(images, planes, sign / np.where(is_flat, 1.0, std), region)
     return dust_count, is_flat

@@ -11,6 +11,7 @@ import os
 import pickle
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import AbstractContextManager
 
 from cryoextract.errors import CryoExtractError, ParameterError, first_line
 from cryoextract.pipeline.allocator import keep_freed_memory
@@ -35,14 +36,34 @@ def run_tasks(
     if workers < 1:
         raise ParameterError(f"workers must be >= 1, got {workers}")
     if workers == 1 or len(tasks) <= 1:
-        yield from map(run_and_record, tasks)
+        with one_blas_thread():
+            yield from map(run_and_record, tasks)
         return
     with ProcessPoolExecutor(
-        max_workers=min(workers, len(tasks)), initializer=keep_freed_memory
+        max_workers=min(workers, len(tasks)), initializer=_prepare_worker
     ) as pool:
         futures = [pool.submit(run_and_record, task) for task in tasks]
         for future in as_completed(futures):
             yield future.result()
+
+
+def one_blas_thread() -> AbstractContextManager[object]:
+    """Hold BLAS (OpenBLAS, MKL) to one thread in this process while the context lasts.
+
+    A task is one core's work: its few small matrix products gain nothing from BLAS
+    threads, whose busy-waiting after each call cost as much CPU time as the products
+    (the workers' own parallelism is the processes). Dask's nanny already starts its
+    workers with one BLAS thread.
+    """
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def _prepare_worker() -> None:
+    """Set-up of a local pool process: the allocator, one BLAS thread for its life."""
+    keep_freed_memory()
+    one_blas_thread()
 
 
 def _run_dask(tasks: list[MicrographTask], address: str) -> Iterator[MicrographResult]:

@@ -359,7 +359,9 @@ def _write_particles(
     # the CTF padding beyond the particle box is filled even when edge boxes are dropped:
     # with the micrograph mean, as RELION
     cut_edge = EdgeMode.MEAN if params.edge is EdgeMode.DROP else params.edge
-    fill = finite_mean(image) if cut_edge is EdgeMode.MEAN else 0.0
+    fill = 0.0
+    if cut_edge is EdgeMode.MEAN and (box_fraction_outside(centres, cut_px, image.shape) > 0).any():
+        fill = finite_mean(image)  # a pass over the whole micrograph: only when needed
     chunk = max(1, CHUNK_BYTES // (4 * cut_px**2))
     dust = 0
     radius = outputs[0].bg_radius_px * params.box_px / outputs[0].box_px
