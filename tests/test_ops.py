@@ -265,14 +265,41 @@ def test_fourier_crop_of_cosines_is_exact_cosine_on_coarse_grid() -> None:
     assert np.max(np.abs(out - expected)) < 1e-5
 
 
+@pytest.fixture(params=["fftw", "scipy"])
+def fft_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test through FFTW (pyFFTW, a dependency) and through the scipy fallback."""
+    from cryoextract.ops import fourier
+
+    if request.param == "fftw":
+        assert fourier._fftw_available(), "pyFFTW is a dependency: pip install pyfftw"
+    else:
+        monkeypatch.setattr(fourier, "_fftw_available", lambda: False)
+    return str(request.param)
+
+
 @pytest.mark.parametrize(("n", "m"), [(64, 32), (64, 48), (100, 34), (64, 2), (32, 30)])
-def test_fourier_crop_equals_naive_implementation(n: int, m: int) -> None:
+def test_fourier_crop_equals_naive_implementation(n: int, m: int, fft_backend: str) -> None:
     rng = np.random.default_rng(n * 1000 + m)
     images = rng.normal(size=(2, 3, n, n)).astype(np.float32)
     out = fourier_crop_2d(images, m)
     assert out.shape == (2, 3, m, m)
     expected = _naive_crop(images, m)
     assert np.max(np.abs(out - expected)) < 1e-5
+
+
+def test_fftw_crop_equals_scipy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both backends, several outputs and sub-pixel shifts: the same coefficients."""
+    from cryoextract.ops import fourier
+
+    rng = np.random.default_rng(7)
+    images = rng.normal(size=(9, 96, 96)).astype(np.float32)
+    shifts = rng.uniform(-1, 1, size=(9, 2))
+    fftw = fourier.fourier_crop_many(images, (48, 96, 32), shifts_xy=shifts)
+    monkeypatch.setattr(fourier, "_fftw_available", lambda: False)
+    plain = fourier.fourier_crop_many(images, (48, 96, 32), shifts_xy=shifts)
+    for a, b in zip(fftw, plain, strict=True):
+        assert a.shape == b.shape and a.dtype == np.float32
+        assert np.max(np.abs(a - b)) < 2e-6 * np.abs(b).max()
 
 
 def test_fourier_crop_same_size_without_shift_is_identity() -> None:
@@ -308,7 +335,9 @@ def _fourier_series(spectrum: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.
 
 
 @pytest.mark.parametrize(("dx", "dy"), [(0.3, -0.7), (-0.45, 0.2)])
-def test_shift_of_band_limited_image_equals_fourier_series(dx: float, dy: float) -> None:
+def test_shift_of_band_limited_image_equals_fourier_series(
+    dx: float, dy: float, fft_backend: str
+) -> None:
     n = 32
     image, spectrum = _band_limited(n, 10, seed=21)
     out = fourier_crop_2d(image[None].astype(np.float32), n, shifts_xy=np.array([[dx, dy]]))[0]
@@ -319,7 +348,7 @@ def test_shift_of_band_limited_image_equals_fourier_series(dx: float, dy: float)
     assert np.max(np.abs(out - image)) > 0.1  # the shift did something
 
 
-def test_shift_and_crop_of_band_limited_image() -> None:
+def test_shift_and_crop_of_band_limited_image(fft_backend: str) -> None:
     n, m = 48, 24
     dx, dy = 0.3, -0.7  # input pixels
     image, spectrum = _band_limited(n, 8, seed=22)  # 8 < m/2

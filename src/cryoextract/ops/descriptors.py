@@ -431,6 +431,10 @@ def sample_map(std_map: np.ndarray, grid: PatchGrid, centres_xy: np.ndarray) -> 
                                    mode="nearest")
 
 
+#: sample values gathered at once by :func:`patch_gini` (bounds its memory)
+PATCH_CHUNK_VALUES = 2**21
+
+
 def patch_gini(image: np.ndarray, centres_xy: np.ndarray, grid: PatchGrid) -> np.ndarray:
     """``(n,)`` Gini of ``|v - median(v)|`` over the sampled patch around each centre.
 
@@ -449,8 +453,16 @@ def patch_gini(image: np.ndarray, centres_xy: np.ndarray, grid: PatchGrid) -> np
     start = np.floor_divide(np.asarray(centres_xy, np.int64), grid.stride) - grid.half_samples
     x0 = np.clip(start[:, 0], 0, sx - side_x)
     y0 = np.clip(start[:, 1], 0, sy - side_y)
-    windows = sliding_window_view(samples, (side_y, side_x))[y0, x0]
-    values = windows.reshape(n, -1).astype(np.float32)
+    windows = sliding_window_view(samples, (side_y, side_x))
+    # a few thousand patches at a time: memory stays bounded whatever the picks
+    step = max(1, PATCH_CHUNK_VALUES // (side_y * side_x))
+    return np.concatenate([_gini_of_patches(windows[y0[i : i + step], x0[i : i + step]])
+                           for i in range(0, n, step)])
+
+
+def _gini_of_patches(windows: np.ndarray) -> np.ndarray:
+    """``(k,)`` Gini of ``|v - median(v)|`` of each ``(k, h, w)`` patch (see :func:`patch_gini`)."""
+    values = windows.reshape(len(windows), -1).astype(np.float32)
     finite = np.isfinite(values)
     if not finite.all():  # rare: non-finite samples get the patch's finite median
         fill = np.nanmedian(np.where(finite, values, np.nan), axis=1, keepdims=True)

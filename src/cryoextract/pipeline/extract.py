@@ -28,6 +28,12 @@ from cryoextract.pipeline.outputs import ExtractionSummary, write_outputs
 from cryoextract.pipeline.params import ExtractParams, JobPaths
 from cryoextract.pipeline.plan import PickSource, Plan, plan_tasks
 from cryoextract.pipeline.task import MicrographResult
+from cryoextract.report.thumbnail import Thumbnail
+
+#: micrographs shown in the QC report
+REPORT_MICROGRAPHS = 4
+#: the warning a failed QC report gives (the job itself succeeded)
+REPORT_FAILED = "QC report not written"
 
 __all__ = ["ExtractInputs", "ExtractionSummary", "RunOptions", "extract", "run_extraction"]
 
@@ -56,6 +62,7 @@ class RunOptions:
     overwrite: bool = False
     resume: bool = False
     write_cs: bool = False
+    report: bool = False
 
 
 def extract(
@@ -74,6 +81,7 @@ def extract(
     overwrite: bool = False,
     resume: bool = False,
     write_cs: bool = False,
+    report: bool = False,
     on_progress: ProgressCallback | None = None,
     on_start: Callable[[int], None] | None = None,
 ) -> ExtractionSummary:
@@ -107,6 +115,10 @@ def extract(
         Replace a previous run's outputs / continue an interrupted run of the same job.
     write_cs : bool
         Also write a cryoSPARC ``particles.cs`` beside each STAR.
+    report : bool
+        Also write the QC report ``OUT/report/index.html`` (a failure there is a
+        warning, never a failed job); the workers hand it thumbnails of the micrographs
+        they hold, so it reads none again.
     on_progress, on_start : callable, optional
         Called with each finished micrograph's result / with the number of micrographs.
 
@@ -120,7 +132,7 @@ def extract(
         pixel_size_angstrom=pixel_size_angstrom, ctf_dir=_str(ctf_dir),
     )
     options = RunOptions(workers=workers, dask_scheduler=dask_scheduler, overwrite=overwrite,
-                         resume=resume, write_cs=write_cs)
+                         resume=resume, write_cs=write_cs, report=report)
     return run_extraction(inputs, out_dir, params, options, on_start=on_start,
                           on_progress=on_progress)
 
@@ -151,9 +163,13 @@ def run_extraction(
             state = JobState(paths.out_dir)
             state.start(job_definition(params, dataclasses.asdict(inputs)),
                         resume=options.resume)
-            results = _run_job(plan, state, options, summary, on_start, on_progress)
+            thumbnails = ThumbnailKeeper(REPORT_MICROGRAPHS) if options.report else None
+            results = _run_job(plan, state, options, summary, on_start, on_progress,
+                               thumbnails)
             remove_temporaries(paths.out_dir, params)
             write_outputs(paths, mic_set, params, results, summary, write_cs=options.write_cs)
+            if thumbnails is not None:
+                _write_report(paths.out_dir, inputs.micrographs, thumbnails, summary)
     except OSError as exc:
         raise CryoExtractError(os_error_message(
             exc, when_full="; free some and run again with --resume")) from exc
@@ -192,6 +208,7 @@ def prepare_job(
 def _run_job(
     plan: Plan, state: JobState, options: RunOptions, summary: ExtractionSummary,
     on_start: Callable[[int], None] | None, on_progress: ProgressCallback | None,
+    thumbnails: ThumbnailKeeper | None = None,
 ) -> list[MicrographResult]:
     """Results of every task: kept from a previous run where complete, else computed."""
     results: list[MicrographResult] = []
@@ -203,6 +220,8 @@ def _run_job(
         else:
             results.append(done)
     summary.micrographs_resumed = len(results)
+    if thumbnails is not None:
+        todo = [dataclasses.replace(task, thumbnail=True) for task in todo]
     for task in todo:
         for output in task.params.outputs:
             task.stack_path(output).parent.mkdir(parents=True, exist_ok=True)
@@ -216,10 +235,58 @@ def _run_job(
             # every other micrograph would fail the same way: stop, keep what is done
             raise CryoExtractError(f"{result.error}; no space left for the output: free "
                                    f"some and run again with --resume")
+        if thumbnails is not None:
+            thumbnails.offer(result)
         results.append(result)
         if on_progress is not None:
             on_progress(result)
     return results
+
+
+class ThumbnailKeeper:
+    """The thumbnails of the micrographs the QC report will show, as results arrive.
+
+    The report shows the micrographs with the most dropped picks, then the most kept,
+    then by name; only the ``count`` best so far are held (each result's thumbnail is
+    taken off it), so memory does not grow with the number of micrographs.
+    """
+
+    def __init__(self, count: int):
+        self.count = count
+        self._ranked: dict[str, tuple[tuple[int, int, str], Thumbnail]] = {}
+
+    def offer(self, result: MicrographResult) -> None:
+        thumbnail, result.thumbnail = result.thumbnail, None
+        if thumbnail is None:
+            return
+        dropped = 0 if result.dropped is None else len(result.dropped)
+        name = result.micrograph_name
+        self._ranked[name] = ((-dropped, -result.n_particles, name), thumbnail)
+        if len(self._ranked) > self.count:
+            worst = max(self._ranked, key=lambda key: self._ranked[key][0])
+            del self._ranked[worst]
+
+    @property
+    def thumbnails(self) -> dict[str, Thumbnail]:
+        return {name: thumbnail for name, (_, thumbnail) in self._ranked.items()}
+
+
+def _write_report(
+    out: Path, micrographs: str, thumbnails: ThumbnailKeeper, summary: ExtractionSummary
+) -> None:
+    """The QC report of a finished job; a failure is a warning, never a failed job."""
+    import warnings
+
+    from cryoextract.report import write_report
+
+    star_dir = Path(micrographs).parent if micrographs.endswith(".star") else Path(".")
+    try:
+        with warnings.catch_warnings():  # NaN picks in the rejected list are not news
+            warnings.simplefilter("ignore", RuntimeWarning)
+            write_report(out, micrograph_dirs=(star_dir,), thumbnails=thumbnails.thumbnails,
+                         max_micrographs=thumbnails.count)
+    except (CryoExtractError, OSError, ValueError) as exc:
+        summary.warnings.append(f"{REPORT_FAILED}: {exc}")
 
 
 def prepare_out_dir(paths: JobPaths, params: ExtractParams, options: RunOptions) -> None:

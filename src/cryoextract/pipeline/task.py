@@ -28,7 +28,6 @@ from cryoextract.ops.boxes import (
     EdgeMode,
     box_fraction_outside,
     box_indices,
-    cut_boxes,
 )
 from cryoextract.ops.boxsize import ctf_padding_box
 from cryoextract.ops.coordinates import fraction_outside, suggest_axis_fix
@@ -36,24 +35,21 @@ from cryoextract.ops.ctf import CtfParams
 from cryoextract.ops.ctf_correct import (
     CtfCorrection,
     apply_fourier_multiplier,
-    correct_boxes,
     ctf_multiplier,
-    window_centre,
 )
 from cryoextract.ops.descriptors import (
     BACKGROUND_MEAN,
     BACKGROUND_STD,
     SCORE_BY_GINI,
-    background_stats,
     local_std_map,
     micrograph_gini,
     particle_descriptors,
 )
-from cryoextract.ops.fourier import fourier_crop_many
-from cryoextract.ops.normalize import normalise
+from cryoextract.ops.particles import ParticleRecipe, process_chunk
 from cryoextract.pipeline.params import ExtractParams, OutputSpec
 from cryoextract.pipeline.positions import Placement, pick_coordinates, place_particles
 from cryoextract.pipeline.selection import selection_reasons
+from cryoextract.report.thumbnail import Thumbnail, micrograph_thumbnail
 
 # Boxes processed at once: bounds memory to about this many bytes of float32 pixels.
 # Small enough that the FFT and normalisation temporaries stay in cache.
@@ -90,6 +86,7 @@ class MicrographTask:
     coords_format: str = "auto"
     metadata: dict[str, object] = field(default_factory=dict)
     optics: dict[str, object] = field(default_factory=dict)
+    thumbnail: bool = False  # also return a display thumbnail for the QC report
 
 
 @dataclass
@@ -105,6 +102,7 @@ class MicrographResult:
     detail: str | None = None
     shape_yx: tuple[int, int] | None = None
     out_of_space: bool = False
+    thumbnail: Thumbnail | None = None
 
     @property
     def n_particles(self) -> int:
@@ -159,6 +157,8 @@ def _extract(task: MicrographTask) -> MicrographResult:
                 task.micrograph_path,
             )
         _check_header_pixel_size(header.pixel_size_angstrom, task, result)
+        if task.thumbnail:  # the report then never reads this micrograph again
+            result.thumbnail = micrograph_thumbnail(image)
         xy = pick_coordinates(picks, params, task.pixel_size_angstrom, header.shape_yx)
         _warn_axis_mismatch(xy, header.shape_yx, source, result)
         placement = place_particles(picks, xy, params, task.pixel_size_angstrom, source)
@@ -343,11 +343,29 @@ def ctf_box_size(task: MicrographTask, ctfs: list[CtfParams]) -> int:
                            finest)
 
 
+def particle_recipe(task: MicrographTask, *, ctf_per_box: bool) -> ParticleRecipe:
+    """The per-particle computation of a task's parameters (:mod:`cryoextract.ops.particles`).
+
+    ``ctf_per_box`` is False when the CTF, if any, was corrected on the whole micrograph.
+    """
+    params = task.params
+    return ParticleRecipe(
+        box_px=params.box_px,
+        out_box_px=tuple(o.box_px for o in params.outputs),
+        bg_radius_px=tuple(o.bg_radius_px for o in params.outputs),
+        norm=params.norm, invert=params.invert,
+        white_dust_sigma=params.white_dust_sigma, black_dust_sigma=params.black_dust_sigma,
+        ctf_correction=params.ctf_correct if ctf_per_box else CtfCorrection.NONE,
+        pixel_size_angstrom=task.pixel_size_angstrom,
+        measure_background=params.descriptors,
+    )
+
+
 def _write_particles(
     task: MicrographTask, image: np.ndarray, centres: np.ndarray, shifts: np.ndarray | None,
     ctfs: list[CtfParams] | None, result: MicrographResult,
 ) -> dict[str, np.ndarray]:
-    """Cut each chunk of boxes once and write every output's stack from it.
+    """Compute the particles chunk by chunk and write every output's stack.
 
     Returns per-particle columns measured on the way (raw background, dust pixels) when
     descriptors are on.
@@ -355,6 +373,7 @@ def _write_particles(
     params = task.params
     outputs = params.outputs
     rng = task_rng(task)
+    recipe = particle_recipe(task, ctf_per_box=ctfs is not None)
     cut_px = params.box_px if ctfs is None else ctf_box_size(task, ctfs)
     # the CTF padding beyond the particle box is filled even when edge boxes are dropped:
     # with the micrograph mean, as RELION
@@ -364,7 +383,6 @@ def _write_particles(
         fill = finite_mean(image)  # a pass over the whole micrograph: only when needed
     chunk = max(1, CHUNK_BYTES // (4 * cut_px**2))
     dust = 0
-    radius = outputs[0].bg_radius_px * params.box_px / outputs[0].box_px
     measured: dict[str, list[np.ndarray]] = {
         BACKGROUND_MEAN: [], BACKGROUND_STD: [], DUST_PIXELS: []}
     with ExitStack() as stack:
@@ -377,65 +395,24 @@ def _write_particles(
             for output in outputs
         ]
         for start in range(0, len(centres), chunk):
-            stop = start + chunk
-            boxes = cut_boxes(image, centres[start:stop], cut_px, edge=cut_edge,
-                              fill_value=fill, rng=rng)
-            if params.descriptors:
-                mean, std = background_stats(window_centre(boxes, params.box_px), radius)
-                measured[BACKGROUND_MEAN].append(mean)
-                measured[BACKGROUND_STD].append(std)
-            if ctfs is not None:
-                boxes = correct_boxes(boxes, ctfs[start:stop], task.pixel_size_angstrom,
-                                      params.ctf_correct)
-                boxes = np.ascontiguousarray(window_centre(boxes, params.box_px))
-            chunk_shifts = None if shifts is None else shifts[start:stop]
-            processed = process_boxes(boxes, chunk_shifts, params, rng)
-            for writer, (images, replaced) in zip(writers, processed, strict=True):
+            part = slice(start, start + chunk)
+            done = process_chunk(
+                image, centres[part], recipe, cut_px=cut_px, edge=cut_edge, fill_value=fill,
+                shifts_px=None if shifts is None else shifts[part],
+                ctfs=None if ctfs is None else ctfs[part], rng=rng)
+            for writer, images, replaced in zip(writers, done.images, done.dust_pixels,
+                                                strict=True):
                 writer.write(images)
                 dust += int(replaced.sum())
-            measured[DUST_PIXELS].append(processed[0][1])
+            if params.descriptors:
+                measured[BACKGROUND_MEAN].append(done.background_mean)
+                measured[BACKGROUND_STD].append(done.background_std)
+                measured[DUST_PIXELS].append(done.dust_pixels[0])
     if dust:
         result.warnings.append(f"{task.micrograph_path}: {dust} dust pixels replaced")
     if not params.descriptors:
         return {}
     return {name: np.concatenate(parts).astype(np.float64) for name, parts in measured.items()}
-
-
-def process_boxes(
-    boxes: np.ndarray, shifts_px: np.ndarray | None, params: ExtractParams,
-    rng: np.random.Generator,
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Sub-pixel shift, Fourier crop, normalise and invert a chunk of boxes, per output.
-
-    Parameters
-    ----------
-    boxes : np.ndarray
-        ``(n, box, box)`` float32 raw boxes.
-    shifts_px : np.ndarray, optional
-        ``(n, 2)`` shift ``(dx, dy)`` of the box content in micrograph pixels.
-    params : ExtractParams
-        Processing; one result per entry of ``params.outputs``.
-    rng : np.random.Generator
-        Dust replacement draws.
-
-    Returns
-    -------
-    list of (images, dust_count)
-        ``(n, m, m)`` float32 images and ``(n,)`` replaced pixel counts, per output.
-    """
-    outputs = params.outputs
-    cropped = fourier_crop_many(boxes, tuple(o.box_px for o in outputs), shifts_xy=shifts_px)
-    results = []
-    for output, images in zip(outputs, cropped, strict=True):
-        if images is boxes or any(images is done for done, _ in results):
-            images = images.copy()
-        dust, _ = normalise(
-            images, params.norm, radius_px=output.bg_radius_px, rng=rng,
-            white_sigma=params.white_dust_sigma, black_sigma=params.black_dust_sigma,
-            invert=params.invert,
-        )
-        results.append((images, dust))
-    return results
 
 
 def _particle_rows(
