@@ -17,7 +17,7 @@ _PUBLIC = {
     "NormMode": "cryoextract.ops.normalize",
     "extract": "cryoextract.pipeline.extract",
     "ExtractParams": "cryoextract.pipeline.params",
-    "SubpixelMode": "cryoextract.pipeline.params",
+    "SubpixelMode": "cryoextract.options",
 }
 
 __all__ = [
@@ -36,8 +36,9 @@ if TYPE_CHECKING:
     from cryoextract.errors import CryoExtractError, InputError, ParameterError
     from cryoextract.ops.boxes import EdgeMode
     from cryoextract.ops.normalize import NormMode
+    from cryoextract.options import SubpixelMode
     from cryoextract.pipeline.extract import extract
-    from cryoextract.pipeline.params import ExtractParams, SubpixelMode
+    from cryoextract.pipeline.params import ExtractParams
 
 
 def _version() -> str:

@@ -16,26 +16,25 @@ from rich.markup import escape
 from rich.table import Table
 
 from cryoextract.cli.common import err, fail, out, warn
-from cryoextract.cli.progress import JobProgress
 from cryoextract.errors import CryoExtractError, ParameterError
 from cryoextract.ops.boxes import EdgeMode
-from cryoextract.ops.boxsize import advise_box
 from cryoextract.ops.ctf_correct import CtfCorrection
 from cryoextract.ops.normalize import NormMode
-from cryoextract.pipeline.allocator import keep_freed_memory
-from cryoextract.pipeline.params import (
-    ExtractParams,
-    PickTransform,
-    SubpixelMode,
-    resolve_output_box,
-)
+from cryoextract.options import SubpixelMode
 
 if TYPE_CHECKING:
+    from cryoextract.cli.progress import JobProgress
     from cryoextract.pipeline.extract import ExtractInputs, ExtractionSummary, RunOptions
+    from cryoextract.pipeline.params import ExtractParams
     from cryoextract.pipeline.watch import WatchOptions
 
+# Showing help and parsing arguments import this module and the command modules only:
+# each command imports the library it wraps when it runs (tests/test_startup.py).
 app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Particle extraction and particle-stack preparation for cryo-EM.")
+                  help="Particle extraction and particle-stack preparation for cryo-EM.",
+                  # the root's --help, when absent, is then False instead of None, which
+                  # typer would coerce with pydantic (80 ms) before even `extract --help`
+                  context_settings={"default_map": {"help": False}})
 
 
 
@@ -157,6 +156,9 @@ def extract_command(
         help="With --watch: seconds a micrograph and its picks must stay unchanged.")] = 10.0,
 ) -> None:
     """Cut particles out of micrographs at picked coordinates into stacks + a RELION STAR."""
+    from cryoextract.cli.progress import JobProgress
+    from cryoextract.pipeline.params import ExtractParams, PickTransform, resolve_output_box
+
     try:
         out_box = resolve_output_box(
             box, bin_to_px=bin_to, bin_factor=bin_factor,
@@ -295,70 +297,15 @@ def print_summary(summary: ExtractionSummary) -> None:
         out.print(skipped)
 
 
-@app.command("boxsize")
-def boxsize_command(
-    diameter_angstrom: Annotated[float, typer.Option(help="Particle diameter D in A.")],
-    pixel_size: Annotated[float, typer.Option(help="Micrograph pixel size in A.")],
-    defocus_um: Annotated[float, typer.Option(help="Defocus in um (use the largest).")],
-    resolution_angstrom: Annotated[float, typer.Option(help="Target resolution d in A.")],
-    voltage_kv: Annotated[float, typer.Option(help="Acceleration voltage in kV.")] = 300.0,
-    crop_resolution_angstrom: Annotated[float, typer.Option(
-        help="Nyquist wanted for a Fourier-cropped copy (2D classification).")] = 8.0,
-) -> None:
-    """Box sizes for a particle: Rosenthal & Henderson B = D + 2*lambda*dF/d."""
-    try:
-        advice = advise_box(diameter_angstrom, pixel_size, defocus_um * 1e4,
-                            resolution_angstrom, voltage_kv,
-                            crop_resolution_angstrom=crop_resolution_angstrom)
-    except CryoExtractError as exc:
-        fail(str(exc))
-        return
-    table = Table(title="cryoextract boxsize", show_header=False)
-    table.add_row("electron wavelength", f"{advice.wavelength_angstrom:.5f} A")
-    table.add_row("delocalisation R = lambda*dF/d", f"{advice.delocalisation_angstrom:.1f} A")
-    table.add_row("box D + 2R", f"{advice.box_angstrom:.1f} A")
-    table.add_row("extraction box (even, FFT-efficient)", f"{advice.box_px} px")
-    table.add_row(f"Fourier-crop box (Nyquist <= {advice.crop_resolution_angstrom:g} A)",
-                  f"{advice.crop_box_px} px ({advice.crop_pixel_size_angstrom:.4g} A/px)")
-    table.add_row("CTF padding box (Nyquist of the extraction box)", f"{advice.ctf_box_px} px")
-    out.print(table)
-
-
-@app.command("simulate")
-def simulate_command(
-    out_dir: Annotated[Path, typer.Option("--out", help="Directory for the dataset.")],
-    micrographs: Annotated[int, typer.Option(help="Number of micrographs.")] = 4,
-    size: Annotated[int, typer.Option(help="Micrograph side in pixels.")] = 1024,
-    particles: Annotated[int, typer.Option(help="Particles per micrograph.")] = 60,
-    pixel_size: Annotated[float, typer.Option(help="Pixel size in A.")] = 1.5,
-    dtype: Annotated[str, typer.Option(help="float32, float16 or uint16.")] = "float32",
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-) -> None:
-    """Write a small realistic dataset: micrographs with CTF and noise, picks, a STAR."""
-    from cryoextract.sim.simulate import simulate_dataset
-
-    try:
-        dataset = simulate_dataset(
-            out_dir, n_micrographs=micrographs, shape_yx=(size, size),
-            particles_per_micrograph=particles, pixel_size_angstrom=pixel_size,
-            dtype=dtype, seed=seed,  # type: ignore[arg-type]
-        )
-    except CryoExtractError as exc:
-        fail(str(exc))
-        return
-    out.print(
-        f"simulated {len(dataset.micrograph_paths)} micrographs ({size}x{size} px, "
-        f"{pixel_size} A/px, {dtype}) with {particles} picks each in {out_dir}; "
-        f"suggested box {dataset.box_px} px"
-    )
-
-
 def _register_commands() -> None:
     from cryoextract.cli.convert import convert_command
     from cryoextract.cli.qc import report_command, select_command
     from cryoextract.cli.stacks import downsample_command, restack_command
     from cryoextract.cli.subtract import subtract_command
+    from cryoextract.cli.tools import boxsize_command, simulate_command
 
+    app.command("boxsize")(boxsize_command)
+    app.command("simulate")(simulate_command)
     app.command("convert")(convert_command)
     app.command("select")(select_command)
     app.command("report")(report_command)
@@ -372,6 +319,8 @@ _register_commands()
 
 def main() -> None:
     """Console-script entry point."""
+    from cryoextract.pipeline.allocator import keep_freed_memory
+
     keep_freed_memory()
     try:
         app()

@@ -1,21 +1,23 @@
 """``cryoextract convert``: picks from any supported format to any other.
 
 Register with ``app.command("convert")(convert_command)``; a thin wrapper over
-:func:`cryoextract.io.pickformats.conversion.convert_picks`.
+:func:`cryoextract.io.pickformats.conversion.convert_picks`, imported when the command runs.
 """
 
 from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 
 from cryoextract.cli.common import err, fail, out
 from cryoextract.errors import CryoExtractError
-from cryoextract.io.pickformats.conversion import ConvertOptions, ConvertResult, convert_picks
+
+if TYPE_CHECKING:
+    from cryoextract.io.pickformats.conversion import ConvertOptions, ConvertResult
 
 _MAX_WARNINGS = 10
 
@@ -70,6 +72,8 @@ def convert_command(
     overwrite: Annotated[bool, typer.Option(help="Replace existing output files.")] = False,
 ) -> None:
     """Convert picks between formats, pixel sizes and axis conventions."""
+    from cryoextract.io.pickformats.conversion import ConvertOptions, convert_picks
+
     options = ConvertOptions(
         to=to.value, out=out_path, coords_format=coords_format, box_px=box,
         coords_pixel_size_angstrom=coords_pixel_size, pixel_size_angstrom=pixel_size,

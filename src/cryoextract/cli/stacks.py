@@ -7,16 +7,18 @@ they do not import :mod:`cryoextract.cli.app`, so either module may import the o
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from cryoextract.cli.common import fail, out, warn
-from cryoextract.cli.progress import particle_progress
 from cryoextract.errors import CryoExtractError
-from cryoextract.pipeline.restack import DEFAULT_BATCH_SIZE, StackJobSummary, downsample, restack
+from cryoextract.pipeline.restack import DEFAULT_BATCH_SIZE
+
+if TYPE_CHECKING:
+    from cryoextract.pipeline.restack import StackJobSummary
 
 ParticlesOption = Annotated[Path, typer.Option(
     "--particles", help="Particles STAR (RELION 3.0 or 3.1+) or cryoSPARC .cs.")]
@@ -44,6 +46,9 @@ def restack_command(
     overwrite: OverwriteOption = False,
 ) -> None:
     """Copy particles into consolidated stacks of N images (pixels unchanged) + a STAR."""
+    from cryoextract.cli.progress import particle_progress
+    from cryoextract.pipeline.restack import restack
+
     try:
         with particle_progress() as (on_start, on_progress):
             summary = restack(
@@ -77,6 +82,9 @@ def downsample_command(
     overwrite: OverwriteOption = False,
 ) -> None:
     """Fourier-crop existing particles to a smaller box or larger pixel size + a STAR."""
+    from cryoextract.cli.progress import particle_progress
+    from cryoextract.pipeline.restack import downsample
+
     try:
         with particle_progress() as (on_start, on_progress):
             summary = downsample(

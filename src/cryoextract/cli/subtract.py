@@ -8,27 +8,20 @@ Register with ``app.command("subtract")(subtract_command)``; a thin wrapper over
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from cryoextract.cli.common import fail, out, warn
-from cryoextract.cli.progress import particle_progress
 from cryoextract.errors import CryoExtractError
 from cryoextract.ops.projection import DEFAULT_PADDING_FACTOR
 from cryoextract.pipeline.restack import DEFAULT_BATCH_SIZE
-from cryoextract.pipeline.subtract import (
-    DEFAULT_SCALE_BAND,
-    MaskMode,
-    OutputFormat,
-    RevertSummary,
-    ScaleMode,
-    SubtractSummary,
-    revert_subtraction,
-    subtract_particles,
-)
+from cryoextract.pipeline.subtract import DEFAULT_SCALE_BAND, MaskMode, OutputFormat, ScaleMode
+
+if TYPE_CHECKING:
+    from cryoextract.pipeline.subtract import RevertSummary, SubtractSummary
 
 
 def subtract_command(
@@ -86,6 +79,9 @@ def subtract_command(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
 ) -> None:
     """Subtract the projection of a masked map (or half-maps) from every particle image."""
+    from cryoextract.cli.progress import particle_progress
+    from cryoextract.pipeline.subtract import revert_subtraction, subtract_particles
+
     try:
         if revert is not None:
             if particles is not None or map_path is not None or half_maps is not None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,20 +9,7 @@ from cryoextract.errors import ParameterError
 from cryoextract.ops.boxes import EdgeMode
 from cryoextract.ops.ctf_correct import CtfCorrection
 from cryoextract.ops.normalize import NormMode
-
-
-class SubpixelMode(str, enum.Enum):
-    """What happens to the fractional part of a pick (docs/conventions.md, "Box centre").
-
-    ``origin``: the box is centred on the truncated pick and the residual is written to
-    ``rlnOriginXAngst/YAngst``. ``shift``: the box is Fourier-shifted so the pick lies
-    exactly on the box centre; origins are zero. ``drop``: RELION's behaviour, the
-    fraction is lost.
-    """
-
-    ORIGIN = "origin"
-    SHIFT = "shift"
-    DROP = "drop"
+from cryoextract.options import SubpixelMode  # defined apart for the CLI
 
 
 @dataclass(frozen=True)

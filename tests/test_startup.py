@@ -1,0 +1,91 @@
+"""Showing help and parsing arguments load none of the numerics (the CLI's start-up time).
+
+Each command imports the library it wraps only when it runs, so ``cryoextract --help``,
+``cryoextract extract --help`` and a refused command line need typer, rich and the
+option declarations only. The oracle is what a fresh interpreter has imported
+afterwards, not a timing.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from helpers import cli_env
+
+#: never imported to show help or to parse arguments
+HEAVY = ("scipy", "pandas", "matplotlib", "numba", "mrcfile", "starfile",
+         "cryoextract.pipeline.extract", "cryoextract.pipeline.task")
+
+_MARK = "@@modules "
+# the app as the console script runs it, then what the interpreter has imported
+_SCRIPT = f"""
+import json, sys
+from cryoextract.cli.app import app
+try:
+    app(sys.argv[1:], prog_name="cryoextract")
+except SystemExit as done:
+    code = done.code
+else:
+    code = 0
+print("\\n{_MARK}" + json.dumps({{"code": code, "modules": sorted(sys.modules)}}))
+"""
+
+
+def _commands() -> list[str]:
+    import typer.main
+
+    from cryoextract.cli.app import app
+
+    group = typer.main.get_command(app)
+    return sorted(group.commands)  # type: ignore[attr-defined]
+
+
+def _run(args: list[str]) -> tuple[int, str, str, list[str]]:
+    """Exit code, stdout (less the module list), stderr and the modules imported."""
+    done = subprocess.run([sys.executable, "-c", _SCRIPT, *args], capture_output=True,
+                          text=True, timeout=120, env=cli_env())
+    assert done.returncode == 0, done.stderr
+    stdout, _, listing = done.stdout.rpartition(_MARK)
+    record = json.loads(listing)
+    return record["code"], stdout, done.stderr, record["modules"]
+
+
+def _heavy(modules: list[str]) -> list[str]:
+    return [name for name in HEAVY
+            if any(m == name or m.startswith(name + ".") for m in modules)]
+
+
+# Blocked until the option enums and defaults leave the modules that import numerics
+# (CtfCorrection: ops/ctf_correct -> scipy.fft; MaskMode, ScaleMode, OutputFormat,
+# DEFAULT_SCALE_BAND: pipeline/subtract; DEFAULT_BATCH_SIZE: pipeline/restack;
+# DEFAULT_PADDING_FACTOR: ops/projection) for a light module such as
+# cryoextract.options. Strict: once they have moved, this marker must go.
+_BLOCKED = pytest.mark.xfail(
+    strict=True, reason="CLI option enums/defaults still live in modules importing scipy "
+                        "and pandas (see the comment above)")
+
+
+@_BLOCKED
+@pytest.mark.parametrize("command", [None, *_commands()])
+def test_help_imports_no_numerics(command: str | None) -> None:
+    args = ["--help"] if command is None else [command, "--help"]
+    code, stdout, stderr, modules = _run(args)
+    assert code == 0, stderr
+    assert "Usage:" in stdout and "--help" in stdout, stdout
+    assert not _heavy(modules), _heavy(modules)
+
+
+@_BLOCKED
+@pytest.mark.parametrize("args", [
+    ["extract", "--box", "64"],  # required options missing
+    ["extract", "--micrographs", "m.star", "--box", "64", "--out", "o", "--norm", "bogus"],
+    ["subtract", "--out", "o", "--mask-mode", "bogus"],
+], ids=["missing", "bad-choice", "subtract-bad-choice"])
+def test_refused_arguments_import_no_numerics(args: list[str]) -> None:
+    code, _, stderr, modules = _run(args)
+    assert code == 2, stderr
+    assert not _heavy(modules), _heavy(modules)
