@@ -59,17 +59,6 @@ def _heavy(modules: list[str]) -> list[str]:
             if any(m == name or m.startswith(name + ".") for m in modules)]
 
 
-# Blocked until the option enums and defaults leave the modules that import numerics
-# (CtfCorrection: ops/ctf_correct -> scipy.fft; MaskMode, ScaleMode, OutputFormat,
-# DEFAULT_SCALE_BAND: pipeline/subtract; DEFAULT_BATCH_SIZE: pipeline/restack;
-# DEFAULT_PADDING_FACTOR: ops/projection) for a light module such as
-# cryoextract.options. Strict: once they have moved, this marker must go.
-_BLOCKED = pytest.mark.xfail(
-    strict=True, reason="CLI option enums/defaults still live in modules importing scipy "
-                        "and pandas (see the comment above)")
-
-
-@_BLOCKED
 @pytest.mark.parametrize("command", [None, *_commands()])
 def test_help_imports_no_numerics(command: str | None) -> None:
     args = ["--help"] if command is None else [command, "--help"]
@@ -79,7 +68,6 @@ def test_help_imports_no_numerics(command: str | None) -> None:
     assert not _heavy(modules), _heavy(modules)
 
 
-@_BLOCKED
 @pytest.mark.parametrize("args", [
     ["extract", "--box", "64"],  # required options missing
     ["extract", "--micrographs", "m.star", "--box", "64", "--out", "o", "--norm", "bogus"],

@@ -13,8 +13,8 @@ _PUBLIC = {
     "CryoExtractError": "cryoextract.errors",
     "InputError": "cryoextract.errors",
     "ParameterError": "cryoextract.errors",
-    "EdgeMode": "cryoextract.ops.boxes",
-    "NormMode": "cryoextract.ops.normalize",
+    "EdgeMode": "cryoextract.options",
+    "NormMode": "cryoextract.options",
     "extract": "cryoextract.pipeline.extract",
     "ExtractParams": "cryoextract.pipeline.params",
     "SubpixelMode": "cryoextract.options",
@@ -34,9 +34,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from cryoextract.errors import CryoExtractError, InputError, ParameterError
-    from cryoextract.ops.boxes import EdgeMode
-    from cryoextract.ops.normalize import NormMode
-    from cryoextract.options import SubpixelMode
+    from cryoextract.options import EdgeMode, NormMode, SubpixelMode
     from cryoextract.pipeline.extract import extract
     from cryoextract.pipeline.params import ExtractParams
 

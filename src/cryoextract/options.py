@@ -23,3 +23,62 @@ class SubpixelMode(str, enum.Enum):
     ORIGIN = "origin"
     SHIFT = "shift"
     DROP = "drop"
+
+
+class EdgeMode(str, enum.Enum):
+    """What to do with a particle whose box leaves the micrograph."""
+
+    DROP = "drop"
+    REPLICATE = "replicate"
+    MEAN = "mean"
+    NOISE = "noise"
+    REFLECT = "reflect"
+
+
+class CtfCorrection(str, enum.Enum):
+    """What to do with the CTF at extraction."""
+
+    NONE = "none"
+    FLIP = "flip"
+    PREMULTIPLY = "premultiply"
+
+
+class NormMode(str, enum.Enum):
+    """Background circle with a ramp, background circle only, whole box, or none."""
+
+    RAMP = "ramp"
+    MEAN = "mean"
+    WHOLE = "whole"
+    NONE = "none"
+
+
+class MaskMode(str, enum.Enum):
+    """What the mask marks: the density to remove (cryoSPARC) or to keep (RELION)."""
+
+    SUBTRACT = "subtract"
+    KEEP = "keep"
+
+
+class ScaleMode(str, enum.Enum):
+    """Fit a least-squares scale per particle, or subtract with scale 1 (RELION)."""
+
+    PER_PARTICLE = "per-particle"
+    NONE = "none"
+
+
+class OutputFormat(str, enum.Enum):
+    """Metadata written besides ``particles.star``: ``cs`` adds ``particles.cs``."""
+
+    AUTO = "auto"
+    STAR = "star"
+    CS = "cs"
+
+
+#: default oversampling of the 3D Fourier transform (RELION's ``--pad``)
+DEFAULT_PADDING_FACTOR = 2.0
+
+#: default number of particles per output stack
+DEFAULT_BATCH_SIZE = 10000
+
+#: default band of the per-particle scale fit, fraction of Nyquist
+DEFAULT_SCALE_BAND = 0.5

@@ -17,10 +17,7 @@ from rich.table import Table
 
 from cryoextract.cli.common import err, fail, out, warn
 from cryoextract.errors import CryoExtractError, ParameterError
-from cryoextract.ops.boxes import EdgeMode
-from cryoextract.ops.ctf_correct import CtfCorrection
-from cryoextract.ops.normalize import NormMode
-from cryoextract.options import SubpixelMode
+from cryoextract.options import CtfCorrection, EdgeMode, NormMode, SubpixelMode
 
 if TYPE_CHECKING:
     from cryoextract.cli.progress import JobProgress
@@ -181,7 +178,12 @@ def extract_command(
             max_per_micrograph=max_per_micrograph, score_column=score_column,
         )
         # the extraction pipeline is imported only by the command that runs it
-        from cryoextract.pipeline.extract import ExtractInputs, RunOptions, extract
+        from cryoextract.pipeline.extract import (
+            REPORT_FAILED,
+            ExtractInputs,
+            RunOptions,
+            extract,
+        )
         from cryoextract.pipeline.watch import WatchOptions
 
         with JobProgress(quiet=quiet, log_path=progress_log) as progress:
@@ -198,7 +200,7 @@ def extract_command(
                     coords_suffix=coords_suffix, coords=coords, coords_format=coords_format,
                     pixel_size_angstrom=pixel_size,
                     ctf_dir=ctf_dir, workers=workers, dask_scheduler=dask_scheduler,
-                    overwrite=overwrite, resume=resume, write_cs=write_cs,
+                    overwrite=overwrite, resume=resume, write_cs=write_cs, report=report,
                     on_start=progress.on_start, on_progress=progress.on_progress,
                 )
     except CryoExtractError as exc:
@@ -212,12 +214,16 @@ def extract_command(
             warn(warning)
     else:
         print_summary(summary)
-    if report:
+    if report and watch:
         _write_report(out_dir, micrographs, quiet)
+    elif report and not quiet and not any(
+            w.startswith(REPORT_FAILED) for w in summary.warnings):
+        out.print(f"QC report: {escape(str(out_dir / 'report' / 'index.html'))}")
 
 
 def _write_report(out_dir: Path, micrographs: str, quiet: bool) -> None:
     """The QC report; a failure here never fails the finished extraction."""
+    from cryoextract.pipeline.extract import REPORT_FAILED
     from cryoextract.report import write_report
 
     star_dir = Path(micrographs).parent if micrographs.endswith(".star") else Path(".")
@@ -226,7 +232,7 @@ def _write_report(out_dir: Path, micrographs: str, quiet: bool) -> None:
             warnings.simplefilter("ignore", RuntimeWarning)
             index = write_report(out_dir, micrograph_dirs=(star_dir,))
     except (CryoExtractError, OSError, ValueError) as exc:
-        warn(f"QC report not written: {exc}")
+        warn(f"{REPORT_FAILED}: {exc}")
         return
     if not quiet:
         out.print(f"QC report: {escape(str(index))}")

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from cryoextract.cli.common import fail, out, warn
 from cryoextract.errors import CryoExtractError
-from cryoextract.pipeline.restack import DEFAULT_BATCH_SIZE
+from cryoextract.options import DEFAULT_BATCH_SIZE
 
 if TYPE_CHECKING:
     from cryoextract.pipeline.restack import StackJobSummary

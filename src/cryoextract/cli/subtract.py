@@ -16,9 +16,14 @@ from rich.table import Table
 
 from cryoextract.cli.common import fail, out, warn
 from cryoextract.errors import CryoExtractError
-from cryoextract.ops.projection import DEFAULT_PADDING_FACTOR
-from cryoextract.pipeline.restack import DEFAULT_BATCH_SIZE
-from cryoextract.pipeline.subtract import DEFAULT_SCALE_BAND, MaskMode, OutputFormat, ScaleMode
+from cryoextract.options import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_PADDING_FACTOR,
+    DEFAULT_SCALE_BAND,
+    MaskMode,
+    OutputFormat,
+    ScaleMode,
+)
 
 if TYPE_CHECKING:
     from cryoextract.pipeline.subtract import RevertSummary, SubtractSummary

@@ -8,19 +8,9 @@ x the column (fast axis), y the row. A pick at x is boxed around the integer
 
 from __future__ import annotations
 
-import enum
-
 import numpy as np
 
-
-class EdgeMode(str, enum.Enum):
-    """What to do with a particle whose box leaves the micrograph."""
-
-    DROP = "drop"
-    REPLICATE = "replicate"
-    MEAN = "mean"
-    NOISE = "noise"
-    REFLECT = "reflect"
+from cryoextract.options import EdgeMode
 
 # Reasons a particle is dropped, as reported in summaries.
 REASON_OUTSIDE = "centre outside micrograph"

@@ -14,7 +14,6 @@ windowed, so the signal the defocus moved out of the particle box is brought bac
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -22,14 +21,7 @@ import numpy as np
 import scipy.fft
 
 from cryoextract.ops.ctf import CtfParams, ctf_2d
-
-
-class CtfCorrection(str, enum.Enum):
-    """What to do with the CTF at extraction."""
-
-    NONE = "none"
-    FLIP = "flip"
-    PREMULTIPLY = "premultiply"
+from cryoextract.options import CtfCorrection
 
 
 def ctf_multiplier(

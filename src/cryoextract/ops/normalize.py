@@ -8,25 +8,15 @@ the image is shifted and scaled to background mean 0 and population std 1.
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 
+from cryoextract.options import NormMode
+
 # RELION skips normalisation of an image whose background std is below this.
 MIN_STD = 1e-10
-
-
-class NormMode(str, enum.Enum):
-    """Background circle with a ramp, background circle only, whole box, or none."""
-
-    RAMP = "ramp"
-    MEAN = "mean"
-    WHOLE = "whole"
-    NONE = "none"
-
-
 
 
 @lru_cache(maxsize=32)

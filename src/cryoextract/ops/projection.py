@@ -40,6 +40,7 @@ from numpy.typing import ArrayLike, NDArray
 from cryoextract.errors import ParameterError
 from cryoextract.ops import fft_threads
 from cryoextract.ops.aberrations import magnified_axes
+from cryoextract.options import DEFAULT_PADDING_FACTOR
 
 __all__ = [
     "FourierVolume",
@@ -56,8 +57,6 @@ __all__ = [
     "slice_grid",
 ]
 
-#: default oversampling of the 3D Fourier transform (RELION's ``--pad``)
-DEFAULT_PADDING_FACTOR = 2.0
 #: z-planes transformed at once while building a :class:`FourierVolume`
 _PLANES_PER_CHUNK = 16
 

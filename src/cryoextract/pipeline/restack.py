@@ -31,10 +31,9 @@ from cryoextract.io.images import (
 from cryoextract.io.mrc import StackWriter
 from cryoextract.io.star import find_block, read_star, write_star
 from cryoextract.ops.fourier import fourier_crop_2d
+from cryoextract.options import DEFAULT_BATCH_SIZE
 from cryoextract.pipeline.params import JobPaths, check_box_size
 
-#: default number of particles per output stack
-DEFAULT_BATCH_SIZE = 10000
 WRONG_SIZE = "image size differs from its optics group"
 
 # RELION 3.0 columns that became the optics table in 3.1 (StarConverter, in its order).

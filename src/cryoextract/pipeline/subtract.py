@@ -15,7 +15,6 @@ fit) are held at once, shared by the workers.
 
 from __future__ import annotations
 
-import enum
 import json
 import os
 import shutil
@@ -46,6 +45,7 @@ from cryoextract.ops.subtract import (
     inspect_mask,
     suggested_edge_px,
 )
+from cryoextract.options import DEFAULT_SCALE_BAND, MaskMode, OutputFormat, ScaleMode
 from cryoextract.pipeline.params import JobPaths, check_box_size
 from cryoextract.pipeline.restack import DEFAULT_BATCH_SIZE, ParticleTable, read_particles
 from cryoextract.pipeline.subtract_tasks import (
@@ -69,8 +69,6 @@ __all__ = [
     "subtract_particles",
 ]
 
-#: default band of the per-particle scale fit, fraction of Nyquist
-DEFAULT_SCALE_BAND = 0.5
 #: relative difference of map and particle pixel sizes beyond which the job refuses
 PIXEL_SIZE_TOLERANCE = 0.005
 
@@ -87,28 +85,6 @@ NO_HALF_SET = "no half-set"
 WRONG_SIZE = "image size differs from the map"
 
 ProgressCallback = Callable[[int], None]
-
-
-class MaskMode(str, enum.Enum):
-    """What the mask marks: the density to remove (cryoSPARC) or to keep (RELION)."""
-
-    SUBTRACT = "subtract"
-    KEEP = "keep"
-
-
-class ScaleMode(str, enum.Enum):
-    """Fit a least-squares scale per particle, or subtract with scale 1 (RELION)."""
-
-    PER_PARTICLE = "per-particle"
-    NONE = "none"
-
-
-class OutputFormat(str, enum.Enum):
-    """Metadata written besides ``particles.star``: ``cs`` adds ``particles.cs``."""
-
-    AUTO = "auto"
-    STAR = "star"
-    CS = "cs"
 
 
 @dataclass
