@@ -1,224 +1,237 @@
-"""The report's PNGs, drawn with matplotlib's object API on an Agg canvas.
+"""The report's pictures: PNGs from :mod:`cryoextract.report.png`, drawings as inline SVG.
 
-Every function here makes one figure on its own ``FigureCanvasAgg`` and saves it: no
-pyplot, no global backend switch, nothing left open, so it is safe in any process
-(including one with an interactive backend). matplotlib is imported inside the
-functions, so importing cryoextract never imports it.
+Each function writes its PNG under the report folder and returns the HTML that shows
+it: an ``<svg>`` holding an ``<image href="NAME.png">`` (a relative link, which an
+inline SVG may follow) with the picks or labels drawn over it, or a plain ``<img>``.
+No matplotlib, no script.
 """
 
 from __future__ import annotations
 
+import html
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy import ndimage
 
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
+from cryoextract.report.png import write_png
+from cryoextract.report.thumbnail import Thumbnail, block_mean, display_range, to_uint8
 
-#: largest side of a micrograph thumbnail, pixels
-THUMBNAIL_PX = 768
+__all__ = ["KEPT_COLOUR", "REASON_COLOURS", "TILE_PX", "gallery", "micrograph_overlay",
+           "mosaic"]
+
 #: largest side of one gallery tile, pixels
 TILE_PX = 96
+#: gap between gallery tiles, pixels (white)
+GAP_PX = 2
 #: colours of dropped picks, by order of first reason (kept picks are green)
 REASON_COLOURS = ("#d62728", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
                   "#bcbd22", "#7f7f7f")
 KEPT_COLOUR = "#2ca02c"
-#: low-pass of micrograph thumbnails (thumbnail pixels): particles show through the noise
-DISPLAY_SIGMA_PX = 1.5
-
-
-def _figure(width_in: float, height_in: float) -> Figure:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(width_in, height_in), dpi=100)
-    FigureCanvasAgg(figure)
-    return figure
-
-
-def _save(figure: Figure, path: Path) -> Path:
-    figure.savefig(path, format="png")
-    return path
-
-
-def display_range(image: np.ndarray, low: float = 1.0, high: float = 99.0) -> tuple[float, float]:
-    """Percentile contrast limits of the finite pixels; a flat image gets ``(v - 1, v + 1)``."""
-    finite = image[np.isfinite(image)]
-    if not finite.size:
-        return 0.0, 1.0
-    lo, hi = (float(v) for v in np.percentile(finite, [low, high]))
-    if not hi > lo:
-        lo, hi = float(finite.min()), float(finite.max())
-    if not hi > lo:
-        return lo - 1.0, lo + 1.0
-    return lo, hi
-
-
-def bin_image(image: np.ndarray, factor: int) -> np.ndarray:
-    """``(ny // f, nx // f)`` block means (float32); ``factor <= 1`` returns a float copy."""
-    image = np.asarray(image, dtype=np.float32)
-    if factor <= 1:
-        return image.copy()
-    ny, nx = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor
-    blocks = image[:ny, :nx].reshape(ny // factor, factor, nx // factor, factor)
-    return blocks.mean(axis=(1, 3))
-
-
-# --------------------------------------------------------------------------- galleries
-
-
-def mosaic(images: np.ndarray, columns: int) -> np.ndarray:
-    """Tile ``(n, h, w)`` images, each scaled to [0, 1] by its own percentiles, with gaps.
-
-    Images larger than ``TILE_PX`` are binned down first. Empty tiles and the 2-pixel
-    gaps are 1 (white).
-    """
-    n, h, w = images.shape
-    factor = max(1, math.ceil(max(h, w) / TILE_PX))
-    tiles = [bin_image(image, factor) for image in images]
-    th, tw = tiles[0].shape
-    rows = max(1, math.ceil(n / columns))
-    gap = 2
-    canvas = np.ones((rows * (th + gap) + gap, columns * (tw + gap) + gap), dtype=np.float32)
-    for i, tile in enumerate(tiles):
-        lo, hi = display_range(tile)
-        r, c = divmod(i, columns)
-        y, x = gap + r * (th + gap), gap + c * (tw + gap)
-        canvas[y : y + th, x : x + tw] = np.clip((np.nan_to_num(tile, nan=lo) - lo) / (hi - lo),
-                                                  0.0, 1.0)
-    return canvas
-
-
-def gallery(
-    images: np.ndarray, labels: Sequence[str], title: str, path: Path, columns: int = 8
-) -> Path:
-    """A grid of particle images with a small label under each (e.g. its value).
-
-    Parameters
-    ----------
-    images : np.ndarray
-        ``(n, h, w)``, n >= 1.
-    labels : sequence of str
-        One per image (may be empty strings).
-    title : str
-        Figure title.
-    path : Path
-        PNG written.
-    """
-    columns = max(1, min(columns, len(images)))
-    canvas = mosaic(np.asarray(images), columns)
-    rows = math.ceil(len(images) / columns)
-    width = min(12.0, 1.4 * columns + 0.4)
-    figure = _figure(width, width * canvas.shape[0] / canvas.shape[1] + 0.6)
-    axes = figure.add_axes((0.0, 0.0, 1.0, 1.0 - 0.5 / figure.get_figheight()))
-    axes.imshow(canvas, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
-    axes.set_axis_off()
-    tile_h = (canvas.shape[0] - 2) / rows
-    tile_w = (canvas.shape[1] - 2) / columns
-    for i, label in enumerate(labels):
-        if label:
-            r, c = divmod(i, columns)
-            axes.text(2 + c * tile_w + 2, 2 + (r + 1) * tile_h - 4, label, color="yellow",
-                      fontsize=7, va="bottom", ha="left",
-                      bbox={"facecolor": "black", "alpha": 0.5, "pad": 1, "linewidth": 0})
-    figure.suptitle(title, fontsize=10)
-    return _save(figure, path)
+#: display width of a micrograph, CSS pixels
+MICROGRAPH_WIDTH = 800
+#: widest gallery, CSS pixels, and its largest magnification
+GALLERY_WIDTH, GALLERY_ZOOM = 1150, 2.0
+_SVG = 'xmlns="http://www.w3.org/2000/svg" class="figure"'
 
 
 # --------------------------------------------------------------------------- micrographs
 
 
 def micrograph_overlay(
-    image: np.ndarray,
+    thumbnail: Thumbnail,
     kept_xy: np.ndarray,
-    dropped: dict[str, np.ndarray],
+    dropped: Mapping[str, np.ndarray],
     box_px: int | None,
-    title: str,
     path: Path,
-) -> Path:
-    """A micrograph thumbnail with kept picks (green boxes) and dropped picks by reason.
+) -> str:
+    """Write a micrograph thumbnail PNG; the HTML that draws the picks over it.
 
     Parameters
     ----------
-    image : np.ndarray
-        ``(ny, nx)`` micrograph.
+    thumbnail : Thumbnail
+        Display-scaled pixels covering the whole micrograph, and its ``(ny, nx)``.
     kept_xy : np.ndarray
-        ``(k, 2)`` kept pick coordinates, micrograph pixels.
-    dropped : dict
-        Reason to ``(m, 2)`` coordinates of the picks dropped for it.
+        ``(k, 2)`` kept pick coordinates ``(x, y)``, micrograph pixels.
+    dropped : mapping
+        Reason to ``(m, 2)`` coordinates of the picks dropped for it (NaN allowed:
+        counted in the legend, not drawn).
     box_px : int, optional
-        Box side drawn around each pick (a marker only when unknown).
-    """
-    from matplotlib.patches import Rectangle
+        Box side drawn around each pick (markers only when unknown).
+    path : Path
+        The PNG written.
 
-    ny, nx = image.shape
-    factor = max(1, math.ceil(max(ny, nx) / THUMBNAIL_PX))
-    thumb = bin_image(image, factor)
-    finite = np.isfinite(thumb)
-    thumb = ndimage.gaussian_filter(np.where(finite, thumb, np.mean(thumb[finite]) if
-                                             finite.any() else 0.0), DISPLAY_SIGMA_PX)
-    lo, hi = display_range(thumb)
-    width = 8.0
-    figure = _figure(width, width * ny / nx + 0.8)
-    axes = figure.add_axes((0.02, 0.02, 0.96, 0.96 - 0.8 / figure.get_figheight()))
-    axes.imshow(thumb, cmap="gray", vmin=lo, vmax=hi, extent=(0, nx, ny, 0),
-                interpolation="nearest")
-    handles = []
-    groups = [("kept", np.asarray(kept_xy, float).reshape(-1, 2), KEPT_COLOUR)]
-    groups += [(reason, np.asarray(xy, float).reshape(-1, 2),
-                REASON_COLOURS[i % len(REASON_COLOURS)]) for i, (reason, xy) in
-               enumerate(dropped.items())]
+    Returns
+    -------
+    str
+        An ``<svg>`` in micrograph coordinates: the image, one ``<path>`` of boxes and
+        one of markers per group (kept: green circles; dropped: crosses, one colour per
+        reason), and a legend with the count of each group.
+    """
+    write_png(path, thumbnail.pixels)
+    ny, nx = thumbnail.shape_yx
+    unit = max(nx, ny) / MICROGRAPH_WIDTH  # micrograph pixels per CSS pixel, about
+    height = round(MICROGRAPH_WIDTH * ny / nx)
+    parts = [f'<svg {_SVG} viewBox="0 0 {nx} {ny}" width="{MICROGRAPH_WIDTH}" '
+             f'height="{height}" role="img" aria-label="picks on {_e(path.stem)}">',
+             f'<image href="{_e(path.name)}" x="0" y="0" width="{nx}" height="{ny}" '
+             'preserveAspectRatio="none"/>']
+    groups = [("kept", np.asarray(kept_xy, np.float64).reshape(-1, 2), KEPT_COLOUR)]
+    groups += [(str(reason), np.asarray(xy, np.float64).reshape(-1, 2),
+                REASON_COLOURS[i % len(REASON_COLOURS)])
+               for i, (reason, xy) in enumerate(dropped.items())]
+    legend = []
     for label, xy, colour in groups:
         if not len(xy):
             continue
+        legend.append((f"{label} ({len(xy)})", colour, label == "kept"))
+        shown = xy[np.isfinite(xy).all(axis=1)]
+        margin = (box_px or 0) + 10 * unit  # far outside: not drawn (nor sent to a browser)
+        shown = shown[(shown[:, 0] > -margin) & (shown[:, 0] < nx + margin)
+                      & (shown[:, 1] > -margin) & (shown[:, 1] < ny + margin)]
+        if not len(shown):
+            continue
+        stroke = f'fill="none" stroke="{colour}" vector-effect="non-scaling-stroke"'
         if box_px:
-            half = box_px / 2
-            for x, y in xy:
-                axes.add_patch(Rectangle((x - half, y - half), box_px, box_px, fill=False,
-                                         edgecolor=colour, linewidth=0.7, alpha=0.7))
-        marker = "o" if label == "kept" else "x"
-        handles.append(axes.scatter(xy[:, 0], xy[:, 1], s=12, marker=marker, c=colour,
-                                    linewidths=1.0, label=f"{label} ({len(xy)})"))
-    axes.set_xlim(0, nx)
-    axes.set_ylim(ny, 0)
-    axes.set_xticks([])
-    axes.set_yticks([])
-    if handles:
-        axes.legend(handles=handles, loc="upper left", fontsize=7, framealpha=0.8)
-    figure.suptitle(title, fontsize=9)
-    return _save(figure, path)
+            parts.append(f'<path class="boxes" d="{_boxes(shown, box_px)}" {stroke} '
+                         'stroke-width="0.8" stroke-opacity="0.7"/>')
+        marks = _circles(shown, 3 * unit) if label == "kept" else _crosses(shown, 3 * unit)
+        parts.append(f'<path class="picks" d="{marks}" {stroke} stroke-width="1.2"/>')
+    parts.append(_legend(legend, unit))
+    return "".join(parts) + "</svg>"
 
 
-# --------------------------------------------------------------------------- histograms
+def _boxes(xy: np.ndarray, box: float) -> str:
+    half = box / 2
+    corners = np.round(xy - half, 1).tolist()
+    return "".join(f"M{x:g} {y:g}h{box:g}v{box:g}h{-box:g}z" for x, y in corners)
 
 
-def histograms(columns: dict[str, np.ndarray], path: Path, per_row: int = 3) -> Path:
-    """One histogram per named column (finite values), in a grid.
+def _circles(xy: np.ndarray, radius: float) -> str:
+    r = round(radius, 1)
+    starts = np.round(xy - (r, 0.0), 1).tolist()
+    return "".join(f"M{x:g} {y:g}a{r:g} {r:g} 0 1 0 {2 * r:g} 0a{r:g} {r:g} 0 1 0 {-2 * r:g} 0"
+                   for x, y in starts)
+
+
+def _crosses(xy: np.ndarray, half: float) -> str:
+    h = round(half, 1)
+    starts = np.round(xy - h, 1).tolist()
+    return "".join(f"M{x:g} {y:g}l{2 * h:g} {2 * h:g}m0 {-2 * h:g}l{-2 * h:g} {2 * h:g}"
+                   for x, y in starts)
+
+
+def _legend(entries: list[tuple[str, str, bool]], unit: float) -> str:
+    """Top-left legend: a marker and ``label (count)`` per group."""
+    if not entries:
+        return ""
+    row, font, pad = 17 * unit, 12 * unit, 6 * unit
+    width = pad * 3 + 14 * unit + 0.62 * font * max(len(text) for text, _, _ in entries)
+    parts = [f'<g class="legend" font-family="sans-serif" font-size="{font:.1f}">',
+             f'<rect x="{pad:.1f}" y="{pad:.1f}" width="{width:.1f}" '
+             f'height="{row * len(entries) + pad:.1f}" fill="white" fill-opacity="0.8" '
+             'stroke="#999" vector-effect="non-scaling-stroke"/>']
+    for i, (text, colour, kept) in enumerate(entries):
+        y = pad + row * (i + 0.5) + pad / 2
+        centre = np.array([[2 * pad + 7 * unit, y]])
+        mark = _circles(centre, 4 * unit) if kept else _crosses(centre, 4 * unit)
+        parts.append(f'<path d="{mark}" fill="none" stroke="{colour}" stroke-width="1.5" '
+                     'vector-effect="non-scaling-stroke"/>'
+                     f'<text x="{3 * pad + 14 * unit:.1f}" y="{y + 0.35 * font:.1f}">'
+                     f"{_e(text)}</text>")
+    return "".join(parts) + "</g>"
+
+
+# --------------------------------------------------------------------------- galleries
+
+
+def mosaic(images: np.ndarray, columns: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Tile images, each scaled to 0..255 by its own percentiles, with white gaps.
 
     Parameters
     ----------
-    columns : dict
-        Title to values; at least one entry.
+    images : np.ndarray
+        ``(n, h, w)``, n >= 1; images larger than :data:`TILE_PX` are binned down first.
+    columns : int
+        Tiles per row.
+
+    Returns
+    -------
+    canvas : np.ndarray
+        ``(rows * (th + GAP_PX) + GAP_PX, columns * (tw + GAP_PX) + GAP_PX)`` uint8;
+        empty tiles and the gaps are 255 (white), NaN pixels 0.
+    tile_shape : tuple of int
+        ``(th, tw)``.
     """
-    n = len(columns)
-    per_row = max(1, min(per_row, n))
-    rows = math.ceil(n / per_row)
-    figure = _figure(4.0 * per_row, 3.0 * rows)
-    for i, (name, values) in enumerate(columns.items()):
-        axes = figure.add_subplot(rows, per_row, i + 1)
-        finite = np.asarray(values, dtype=np.float64)
-        finite = finite[np.isfinite(finite)]
-        if finite.size:
-            axes.hist(finite, bins=min(50, max(5, int(np.sqrt(finite.size)) + 1)),
-                      color="C0")
-        else:
-            axes.text(0.5, 0.5, "no finite values", ha="center", va="center",
-                      transform=axes.transAxes)
-        axes.set_title(name, fontsize=9)
-        axes.tick_params(labelsize=7)
-    figure.tight_layout()
-    return _save(figure, path)
+    images = np.asarray(images)
+    n, h, w = images.shape
+    tiles = block_mean(images, max(1, math.ceil(max(h, w) / TILE_PX)))
+    flat = tiles.reshape(n, -1)
+    lo, hi = np.percentile(flat, [1.0, 99.0], axis=1)
+    bad = ~np.isfinite(flat).all(axis=1) | ~(hi > lo)
+    for i in np.flatnonzero(bad):  # only tiles with NaN, inf or a flat top
+        lo[i], hi[i] = display_range(tiles[i])
+    scaled = to_uint8((tiles - lo[:, None, None]) / (hi - lo)[:, None, None], 0.0, 1.0)
+    th, tw = tiles.shape[1:]
+    rows = max(1, math.ceil(n / columns))
+    canvas = np.full((rows * (th + GAP_PX) + GAP_PX, columns * (tw + GAP_PX) + GAP_PX), 255,
+                     dtype=np.uint8)
+    for i, tile in enumerate(scaled):
+        r, c = divmod(i, columns)
+        y, x = GAP_PX + r * (th + GAP_PX), GAP_PX + c * (tw + GAP_PX)
+        canvas[y : y + th, x : x + tw] = tile
+    return canvas, (th, tw)
+
+
+def gallery(images: np.ndarray, labels: Sequence[str], path: Path, columns: int = 8) -> str:
+    """Write a grid of particle images as a PNG; the HTML that shows it with its labels.
+
+    Parameters
+    ----------
+    images : np.ndarray
+        ``(n, h, w)``, n >= 1.
+    labels : sequence of str
+        One per image, written on its tile (yellow on black); may be empty strings.
+    path : Path
+        The PNG written.
+    columns : int
+        Tiles per row, at most.
+
+    Returns
+    -------
+    str
+        An ``<img>`` (no labels) or an ``<svg>`` with the image and a ``<text>`` per
+        labelled tile, magnified up to :data:`GALLERY_ZOOM` times.
+    """
+    images = np.asarray(images)
+    columns = max(1, min(columns, len(images)))
+    canvas, (th, tw) = mosaic(images, columns)
+    write_png(path, canvas)
+    ch, cw = canvas.shape
+    zoom = min(GALLERY_ZOOM, GALLERY_WIDTH / cw)
+    width, height = round(cw * zoom), round(ch * zoom)
+    if not any(labels):
+        return (f'<img src="{_e(path.name)}" width="{width}" height="{height}" '
+                f'alt="{_e(path.stem)}">')
+    font = 11 / zoom
+    parts = [f'<svg {_SVG} viewBox="0 0 {cw} {ch}" width="{width}" height="{height}" '
+             f'role="img" aria-label="{_e(path.stem)}">',
+             f'<image href="{_e(path.name)}" x="0" y="0" width="{cw}" height="{ch}" '
+             'style="image-rendering:pixelated"/>',
+             f'<g class="labels" font-family="sans-serif" font-size="{font:.2f}">']
+    for i, label in enumerate(labels):
+        if not label:
+            continue
+        r, c = divmod(i, columns)
+        x, bottom = GAP_PX + c * (tw + GAP_PX) + 1, GAP_PX + r * (th + GAP_PX) + th - 1
+        parts.append(f'<rect x="{x}" y="{bottom - 1.25 * font:.2f}" '
+                     f'width="{0.62 * font * len(label) + 0.4 * font:.2f}" '
+                     f'height="{1.25 * font:.2f}" fill="black" fill-opacity="0.5"/>'
+                     f'<text x="{x + 0.2 * font:.2f}" y="{bottom - 0.3 * font:.2f}" '
+                     f'fill="yellow">{_e(label)}</text>')
+    return "".join(parts) + "</g></svg>"
+
+
+def _e(text: str) -> str:
+    return html.escape(text, quote=True)

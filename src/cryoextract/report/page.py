@@ -1,29 +1,38 @@
-"""``OUT/report/index.html``: a static page of PNGs about one extraction.
+"""``OUT/report/index.html``: a static page about one extraction.
 
-The page links its images relatively (``<img src="histograms.png">``) and has no
-script, so it opens as a plain file in any browser and can be copied or zipped along
-with its folder.
+Histograms are inline SVG; micrograph thumbnails and particle galleries are PNGs
+(:mod:`cryoextract.report.png`) under ``OUT/report``, linked relatively (``<img
+src="gallery_random.png">`` or, with picks or labels drawn over them, an inline
+``<svg>`` holding ``<image href="micrograph_1.png">``). The page has no script, so it
+opens as a plain file in any browser and can be copied or zipped along with its folder.
+Nothing here imports matplotlib.
 """
 
 from __future__ import annotations
 
 import html
-import json
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from cryoextract.errors import CryoExtractError, InputError
+from cryoextract.errors import CryoExtractError
 from cryoextract.io.atomic import write_text_atomic
-from cryoextract.io.images import locate_images, read_images
 from cryoextract.io.mrc import open_micrograph
-from cryoextract.io.star import find_block, read_star
 from cryoextract.report import figures
+from cryoextract.report.histogram import histogram_svg
+from cryoextract.report.run import (
+    Run,
+    choose_micrographs,
+    descriptor_columns,
+    find_micrograph,
+    picks_of,
+    read_particle_images,
+    read_run,
+)
+from cryoextract.report.thumbnail import Thumbnail, micrograph_thumbnail
 
 REPORT_DIR = "report"
 #: descriptor columns whose worst values are the lowest (others: the highest)
@@ -36,26 +45,17 @@ body { font-family: sans-serif; margin: 2em; max-width: 1200px; color: #222; }
 h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; margin-top: 2em; }
 table { border-collapse: collapse; margin: 0.5em 0; }
 td, th { border: 1px solid #ccc; padding: 0.2em 0.6em; text-align: left; font-size: 0.9em; }
-img { max-width: 100%; display: block; margin: 0.5em 0 1.5em 0; }
+img, svg.figure { max-width: 100%; height: auto; display: block; margin: 0.5em 0 1.5em 0; }
+.hists { display: flex; flex-wrap: wrap; gap: 0.5em; }
 .note { color: #a33; }
 """
-
-
-@dataclass
-class _Run:
-    """What the report reads from an extraction folder."""
-
-    out_dir: Path
-    particles: pd.DataFrame
-    summary: dict[str, object]
-    rejected: pd.DataFrame
-    notes: list[str] = field(default_factory=list)
 
 
 def write_report(
     out_dir: str | os.PathLike[str],
     *,
     micrograph_dirs: Sequence[str | os.PathLike[str]] = (),
+    thumbnails: Mapping[str, Thumbnail] | None = None,
     n_random: int = 40,
     n_worst: int = 16,
     max_micrographs: int = 4,
@@ -79,6 +79,11 @@ def write_report(
     micrograph_dirs : sequence of path-like
         Extra folders where relative ``rlnMicrographName`` paths are looked up, after
         the working directory (absolute names are used as they are).
+    thumbnails : mapping, optional
+        ``rlnMicrographName`` to its :class:`Thumbnail` (from
+        :func:`~cryoextract.report.thumbnail.micrograph_thumbnail`, made by the job
+        while it held the micrograph). A chosen micrograph found here is not read
+        again; the others are read and made into thumbnails here.
     n_random, n_worst : int
         Particles in the random gallery and in each worst-by-descriptor gallery.
     max_micrographs : int
@@ -96,15 +101,16 @@ def write_report(
     InputError
         No readable ``particles.star`` in ``out_dir``.
     """
-    run = _read_run(Path(out_dir))
+    run = read_run(Path(out_dir))
     report_dir = run.out_dir / REPORT_DIR
     report_dir.mkdir(parents=True, exist_ok=True)
     for stale in report_dir.glob("*.png"):
         stale.unlink()
     sections = [
         _summary_section(run),
-        _histogram_section(run, report_dir),
-        _micrograph_section(run, report_dir, micrograph_dirs, max_micrographs),
+        _histogram_section(run),
+        _micrograph_section(run, report_dir, micrograph_dirs, thumbnails or {},
+                            max_micrographs),
         _gallery_section(run, report_dir, n_random, n_worst, seed),
         _notes_section(run),
     ]
@@ -113,47 +119,10 @@ def write_report(
     return page
 
 
-# --------------------------------------------------------------------------- input
-
-
-def _read_run(out_dir: Path) -> _Run:
-    star = out_dir / "particles.star"
-    if not star.is_file():
-        raise InputError("no particles.star here (is this an extraction folder?)", out_dir)
-    particles = find_block(read_star(star), star, ("rlnImageName",), preferred=("particles",))
-    run = _Run(out_dir, particles.reset_index(drop=True), {}, _empty_rejected())
-    summary = out_dir / "summary.json"
-    if summary.is_file():
-        try:
-            run.summary = json.loads(summary.read_text())
-        except (OSError, ValueError) as exc:
-            run.notes.append(f"{summary}: unreadable ({exc})")
-    else:
-        run.notes.append(f"{summary} not found: no run summary")
-    rejected = out_dir / "rejected_particles.tsv"
-    if rejected.is_file():
-        try:
-            run.rejected = pd.read_csv(rejected, sep="\t")
-        except (OSError, ValueError) as exc:
-            run.notes.append(f"{rejected}: unreadable ({exc})")
-    return run
-
-
-def _empty_rejected() -> pd.DataFrame:
-    return pd.DataFrame({"rlnMicrographName": [], "rlnCoordinateX": [], "rlnCoordinateY": [],
-                         "reason": []})
-
-
-def descriptor_columns(particles: pd.DataFrame) -> list[str]:
-    """Numeric columns named ``ce...`` (cryoextract descriptors), in table order."""
-    return [c for c in particles.columns
-            if str(c).startswith("ce") and pd.api.types.is_numeric_dtype(particles[c])]
-
-
 # --------------------------------------------------------------------------- sections
 
 
-def _summary_section(run: _Run) -> str:
+def _summary_section(run: Run) -> str:
     rows = []
     for key, value in run.summary.items():
         if key == "warnings":
@@ -185,7 +154,7 @@ def _value(value: object) -> str:
     return _e(str(value))
 
 
-def _histogram_section(run: _Run, report_dir: Path) -> str:
+def _histogram_section(run: Run) -> str:
     particles = run.particles
     columns: dict[str, np.ndarray] = {}
     has_mics = "rlnMicrographName" in particles.columns
@@ -201,77 +170,49 @@ def _histogram_section(run: _Run, report_dir: Path) -> str:
     if not columns:
         run.notes.append("no descriptor columns and no micrograph names: no histograms")
         return "<h2>Histograms</h2>\n<p>Nothing to plot.</p>\n"
-    figures.histograms(columns, report_dir / "histograms.png")
-    return ('<h2>Histograms</h2>\n<img src="histograms.png" '
-            'alt="histograms of the descriptors and of particles per micrograph">\n')
+    plots = "\n".join(histogram_svg(name, values) for name, values in columns.items())
+    return f'<h2>Histograms</h2>\n<div class="hists">\n{plots}\n</div>\n'
 
 
 def _micrograph_section(
-    run: _Run, report_dir: Path, micrograph_dirs: Sequence[str | os.PathLike[str]],
-    max_micrographs: int,
+    run: Run, report_dir: Path, micrograph_dirs: Sequence[str | os.PathLike[str]],
+    thumbnails: Mapping[str, Thumbnail], max_micrographs: int,
 ) -> str:
     text = "<h2>Micrographs</h2>\n"
-    chosen = _choose_micrographs(run, max_micrographs)
+    chosen = choose_micrographs(run, max_micrographs)
     if not chosen:
         return text + "<p>No micrograph names in the particles or rejected picks.</p>\n"
     box = run.summary.get("box_px")
     box_px = int(box) if isinstance(box, int | float) and box > 0 else None
     dirs = [Path.cwd(), *(Path(d) for d in micrograph_dirs)]
     for i, name in enumerate(chosen, start=1):
-        path = _find_micrograph(name, dirs)
-        if path is None:
-            run.notes.append(f"micrograph {name} not found (looked in "
-                             f"{', '.join(str(d) for d in dirs)}): no thumbnail")
+        thumbnail = thumbnails[name] if name in thumbnails else _read_thumbnail(run, name, dirs)
+        if thumbnail is None:
             continue
-        try:
-            with open_micrograph(path) as (image, _):
-                kept, dropped = _picks_of(run, name)
-                figures.micrograph_overlay(
-                    image, kept, dropped, box_px,
-                    f"{name}: {len(kept)} kept, {sum(len(v) for v in dropped.values())} dropped",
-                    report_dir / f"micrograph_{i}.png")
-        except CryoExtractError as exc:
-            run.notes.append(f"micrograph {name}: {exc}")
-            continue
-        text += f'<h3>{_e(name)}</h3>\n<img src="micrograph_{i}.png" alt="{_e(name)}">\n'
+        kept, dropped = picks_of(run, name)
+        figure = figures.micrograph_overlay(thumbnail, kept, dropped, box_px,
+                                            report_dir / f"micrograph_{i}.png")
+        n_dropped = sum(len(v) for v in dropped.values())
+        text += f"<h3>{_e(name)}: {len(kept)} kept, {n_dropped} dropped</h3>\n{figure}\n"
     return text
 
 
-def _choose_micrographs(run: _Run, count: int) -> list[str]:
-    """Micrograph names, most dropped picks first, then most kept, then by name."""
-    kept = run.particles["rlnMicrographName"].astype(str).value_counts() \
-        if "rlnMicrographName" in run.particles.columns else pd.Series(dtype=np.int64)
-    dropped = run.rejected["rlnMicrographName"].astype(str).value_counts() \
-        if len(run.rejected) else pd.Series(dtype=np.int64)
-    names = sorted(set(kept.index) | set(dropped.index),
-                   key=lambda n: (-int(dropped.get(n, 0)), -int(kept.get(n, 0)), n))
-    return names[: max(0, count)]
+def _read_thumbnail(run: Run, name: str, dirs: Sequence[Path]) -> Thumbnail | None:
+    """The thumbnail of a micrograph read from disk; None (with a note) when unreadable."""
+    path = find_micrograph(name, dirs)
+    if path is None:
+        run.notes.append(f"micrograph {name} not found (looked in "
+                         f"{', '.join(str(d) for d in dirs)}): no thumbnail")
+        return None
+    try:
+        with open_micrograph(path) as (image, _):
+            return micrograph_thumbnail(image)
+    except CryoExtractError as exc:
+        run.notes.append(f"micrograph {name}: {exc}")
+        return None
 
 
-def _find_micrograph(name: str, dirs: Sequence[Path]) -> Path | None:
-    if os.path.isabs(name):
-        return Path(name) if os.path.isfile(name) else None
-    for base in dirs:
-        candidate = base / name
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _picks_of(run: _Run, name: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    xy = ["rlnCoordinateX", "rlnCoordinateY"]
-    particles = run.particles
-    mine = particles[particles["rlnMicrographName"].astype(str) == name] \
-        if "rlnMicrographName" in particles.columns else particles.iloc[:0]
-    kept = mine[xy].to_numpy(np.float64) if len(mine) else np.zeros((0, 2))
-    rejected = run.rejected
-    rejected = rejected[rejected["rlnMicrographName"].astype(str) == name]
-    dropped = {str(reason): group[xy].to_numpy(np.float64)
-               for reason, group in rejected.groupby("reason", sort=True)}
-    return kept, dropped
-
-
-def _gallery_section(run: _Run, report_dir: Path, n_random: int, n_worst: int, seed: int) -> str:
+def _gallery_section(run: Run, report_dir: Path, n_random: int, n_worst: int, seed: int) -> str:
     particles = run.particles
     text = "<h2>Particles</h2>\n"
     if not len(particles):
@@ -295,33 +236,19 @@ def _gallery_section(run: _Run, report_dir: Path, n_random: int, n_worst: int, s
         which = "lowest" if low else "highest"
         galleries.append((f"gallery_worst_{name}.png", f"{len(rows)} particles with the "
                           f"{which} {name}", rows, [f"{values[r]:.3g}" for r in rows]))
-    images = _read_particle_images(run, np.unique(np.concatenate([g[2] for g in galleries])))
+    images = read_particle_images(run, np.unique(np.concatenate([g[2] for g in galleries])))
     for file_name, title, rows, labels in galleries:
         present = [i for i, r in enumerate(rows) if int(r) in images]
         if not present:
             run.notes.append(f"{title}: images not readable")
             continue
         stack = np.stack([images[int(rows[i])] for i in present])
-        figures.gallery(stack, [labels[i] for i in present], title, report_dir / file_name)
-        text += f'<h3>{_e(title)}</h3>\n<img src="{_e(file_name)}" alt="{_e(title)}">\n'
+        figure = figures.gallery(stack, [labels[i] for i in present], report_dir / file_name)
+        text += f"<h3>{_e(title)}</h3>\n{figure}\n"
     return text
 
 
-def _read_particle_images(run: _Run, rows: np.ndarray) -> dict[int, np.ndarray]:
-    """Images of the given particle rows (stacks beside particles.star, then the cwd)."""
-    subset = run.particles.iloc[rows].reset_index(drop=True)
-    locations = locate_images(subset["rlnImageName"], (run.out_dir, Path.cwd()))
-    bad = [d for d in locations.detail if d]
-    if bad:
-        run.notes.append(f"{len(bad)} particle image(s) unreadable, e.g. {bad[0]}")
-    images: dict[int, np.ndarray] = {}
-    for positions, batch in read_images(subset, locations=locations):
-        for position, image in zip(positions, batch, strict=True):
-            images[int(rows[position])] = np.asarray(image, dtype=np.float32)
-    return images
-
-
-def _notes_section(run: _Run) -> str:
+def _notes_section(run: Run) -> str:
     if not run.notes:
         return ""
     items = "".join(f'<li class="note">{_e(n)}</li>' for n in run.notes)
@@ -331,7 +258,7 @@ def _notes_section(run: _Run) -> str:
 # --------------------------------------------------------------------------- page
 
 
-def _page(run: _Run, sections: list[str]) -> str:
+def _page(run: Run, sections: list[str]) -> str:
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return (
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
