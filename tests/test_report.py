@@ -337,3 +337,36 @@ def test_report_command(run: tuple[SimulatedDataset, Path], tmp_path: Path) -> N
     assert (out / "report" / "micrograph_1.png").is_file()
     result = runner.invoke(app, ["report", str(tmp_path)])
     assert result.exit_code == 2 and "particles.star" in result.output
+
+
+def test_extraction_report_draws_the_workers_thumbnails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``extract(report=True)``: the workers' thumbnails reach the page; no micrograph is
+    read again (reading one fails here), and what is drawn is each micrograph's own."""
+    import cryoextract.report.page as page
+
+    ds = simulate_dataset(tmp_path / "data", n_micrographs=6, shape_yx=(384, 384),
+                          particles_per_micrograph=10, particle_diameter_angstrom=100.0,
+                          seed=9)
+    monkeypatch.chdir(ds.out_dir)
+
+    def no_reading(path: object) -> None:
+        raise AssertionError(f"the report read {path} again")
+
+    monkeypatch.setattr(page, "open_micrograph", no_reading)
+    out = tmp_path / "out"
+    summary = extract("micrographs.star", out, ExtractParams(box_px=ds.box_px),
+                      coords_dir="Picks", coords_suffix="_autopick.star", workers=2,
+                      report=True)
+    assert not [w for w in summary.warnings if "report" in w], summary.warnings
+    index = out / "report" / "index.html"
+    text = index.read_text()
+    assert "Notes" not in text
+    shown = re.findall(r"<h3>([^<:]+\.mrc): \d+ kept", text)
+    assert len(shown) == 4, shown
+    for i, name in enumerate(shown, start=1):
+        with open_micrograph(ds.out_dir / html.unescape(name)) as (image, _):
+            expected = micrograph_thumbnail(image).pixels
+        drawn = _decode(out / "report" / f"micrograph_{i}.png")
+        np.testing.assert_array_equal(drawn if drawn.ndim == 2 else drawn[..., 0], expected)

@@ -28,7 +28,7 @@ from cryoextract.pipeline.outputs import ExtractionSummary, write_outputs
 from cryoextract.pipeline.params import ExtractParams, JobPaths
 from cryoextract.pipeline.plan import PickSource, Plan, plan_tasks
 from cryoextract.pipeline.task import MicrographResult
-from cryoextract.report.thumbnail import Thumbnail
+from cryoextract.report.thumbnail import ThumbnailShortlist
 
 #: micrographs shown in the QC report
 REPORT_MICROGRAPHS = 4
@@ -163,7 +163,7 @@ def run_extraction(
             state = JobState(paths.out_dir)
             state.start(job_definition(params, dataclasses.asdict(inputs)),
                         resume=options.resume)
-            thumbnails = ThumbnailKeeper(REPORT_MICROGRAPHS) if options.report else None
+            thumbnails = ThumbnailShortlist(REPORT_MICROGRAPHS) if options.report else None
             results = _run_job(plan, state, options, summary, on_start, on_progress,
                                thumbnails)
             remove_temporaries(paths.out_dir, params)
@@ -208,7 +208,7 @@ def prepare_job(
 def _run_job(
     plan: Plan, state: JobState, options: RunOptions, summary: ExtractionSummary,
     on_start: Callable[[int], None] | None, on_progress: ProgressCallback | None,
-    thumbnails: ThumbnailKeeper | None = None,
+    thumbnails: ThumbnailShortlist | None = None,
 ) -> list[MicrographResult]:
     """Results of every task: kept from a previous run where complete, else computed."""
     results: list[MicrographResult] = []
@@ -235,44 +235,18 @@ def _run_job(
             # every other micrograph would fail the same way: stop, keep what is done
             raise CryoExtractError(f"{result.error}; no space left for the output: free "
                                    f"some and run again with --resume")
-        if thumbnails is not None:
-            thumbnails.offer(result)
+        thumbnail, result.thumbnail = result.thumbnail, None  # not kept with the rows
+        if thumbnails is not None and thumbnail is not None:
+            dropped = 0 if result.dropped is None else len(result.dropped)
+            thumbnails.offer(result.micrograph_name, result.n_particles, dropped, thumbnail)
         results.append(result)
         if on_progress is not None:
             on_progress(result)
     return results
 
 
-class ThumbnailKeeper:
-    """The thumbnails of the micrographs the QC report will show, as results arrive.
-
-    The report shows the micrographs with the most dropped picks, then the most kept,
-    then by name; only the ``count`` best so far are held (each result's thumbnail is
-    taken off it), so memory does not grow with the number of micrographs.
-    """
-
-    def __init__(self, count: int):
-        self.count = count
-        self._ranked: dict[str, tuple[tuple[int, int, str], Thumbnail]] = {}
-
-    def offer(self, result: MicrographResult) -> None:
-        thumbnail, result.thumbnail = result.thumbnail, None
-        if thumbnail is None:
-            return
-        dropped = 0 if result.dropped is None else len(result.dropped)
-        name = result.micrograph_name
-        self._ranked[name] = ((-dropped, -result.n_particles, name), thumbnail)
-        if len(self._ranked) > self.count:
-            worst = max(self._ranked, key=lambda key: self._ranked[key][0])
-            del self._ranked[worst]
-
-    @property
-    def thumbnails(self) -> dict[str, Thumbnail]:
-        return {name: thumbnail for name, (_, thumbnail) in self._ranked.items()}
-
-
 def _write_report(
-    out: Path, micrographs: str, thumbnails: ThumbnailKeeper, summary: ExtractionSummary
+    out: Path, micrographs: str, thumbnails: ThumbnailShortlist, summary: ExtractionSummary
 ) -> None:
     """The QC report of a finished job; a failure is a warning, never a failed job."""
     import warnings
@@ -284,7 +258,7 @@ def _write_report(
         with warnings.catch_warnings():  # NaN picks in the rejected list are not news
             warnings.simplefilter("ignore", RuntimeWarning)
             write_report(out, micrograph_dirs=(star_dir,), thumbnails=thumbnails.thumbnails,
-                         max_micrographs=thumbnails.count)
+                         max_micrographs=thumbnails.size)
     except (CryoExtractError, OSError, ValueError) as exc:
         summary.warnings.append(f"{REPORT_FAILED}: {exc}")
 
