@@ -61,10 +61,10 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
-from scipy import ndimage
 
 from cryoextract.errors import ParameterError
 from cryoextract.ops.boxes import box_fraction_outside
+from cryoextract.ops.filters import bilinear_nearest, gaussian_nearest
 from cryoextract.ops.normalize import background_mask
 
 SCORE_BY_VAR = "ceScoreByVar"
@@ -272,7 +272,7 @@ def local_std_map(image: np.ndarray, patch_px: int) -> np.ndarray:
         raise ParameterError(f"expected a 2-D micrograph, got shape {image.shape}")
     grid = PatchGrid.for_patch(image.shape, patch_px)
     std = _patch_std(grid.sample(image), grid.half_samples, grid.map_shape)
-    smooth = ndimage.gaussian_filter(std, sigma=1.0, mode="nearest")
+    smooth = gaussian_nearest(std, sigma=1.0)
     typical = float(np.median(smooth))
     if not typical > 0:
         typical = float(np.mean(smooth))
@@ -426,9 +426,8 @@ def sample_map(std_map: np.ndarray, grid: PatchGrid, centres_xy: np.ndarray) -> 
     """``(n,)`` bilinear samples of a patch-grid map at pixel positions (nearest beyond)."""
     if not len(centres_xy):
         return np.zeros(0)
-    index = grid.map_index(centres_xy).T
-    return ndimage.map_coordinates(np.asarray(std_map, np.float64), index, order=1,
-                                   mode="nearest")
+    rows, cols = grid.map_index(centres_xy).T
+    return bilinear_nearest(std_map, rows, cols)
 
 
 #: sample values gathered at once by :func:`patch_gini` (bounds its memory)

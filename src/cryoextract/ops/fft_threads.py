@@ -17,9 +17,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from itertools import pairwise
+from types import ModuleType
 
 import numpy as np
-import scipy.fft
 
 __all__ = ["fft", "irfft2", "rfft", "rfft2"]
 
@@ -29,25 +29,32 @@ MIN_VALUES_PER_THREAD = 2**15
 
 def rfft(x: np.ndarray, *, axis: int = -1, workers: int = 1) -> np.ndarray:
     """``scipy.fft.rfft(x, axis=axis)`` on up to ``workers`` threads."""
-    return _threaded(scipy.fft.rfft, x, (axis,), workers, axis=axis)
+    return _threaded(_scipy_fft().rfft, x, (axis,), workers, axis=axis)
 
 
 def fft(x: np.ndarray, *, axis: int = -1, workers: int = 1,
         overwrite_x: bool = False) -> np.ndarray:
     """``scipy.fft.fft(x, axis=axis)`` on up to ``workers`` threads."""
-    return _threaded(scipy.fft.fft, x, (axis,), workers, axis=axis, overwrite_x=overwrite_x)
+    return _threaded(_scipy_fft().fft, x, (axis,), workers, axis=axis, overwrite_x=overwrite_x)
 
 
 def rfft2(x: np.ndarray, *, workers: int = 1) -> np.ndarray:
     """``scipy.fft.rfft2(x)`` (last two axes) on up to ``workers`` threads."""
-    return _threaded(scipy.fft.rfft2, x, (-2, -1), workers)
+    return _threaded(_scipy_fft().rfft2, x, (-2, -1), workers)
 
 
 def irfft2(x: np.ndarray, s: Sequence[int], *, workers: int = 1,
            overwrite_x: bool = False) -> np.ndarray:
     """``scipy.fft.irfft2(x, s=s)`` (last two axes) on up to ``workers`` threads."""
-    return _threaded(scipy.fft.irfft2, x, (-2, -1), workers, s=tuple(s),
+    return _threaded(_scipy_fft().irfft2, x, (-2, -1), workers, s=tuple(s),
                      overwrite_x=overwrite_x)
+
+
+def _scipy_fft() -> ModuleType:
+    """scipy.fft, imported on first use (0.17 s: not for a job that never needs it)."""
+    import scipy.fft
+
+    return scipy.fft
 
 
 def _threaded(transform: Callable[..., np.ndarray], x: np.ndarray, axes: Sequence[int],

@@ -110,25 +110,28 @@ def _phase_ramp(shifts_xy: np.ndarray, size: int) -> np.ndarray:
 # SIMD codelets beat pocketfft on these sizes (docs/conventions.md, "Fourier crop").
 
 _PLANS = threading.local()
+#: modules whose absence makes pyFFTW skip its Dask and scipy interfaces
+_PYFFTW_EXTRAS = ("dask.array.fft", "scipy.fftpack")
 
 
 @lru_cache(maxsize=1)
 def _fftw_available() -> bool:
-    """Whether pyFFTW imports; imported once per process, without its Dask interface.
+    """Whether pyFFTW imports; imported once per process, without its optional interfaces.
 
-    pyFFTW's package imports ``dask.array`` when Dask is installed (0.2 s, for an
-    interface we never use): that one module is marked missing while it imports.
+    pyFFTW's package imports ``dask.array`` and ``scipy.fft`` when they are installed
+    (0.2 s each, for interfaces we never use): while it imports, the modules that
+    trigger them are marked missing unless something imported them already.
     """
-    blocked = "dask.array.fft" not in sys.modules
-    if blocked:
-        sys.modules["dask.array.fft"] = None  # type: ignore[assignment]
+    blocked = [name for name in _PYFFTW_EXTRAS if name not in sys.modules]
+    for name in blocked:
+        sys.modules[name] = None  # type: ignore[assignment]
     try:
         import pyfftw  # noqa: F401
     except ImportError:
         return False
     finally:
-        if blocked:
-            del sys.modules["dask.array.fft"]
+        for name in blocked:
+            del sys.modules[name]
     return True
 
 

@@ -16,7 +16,8 @@ from contextlib import AbstractContextManager
 from cryoextract.errors import CryoExtractError, ParameterError, first_line
 from cryoextract.pipeline.allocator import keep_freed_memory
 from cryoextract.pipeline.jobstate import run_and_record
-from cryoextract.pipeline.task import MicrographResult, MicrographTask
+from cryoextract.pipeline.task import MicrographResult, MicrographTask, set_thumbnail_gate
+from cryoextract.pipeline.thumbnail_gate import ThumbnailGate
 
 # Dask reschedules the tasks of a worker that died; an error is retried this many times.
 DASK_RETRIES = 2
@@ -25,9 +26,13 @@ DASK_PLUGIN = "cryoextract-worker"
 
 
 def run_tasks(
-    tasks: list[MicrographTask], workers: int | None = None, dask_scheduler: str | None = None
+    tasks: list[MicrographTask], workers: int | None = None, dask_scheduler: str | None = None,
+    gate: ThumbnailGate | None = None,
 ) -> Iterator[MicrographResult]:
-    """Run every task and yield its result as soon as it is done (any order)."""
+    """Run every task and yield its result as soon as it is done (any order).
+
+    ``gate`` lets local tasks skip report thumbnails the driver no longer needs.
+    """
     if dask_scheduler is not None:
         yield from _run_dask(tasks, dask_scheduler)
         return
@@ -36,11 +41,15 @@ def run_tasks(
     if workers < 1:
         raise ParameterError(f"workers must be >= 1, got {workers}")
     if workers == 1 or len(tasks) <= 1:
-        with one_blas_thread():
-            yield from map(run_and_record, tasks)
+        set_thumbnail_gate(gate)
+        try:
+            with one_blas_thread():
+                yield from map(run_and_record, tasks)
+        finally:
+            set_thumbnail_gate(None)
         return
     with ProcessPoolExecutor(
-        max_workers=min(workers, len(tasks)), initializer=_prepare_worker
+        max_workers=min(workers, len(tasks)), initializer=_prepare_worker, initargs=(gate,)
     ) as pool:
         futures = [pool.submit(run_and_record, task) for task in tasks]
         for future in as_completed(futures):
@@ -60,10 +69,12 @@ def one_blas_thread() -> AbstractContextManager[object]:
     return threadpool_limits(limits=1, user_api="blas")
 
 
-def _prepare_worker() -> None:
-    """Set-up of a local pool process: the allocator, one BLAS thread for its life."""
+def _prepare_worker(gate: ThumbnailGate | None = None) -> None:
+    """Set-up of a local pool process: the allocator, one BLAS thread for its life, the
+    report's thumbnail bar."""
     keep_freed_memory()
     one_blas_thread()
+    set_thumbnail_gate(gate)
 
 
 def _run_dask(tasks: list[MicrographTask], address: str) -> Iterator[MicrographResult]:

@@ -28,6 +28,7 @@ from cryoextract.pipeline.outputs import ExtractionSummary, write_outputs
 from cryoextract.pipeline.params import ExtractParams, JobPaths
 from cryoextract.pipeline.plan import PickSource, Plan, plan_tasks
 from cryoextract.pipeline.task import MicrographResult
+from cryoextract.pipeline.thumbnail_gate import ThumbnailGate
 from cryoextract.report.thumbnail import ThumbnailShortlist
 
 #: micrographs shown in the QC report
@@ -230,7 +231,8 @@ def _run_job(
     if on_progress is not None:
         for done in results:
             on_progress(done)
-    for result in run_tasks(todo, options.workers, options.dask_scheduler):
+    gate = ThumbnailGate() if thumbnails is not None else None
+    for result in run_tasks(todo, options.workers, options.dask_scheduler, gate):
         if result.out_of_space:
             # every other micrograph would fail the same way: stop, keep what is done
             raise CryoExtractError(f"{result.error}; no space left for the output: free "
@@ -239,6 +241,8 @@ def _run_job(
         if thumbnails is not None and thumbnail is not None:
             dropped = 0 if result.dropped is None else len(result.dropped)
             thumbnails.offer(result.micrograph_name, result.n_particles, dropped, thumbnail)
+            if gate is not None and thumbnails.worst_kept is not None:
+                gate.raise_to(*thumbnails.worst_kept)
         results.append(result)
         if on_progress is not None:
             on_progress(result)

@@ -49,6 +49,7 @@ from cryoextract.ops.particles import ParticleRecipe, process_chunk
 from cryoextract.pipeline.params import ExtractParams, OutputSpec
 from cryoextract.pipeline.positions import Placement, pick_coordinates, place_particles
 from cryoextract.pipeline.selection import selection_reasons
+from cryoextract.pipeline.thumbnail_gate import ThumbnailGate
 from cryoextract.report.thumbnail import Thumbnail, micrograph_thumbnail
 
 # Boxes processed at once: bounds memory to about this many bytes of float32 pixels.
@@ -58,6 +59,8 @@ CHUNK_BYTES = 8 * 2**20
 DUST_PIXELS = "ceDustPixels"
 # Pixel-size disagreement between header and STAR that earns a warning.
 PIXEL_SIZE_TOLERANCE = 0.01
+# The QC report's thumbnail bar in this process (set by the executor), or None.
+_GATE: ThumbnailGate | None = None
 
 
 @dataclass(frozen=True)
@@ -157,8 +160,6 @@ def _extract(task: MicrographTask) -> MicrographResult:
                 task.micrograph_path,
             )
         _check_header_pixel_size(header.pixel_size_angstrom, task, result)
-        if task.thumbnail:  # the report then never reads this micrograph again
-            result.thumbnail = micrograph_thumbnail(image)
         xy = pick_coordinates(picks, params, task.pixel_size_angstrom, header.shape_yx)
         _warn_axis_mismatch(xy, header.shape_yx, source, result)
         placement = place_particles(picks, xy, params, task.pixel_size_angstrom, source)
@@ -182,7 +183,16 @@ def _extract(task: MicrographTask) -> MicrographResult:
         result.particles = _particle_rows(task, kept, placement, keep)
         if params.descriptors and len(kept):
             _add_descriptors(result.particles, raw_image, placement.centres[keep], task, extras)
+        if task.thumbnail and (_GATE is None or _GATE.admits(len(result.dropped), len(kept))):
+            result.thumbnail = micrograph_thumbnail(raw_image)  # the report reads none again
     return result
+
+
+def set_thumbnail_gate(gate: ThumbnailGate | None) -> None:
+    """Let this process's tasks skip thumbnails the report will not show (see
+    :mod:`cryoextract.pipeline.thumbnail_gate`); ``None``: always make them."""
+    global _GATE
+    _GATE = gate
 
 
 def _selection_reasons(
