@@ -17,23 +17,25 @@ from cryoextract.sim.simulate import simulate_dataset
 
 def test_gate_admits_by_the_reports_rank() -> None:
     gate = ThumbnailGate()
-    assert gate.admits(0, 0)
-    gate.raise_to(3, 10)
-    assert gate.admits(3, 10) and gate.admits(3, 11) and gate.admits(4, 0)
-    assert not gate.admits(3, 9) and not gate.admits(2, 10**6)
-    gate.raise_to(1, 0)  # never lowered
-    assert not gate.admits(2, 0)
+    assert gate.admits(0, 0, 10**6)
+    gate.raise_to(3, 10, 5)
+    assert gate.admits(3, 10, 5) and gate.admits(3, 10, 4) and gate.admits(3, 11, 9)
+    assert gate.admits(4, 0, 9)
+    assert not gate.admits(3, 10, 6) and not gate.admits(3, 9, 0)
+    assert not gate.admits(2, 10**6, 0)
+    gate.raise_to(1, 0, 0)  # never lowered
+    assert not gate.admits(2, 0, 0)
 
 
 def _child(gate: ThumbnailGate, answers: multiprocessing.Queue) -> None:
-    answers.put((gate.admits(5, 5), gate.admits(5, 4)))
+    answers.put((gate.admits(5, 5, 1), gate.admits(5, 4, 0)))
 
 
 def test_forked_workers_see_the_bar_raised_after_they_started() -> None:
     gate = ThumbnailGate()
     context = multiprocessing.get_context("fork")
     answers = context.Queue()
-    gate.raise_to(5, 5)
+    gate.raise_to(5, 5, 1)
     child = context.Process(target=_child, args=(gate, answers))
     child.start()
     child.join(30)
@@ -46,9 +48,9 @@ def test_shortlist_worst_kept() -> None:
     shortlist.offer("a", n_kept=5, n_dropped=1, thumbnail=pixels)
     assert shortlist.worst_kept is None
     shortlist.offer("b", n_kept=9, n_dropped=0, thumbnail=pixels)
-    assert shortlist.worst_kept == (0, 9)
+    assert shortlist.worst_kept == (0, 9, "b")
     shortlist.offer("c", n_kept=1, n_dropped=2, thumbnail=pixels)
-    assert shortlist.worst_kept == (1, 5)
+    assert shortlist.worst_kept == (1, 5, "a")
 
 
 def test_extraction_makes_only_the_thumbnails_the_report_may_show(
@@ -81,6 +83,14 @@ def test_extraction_makes_only_the_thumbnails_the_report_may_show(
                       coords_dir="Picks", coords_suffix="_autopick.star", workers=1,
                       report=True)
     assert sum(summary.particles_dropped.values()) == 3 + 4 + 5 + 6
+    assert len(made) == 4
+    # the same counts everywhere: the first four by name only (ties go by name)
+    made.clear()
+    for path in sorted((ds.out_dir / "Picks").glob("*.star")):
+        lines = path.read_text().splitlines()
+        path.write_text("\n".join(line for line in lines if not line.startswith("50")) + "\n")
+    extract("micrographs.star", out, ExtractParams(box_px=ds.box_px), coords_dir="Picks",
+            coords_suffix="_autopick.star", workers=1, report=True, overwrite=True)
     assert len(made) == 4
     text = (out / "report" / "index.html").read_text()
     assert all(f"micrograph_{i}.png" in text for i in range(1, 5))

@@ -157,19 +157,47 @@ def cut_boxes(
     np.ndarray
         ``(n, box_px, box_px)`` float32.
     """
+    sources = box_sources(image, centres_xy, box_px, edge=edge, fill_value=fill_value, rng=rng)
+    boxes = np.empty((len(sources), box_px, box_px), dtype=np.float32)
+    for i, source in enumerate(sources):  # plain slices copy rows at memory speed
+        boxes[i] = source
+    return boxes
+
+
+def box_sources(
+    image: np.ndarray,
+    centres_xy: np.ndarray,
+    box_px: int,
+    *,
+    edge: EdgeMode = EdgeMode.REPLICATE,
+    fill_value: float = 0.0,
+    rng: np.random.Generator | None = None,
+) -> list[np.ndarray]:
+    """The boxes of :func:`cut_boxes` without copying those inside the micrograph.
+
+    Returns
+    -------
+    list of np.ndarray
+        ``n`` arrays ``(box_px, box_px)``: read-only views of ``image`` (its dtype) for
+        boxes inside it, float32 arrays filled by ``edge`` for the others. A consumer
+        that converts each box anyway (an FFT's input buffer) saves a copy.
+    """
     centres_xy = np.asarray(centres_xy, dtype=np.int64).reshape(-1, 2)
     ny, nx = image.shape[-2:]
-    boxes = np.empty((len(centres_xy), box_px, box_px), dtype=np.float32)
     x0 = centres_xy[:, 0] - box_px // 2
     y0 = centres_xy[:, 1] - box_px // 2
     inside = (x0 >= 0) & (y0 >= 0) & (x0 + box_px <= nx) & (y0 + box_px <= ny)
-    # Plain slices copy rows at memory speed; index arrays are only for edge boxes.
-    for i in np.flatnonzero(inside):
-        boxes[i] = image[y0[i] : y0[i] + box_px, x0[i] : x0[i] + box_px]
+    view = image.view()
+    view.setflags(write=False)
+    sources: list[np.ndarray] = [
+        view[y : y + box_px, x : x + box_px] for x, y in zip(x0.tolist(), y0.tolist(),
+                                                            strict=True)]
     at_edge = np.flatnonzero(~inside)
     if len(at_edge):
-        boxes[at_edge] = _cut_edge_boxes(image, centres_xy[at_edge], box_px, edge, fill_value, rng)
-    return boxes
+        cut = _cut_edge_boxes(image, centres_xy[at_edge], box_px, edge, fill_value, rng)
+        for i, box in zip(at_edge, cut, strict=True):
+            sources[i] = box
+    return sources
 
 
 def _cut_edge_boxes(

@@ -57,6 +57,7 @@ Descriptor columns (custom STAR labels, RELION style, prefix ``ce`` for cryoextr
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -495,7 +496,9 @@ def box_sample_stride(box_px: int) -> int:
     return max(1, round(box_px / BOX_SAMPLES))
 
 
-def background_stats(raw_boxes: np.ndarray, radius_px: float) -> tuple[np.ndarray, np.ndarray]:
+def background_stats(
+    raw_boxes: np.ndarray | Sequence[np.ndarray], radius_px: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Mean and population std of each raw box's background, before normalisation.
 
     The background is ``i**2 + j**2 > radius**2`` with ``i, j`` the offsets from index
@@ -505,8 +508,9 @@ def background_stats(raw_boxes: np.ndarray, radius_px: float) -> tuple[np.ndarra
 
     Parameters
     ----------
-    raw_boxes : np.ndarray
-        ``(n, N, N)`` boxes as cut from the micrograph (edge fills included).
+    raw_boxes : np.ndarray or sequence of np.ndarray
+        ``(n, N, N)`` boxes as cut from the micrograph (edge fills included), or ``n``
+        ``(N, N)`` boxes (:func:`cryoextract.ops.boxes.box_sources`).
     radius_px : float
         Background radius in pixels of these boxes.
 
@@ -515,10 +519,13 @@ def background_stats(raw_boxes: np.ndarray, radius_px: float) -> tuple[np.ndarra
     mean, std : np.ndarray
         ``(n,)`` float64 each; NaN for a box without (finite) background pixels.
     """
-    size = raw_boxes.shape[-1]
+    size = raw_boxes[0].shape[-1] if len(raw_boxes) else 0
     s = box_sample_stride(size)
     mask = background_mask(size, radius_px)[::s, ::s]
-    values = raw_boxes[:, ::s, ::s][:, mask].astype(np.float64)
+    samples = raw_boxes[:, ::s, ::s] if isinstance(raw_boxes, np.ndarray) else \
+        np.stack([box[::s, ::s] for box in raw_boxes]) if len(raw_boxes) else \
+        np.zeros((0, *mask.shape))
+    values = samples[:, mask].astype(np.float64)
     return _row_stats(values, None)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -67,12 +68,41 @@ def fourier_crop_many(
     if shifts_xy is None and all(m == n for m in out_sizes):
         return [images for _ in out_sizes]
     if workers == 1 and _fftw_available():
-        return _fftw_crop_many(images, out_sizes, shifts_xy)
+        batch = images.shape[:-2]
+        return [crop.reshape(*batch, m, m) for m, crop in zip(
+            out_sizes, _fftw_crop_many(images.reshape(-1, n, n), out_sizes, shifts_xy),
+            strict=True)]
     keep = max(out_sizes) // 2 + 1
     # The 2D DFT is separable: drop columns kx > max(m)/2 before the y transform.
     spectrum = fft_threads.rfft(images, axis=-1, workers=workers)[..., :keep]
     spectrum = fft_threads.fft(spectrum, axis=-2, workers=workers, overwrite_x=True)
     return [_crop_and_invert(spectrum, n, m, shifts_xy, workers) for m in out_sizes]
+
+
+def fourier_crop_boxes(
+    boxes: Sequence[np.ndarray],
+    out_sizes: tuple[int, ...],
+    *,
+    shifts_xy: np.ndarray | None = None,
+) -> list[np.ndarray]:
+    """:func:`fourier_crop_many` of ``n`` separate ``(n_px, n_px)`` boxes of any real dtype.
+
+    With FFTW each box is converted straight into the transform's input buffer (views
+    of a micrograph are never copied whole); otherwise they are stacked first. The
+    results are always new float32 arrays, one ``(n, m, m)`` per size.
+    """
+    if not len(boxes):
+        return [np.zeros((0, m, m), dtype=np.float32) for m in out_sizes]
+    n = boxes[0].shape[-1]
+    for out_px in out_sizes:
+        if out_px > n or out_px % 2 or n % 2:
+            raise ValueError(f"need even sizes with out <= in, got {n} -> {out_px}")
+    if _fftw_available() and (shifts_xy is not None or any(m != n for m in out_sizes)):
+        return _fftw_crop_many(boxes, out_sizes, shifts_xy)
+    stacked = np.empty((len(boxes), n, n), dtype=np.float32)
+    for i, box in enumerate(boxes):
+        stacked[i] = box
+    return fourier_crop_many(stacked, out_sizes, shifts_xy=shifts_xy)
 
 
 def _crop_and_invert(
@@ -197,12 +227,11 @@ def _box_plans(n: int, sizes: tuple[int, ...]) -> _BoxPlans:
 
 
 def _fftw_crop_many(
-    images: np.ndarray, out_sizes: tuple[int, ...], shifts_xy: np.ndarray | None
+    boxes: Sequence[np.ndarray], out_sizes: tuple[int, ...], shifts_xy: np.ndarray | None
 ) -> list[np.ndarray]:
-    """:func:`fourier_crop_many` box by box through FFTW (same coefficients)."""
-    n = images.shape[-1]
-    batch = images.shape[:-2]
-    boxes = images.reshape(-1, n, n)
+    """:func:`fourier_crop_many` of ``n`` ``(n_px, n_px)`` boxes one by one through FFTW
+    (same coefficients); ``(n, m, m)`` float32 per entry of ``out_sizes``."""
+    n = boxes[0].shape[-1]
     sizes = tuple(sorted(set(out_sizes)))
     plans = _box_plans(n, sizes)
     scale = np.float32(1.0 / n**2)
@@ -214,4 +243,4 @@ def _fftw_crop_many(
         plans.transform(box)
         for m, result in results.items():
             result[i] = plans.crop(m, scale if shifts is None else ramps[m][i])
-    return [results[m].reshape(*batch, m, m) for m in out_sizes]
+    return [results[m] for m in out_sizes]

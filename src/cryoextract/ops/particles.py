@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cryoextract.ops.boxes import EdgeMode, cut_boxes
+from cryoextract.ops.boxes import EdgeMode, box_sources, cut_boxes
 from cryoextract.ops.ctf import CtfParams
 from cryoextract.ops.ctf_correct import CtfCorrection, correct_boxes, window_centre
 from cryoextract.ops.descriptors import background_stats
-from cryoextract.ops.fourier import fourier_crop_many
+from cryoextract.ops.fourier import fourier_crop_boxes
 from cryoextract.ops.normalize import NormMode, normalise
 
 
@@ -115,23 +115,27 @@ def process_chunk(
     """
     rng = rng or np.random.default_rng(0)
     box = recipe.box_px
-    boxes = cut_boxes(image, centres_xy, cut_px or box, edge=edge, fill_value=fill_value,
-                      rng=rng)
     chunk = ParticleChunk([], [])
+    correct = recipe.ctf_correction is not CtfCorrection.NONE
+    # boxes inside the micrograph stay views until the FFT converts them; a CTF
+    # correction transforms padded boxes first, so those are cut whole
+    boxes: np.ndarray | list[np.ndarray] = \
+        cut_boxes(image, centres_xy, cut_px or box, edge=edge, fill_value=fill_value, rng=rng) \
+        if correct else \
+        box_sources(image, centres_xy, box, edge=edge, fill_value=fill_value, rng=rng)
     if recipe.measure_background:
         radius = recipe.bg_radius_px[0] * box / recipe.out_box_px[0]
         chunk.background_mean, chunk.background_std = background_stats(
-            window_centre(boxes, box), radius)
-    if recipe.ctf_correction is not CtfCorrection.NONE:
+            window_centre(boxes, box) if correct else boxes, radius)
+    if correct:
         if ctfs is None or len(ctfs) != len(boxes):
             raise ValueError("a CTF correction needs one CTF per box")
-        boxes = correct_boxes(boxes, list(ctfs), recipe.pixel_size_angstrom,
-                              recipe.ctf_correction)
-    if boxes.shape[-1] != box:
-        boxes = np.ascontiguousarray(window_centre(boxes, box))
-    cropped = fourier_crop_many(boxes, recipe.out_box_px, shifts_xy=shifts_px)
+        corrected = correct_boxes(np.asarray(boxes), list(ctfs), recipe.pixel_size_angstrom,
+                                  recipe.ctf_correction)
+        boxes = list(window_centre(corrected, box))
+    cropped = fourier_crop_boxes(boxes, recipe.out_box_px, shifts_xy=shifts_px)
     for radius, images in zip(recipe.bg_radius_px, cropped, strict=True):
-        if images is boxes or any(images is done for done in chunk.images):
+        if any(images is done for done in chunk.images):
             images = images.copy()
         dust, _ = normalise(
             images, recipe.norm, radius_px=radius, rng=rng,

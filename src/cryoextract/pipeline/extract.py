@@ -221,8 +221,11 @@ def _run_job(
         else:
             results.append(done)
     summary.micrographs_resumed = len(results)
+    ranks: dict[str, int] = {}
     if thumbnails is not None:
-        todo = [dataclasses.replace(task, thumbnail=True) for task in todo]
+        ranks = {name: i for i, name in enumerate(sorted(t.micrograph_name for t in plan.tasks))}
+        todo = [dataclasses.replace(task, report_rank=ranks[task.micrograph_name])
+                for task in todo]
     for task in todo:
         for output in task.params.outputs:
             task.stack_path(output).parent.mkdir(parents=True, exist_ok=True)
@@ -241,8 +244,9 @@ def _run_job(
         if thumbnails is not None and thumbnail is not None:
             dropped = 0 if result.dropped is None else len(result.dropped)
             thumbnails.offer(result.micrograph_name, result.n_particles, dropped, thumbnail)
-            if gate is not None and thumbnails.worst_kept is not None:
-                gate.raise_to(*thumbnails.worst_kept)
+            worst = thumbnails.worst_kept
+            if gate is not None and worst is not None:
+                gate.raise_to(worst[0], worst[1], ranks[worst[2]])
         results.append(result)
         if on_progress is not None:
             on_progress(result)

@@ -89,7 +89,9 @@ class MicrographTask:
     coords_format: str = "auto"
     metadata: dict[str, object] = field(default_factory=dict)
     optics: dict[str, object] = field(default_factory=dict)
-    thumbnail: bool = False  # also return a display thumbnail for the QC report
+    # with a QC report: the micrograph's place in name order (the report's tie-break),
+    # and the task returns a display thumbnail when the report may show it
+    report_rank: int | None = None
 
 
 @dataclass
@@ -183,7 +185,8 @@ def _extract(task: MicrographTask) -> MicrographResult:
         result.particles = _particle_rows(task, kept, placement, keep)
         if params.descriptors and len(kept):
             _add_descriptors(result.particles, raw_image, placement.centres[keep], task, extras)
-        if task.thumbnail and (_GATE is None or _GATE.admits(len(result.dropped), len(kept))):
+        if task.report_rank is not None and (
+                _GATE is None or _GATE.admits(len(result.dropped), len(kept), task.report_rank)):
             result.thumbnail = micrograph_thumbnail(raw_image)  # the report reads none again
     return result
 

@@ -96,13 +96,13 @@ class ThumbnailShortlist:
             del self._kept[max(self._kept, key=lambda n: self._kept[n][0])]
 
     @property
-    def worst_kept(self) -> tuple[int, int] | None:
-        """``(n_dropped, n_kept)`` of the worst thumbnail held once all ``size`` are;
-        a micrograph ranked below it will not be kept (``None`` until then)."""
+    def worst_kept(self) -> tuple[int, int, str] | None:
+        """``(n_dropped, n_kept, name)`` of the worst thumbnail held once all ``size``
+        are; a micrograph ranked below it will not be kept (``None`` until then)."""
         if not self.size or len(self._kept) < self.size:
             return None
-        dropped, kept, _ = max(key for key, _ in self._kept.values())
-        return -dropped, -kept
+        dropped, kept, name = max(key for key, _ in self._kept.values())
+        return -dropped, -kept, name
 
     @property
     def thumbnails(self) -> dict[str, Thumbnail]:
