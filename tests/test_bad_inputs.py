@@ -115,7 +115,7 @@ OPTIONS = {
 def cli(*extra: str, report: bool = False, **changed: str | None) -> list[str]:
     """Default arguments with options replaced (``box="-4"``) or removed (``coords_dir=None``).
 
-    The QC report (matplotlib figures, seconds per run) is left out unless ``report``.
+    The QC report is left out unless ``report``.
     """
     options = dict(OPTIONS)
     for key, value in changed.items():
