@@ -174,3 +174,24 @@ loop_
  _enabled
  500 600 0.75 1
 """
+
+
+def stack_of(star: Path, written: str) -> Path:
+    """The stack a STAR row names, found as RELION would: relative to the directory the
+    command that wrote ``star`` ran in (its ``summary.json``'s ``paths_relative_to``,
+    beside it or one folder up for additional outputs), else to the STAR's folder."""
+    import json
+
+    if Path(written).is_absolute():
+        return Path(written)
+    bases = []
+    for summary in (star.parent / "summary.json", star.parent.parent / "summary.json"):
+        if summary.is_file():
+            recorded = json.loads(summary.read_text()).get("paths_relative_to")
+            if recorded:
+                bases.append(Path(recorded))
+    bases.append(star.parent)
+    for base in bases:
+        if (base / written).is_file():
+            return base / written
+    return bases[0] / written

@@ -41,7 +41,7 @@ from cryoextract.errors import CryoExtractError
 from cryoextract.io.mrc import stack_image_count
 from cryoextract.io.star import read_star
 from cryoextract.sim.simulate import simulate_dataset
-from helpers import cli_env, one_line_error, written
+from helpers import cli_env, one_line_error, stack_of, written
 
 BAD = "Micrographs/mic_002.mrc"  # the micrograph broken in the skip cases (not the first)
 BAD_PICKS = "Picks/mic_002_autopick.star"
@@ -616,7 +616,7 @@ def check_outputs(out: Path) -> int:
             assert stack and index.isdigit(), f"{star}: rlnImageName {name!r} (shifted row?)"
             counts[stack] = max(counts.get(stack, 0), int(index))
         for stack, needed in counts.items():
-            path = star.parent / stack
+            path = stack_of(star, stack)
             assert path.is_file(), f"{star} points at a missing stack {stack}"
             held = stack_image_count(path)
             assert held >= needed, f"{star}: {stack} holds {held} images, rows need {needed}"

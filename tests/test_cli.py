@@ -9,6 +9,7 @@ our own code.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -26,7 +27,7 @@ import cryoextract
 from cryoextract import EdgeMode, ExtractParams, NormMode, ParameterError
 from cryoextract.pipeline.outputs import ExtractionSummary
 from cryoextract.sim.simulate import SimulatedDataset, simulate_dataset
-from helpers import cli_env, one_line_error
+from helpers import cli_env, one_line_error, stack_of
 
 BOX = 64
 HALF = BOX // 2
@@ -146,13 +147,20 @@ class Output:
 
 
 def load_output(out: Path) -> Output:
+    """The run's outputs; image names rewritten relative to ``out`` (the STAR names them
+    relative to where the command ran, or absolutely outside it)."""
     blocks = starfile.read(out / "particles.star", always_dict=True)
     particles = blocks["particles"]
     stacks = {}
-    for name in sorted({str(n).split("@")[1] for n in particles["rlnImageName"]}):
-        stacks[name] = read_mrc(out / name)
+    keys = {}
+    for written in sorted({str(n).split("@")[1] for n in particles["rlnImageName"]}):
+        path = stack_of(out / "particles.star", written)
+        name = keys[written] = Path(os.path.relpath(path, out)).as_posix()
+        stacks[name] = read_mrc(path)
         if stacks[name].ndim == 2:
             stacks[name] = stacks[name][None]
+    particles["rlnImageName"] = [f"{n.split('@')[0]}@{keys[n.split('@')[1]]}"
+                                 for n in particles["rlnImageName"].astype(str)]
     summary = json.loads((out / "summary.json").read_text())
     rejected = pd.read_csv(out / "rejected_particles.tsv", sep="\t")
     return Output(blocks["optics"], particles, stacks, summary, rejected)

@@ -100,7 +100,7 @@ def test_recentring_matches_relion(dataset):
     relion = relion_reextract(dataset, star, "RelionRex")
     run_ours(dataset.root, "--micrographs", dataset.micrographs_star, "--coords", star,
              "--box", str(BOX), "--norm", "none", "--no-invert", "--out", "OursRex")
-    ours = load_particles(dataset.root / "OursRex" / "particles.star", dataset.root / "OursRex")
+    ours = load_particles(dataset.root / "OursRex" / "particles.star", dataset.root)
     assert len(ours.particles) == len(relion.particles) == len(table)
     r, o = _by_class(relion.particles), _by_class(ours.particles)
     rp, op = relion.particles.iloc[r], ours.particles.iloc[o]
@@ -131,7 +131,7 @@ def test_recentring_on_a_3d_point_matches_relion(dataset):
     run_ours(dataset.root, "--micrographs", dataset.micrographs_star, "--coords", star,
              "--box", str(BOX), "--norm", "none", "--no-invert", "--recenter-xyz",
              *point_angstrom, "--out", "OursXYZ")
-    ours = load_particles(dataset.root / "OursXYZ" / "particles.star", dataset.root / "OursXYZ")
+    ours = load_particles(dataset.root / "OursXYZ" / "particles.star", dataset.root)
     r, o = _by_class(relion.particles), _by_class(ours.particles)
     rp, op = relion.particles.iloc[r], ours.particles.iloc[o]
     for axis in ("X", "Y"):
@@ -212,18 +212,22 @@ def test_several_outputs_from_one_read_equal_separate_runs(dataset):
              "--also-bin-to", "48", "--out", "Multi")
     run_ours(dataset.root, *common, "--bg-radius", "12", "--bin-to", "32", "--out", "Single32")
     multi = load_particles(dataset.root / "Multi" / "also_32px" / "particles.star",
-                           dataset.root / "Multi" / "also_32px")
+                           dataset.root)
     single = load_particles(dataset.root / "Single32" / "particles.star",
-                            dataset.root / "Single32")
+                            dataset.root)
     # the background radius scales with the box: 24 px of 64 -> 12 px of 32
     assert multi.images.shape == single.images.shape == (len(single.particles), 32, 32)
     assert float(multi.optics["rlnImagePixelSize"][0]) == pytest.approx(dataset.apix * 2)
     assert int(multi.optics["rlnImageSize"][0]) == 32
-    main = load_particles(dataset.root / "Multi" / "particles.star", dataset.root / "Multi")
+    main = load_particles(dataset.root / "Multi" / "particles.star", dataset.root)
     assert main.images.shape[1:] == (BOX, BOX)
-    assert list(main.particles["rlnImageName"]) == list(multi.particles["rlnImageName"])
+    # each STAR names its own stacks, relative to where the command ran (RELION's way)
+    assert [n.replace("Multi/", "Multi/also_32px/", 1) for n in main.particles["rlnImageName"]] \
+        == list(multi.particles["rlnImageName"])
+    assert all(n.split("@")[1].startswith("Multi/Particles/")
+               for n in main.particles["rlnImageName"])
     size48 = load_particles(dataset.root / "Multi" / "also_48px" / "particles.star",
-                            dataset.root / "Multi" / "also_48px")
+                            dataset.root)
     assert size48.images.shape[1:] == (48, 48)
     assert float(size48.optics["rlnImagePixelSize"][0]) == pytest.approx(dataset.apix * 64 / 48)
 
@@ -236,10 +240,10 @@ def test_extra_output_equals_separate_binned_run(dataset):
     run_ours(dataset.root, *common, "--bin-to", "32", "--bg-radius", "12", "--float16",
              "--out", "S2h")
     multi = load_particles(dataset.root / "M2" / "also_32px" / "particles.star",
-                           dataset.root / "M2" / "also_32px")
-    single = load_particles(dataset.root / "S2" / "particles.star", dataset.root / "S2")
+                           dataset.root)
+    single = load_particles(dataset.root / "S2" / "particles.star", dataset.root)
     np.testing.assert_allclose(multi.images, single.images, atol=1e-6)
-    half = load_particles(dataset.root / "S2h" / "particles.star", dataset.root / "S2h")
+    half = load_particles(dataset.root / "S2h" / "particles.star", dataset.root)
     for stack in (dataset.root / "S2h" / "Particles").glob("*.mrcs"):
         with mrcfile.open(stack, header_only=True) as handle:
             assert int(handle.header.mode) == 12

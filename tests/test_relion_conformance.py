@@ -77,7 +77,7 @@ def ours_extract(ds: Dataset, outdir: str, *opts: str) -> Particles:
     out = ds.root / outdir
     star = out / "particles.star"
     assert star.is_file(), f"no {star}"
-    return load_particles(star, out)
+    return load_particles(star, ds.root)  # ran in ds.root: names relative to it (RELION)
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -262,9 +262,10 @@ def test_optics_match_relion(request, ds, which):
 def test_particle_columns_match_relion(ds, relion_ramp, ours_ramp):
     rel, our = relion_ramp.particles, ours_ramp.particles
     ri, ti = match_particles(rel, our)
-    # image names: NNNNNN@Particles/<stem>.mrcs, relative to OUTDIR, 1-based, unique
+    # image names: NNNNNN@Ours_ramp/Particles/<stem>.mrcs, relative to the directory the
+    # command ran in (as RELION's own Relion_ramp/...), 1-based, unique
     stems = {m.stem for m in ds.micrographs}
-    pat = re.compile(r"(\d{6})@Particles/([^/]+)\.mrcs")
+    pat = re.compile(r"(\d{6})@Ours_ramp/Particles/([^/]+)\.mrcs")
     seen = set()
     for name, mic in zip(our["rlnImageName"], our["rlnMicrographName"], strict=True):
         m = pat.fullmatch(str(name))
@@ -345,7 +346,9 @@ def test_dust_removal_statistics_like_relion(ds):
 def test_relion_reads_our_output(ds, ours_ramp, tmp_path):
     require_relion("relion_stack_create", "relion_image_handler")
     outdir = ds.root / "Ours_ramp"
-    parts, stack = relion_stack_create(outdir / "particles.star", tmp_path / "restacked", outdir)
+    # from the directory the extraction ran in, as RELION runs its programs
+    parts, stack = relion_stack_create(outdir / "particles.star", tmp_path / "restacked",
+                                       ds.root)
     assert len(parts) == len(ours_ramp.particles) == stack.shape[0]
     assert stack.shape[1:] == (BIN, BIN)
     np.testing.assert_array_equal(stack, ours_ramp.images.astype(np.float32))
@@ -400,7 +403,7 @@ def test_pick_fully_outside(tmp_path):
     proc = run_ours(ds, "Ours", "--box", str(BOX), "--norm", "none", "--no-invert",
                     "--edge", "replicate")  # fmt: skip
     assert proc.returncode == 0
-    out = load_particles(ds.root / "Ours" / "particles.star", ds.root / "Ours")
+    out = load_particles(ds.root / "Ours" / "particles.star", ds.root)
     expected = {
         (m.name, math.trunc(x), math.trunc(y))
         for m in ds.micrographs

@@ -11,6 +11,7 @@ copies of the same real images, made here with mrcfile.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import warnings
@@ -167,8 +168,20 @@ def test_read_images_in_any_order_and_byte_order(tmp_path, byte_order, reverse):
 
 
 # --------------------------------------------------------------------------- restack
+def _as_written_from(base: Path, star: Path, names) -> list[str]:
+    """Image names of ``star`` (relative to its folder) as a STAR written from ``base``
+    names them (RELION's way: relative to the working directory), index part kept."""
+    out = []
+    for name in names:
+        number, at, path = str(name).partition("@")
+        full = os.path.normpath(star.parent / path.strip())
+        out.append(f"{number}{at}{Path(os.path.relpath(full, base)).as_posix()}")
+    return out
+
+
 @pytest.mark.parametrize("name", sorted(DATASETS))
-def test_restack_real_stacks_bit_exact(tmp_path, name):
+def test_restack_real_stacks_bit_exact(tmp_path, name, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a project directory: written names are relative to it
     star = _stage(name, tmp_path)
     (stack_rel,) = {DATASETS[name][1]}
     assert _mode(REAL / stack_rel) == 2  # the real stacks are float32
@@ -180,16 +193,16 @@ def test_restack_real_stacks_bit_exact(tmp_path, name):
     assert summary.particles_skipped == {}
     assert len(summary.stacks) == -(-len(source) // 4)
     assert all(_mode(Path(s)) == 2 for s in summary.stacks)
-    ours = _images(out, particles["rlnImageName"])
+    ours = _images(tmp_path, particles["rlnImageName"])
     theirs = _images(star.parent, source["rlnImageName"])
     assert np.array_equal(_bits(ours), _bits(theirs))
-    # every column kept, the old name recorded, names relative to OUT
+    # every column kept, the old name recorded, names relative to the working directory
     old = "rlnImageOriginalName"
     if old in source.columns:
         assert list(particles[old]) == list(source[old])
     else:
-        assert list(particles[old]) == list(source["rlnImageName"])
-    assert particles["rlnImageName"].iloc[4] == "000001@Particles/batch_000001.mrcs"
+        assert list(particles[old]) == _as_written_from(tmp_path, star, source["rlnImageName"])
+    assert particles["rlnImageName"].iloc[4] == "000001@out/Particles/batch_000001.mrcs"
     for column in source.columns:
         if column in ("rlnImageName", "rlnMagnification", "rlnDetectorPixelSize"):
             continue  # RELION 3.0's pixel size becomes rlnImagePixelSize in data_optics

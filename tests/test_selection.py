@@ -209,7 +209,8 @@ def _pixels(star: Path) -> np.ndarray:
 
 def test_select_writes_star_and_cs_pointing_at_the_same_stacks(extraction: Path) -> None:
     before = read_star(extraction / "particles.star")["particles"]
-    summary = select_particles(extraction, "ScoreByVar < 1.5")
+    # relative to the STAR's folder (Warp's way): ../Particles from selected/
+    summary = select_particles(extraction, "ScoreByVar < 1.5", path_style="relative-to-star")
     expected = before["ceScoreByVar"].to_numpy() < 1.5
     out_star = extraction / "selected" / "particles.star"
     assert summary.particles_star == str(out_star)
@@ -233,6 +234,13 @@ def test_select_writes_star_and_cs_pointing_at_the_same_stacks(extraction: Path)
         select_particles(extraction, "ScoreByVar < 1.5")
     again = select_particles(extraction, "ScoreByVar >= 1.5", overwrite=True)
     assert again.particles_selected == len(before) - expected.sum()
+    # by default relative to the working directory (RELION's way), absolute outside it
+    names = read_star(out_star)["particles"]["rlnImageName"]
+    base = os.path.abspath(os.getcwd())
+    for name in names:
+        path = name.split("@")[1]
+        assert (Path(path).is_absolute() and not path.startswith(base + os.sep)) or \
+            (not Path(path).is_absolute() and Path(path).is_file())
 
 
 def test_select_from_cs_and_to_another_folder(extraction: Path, tmp_path: Path) -> None:

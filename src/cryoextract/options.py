@@ -82,3 +82,16 @@ DEFAULT_BATCH_SIZE = 10000
 
 #: default band of the per-particle scale fit, fraction of Nyquist
 DEFAULT_SCALE_BAND = 0.5
+
+
+class PathStyle(str, enum.Enum):
+    """How the STAR files we write name other files (docs/conventions.md, "Paths").
+
+    ``relative-to-cwd``: as RELION, relative to the directory the command runs in (a
+    RELION project); ``relative-to-star``: relative to the STAR file's folder (Warp's
+    way, for output folders that move). A file outside that directory is named by its
+    absolute path either way.
+    """
+
+    CWD = "relative-to-cwd"
+    STAR = "relative-to-star"

@@ -15,9 +15,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cryoextract.cli.common import err, fail, out, warn
+from cryoextract.cli.common import PathsOption, err, fail, out, warn
 from cryoextract.errors import CryoExtractError, ParameterError
-from cryoextract.options import CtfCorrection, EdgeMode, NormMode, SubpixelMode
+from cryoextract.options import CtfCorrection, EdgeMode, NormMode, PathStyle, SubpixelMode
 
 if TYPE_CHECKING:
     from cryoextract.cli.progress import JobProgress
@@ -143,6 +143,7 @@ def extract_command(
         help="Pick score used by the selection options.")] = "rlnAutopickFigureOfMerit",
     report: Annotated[bool, typer.Option(
         help="Write the visual QC report OUT/report/index.html at the end.")] = True,
+    paths: PathsOption = PathStyle.CWD,
     watch: Annotated[bool, typer.Option(
         help="Live mode: follow a growing micrographs STAR or glob; extract each micrograph "
              "once its files have settled; stop on Ctrl-C/SIGTERM or --watch-timeout.")
@@ -192,7 +193,8 @@ def extract_command(
                     ExtractInputs(micrographs, _opt(coords_dir), coords_suffix, _opt(coords),
                                   coords_format, pixel_size, _opt(ctf_dir)),
                     out_dir, params,
-                    RunOptions(workers, dask_scheduler, overwrite, False, write_cs),
+                    RunOptions(workers, dask_scheduler, overwrite, False, write_cs,
+                               path_style=paths),
                     WatchOptions(settle_s=settle, idle_timeout_s=watch_timeout), progress)
             else:
                 summary = extract(
@@ -201,6 +203,7 @@ def extract_command(
                     pixel_size_angstrom=pixel_size,
                     ctf_dir=ctf_dir, workers=workers, dask_scheduler=dask_scheduler,
                     overwrite=overwrite, resume=resume, write_cs=write_cs, report=report,
+                    path_style=paths,
                     on_start=progress.on_start, on_progress=progress.on_progress,
                 )
     except CryoExtractError as exc:

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 from rich.console import Console
 from rich.markup import escape
 
+from cryoextract.options import PathStyle
+
 EXIT_INPUT_ERROR = 2
+
+#: ``--paths``, the same for every command that writes a STAR
+PathsOption = Annotated[PathStyle, typer.Option(
+    "--paths", help="How the written STAR names files: relative to the directory the "
+                    "command runs in (RELION's way, for a RELION project) or to the STAR's "
+                    "own folder (for output folders that move).")]
 
 err = Console(stderr=True)
 out = Console()

@@ -10,15 +10,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from cryoextract.cli.common import PathsOption, fail, out, warn
 from cryoextract.errors import CryoExtractError
-
-EXIT_INPUT_ERROR = 2
-err = Console(stderr=True)
-out = Console()
+from cryoextract.options import PathStyle
 
 
 def select_command(
@@ -35,17 +32,19 @@ def select_command(
         "--out", help="Output STAR (.star) or folder \\[default: SOURCE/selected/particles.star]."
     )] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
+    paths: PathsOption = PathStyle.CWD,
 ) -> None:
     """Write the particles that pass a condition as a new STAR (and .cs); stacks are not copied."""
     from cryoextract.pipeline.selection import select_particles
 
     try:
-        summary = select_particles(source, where, output, overwrite=overwrite)
+        summary = select_particles(source, where, output, overwrite=overwrite,
+                                   path_style=paths)
     except CryoExtractError as exc:
         fail(str(exc))
         return
     for warning in summary.warnings:
-        err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+        warn(warning)
     table = Table(title="cryoextract select", show_header=False)
     table.add_row("condition", escape(summary.where))
     table.add_row("particles in", str(summary.particles_in))
@@ -83,8 +82,3 @@ def report_command(
         return
     out.print(f"report: {escape(str(page))}", highlight=False, soft_wrap=True)
 
-
-def fail(message: str) -> None:
-    """Print a one-line error and exit with code 2 (as ``cli.app.fail``)."""
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(EXIT_INPUT_ERROR)

@@ -13,9 +13,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cryoextract.cli.common import fail, out, warn
+from cryoextract.cli.common import PathsOption, fail, out, warn
 from cryoextract.errors import CryoExtractError
-from cryoextract.options import DEFAULT_BATCH_SIZE
+from cryoextract.options import DEFAULT_BATCH_SIZE, PathStyle
 
 if TYPE_CHECKING:
     from cryoextract.pipeline.restack import StackJobSummary
@@ -44,6 +44,7 @@ def restack_command(
     indices: IndicesOption = None,
     float16: Float16Option = None,
     overwrite: OverwriteOption = False,
+    paths: PathsOption = PathStyle.CWD,
 ) -> None:
     """Copy particles into consolidated stacks of N images (pixels unchanged) + a STAR."""
     from cryoextract.cli.progress import particle_progress
@@ -53,7 +54,7 @@ def restack_command(
         with particle_progress() as (on_start, on_progress):
             summary = restack(
                 particles, out_dir, batch_size=batch_size, select=select, indices=indices,
-                float16=float16, overwrite=overwrite,
+                float16=float16, overwrite=overwrite, path_style=paths,
                 on_start=on_start, on_progress=on_progress,
             )
     except CryoExtractError as exc:
@@ -80,6 +81,7 @@ def downsample_command(
     workers: Annotated[int | None, typer.Option(
         help="FFT threads \\[default: all cores].")] = None,
     overwrite: OverwriteOption = False,
+    paths: PathsOption = PathStyle.CWD,
 ) -> None:
     """Fourier-crop existing particles to a smaller box or larger pixel size + a STAR."""
     from cryoextract.cli.progress import particle_progress
@@ -90,7 +92,7 @@ def downsample_command(
             summary = downsample(
                 particles, out_dir, box_px=box, pixel_size_angstrom=pixel_size_out,
                 recenter=recenter, float16=float16, batch_size=batch_size, select=select,
-                indices=indices, workers=workers, overwrite=overwrite,
+                indices=indices, workers=workers, overwrite=overwrite, path_style=paths,
                 on_start=on_start, on_progress=on_progress,
             )
     except CryoExtractError as exc:

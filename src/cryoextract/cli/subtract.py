@@ -14,7 +14,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cryoextract.cli.common import fail, out, warn
+from cryoextract.cli.common import PathsOption, fail, out, warn
 from cryoextract.errors import CryoExtractError
 from cryoextract.options import (
     DEFAULT_BATCH_SIZE,
@@ -22,6 +22,7 @@ from cryoextract.options import (
     DEFAULT_SCALE_BAND,
     MaskMode,
     OutputFormat,
+    PathStyle,
     ScaleMode,
 )
 
@@ -82,6 +83,7 @@ def subtract_command(
         help="Instead of subtracting: give the original particles of this subtracted "
              "particles STAR back, with their origins.", show_default=False)] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
+    paths: PathsOption = PathStyle.CWD,
 ) -> None:
     """Subtract the projection of a masked map (or half-maps) from every particle image."""
     from cryoextract.cli.progress import particle_progress
@@ -91,7 +93,8 @@ def subtract_command(
         if revert is not None:
             if particles is not None or map_path is not None or half_maps is not None:
                 fail("--revert takes only --out (and --overwrite)")
-            print_revert_summary(revert_subtraction(revert, out_dir, overwrite=overwrite))
+            print_revert_summary(revert_subtraction(revert, out_dir, overwrite=overwrite,
+                                                    path_style=paths))
             return
         if particles is None:
             fail("give --particles (or --revert)")
@@ -103,7 +106,7 @@ def subtract_command(
                 recenter_xyz=recenter_xyz, new_box=new_box, float16=float16, workers=workers,
                 batch_size=batch_size, padding_factor=pad, scale_band=scale_band,
                 map_resolution_angstrom=map_resolution, output_format=output_format,
-                overwrite=overwrite,
+                overwrite=overwrite, path_style=paths,
                 on_start=on_start, on_progress=on_progress,
             )
     except CryoExtractError as exc:

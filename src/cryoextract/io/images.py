@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from cryoextract.errors import InputError, first_line
+from cryoextract.io.paths import PathNamer, split_image_name
 
 #: default upper bound of one batch, counted as float32 pixels (bytes)
 MAX_BATCH_BYTES = 256 * 2**20
@@ -414,3 +415,31 @@ def _image_array(handle: mrcfile.mrcmemmap.MrcMemmap, path: str | os.PathLike[st
     return data  # big-endian files are converted when copied into native arrays
 
 
+def located_names(locations: ImageLocations, rows: Iterable[int], namer: PathNamer) -> list[str]:
+    """Each row's image name with its stack named by ``namer`` where it was found (the
+    index part kept as written)."""
+    named: dict[str, str] = {}
+    out = []
+    for row in rows:
+        stack = locations.stack[int(row)]
+        if stack not in named:
+            named[stack] = namer(stack)
+        prefix, _ = split_image_name(locations.names[int(row)])
+        out.append(prefix + named[stack])
+    return out
+
+
+def rebase_found_names(
+    names: Iterable[str], base_dirs: Sequence[Path], namer: PathNamer
+) -> list[str]:
+    """Image names renamed by ``namer`` where their stack is found in ``base_dirs``
+    (:func:`locate`); a name whose stack is not found is kept as written."""
+    done: dict[str, str] = {}
+    out = []
+    for name in names:
+        prefix, path = split_image_name(str(name))
+        if path not in done:
+            found = locate(path, base_dirs)
+            done[path] = path if found is None else namer(found)
+        out.append(prefix + done[path])
+    return out

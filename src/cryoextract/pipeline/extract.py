@@ -17,6 +17,7 @@ from pathlib import Path
 from cryoextract.errors import CryoExtractError, ParameterError, os_error_message
 from cryoextract.io.atomic import TEMPORARY_GLOB
 from cryoextract.io.micrographs import MicrographSet, read_micrograph_set, with_ctffind
+from cryoextract.io.paths import PathStyle
 from cryoextract.pipeline.checks import (
     box_size_warnings,
     check_box_against_first_micrograph,
@@ -64,6 +65,7 @@ class RunOptions:
     resume: bool = False
     write_cs: bool = False
     report: bool = False
+    path_style: PathStyle = PathStyle.CWD
 
 
 def extract(
@@ -83,6 +85,7 @@ def extract(
     resume: bool = False,
     write_cs: bool = False,
     report: bool = False,
+    path_style: PathStyle | str = PathStyle.CWD,
     on_progress: ProgressCallback | None = None,
     on_start: Callable[[int], None] | None = None,
 ) -> ExtractionSummary:
@@ -116,6 +119,9 @@ def extract(
         Replace a previous run's outputs / continue an interrupted run of the same job.
     write_cs : bool
         Also write a cryoSPARC ``particles.cs`` beside each STAR.
+    path_style : PathStyle or str
+        How the STARs name the stacks: ``relative-to-cwd`` (RELION's way: relative to
+        the working directory, e.g. a RELION project) or ``relative-to-star``.
     report : bool
         Also write the QC report ``OUT/report/index.html`` (a failure there is a
         warning, never a failed job); the workers hand it thumbnails of the micrographs
@@ -133,7 +139,8 @@ def extract(
         pixel_size_angstrom=pixel_size_angstrom, ctf_dir=_str(ctf_dir),
     )
     options = RunOptions(workers=workers, dask_scheduler=dask_scheduler, overwrite=overwrite,
-                         resume=resume, write_cs=write_cs, report=report)
+                         resume=resume, write_cs=write_cs, report=report,
+                         path_style=PathStyle(path_style))
     return run_extraction(inputs, out_dir, params, options, on_start=on_start,
                           on_progress=on_progress)
 
@@ -168,7 +175,8 @@ def run_extraction(
             results = _run_job(plan, state, options, summary, on_start, on_progress,
                                thumbnails)
             remove_temporaries(paths.out_dir, params)
-            write_outputs(paths, mic_set, params, results, summary, write_cs=options.write_cs)
+            write_outputs(paths, mic_set, params, results, summary, write_cs=options.write_cs,
+                          path_style=options.path_style)
             if thumbnails is not None:
                 _write_report(paths.out_dir, inputs.micrographs, thumbnails, summary)
     except OSError as exc:

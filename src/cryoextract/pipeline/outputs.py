@@ -12,6 +12,7 @@ import pandas as pd
 from cryoextract.io.atomic import atomic_file, write_text_atomic
 from cryoextract.io.cryosparc import write_cs as write_cryosparc
 from cryoextract.io.micrographs import MicrographSet
+from cryoextract.io.paths import PathNamer, PathStyle, rebase_image_names
 from cryoextract.io.star import write_star
 from cryoextract.ops.ctf_correct import CtfCorrection
 from cryoextract.pipeline.params import ExtractParams, JobPaths, OutputSpec
@@ -33,6 +34,8 @@ class ExtractionSummary:
     output_box_px: int = 0
     output_pixel_size_angstrom: dict[str, float] = field(default_factory=dict)
     additional_outputs: list[str] = field(default_factory=list)
+    #: the directory the paths in the STARs are relative to (``--paths``)
+    paths_relative_to: str = ""
     warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> str:
@@ -42,8 +45,14 @@ class ExtractionSummary:
 def write_outputs(
     paths: JobPaths, mic_set: MicrographSet, params: ExtractParams,
     results: list[MicrographResult], summary: ExtractionSummary, *, write_cs: bool = False,
+    path_style: PathStyle = PathStyle.CWD,
 ) -> None:
-    """Write every output of a finished job; each file atomically, the STARs after stacks."""
+    """Write every output of a finished job; each file atomically, the STARs after stacks.
+
+    The tasks name their stacks relative to each output's folder; each STAR names them
+    as ``path_style`` says (RELION's way by default: relative to the working directory),
+    the cryoSPARC ``.cs`` relative to its own folder (what cryosparc-tools loads).
+    """
     results = sorted(results, key=lambda r: r.index)
     gather(results, summary)
     particles = [r.particles for r in results if r.particles is not None and len(r.particles)]
@@ -51,8 +60,11 @@ def write_outputs(
     shapes = {r.micrograph_name: r.shape_yx for r in results if r.shape_yx is not None}
     for output in params.outputs:
         optics = output_optics(mic_set, params, output, results)
-        write_star(paths.out_dir / output.subdir / "particles.star",
-                   {"optics": optics, "particles": table})
+        star = paths.out_dir / output.subdir / "particles.star"
+        named = table.copy()
+        named["rlnImageName"] = rebase_image_names(
+            table["rlnImageName"].astype(str), star.parent, PathNamer.for_star(star, path_style))
+        write_star(star, {"optics": optics, "particles": named})
         if write_cs:
             write_cryosparc(paths.out_dir / output.subdir / "particles.cs", optics, table,
                             micrograph_shapes=shapes, blob_sign=1.0 if params.invert else -1.0)
@@ -63,6 +75,7 @@ def write_outputs(
     summary.additional_outputs = [
         str(paths.out_dir / o.subdir / "particles.star") for o in params.outputs[1:]
     ]
+    summary.paths_relative_to = PathNamer.for_star(paths.particles_star, path_style).base
     _write_rejected(paths.rejected_tsv, results)
     write_text_atomic(paths.summary_json, summary.to_json())
 

@@ -9,6 +9,7 @@ docs/conventions.md, "Restack and downsample".
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -26,9 +27,11 @@ from cryoextract.io.images import (
     format_image_name,
     image_key,
     locate_images,
+    located_names,
     read_images,
 )
 from cryoextract.io.mrc import StackWriter
+from cryoextract.io.paths import PathNamer, PathStyle, rebase_image_names
 from cryoextract.io.star import find_block, read_star, write_star
 from cryoextract.ops.fourier import fourier_crop_2d
 from cryoextract.options import DEFAULT_BATCH_SIZE
@@ -322,6 +325,7 @@ def restack(
     float16: bool | None = None,
     overwrite: bool = False,
     base_dir: str | os.PathLike[str] | None = None,
+    path_style: PathStyle | str = PathStyle.CWD,
     on_start: ProgressCallback | None = None,
     on_progress: ProgressCallback | None = None,
 ) -> StackJobSummary:
@@ -349,6 +353,10 @@ def restack(
     base_dir : path-like, optional
         Where relative image names are looked up first (default: the working directory,
         then the STAR's directory).
+    path_style : PathStyle or str
+        How the output STAR names stacks, new (``rlnImageName``) and original
+        (``rlnImageOriginalName``): ``relative-to-cwd`` (RELION's way) or
+        ``relative-to-star`` (docs/conventions.md, "Paths").
     on_start, on_progress : callable, optional
         Called with the number of images to write / written so far.
 
@@ -361,7 +369,7 @@ def restack(
     job = _prepare("restack", particles_star, out_dir, select, indices, base_dir)
     out = _OutputSpec(
         shape_yx=dict(job.shape_yx), pixel_size_angstrom=dict(job.pixel_size_angstrom),
-        float16=float16, batch_size=batch_size,
+        float16=float16, batch_size=batch_size, path_style=PathStyle(path_style),
     )
     return _run(job, out, _copy, overwrite, on_start, on_progress)
 
@@ -380,6 +388,7 @@ def downsample(
     overwrite: bool = False,
     workers: int | None = None,
     base_dir: str | os.PathLike[str] | None = None,
+    path_style: PathStyle | str = PathStyle.CWD,
     on_start: ProgressCallback | None = None,
     on_progress: ProgressCallback | None = None,
 ) -> StackJobSummary:
@@ -388,7 +397,7 @@ def downsample(
     Parameters
     ----------
     particles_star, out_dir, float16, batch_size, select, indices, overwrite, base_dir,
-    on_start, on_progress
+    path_style, on_start, on_progress
         As :func:`restack`.
     box_px : int, optional
         Output side in pixels (even, at most the input side).
@@ -415,7 +424,8 @@ def downsample(
     elif not pixel_size_angstrom > 0:
         raise ParameterError(f"output pixel size must be > 0, got {pixel_size_angstrom}")
     job = _prepare("downsample", particles_star, out_dir, select, indices, base_dir)
-    out = _downsample_spec(job, box_px, pixel_size_angstrom, float16, batch_size)
+    out = dataclasses.replace(_downsample_spec(job, box_px, pixel_size_angstrom, float16,
+                                               batch_size), path_style=PathStyle(path_style))
     shifts = np.zeros((len(job.particles), 2), dtype=np.int64)
     if recenter:
         shifts = _recenter(job)
@@ -460,6 +470,7 @@ class _OutputSpec:
     pixel_size_angstrom: dict[int, float | None]
     float16: bool | None
     batch_size: int
+    path_style: PathStyle = PathStyle.CWD  # how the STAR names the stacks
 
 
 def _prepare(
@@ -699,7 +710,11 @@ def _run(
         done += len(stack.rows)
         if on_progress is not None:
             on_progress(done)
-    particles = _output_particles(job.particles, good, names[good])
+    namer = PathNamer.for_star(paths.particles_star, out.path_style)
+    particles = _output_particles(
+        job.particles, good,
+        np.array(rebase_image_names(names[good], paths.out_dir, namer), dtype=object),
+        located_names(job.locations, good, namer))
     write_star(paths.particles_star, {
         "optics": _output_optics(job, out, set(job.groups[good].tolist())),
         "particles": particles,
@@ -745,13 +760,21 @@ def _write_stack(
             writer.write(transform(images, rows, stack.shape_yx))
 
 
-def _output_particles(particles: pd.DataFrame, good: np.ndarray, names: np.ndarray) -> pd.DataFrame:
+def _output_particles(
+    particles: pd.DataFrame, good: np.ndarray, names: np.ndarray, originals: list[str]
+) -> pd.DataFrame:
+    """Good rows with their new names; the input's names kept as ``rlnImageOriginalName``
+    (``originals``: where each input image was found, named as the output names are)
+    unless the input already carries that column."""
     table = particles.iloc[good].reset_index(drop=True)
     if "rlnImageOriginalName" not in table.columns:
         position = list(table.columns).index("rlnImageName") + 1
-        table.insert(position, "rlnImageOriginalName", table["rlnImageName"].astype(str))
+        table.insert(position, "rlnImageOriginalName", originals)
     table["rlnImageName"] = list(names)
     return table
+
+
+
 
 
 def _output_optics(job: _Job, out: _OutputSpec, used: set[int]) -> pd.DataFrame:
@@ -816,4 +839,3 @@ def _write_rejected(path: Path, job: _Job) -> None:
         "reason": [job.problem[i] for i in bad],
         "detail": [job.detail[i] for i in bad],
     }).to_csv(path, sep="\t", index=False)
-

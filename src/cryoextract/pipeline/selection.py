@@ -22,6 +22,8 @@ import pandas as pd
 
 from cryoextract.errors import InputError, ParameterError
 from cryoextract.io.cryosparc import load_cs, read_cs_particles, save_cs, write_cs
+from cryoextract.io.images import locate
+from cryoextract.io.paths import PathNamer, PathStyle
 from cryoextract.io.star import find_block, read_star, write_star
 
 FIGURE_OF_MERIT = "rlnAutopickFigureOfMerit"
@@ -419,6 +421,7 @@ def select_particles(
     out_path: str | os.PathLike[str] | None = None,
     *,
     overwrite: bool = False,
+    path_style: PathStyle | str = PathStyle.CWD,
 ) -> SelectionSummary:
     """Write the particles that satisfy ``where`` as a new STAR (and ``.cs``), same stacks.
 
@@ -436,6 +439,8 @@ def select_particles(
         ``<folder of the input>/selected/particles.star``.
     overwrite : bool
         Replace an existing output STAR.
+    path_style : PathStyle or str
+        How the new STAR names the stacks (docs/conventions.md, "Paths").
 
     Returns
     -------
@@ -444,10 +449,10 @@ def select_particles(
     Notes
     -----
     Rows keep their order and every column; the other blocks of a STAR (``data_optics``)
-    are copied. ``rlnImageName`` paths are rewritten so that they resolve from the new
-    file's folder: a relative stack path found beside the input STAR becomes relative
-    to the output folder (``000001@../Particles/a.mrcs``); one found only in the
-    working directory (RELION project style) and absolute paths are kept. A ``.cs`` is
+    are copied. ``rlnImageName`` paths are renamed for the new file: each stack is found
+    (relative to the working directory first, then to the input's folder) and named as
+    ``path_style`` says, relative to the working directory by default (RELION's
+    way). A ``.cs`` is
     written beside the STAR when the input is one or has a ``particles.cs`` beside it:
     its selected rows (``uid`` and every field kept, ``blob/path`` rewritten alike) when
     its rows match the STAR's, else a new one from the selected table.
@@ -459,6 +464,7 @@ def select_particles(
     ParameterError
         Output exists (without ``overwrite``) or would replace the input.
     """
+    path_style = PathStyle(path_style)
     star_in, cs_in = _inputs(Path(source))
     table_path = star_in or cs_in
     assert table_path is not None
@@ -473,14 +479,17 @@ def select_particles(
     out_star.parent.mkdir(parents=True, exist_ok=True)
     summary = SelectionSummary(str(table_path), where, len(particles), int(keep.sum()),
                                str(out_star))
-    rewrite = _PathRewriter(table_path.parent, out_star.parent)
+    rewrite = _PathRewriter(table_path.parent, PathNamer.for_star(out_star, path_style))
     selected = particles[keep].reset_index(drop=True)
     selected["rlnImageName"] = rewrite.image_names(selected["rlnImageName"])
     write_star(out_star, {**blocks, particles_key: selected})
     if cs_in is not None:
         out_cs = out_star.with_suffix(".cs")
-        _write_selected_cs(cs_in, particles, keep, blocks, selected, out_cs, rewrite, summary)
+        # cryoSPARC's blob/path: relative to the .cs file's folder
+        in_cs = _PathRewriter(table_path.parent, PathNamer.for_star(out_cs, PathStyle.STAR))
+        _write_selected_cs(cs_in, particles, keep, blocks, selected, out_cs, in_cs, summary)
         summary.particles_cs = str(out_cs)
+        rewrite.missing += in_cs.missing
     summary.warnings += rewrite.warnings()
     return summary
 
@@ -519,11 +528,16 @@ def _output_star(table_path: Path, out_path: str | os.PathLike[str] | None) -> P
 
 
 class _PathRewriter:
-    """Stack paths of the input made to resolve from the output folder (see select_particles)."""
+    """Stack paths of the input renamed for the output (see :func:`select_particles`).
 
-    def __init__(self, in_dir: Path, out_dir: Path):
+    A relative path is looked up in the working directory, then beside the input (a
+    path found in neither is taken as beside the input and reported); ``namer`` names
+    what was found.
+    """
+
+    def __init__(self, in_dir: Path, namer: PathNamer):
         self.in_dir = Path(os.path.abspath(in_dir))
-        self.out_dir = Path(os.path.abspath(out_dir))
+        self.namer = namer
         self.cache: dict[str, str] = {}
         self.missing: list[str] = []
 
@@ -533,14 +547,13 @@ class _PathRewriter:
         return self.cache[written]
 
     def _rewrite(self, written: str) -> str:
-        if not written or os.path.isabs(written):
+        if not written:
             return written
-        beside = self.in_dir / written
-        if not beside.is_file():
-            if Path(written).is_file():  # relative to the working directory (RELION)
-                return written
+        found = locate(written, (Path.cwd(), self.in_dir))
+        if found is None:
             self.missing.append(written)
-        return Path(os.path.relpath(beside, self.out_dir)).as_posix()
+            found = self.in_dir / written
+        return self.namer(found)
 
     def image_names(self, names: pd.Series) -> pd.Series:
         text = names.astype(str)

@@ -31,9 +31,17 @@ import pandas as pd
 
 from cryoextract.errors import CryoExtractError, InputError, ParameterError, os_error_message
 from cryoextract.io.cryosparc import write_cs
-from cryoextract.io.images import ImageLocations, format_image_name, locate, locate_images
+from cryoextract.io.images import (
+    ImageLocations,
+    format_image_name,
+    locate,
+    locate_images,
+    located_names,
+    rebase_found_names,
+)
 from cryoextract.io.mrc import StackWriter
 from cryoextract.io.mtf import read_mtf
+from cryoextract.io.paths import PathNamer, PathStyle, rebase_image_names
 from cryoextract.io.star import find_block, read_star, write_star
 from cryoextract.ops.aberrations import OpticalAberrations
 from cryoextract.ops.mtf import mtf_image, relative_mtfs
@@ -554,6 +562,7 @@ def subtract_particles(
     output_format: OutputFormat | str = OutputFormat.AUTO,
     overwrite: bool = False,
     base_dir: str | os.PathLike[str] | None = None,
+    path_style: PathStyle | str = PathStyle.CWD,
     on_start: ProgressCallback | None = None,
     on_progress: ProgressCallback | None = None,
 ) -> SubtractSummary:
@@ -612,6 +621,10 @@ def subtract_particles(
     base_dir : path-like, optional
         Where relative image names are looked up first (default: the working directory,
         then the particles file's directory).
+    path_style : PathStyle or str
+        How ``particles.star`` names the new and the original images: relative to the
+        working directory (RELION's way) or to its own folder (docs/conventions.md,
+        "Paths"); ``particles.cs`` names its stacks relative to its folder.
     on_start, on_progress : callable, optional
         Called with the number of images to write / written so far.
 
@@ -675,7 +688,8 @@ def subtract_particles(
         _write_outputs(job, table, good, names, scales, paths, summary, scale_mode,
                        out_box, output_format is OutputFormat.CS or (
                            output_format is OutputFormat.AUTO
-                           and str(particles).lower().endswith(".cs")))
+                           and str(particles).lower().endswith(".cs")),
+                       PathStyle(path_style))
     except OSError as exc:  # writing the outputs (in a worker or here): e.g. a full disk
         raise CryoExtractError(os_error_message(exc)) from exc
     return summary
@@ -799,13 +813,17 @@ def _result(future: Future[TaskResult]) -> TaskResult:
 def _write_outputs(
     job: _Job, table: pd.DataFrame, good: np.ndarray, names: np.ndarray, scales: np.ndarray,
     paths: JobPaths, summary: SubtractSummary, scale_mode: ScaleMode, out_box: int,
-    write_cs_file: bool,
+    write_cs_file: bool, path_style: PathStyle = PathStyle.CWD,
 ) -> None:
     """particles.star (+ .cs), rejected_particles.tsv and summary.json."""
     fitted = scale_mode is ScaleMode.PER_PARTICLE
     out_table = _output_table(table, job, good, names, scales, fitted)
     optics = _output_optics(job, good, out_box)
-    write_star(paths.particles_star, {"optics": optics, "particles": out_table})
+    namer = PathNamer.for_star(paths.particles_star, path_style)
+    named = out_table.copy()
+    named["rlnImageName"] = rebase_image_names(out_table["rlnImageName"], paths.out_dir, namer)
+    named["rlnImageOriginalName"] = located_names(job.locations, good, namer)
+    write_star(paths.particles_star, {"optics": optics, "particles": named})
     summary.particles_star = str(paths.particles_star)
     if write_cs_file:
         summary.particles_cs = str(_write_cs(paths.out_dir / "particles.cs", optics, out_table))
@@ -998,6 +1016,7 @@ def revert_subtraction(
     *,
     overwrite: bool = False,
     base_dir: str | os.PathLike[str] | None = None,
+    path_style: PathStyle | str = PathStyle.CWD,
 ) -> RevertSummary:
     """Give the original particles of a subtraction back, with their origins.
 
@@ -1019,6 +1038,9 @@ def revert_subtraction(
     base_dir : path-like, optional
         Where relative original image names are looked up (default: the working
         directory, then the STAR's directory), to read their size.
+    path_style : PathStyle or str
+        How the new STAR names both images (docs/conventions.md, "Paths"); a name whose
+        stack is not found is kept as written.
 
     Returns
     -------
@@ -1036,8 +1058,11 @@ def revert_subtraction(
         raise ParameterError(f"{target} exists; use --overwrite")
     out.mkdir(parents=True, exist_ok=True)
     summary = RevertSummary(particles_star=str(target), particles=len(particles))
-    current = particles["rlnImageName"].astype(str).to_numpy()
-    particles["rlnImageName"] = particles["rlnImageOriginalName"].astype(str).to_numpy()
+    dirs = [Path(base_dir) if base_dir is not None else Path.cwd(), path.parent]
+    namer = PathNamer.for_star(target, PathStyle(path_style))
+    current = rebase_found_names(particles["rlnImageName"].astype(str), dirs, namer)
+    particles["rlnImageName"] = rebase_found_names(
+        particles["rlnImageOriginalName"].astype(str), dirs, namer)
     particles["rlnImageOriginalName"] = current
     for column, keep in ORIGINAL_COLUMNS.items():
         if keep in particles.columns:
@@ -1054,7 +1079,7 @@ def revert_subtraction(
                                         if c in particles.columns])
     blocks = {"particles": particles}
     if optics is not None and optics is not particles:
-        blocks = {"optics": _reverted_optics(optics, particles, path, base_dir, summary),
+        blocks = {"optics": _reverted_optics(optics, particles, target, base_dir, summary),
                   **blocks}
     write_star(target, blocks)
     return summary
@@ -1064,7 +1089,8 @@ def _reverted_optics(
     optics: pd.DataFrame, particles: pd.DataFrame, star: Path,
     base_dir: str | os.PathLike[str] | None, summary: RevertSummary,
 ) -> pd.DataFrame:
-    """Optics with ``rlnImageSize`` of each group's first readable original image."""
+    """Optics with ``rlnImageSize`` of each group's first readable original image
+    (names as ``star``, the STAR being written, gives them)."""
     dirs = [Path(base_dir) if base_dir is not None else Path.cwd(), star.parent]
     locations = locate_images(particles["rlnImageName"].astype(str), dirs)
     summary.originals_missing = int((~locations.ok).sum())

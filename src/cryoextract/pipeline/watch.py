@@ -140,5 +140,5 @@ def _publish(
                                 particles_star=str(paths.particles_star),
                                 box_px=params.box_px, output_box_px=params.output_box_px)
     write_outputs(paths, mic_set, params, list(results.values()), summary,
-                  write_cs=options.write_cs)
+                  write_cs=options.write_cs, path_style=options.path_style)
     return summary

@@ -148,7 +148,11 @@ def picks_of(run: Run, name: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
 
 
 def read_particle_images(run: Run, rows: np.ndarray) -> dict[int, np.ndarray]:
-    """Images of the given particle rows only (stacks beside particles.star, then the cwd).
+    """Images of the given particle rows only.
+
+    Stacks are looked up relative to the working directory, to the folder of
+    ``particles.star``, and to the directory the run named them from (its summary's
+    ``paths_relative_to``), so the report finds them from anywhere.
 
     Parameters
     ----------
@@ -161,7 +165,11 @@ def read_particle_images(run: Run, rows: np.ndarray) -> dict[int, np.ndarray]:
         Row number to its ``(h, w)`` float32 image; unreadable rows are left out (noted).
     """
     subset = run.particles.iloc[rows].reset_index(drop=True)
-    locations = locate_images(subset["rlnImageName"], (run.out_dir, Path.cwd()))
+    bases = [Path.cwd(), run.out_dir]
+    recorded = run.summary.get("paths_relative_to")
+    if isinstance(recorded, str) and recorded:
+        bases.append(Path(recorded))
+    locations = locate_images(subset["rlnImageName"], bases)
     bad = [d for d in locations.detail if d]
     if bad:
         run.notes.append(f"{len(bad)} particle image(s) unreadable, e.g. {bad[0]}")
