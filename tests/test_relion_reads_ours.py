@@ -178,3 +178,39 @@ def test_relion_reconstruct_reads_subtracted_and_reverted_particles(project: Pat
     extracted = starfile.read(project / "Extract/job014/particles.star",
                               always_dict=True)["particles"]
     assert list(reverted["rlnImageName"]) == list(extracted["rlnImageName"])
+
+
+def test_paths_relative_to_star_and_outside_the_project(
+    project: Path, tmp_path: Path
+) -> None:
+    """``--paths relative-to-star``: names relative to the STAR's folder (RELION reads them
+    from there); an output outside the working directory: absolute names."""
+    common = ["extract", "--micrographs", "micrographs.star", "--coords-dir", "Picks",
+              "--coords-suffix", "_autopick.star", "--box", str(BOX), "--quiet", "--no-report"]
+    _run(_ours(*common, "--out", "Extract/job020", "--paths", "relative-to-star"), project)
+    star = project / "Extract/job020/particles.star"
+    names = starfile.read(star, always_dict=True)["particles"]["rlnImageName"]
+    assert all(str(n).split("@")[1].startswith("Particles/") for n in names)
+    (project / "Extract/job020/Stacks").mkdir()
+    _run([_relion("relion_stack_create"), "--i", "particles.star", "--o", "Stacks/all"],
+         project / "Extract/job020")
+    outside = tmp_path / "elsewhere"
+    _run(_ours(*common, "--out", str(outside)), project)
+    names = starfile.read(outside / "particles.star", always_dict=True)["particles"][
+        "rlnImageName"]
+    assert all(str(n).split("@")[1].startswith(f"{outside}/Particles/") for n in names)
+    relion = _relion_stack(project, str(outside / "particles.star"), "outside")
+    assert relion.shape[0] == len(names)
+
+
+def test_a_missing_stack_is_named_with_both_places_looked_in(project: Path) -> None:
+    """Readers look relative to the working directory, then the STAR's folder."""
+    blocks = starfile.read(project / "Extract/job010/particles.star", always_dict=True)
+    blocks["particles"]["rlnImageName"] = "000001@Nowhere/stack.mrcs"
+    starfile.write(blocks, project / "broken.star", overwrite=True)
+    proc = subprocess.run(_ours("restack", "--particles", "broken.star", "--out", "Broken"),
+                          cwd=project, capture_output=True, text=True, timeout=120,
+                          check=False, env=cli_env())
+    assert proc.returncode == 2
+    message = " ".join(proc.stderr.split())
+    assert "Nowhere/stack.mrcs" in message and str(project) in message
