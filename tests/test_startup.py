@@ -17,13 +17,15 @@ import pytest
 from helpers import cli_env
 
 #: never imported to show help or to parse arguments
-HEAVY = ("scipy", "pandas", "matplotlib", "numba", "mrcfile", "starfile",
+HEAVY = ("scipy", "pandas", "matplotlib", "numba", "mrcfile", "starfile", "markdown_it",
          "cryoextract.pipeline.extract", "cryoextract.pipeline.task")
 
 _MARK = "@@modules "
 # the app as the console script runs it, then what the interpreter has imported
 _SCRIPT = f"""
 import json, sys
+from cryoextract.cli.launch import defer_rich_markdown
+defer_rich_markdown()
 from cryoextract.cli.app import app
 try:
     app(sys.argv[1:], prog_name="cryoextract")
@@ -77,3 +79,30 @@ def test_refused_arguments_import_no_numerics(args: list[str]) -> None:
     code, _, stderr, modules = _run(args)
     assert code == 2, stderr
     assert not _heavy(modules), _heavy(modules)
+
+
+def test_help_is_the_same_with_markdown_deferred_and_markdown_still_works() -> None:
+    """The launcher's stand-in for ``rich.markdown`` changes no help text, and a
+    ``Markdown`` made through it is the real one."""
+    script = """
+import sys
+from cryoextract.cli.launch import defer_rich_markdown
+if sys.argv[1] == "defer":
+    defer_rich_markdown()
+from typer.testing import CliRunner
+from cryoextract.cli.app import app
+print(CliRunner().invoke(app, ["extract", "--help"], env={"COLUMNS": "120"}).output)
+if sys.argv[1] == "defer":
+    import typer.rich_utils
+    made = typer.rich_utils.Markdown("*x*")
+    import rich.markdown
+    assert type(made) is rich.markdown.Markdown, type(made)
+    assert sys.modules["rich.markdown"] is rich.markdown and hasattr(rich.markdown, "Heading")
+"""
+    texts = []
+    for mode in ("defer", "plain"):
+        done = subprocess.run([sys.executable, "-c", script, mode], capture_output=True,
+                              text=True, timeout=120, env=cli_env())
+        assert done.returncode == 0, done.stderr
+        texts.append(done.stdout)
+    assert texts[0] == texts[1] and "--micrographs" in texts[0]

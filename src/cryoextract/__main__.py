@@ -1,5 +1,5 @@
 """``python -m cryoextract``."""
 
-from cryoextract.cli.app import main
+from cryoextract.cli.launch import main
 
 main()
