@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from cryoextract.errors import InputError, first_line
-from cryoextract.io.paths import PathNamer, split_image_name
+from cryoextract.io.paths import locate
 
 #: default upper bound of one batch, counted as float32 pixels (bytes)
 MAX_BATCH_BYTES = 256 * 2**20
@@ -186,17 +186,6 @@ def image_key(name: str) -> tuple[int, str] | None:
     except ValueError:
         return None
     return (0 if index is None else index), os.path.normpath(path)
-
-
-def locate(path: str, base_dirs: Sequence[Path]) -> Path | None:
-    """The first existing ``base_dir / path`` (``path`` itself when absolute); else None."""
-    if os.path.isabs(path):
-        return Path(path) if os.path.isfile(path) else None
-    for base in base_dirs:
-        candidate = Path(base) / path
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 def scan_stack(path: str | os.PathLike[str]) -> StackInfo:
@@ -414,32 +403,3 @@ def _image_array(handle: mrcfile.mrcmemmap.MrcMemmap, path: str | os.PathLike[st
         raise InputError(f"unsupported MRC data type {data.dtype}", path)
     return data  # big-endian files are converted when copied into native arrays
 
-
-def located_names(locations: ImageLocations, rows: Iterable[int], namer: PathNamer) -> list[str]:
-    """Each row's image name with its stack named by ``namer`` where it was found (the
-    index part kept as written)."""
-    named: dict[str, str] = {}
-    out = []
-    for row in rows:
-        stack = locations.stack[int(row)]
-        if stack not in named:
-            named[stack] = namer(stack)
-        prefix, _ = split_image_name(locations.names[int(row)])
-        out.append(prefix + named[stack])
-    return out
-
-
-def rebase_found_names(
-    names: Iterable[str], base_dirs: Sequence[Path], namer: PathNamer
-) -> list[str]:
-    """Image names renamed by ``namer`` where their stack is found in ``base_dirs``
-    (:func:`locate`); a name whose stack is not found is kept as written."""
-    done: dict[str, str] = {}
-    out = []
-    for name in names:
-        prefix, path = split_image_name(str(name))
-        if path not in done:
-            found = locate(path, base_dirs)
-            done[path] = path if found is None else namer(found)
-        out.append(prefix + done[path])
-    return out

@@ -11,13 +11,18 @@ through a link stays relative.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryoextract.options import PathStyle
 
-__all__ = ["PathNamer", "PathStyle", "rebase_image_names"]
+if TYPE_CHECKING:
+    from cryoextract.io.images import ImageLocations
+
+__all__ = ["PathNamer", "PathStyle", "locate", "located_names", "rebase_found_names",
+           "rebase_image_names"]
 
 
 @dataclass(frozen=True)
@@ -65,5 +70,46 @@ def rebase_image_names(
         prefix, path = split_image_name(str(name))
         if path not in done:
             done[path] = namer(os.path.join(from_dir, path))
+        out.append(prefix + done[path])
+    return out
+
+
+def locate(path: str, base_dirs: Sequence[Path]) -> Path | None:
+    """The first existing ``base_dir / path`` (``path`` itself when absolute); else None."""
+    if os.path.isabs(path):
+        return Path(path) if os.path.isfile(path) else None
+    for base in base_dirs:
+        candidate = Path(base) / path
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def located_names(locations: ImageLocations, rows: Iterable[int], namer: PathNamer) -> list[str]:
+    """Each row's image name with its stack named by ``namer`` where it was found (the
+    index part kept as written)."""
+    named: dict[str, str] = {}
+    out = []
+    for row in rows:
+        stack = locations.stack[int(row)]
+        if stack not in named:
+            named[stack] = namer(stack)
+        prefix, _ = split_image_name(locations.names[int(row)])
+        out.append(prefix + named[stack])
+    return out
+
+
+def rebase_found_names(
+    names: Iterable[str], base_dirs: Sequence[Path], namer: PathNamer
+) -> list[str]:
+    """Image names renamed by ``namer`` where their stack is found in ``base_dirs``
+    (:func:`locate`); a name whose stack is not found is kept as written."""
+    done: dict[str, str] = {}
+    out = []
+    for name in names:
+        prefix, path = split_image_name(str(name))
+        if path not in done:
+            found = locate(path, base_dirs)
+            done[path] = path if found is None else namer(found)
         out.append(prefix + done[path])
     return out

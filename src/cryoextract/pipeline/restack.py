@@ -27,11 +27,10 @@ from cryoextract.io.images import (
     format_image_name,
     image_key,
     locate_images,
-    located_names,
     read_images,
 )
 from cryoextract.io.mrc import StackWriter
-from cryoextract.io.paths import PathNamer, PathStyle, rebase_image_names
+from cryoextract.io.paths import PathNamer, PathStyle, located_names, rebase_image_names
 from cryoextract.io.star import find_block, read_star, write_star
 from cryoextract.ops.fourier import fourier_crop_2d
 from cryoextract.options import DEFAULT_BATCH_SIZE

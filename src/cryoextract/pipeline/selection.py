@@ -22,8 +22,7 @@ import pandas as pd
 
 from cryoextract.errors import InputError, ParameterError
 from cryoextract.io.cryosparc import load_cs, read_cs_particles, save_cs, write_cs
-from cryoextract.io.images import locate
-from cryoextract.io.paths import PathNamer, PathStyle
+from cryoextract.io.paths import PathNamer, PathStyle, locate
 from cryoextract.io.star import find_block, read_star, write_star
 
 FIGURE_OF_MERIT = "rlnAutopickFigureOfMerit"

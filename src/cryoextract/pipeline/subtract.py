@@ -31,17 +31,17 @@ import pandas as pd
 
 from cryoextract.errors import CryoExtractError, InputError, ParameterError, os_error_message
 from cryoextract.io.cryosparc import write_cs
-from cryoextract.io.images import (
-    ImageLocations,
-    format_image_name,
-    locate,
-    locate_images,
-    located_names,
-    rebase_found_names,
-)
+from cryoextract.io.images import ImageLocations, format_image_name, locate_images
 from cryoextract.io.mrc import StackWriter
 from cryoextract.io.mtf import read_mtf
-from cryoextract.io.paths import PathNamer, PathStyle, rebase_image_names
+from cryoextract.io.paths import (
+    PathNamer,
+    PathStyle,
+    locate,
+    located_names,
+    rebase_found_names,
+    rebase_image_names,
+)
 from cryoextract.io.star import find_block, read_star, write_star
 from cryoextract.ops.aberrations import OpticalAberrations
 from cryoextract.ops.mtf import mtf_image, relative_mtfs
