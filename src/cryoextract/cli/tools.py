@@ -55,6 +55,8 @@ def simulate_command(
     pixel_size: Annotated[float, typer.Option(help="Pixel size in A.")] = 1.5,
     dtype: Annotated[str, typer.Option(help="float32, float16 or uint16.")] = "float32",
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    overwrite: Annotated[bool, typer.Option(
+        help="Replace a dataset in a folder that is not empty.")] = False,
 ) -> None:
     """Write a small realistic dataset: micrographs with CTF and noise, picks, a STAR."""
     from cryoextract.sim.simulate import simulate_dataset
@@ -63,7 +65,7 @@ def simulate_command(
         dataset = simulate_dataset(
             out_dir, n_micrographs=micrographs, shape_yx=(size, size),
             particles_per_micrograph=particles, pixel_size_angstrom=pixel_size,
-            dtype=dtype, seed=seed,  # type: ignore[arg-type]
+            dtype=dtype, seed=seed, overwrite=overwrite,  # type: ignore[arg-type]
         )
     except CryoExtractError as exc:
         fail(str(exc))

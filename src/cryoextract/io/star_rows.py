@@ -17,6 +17,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from cryoextract.io.star_text import NEEDS_QUOTES_RE2
+
 DECIMALS = 6
 _SCALE = 10**DECIMALS
 # beyond this |value| * 10**6 no longer fits an int64 exactly: such columns go through
@@ -31,8 +33,10 @@ Quote = Callable[[str], str]
 def loop_rows(table: pd.DataFrame, quote: Quote) -> Iterator[memoryview]:
     """The rows of ``table`` as tab-separated text, one ``\\n``-ended line each, in pieces.
 
-    ``quote`` turns a string value into its STAR token (quoted where it holds
-    whitespace or is empty).
+    String values that need quotes (:data:`~cryoextract.io.star_text.NEEDS_QUOTES_RE2`)
+    and hold no ``"`` are put in ``"``; ``quote`` gives the token of the others that need
+    quotes (:func:`cryoextract.io.star_text.star_token`). Missing values (``None``,
+    NaN) are written ``nan``. Values are not checked here (``write_star`` does).
     """
     if len(table.columns) == 0:
         return
@@ -45,22 +49,43 @@ def loop_rows(table: pd.DataFrame, quote: Quote) -> Iterator[memoryview]:
 
 
 def _column_text(column: pd.Series, quote: Quote) -> pa.Array:
-    values = column.to_numpy()
-    if values.dtype.kind == "f":
-        return _fixed_point(values.astype(np.float64))
-    if values.dtype.kind in "iu":
-        return pc.cast(pa.array(values), pa.string())
-    if values.dtype.kind == "b":
-        return pc.cast(pa.array(values.astype(np.int8)), pa.string())
+    if isinstance(column.dtype, pd.StringDtype):
+        text = string_array(column)  # Arrow-backed already: no copy through Python
+    else:
+        values = column.to_numpy()
+        if values.dtype.kind == "f":
+            return _fixed_point(values.astype(np.float64))
+        if values.dtype.kind in "iu":
+            return pc.cast(pa.array(values), pa.string())
+        if values.dtype.kind == "b":
+            return pc.cast(pa.array(values.astype(np.int8)), pa.string())
+        text = string_array(values)
+    needs = pc.fill_null(pc.match_substring_regex(text, NEEDS_QUOTES_RE2), False)
+    if pc.any(needs).as_py():
+        # no '"' inside: '"' around, in Arrow; the others (rare) through ``quote``
+        plain = pc.and_(needs, pc.invert(pc.match_substring(text, '"')))
+        quoted = pc.binary_join_element_wise(pa.scalar('"'), text, pa.scalar('"'),
+                                             pa.scalar(""))
+        text = pc.if_else(plain, quoted, text)
+        other = pc.and_(needs, pc.invert(plain)).to_numpy(zero_copy_only=False)
+        if other.any():
+            values = text.to_pylist()
+            for row in np.flatnonzero(other):
+                values[row] = quote(values[row])
+            text = pa.array(values, type=pa.string())
+    return pc.fill_null(text, "nan")
+
+
+def string_array(values: np.ndarray | pd.Series) -> pa.Array:
+    """The values of a non-numeric column as Arrow strings; missing values are null.
+
+    A pandas string column (Arrow-backed, pandas' default for text) is taken as it is.
+    """
     try:
         text = pa.array(values, type=pa.string(), from_pandas=True)
     except (pa.ArrowInvalid, pa.ArrowTypeError):  # not all strings: Python's str()
-        text = pa.array(["nan" if _missing(v) else str(v) for v in values], type=pa.string())
-    text = pc.fill_null(text, "nan")
-    needs_quotes = pc.or_(pc.match_substring_regex(text, r"\s"), pc.equal(text, ""))
-    if pc.any(needs_quotes).as_py():
-        text = pa.array([quote(v) for v in text.to_pylist()], type=pa.string())
-    return text
+        text = pa.array([None if _missing(v) else str(v) for v in values], type=pa.string())
+    return text.combine_chunks() if isinstance(text, pa.ChunkedArray) else text
 
 
 def _missing(value: object) -> bool:

@@ -17,6 +17,8 @@ from cryoextract.io.coords import (
     split_by_micrograph,
 )
 from cryoextract.io.micrographs import OPTICS_COLUMNS, PARTICLE_CARRIED_COLUMNS, MicrographSet
+from cryoextract.io.names import unique_components
+from cryoextract.io.star_text import value_problem
 from cryoextract.pipeline.params import ExtractParams, JobPaths
 from cryoextract.pipeline.task import MicrographTask
 
@@ -45,19 +47,41 @@ class PickSource:
 
 @dataclass
 class Plan:
-    """Tasks to run and micrographs skipped before running (name -> reason)."""
+    """Tasks to run, micrographs skipped before running (name -> reason), warnings."""
 
     tasks: list[MicrographTask]
     skipped: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
 
 def plan_tasks(
     micrographs: MicrographSet, picks: PickSource, params: ExtractParams, paths: JobPaths
 ) -> Plan:
-    """One task per micrograph with its picks located; missing picks are skipped."""
+    """One task per micrograph with its picks located; missing picks are skipped.
+
+    A micrograph is identified by its resolved path: listed again under another name
+    (``./a.mrc``, ``a//a.mrc``, a link), it is extracted once, under its first name; the
+    others are reported as skipped and in :attr:`Plan.warnings`. Stack names come from
+    :func:`unique_stack_names`.
+
+    Raises
+    ------
+    InputError
+        A micrograph name that no STAR file can hold (it goes to ``rlnMicrographName``).
+    ParameterError
+        An output folder that no STAR file can hold (it goes to ``rlnImageName``).
+    """
     table = micrographs.micrographs
     names = [str(n) for n in table["rlnMicrographName"]]
-    stack_names = unique_stack_names(names)
+    _check_names(names, micrographs.source)
+    problem = value_problem(str(paths.out_dir))
+    if problem is not None:  # it goes into every rlnImageName
+        raise ParameterError(f"output folder {str(paths.out_dir)!r} {problem}")
+    first_of = _first_listing([str(p) for p in table["path"]])
+    plan = Plan(tasks=[])
+    plan.warnings += _duplicate_warnings(names, first_of)
+    kept = [i for i, first in enumerate(first_of) if first == i]
+    stack_names = dict(zip(kept, unique_stack_names([names[i] for i in kept]), strict=True))
     pixel_sizes = _pixel_sizes(micrographs)
     by_micrograph = _picks_by_micrograph(picks, names)
     carried = [c for c in PARTICLE_CARRIED_COLUMNS if c in table.columns]
@@ -65,28 +89,38 @@ def plan_tasks(
         int(row["rlnOpticsGroup"]): {k: v for k, v in row.items() if k in OPTICS_COLUMNS}
         for _, row in micrographs.optics.iterrows()
     }
-    plan = Plan(tasks=[])
     # whole columns, not table.iloc per micrograph: a row Series costs tens of µs
     carried_values = {c: table[c].to_numpy() for c in carried}
     groups = (table["rlnOpticsGroup"].to_numpy() if "rlnOpticsGroup" in table.columns
               else np.ones(len(table), dtype=int))
-    rows = zip(names, table["path"], stack_names, strict=True)
-    for index, (name, path, stack_name) in enumerate(rows):
+    listings: dict[int, list[int]] = {}
+    for index, first in enumerate(first_of):
+        listings.setdefault(first, []).append(index)
+    for index, path in enumerate(table["path"]):
+        name = names[index]
+        if first_of[index] != index:
+            first = names[first_of[index]]
+            plan.skipped.setdefault(name, f"the same file as {first}, extracted once as that")
+            continue
         metadata = {c: values[index] for c, values in carried_values.items()}
         task_picks, coords_path = None, None
         if by_micrograph is not None:
-            task_picks = by_micrograph.get(name)
-            if task_picks is None:
-                task_picks = pd.DataFrame({"rlnCoordinateX": [], "rlnCoordinateY": []})
+            task_picks = _merged_picks([by_micrograph.get(names[i]) for i in listings[index]])
         else:
             assert picks.coords_dir is not None and picks.coords_suffix is not None
-            candidates = coordinate_file_candidates(name, picks.coords_dir, picks.coords_suffix)
-            found = next((c for c in candidates if c.is_file()), None)
-            if found is None:
+            found = _coordinate_files(picks, [names[i] for i in listings[index]])
+            if not found:
+                candidates = coordinate_file_candidates(name, picks.coords_dir,
+                                                        picks.coords_suffix)
                 plan.skipped[name] = f"no coordinate file (looked for {candidates[0]})"
                 continue
-            coords_path = os.path.abspath(found)
-        relative = f"Particles/{stack_name}.mrcs"
+            if len(found) > 1:
+                plan.warnings.append(
+                    f"micrograph {name} is listed under several names with their own "
+                    f"coordinate files; only {found[0]} was used (not "
+                    f"{', '.join(str(f) for f in found[1:])})")
+            coords_path = os.path.abspath(found[0])
+        relative = f"Particles/{stack_names[index]}.mrcs"
         plan.tasks.append(MicrographTask(
             index=index, micrograph_name=name, micrograph_path=os.path.abspath(path),
             pixel_size_angstrom=pixel_sizes[index],
@@ -96,6 +130,57 @@ def plan_tasks(
             optics=optics_by_group.get(int(groups[index]), {}),
         ))
     return plan
+
+
+def _check_names(names: list[str], source: str) -> None:
+    """Refuse, before anything is written, a micrograph name no STAR file can hold."""
+    for row, name in enumerate(names, start=1):
+        problem = value_problem(name)
+        if problem is not None:
+            raise InputError(f"micrograph {row}: rlnMicrographName {name!r} {problem}",
+                             source)
+
+
+def _first_listing(paths: list[str]) -> list[int]:
+    """For each micrograph, the index of the first one with the same resolved path."""
+    first: dict[str, int] = {}
+    return [first.setdefault(os.path.realpath(path), index)
+            for index, path in enumerate(paths)]
+
+
+def _duplicate_warnings(names: list[str], first_of: list[int]) -> list[str]:
+    """One warning per micrograph listed more than once (under other names)."""
+    again: dict[int, list[str]] = {}
+    for index, first in enumerate(first_of):
+        if first != index:
+            again.setdefault(first, []).append(names[index])
+    return [f"micrograph {names[first]} is listed again as {', '.join(others)}: the same "
+            "file, extracted once" for first, others in again.items()]
+
+
+def _merged_picks(tables: list[pd.DataFrame | None]) -> pd.DataFrame:
+    """The picks of every listing of one micrograph (each distinct table once)."""
+    distinct: dict[int, pd.DataFrame] = {}
+    for table in tables:
+        if table is not None:
+            distinct.setdefault(id(table), table)
+    if not distinct:
+        return pd.DataFrame({"rlnCoordinateX": [], "rlnCoordinateY": []})
+    if len(distinct) == 1:
+        return next(iter(distinct.values()))
+    return pd.concat(distinct.values(), ignore_index=True)
+
+
+def _coordinate_files(picks: PickSource, names: list[str]) -> list[Path]:
+    """The coordinate file of each listing of one micrograph, distinct files once."""
+    assert picks.coords_dir is not None and picks.coords_suffix is not None
+    found: dict[str, Path] = {}
+    for name in names:
+        candidates = coordinate_file_candidates(name, picks.coords_dir, picks.coords_suffix)
+        path = next((c for c in candidates if c.is_file()), None)
+        if path is not None:
+            found.setdefault(os.path.realpath(path), path)
+    return list(found.values())
 
 
 def _pixel_sizes(micrographs: MicrographSet) -> list[float]:
@@ -134,15 +219,12 @@ def _picks_by_micrograph(picks: PickSource, names: list[str]) -> dict[str, pd.Da
 
 
 def unique_stack_names(micrograph_names: list[str]) -> list[str]:
-    """Stack names (no extension) per micrograph: the stem, or more of the path if stems clash."""
-    paths = [PurePosixPath(n.replace("\\", "/")) for n in micrograph_names]
-    depth = 1
-    while True:
-        names = ["/".join([*p.parent.parts[max(0, len(p.parent.parts) - depth + 1):], p.stem])
-                 if depth > 1 else p.stem for p in paths]
-        if len(set(names)) == len(names) or depth > max((len(p.parts) for p in paths), default=1):
-            break
-        depth += 1
-    if len(set(names)) != len(names):
-        names = [f"{name}_{i:06d}" for i, name in enumerate(names, start=1)]
-    return [n.lstrip("/") for n in names]
+    """Stack names (no extension, no folder) per micrograph, unique in ``Particles/``.
+
+    The micrograph's file name without extension, made safe
+    (:func:`cryoextract.io.names.safe_component`); names that clash (also in letter
+    case) get ``_`` and a hash of the micrograph name as listed, the same on every run
+    (:func:`cryoextract.io.names.unique_components`).
+    """
+    stems = [PurePosixPath(n.replace("\\", "/")).stem for n in micrograph_names]
+    return unique_components(stems, micrograph_names)

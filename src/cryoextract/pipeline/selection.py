@@ -5,25 +5,18 @@ table (RELION column names, ``rlnCoordinateX/Y`` in micrograph pixels, grouped b
 ``rlnMicrographName`` when present) and returns per-row masks or reasons, ready for
 ``OUT/rejected_particles.tsv``. Nothing here reads or writes pixels.
 
-:func:`select_particles` is ``cryoextract select``: the particles of an extraction that
-pass a condition on their columns (descriptors, CTF, scores), written as a new STAR (and
-``.cs``) that points at the same stacks.
+:func:`evaluate_where` is the condition of ``cryoextract select``
+(:mod:`cryoextract.pipeline.particle_selection`).
 """
 
 from __future__ import annotations
 
 import ast
-import os
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from cryoextract.errors import InputError, ParameterError
-from cryoextract.io.cryosparc import load_cs, read_cs_particles, save_cs, write_cs
-from cryoextract.io.paths import PathNamer, PathStyle, locate
-from cryoextract.io.star import find_block, read_star, write_star
 
 FIGURE_OF_MERIT = "rlnAutopickFigureOfMerit"
 MICROGRAPH = "rlnMicrographName"
@@ -398,213 +391,10 @@ def _operand(node: ast.AST, table: pd.DataFrame) -> np.ndarray | float:
     return sign * float(constant.value)
 
 
-# --------------------------------------------------------------------------- select
+def __getattr__(name: str) -> object:
+    """``select_particles`` (:mod:`.particle_selection`), loaded on first use (PEP 562)."""
+    if name in ("SelectionSummary", "select_particles"):
+        from cryoextract.pipeline import particle_selection
 
-
-@dataclass
-class SelectionSummary:
-    """What ``cryoextract select`` did."""
-
-    source: str
-    where: str
-    particles_in: int
-    particles_selected: int
-    particles_star: str
-    particles_cs: str | None = None
-    warnings: list[str] = field(default_factory=list)
-
-
-def select_particles(
-    source: str | os.PathLike[str],
-    where: str,
-    out_path: str | os.PathLike[str] | None = None,
-    *,
-    overwrite: bool = False,
-    path_style: PathStyle | str = PathStyle.CWD,
-) -> SelectionSummary:
-    """Write the particles that satisfy ``where`` as a new STAR (and ``.cs``), same stacks.
-
-    Parameters
-    ----------
-    source : path-like
-        An extraction folder (its ``particles.star``, else ``particles.cs``), a
-        particles STAR or a cryoSPARC ``.cs``.
-    where : str
-        Condition on the columns (:func:`parse_where`), e.g.
-        ``"ceScoreByVar < 1.5 and ceEdgeDistanceAngstrom > 50"``; the ``ce``/``rln``
-        prefixes may be left out.
-    out_path : path-like, optional
-        Output STAR (a ``.star`` name) or folder (``particles.star`` in it). Default
-        ``<folder of the input>/selected/particles.star``.
-    overwrite : bool
-        Replace an existing output STAR.
-    path_style : PathStyle or str
-        How the new STAR names the stacks (docs/conventions.md, "Paths").
-
-    Returns
-    -------
-    SelectionSummary
-
-    Notes
-    -----
-    Rows keep their order and every column; the other blocks of a STAR (``data_optics``)
-    are copied. ``rlnImageName`` paths are renamed for the new file: each stack is found
-    (relative to the working directory first, then to the input's folder) and named as
-    ``path_style`` says, relative to the working directory by default (RELION's
-    way). A ``.cs`` is
-    written beside the STAR when the input is one or has a ``particles.cs`` beside it:
-    its selected rows (``uid`` and every field kept, ``blob/path`` rewritten alike) when
-    its rows match the STAR's, else a new one from the selected table.
-
-    Raises
-    ------
-    InputError
-        Unreadable input, invalid condition.
-    ParameterError
-        Output exists (without ``overwrite``) or would replace the input.
-    """
-    path_style = PathStyle(path_style)
-    star_in, cs_in = _inputs(Path(source))
-    table_path = star_in or cs_in
-    assert table_path is not None
-    blocks, particles_key = _read_table(table_path)
-    particles = blocks[particles_key]
-    keep = evaluate_where(particles, where)
-    out_star = _output_star(table_path, out_path)
-    if os.path.abspath(out_star) == os.path.abspath(table_path):
-        raise ParameterError(f"{out_star}: the selection would replace its input")
-    if out_star.exists() and not overwrite:
-        raise ParameterError(f"{out_star} exists; use --overwrite to replace it")
-    out_star.parent.mkdir(parents=True, exist_ok=True)
-    summary = SelectionSummary(str(table_path), where, len(particles), int(keep.sum()),
-                               str(out_star))
-    rewrite = _PathRewriter(table_path.parent, PathNamer.for_star(out_star, path_style))
-    selected = particles[keep].reset_index(drop=True)
-    selected["rlnImageName"] = rewrite.image_names(selected["rlnImageName"])
-    write_star(out_star, {**blocks, particles_key: selected})
-    if cs_in is not None:
-        out_cs = out_star.with_suffix(".cs")
-        # cryoSPARC's blob/path: relative to the .cs file's folder
-        in_cs = _PathRewriter(table_path.parent, PathNamer.for_star(out_cs, PathStyle.STAR))
-        _write_selected_cs(cs_in, particles, keep, blocks, selected, out_cs, in_cs, summary)
-        summary.particles_cs = str(out_cs)
-        rewrite.missing += in_cs.missing
-    summary.warnings += rewrite.warnings()
-    return summary
-
-
-def _inputs(source: Path) -> tuple[Path | None, Path | None]:
-    """(particles STAR, companion or input .cs) of a ``select`` source."""
-    if source.is_dir():
-        star, cs = source / "particles.star", source / "particles.cs"
-        if not star.is_file() and not cs.is_file():
-            raise InputError("no particles.star or particles.cs in this folder", source)
-        return (star if star.is_file() else None), (cs if cs.is_file() else None)
-    if not source.is_file():
-        raise InputError("particles file not found", source)
-    if source.suffix.lower() == ".cs":
-        return None, source
-    cs = source.with_suffix(".cs")
-    return source, (cs if cs.is_file() else None)
-
-
-def _read_table(path: Path) -> tuple[dict[str, pd.DataFrame], str]:
-    """Every block of the input, and the name of the particles block."""
-    if path.suffix.lower() == ".cs":
-        optics, particles = read_cs_particles(path)
-        return {"optics": optics, "particles": particles}, "particles"
-    blocks = read_star(path)
-    particles = find_block(blocks, path, ("rlnImageName",), preferred=("particles",))
-    key = next(name for name, block in blocks.items() if block is particles)
-    return blocks, key
-
-
-def _output_star(table_path: Path, out_path: str | os.PathLike[str] | None) -> Path:
-    if out_path is None:
-        return table_path.parent / "selected" / "particles.star"
-    out = Path(out_path)
-    return out if out.suffix.lower() == ".star" else out / "particles.star"
-
-
-class _PathRewriter:
-    """Stack paths of the input renamed for the output (see :func:`select_particles`).
-
-    A relative path is looked up in the working directory, then beside the input (a
-    path found in neither is taken as beside the input and reported); ``namer`` names
-    what was found.
-    """
-
-    def __init__(self, in_dir: Path, namer: PathNamer):
-        self.in_dir = Path(os.path.abspath(in_dir))
-        self.namer = namer
-        self.cache: dict[str, str] = {}
-        self.missing: list[str] = []
-
-    def path(self, written: str) -> str:
-        if written not in self.cache:
-            self.cache[written] = self._rewrite(written)
-        return self.cache[written]
-
-    def _rewrite(self, written: str) -> str:
-        if not written:
-            return written
-        found = locate(written, (Path.cwd(), self.in_dir))
-        if found is None:
-            self.missing.append(written)
-            found = self.in_dir / written
-        return self.namer(found)
-
-    def image_names(self, names: pd.Series) -> pd.Series:
-        text = names.astype(str)
-        parts = text.str.partition("@")
-        has_index = parts[1] == "@"
-        paths = parts[2].where(has_index, parts[0]).str.strip()
-        new = paths.map(self.path)
-        return (parts[0] + "@" + new).where(has_index, new)
-
-    def warnings(self) -> list[str]:
-        if not self.missing:
-            return []
-        return [f"{len(self.missing)} stack(s) not found (e.g. {self.missing[0]}); their "
-                f"names were rewritten as if relative to {self.in_dir}"]
-
-
-def _write_selected_cs(
-    cs_in: Path, particles: pd.DataFrame, keep: np.ndarray, blocks: dict[str, pd.DataFrame],
-    selected: pd.DataFrame, out_cs: Path, rewrite: _PathRewriter, summary: SelectionSummary,
-) -> None:
-    data = load_cs(cs_in)
-    if _cs_matches(data, particles):
-        rows = data[keep]
-        paths = [rewrite.path(p.decode()) for p in rows["blob/path"]] if len(rows) else []
-        _save_cs_rows(out_cs, rows, paths)
-        return
-    summary.warnings.append(f"{cs_in}: rows do not match the STAR's; wrote a new .cs from "
-                            "the selected particles (no micrograph locations)")
-    write_cs(out_cs, blocks.get("optics"), selected)
-
-
-def _cs_matches(data: np.ndarray, particles: pd.DataFrame) -> bool:
-    """True when the ``.cs`` rows are the STAR's rows (same image index and file name)."""
-    names = data.dtype.names or ()
-    if len(data) != len(particles) or "blob/idx" not in names or "blob/path" not in names:
-        return False
-    parts = particles["rlnImageName"].astype(str).str.partition("@")
-    index = pd.to_numeric(parts[0], errors="coerce").to_numpy(np.float64) - 1
-    if not np.array_equal(index, data["blob/idx"].astype(np.float64)):
-        return False
-    cs_files = [os.path.basename(p.decode()) for p in data["blob/path"]]
-    star_files = [os.path.basename(p) for p in parts[2].str.strip()]
-    return cs_files == star_files
-
-
-def _save_cs_rows(out_cs: Path, rows: np.ndarray, paths: list[str]) -> None:
-    """Save ``rows`` with ``blob/path`` replaced (the string width follows the new paths)."""
-    width = max([1, *(len(p.encode()) for p in paths)])
-    dtype = [(name, f"S{width}" if name == "blob/path" else rows.dtype.fields[name][0])
-             for name in rows.dtype.names]
-    out = np.empty(len(rows), dtype=dtype)
-    for name in rows.dtype.names:
-        out[name] = np.array([p.encode() for p in paths], dtype=f"S{width}") \
-            if name == "blob/path" else rows[name]
-    save_cs(out_cs, out)
+        return getattr(particle_selection, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -21,6 +21,7 @@ import numpy as np
 from cryoextract.errors import CryoExtractError
 from cryoextract.io.atomic import write_text_atomic
 from cryoextract.io.mrc import open_micrograph
+from cryoextract.io.names import unique_components
 from cryoextract.report import figures
 from cryoextract.report.histogram import histogram_svg
 from cryoextract.report.run import (
@@ -223,9 +224,10 @@ def _gallery_section(run: Run, report_dir: Path, n_random: int, n_worst: int, se
     random_rows = np.sort(rng.choice(len(particles), size=count, replace=False))
     galleries.append(("gallery_random.png", f"{count} random particles", random_rows,
                       [""] * count))
-    for name in descriptor_columns(particles):
-        if name in PER_MICROGRAPH:
-            continue
+    columns = [c for c in descriptor_columns(particles) if c not in PER_MICROGRAPH]
+    # file names from column names: one safe component each, unique in the folder
+    stems = unique_components(["gallery_random", *(f"gallery_worst_{c}" for c in columns)])
+    for name, stem in zip(columns, stems[1:], strict=True):
         values = particles[name].to_numpy(np.float64)
         finite = np.flatnonzero(np.isfinite(values))
         if not len(finite):
@@ -234,7 +236,7 @@ def _gallery_section(run: Run, report_dir: Path, n_random: int, n_worst: int, se
         order = finite[np.argsort(values[finite] if low else -values[finite], kind="stable")]
         rows = order[: min(n_worst, len(order))]
         which = "lowest" if low else "highest"
-        galleries.append((f"gallery_worst_{name}.png", f"{len(rows)} particles with the "
+        galleries.append((f"{stem}.png", f"{len(rows)} particles with the "
                           f"{which} {name}", rows, [f"{values[r]:.3g}" for r in rows]))
     images = read_particle_images(run, np.unique(np.concatenate([g[2] for g in galleries])))
     for file_name, title, rows, labels in galleries:

@@ -31,6 +31,7 @@ files, byte for byte except the STAR header comment's time stamp.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -526,6 +527,27 @@ def write_truth(
     table.to_csv(path, index=False, float_format="%.17g")
 
 
+_OURS_MRC = re.compile(r"mic_\d{3,}\.mrc")
+_OURS_PICKS = re.compile(r"mic_\d{3,}_autopick\.star")
+
+
+def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """Refuse a folder holding anything unless ``overwrite``; then remove our own files."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ParameterError(f"{out_dir} exists and is not a folder")
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return
+    if not overwrite:
+        raise ParameterError(f"output folder {out_dir} exists and is not empty; use "
+                             "--overwrite to replace the dataset in it")
+    ours = [p for p in out_dir.glob("Micrographs/mic_*.mrc") if _OURS_MRC.fullmatch(p.name)]
+    ours += [p for p in out_dir.glob("Picks/mic_*_autopick.star")
+             if _OURS_PICKS.fullmatch(p.name)]
+    for path in [*ours, out_dir / "micrographs.star", out_dir / "truth.csv"]:
+        if path.is_symlink() or path.is_file():  # a link goes, not what it points to
+            path.unlink()
+
+
 def simulate_dataset(
     out_dir: Path,
     *,
@@ -544,6 +566,7 @@ def simulate_dataset(
     dtype: SimDtype = "float32",
     edge_picks: bool = True,
     seed: int = 0,
+    overwrite: bool = False,
 ) -> SimulatedDataset:
     """Simulate micrographs with particles, CTF and noise, their picks and STAR files.
 
@@ -552,7 +575,8 @@ def simulate_dataset(
     out_dir
         Output folder (created). Writes ``Micrographs/mic_NNN.mrc``,
         ``Picks/mic_NNN_autopick.star``, ``micrographs.star`` and ``truth.csv``
-        (NNN from 001), overwriting existing files.
+        (NNN from 001). A folder that exists and is not empty is refused unless
+        ``overwrite``.
     n_micrographs
         Number of micrographs.
     shape_yx
@@ -584,6 +608,10 @@ def simulate_dataset(
         inside. Otherwise every box fits with a pixel to spare.
     seed
         Seed of ``numpy.random.default_rng``.
+    overwrite
+        Replace a dataset in ``out_dir``: the files named as this function names them
+        are removed first (so no micrograph of a larger earlier dataset stays); other
+        files are left.
 
     Returns
     -------
@@ -604,6 +632,7 @@ def simulate_dataset(
         dtype,
     )
     out_dir = Path(out_dir)
+    _prepare_out_dir(out_dir, overwrite)
     (out_dir / "Micrographs").mkdir(parents=True, exist_ok=True)
     (out_dir / "Picks").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
