@@ -202,6 +202,7 @@ def test_a_micrograph_listed_under_several_names_is_extracted_once(project: Path
     skipped = summary["micrographs_skipped"]
     assert set(skipped) == {f"./{first}", first.replace("/", "//")}
     assert all(first in reason for reason in skipped.values())
+    assert any(first in w and "./" in w for w in summary["warnings"]), summary["warnings"]
     particles = read_star(tmp_path / "out/particles.star")["particles"]
     assert sorted(set(particles["rlnMicrographName"])) == sorted(mics["rlnMicrographName"])
     reference = read_star(project / "ext/particles.star")["particles"]

@@ -211,6 +211,7 @@ def prepare_job(
     )
     plan = plan_tasks(mic_set, picks, params, paths)
     summary.micrographs_skipped.update(plan.skipped)
+    summary.warnings += plan.warnings
     return mic_set, plan, summary
 
 
