@@ -106,3 +106,12 @@ if sys.argv[1] == "defer":
         assert done.returncode == 0, done.stderr
         texts.append(done.stdout)
     assert texts[0] == texts[1] and "--micrographs" in texts[0]
+
+
+def test_the_command_prints_python_warnings_on_one_line() -> None:
+    script = ("import warnings\nfrom cryoextract.cli.launch import one_line_warnings\n"
+              "one_line_warnings()\nwarnings.warn('a value RELION reads differently')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, env=cli_env())
+    assert done.returncode == 0
+    assert done.stderr == "warning: a value RELION reads differently\n"

@@ -33,9 +33,22 @@ def defer_rich_markdown() -> None:
     sys.modules.setdefault("rich.markdown", _STAND_IN)
 
 
+def one_line_warnings() -> None:
+    """Python warnings (e.g. a STAR value RELION reads differently) as one line each,
+    ``warning: <message>``, like the command's own warnings; not two with source code."""
+    import warnings
+
+    def format_warning(message: Warning | str, category: type[Warning], *_: object,
+                       **__: object) -> str:
+        return f"warning: {message}\n"
+
+    warnings.formatwarning = format_warning  # type: ignore[assignment]
+
+
 def main() -> None:
     """Console-script entry point (``cryoextract``)."""
     defer_rich_markdown()
+    one_line_warnings()
     from cryoextract.cli.app import main as run
 
     run()
