@@ -227,3 +227,21 @@ def test_real_cbox_to_topaz(tmp_path: Path) -> None:
         assert float(got[1]) == pytest.approx(float(line[0]) + float(line[3]) / 2, abs=1e-3)
         assert float(got[2]) == pytest.approx(float(line[1]) + float(line[4]) / 2, abs=1e-3)
         assert float(got[3]) == pytest.approx(float(line[8]), abs=1e-6)
+
+
+def test_per_micrograph_files_get_safe_distinct_names(tmp_path: Path) -> None:
+    """Micrograph names that clash by stem, or that no file should be called, give one
+    safe, distinct file each inside OUT (the picks of each kept apart)."""
+    names = ["a/mic.mrc", "b/mic.mrc", "-rf.mrc", "../../up.mrc"]
+    topaz = tmp_path / "picks.txt"
+    topaz.write_text("image_name\tx_coord\ty_coord\tscore\n" + "".join(
+        f"{n}\t{10 * (i + 1)}\t20\t0.5\n" for i, n in enumerate(names)))
+    out = tmp_path / "deep" / "each"
+    code, _, err = run(topaz, "--to", "star", "--out", out, "--suffix", "_autopick.star")
+    assert code == 0, err
+    files = sorted(out.iterdir())
+    assert len(files) == len(names) == len({f.name for f in files})
+    assert not [p for p in tmp_path.rglob("*.star") if out not in p.parents]
+    assert all(not f.name.startswith(("-", ".")) for f in files)
+    xs = sorted(float(read_picks(f)["rlnCoordinateX"].iloc[0]) for f in files)
+    assert xs == [10.0, 20.0, 30.0, 40.0]

@@ -21,6 +21,7 @@ import pandas as pd
 
 from cryoextract.errors import InputError, ParameterError
 from cryoextract.io.coords import read_picks, split_by_micrograph
+from cryoextract.io.names import unique_components
 from cryoextract.io.pickformats.box import box_size_of
 from cryoextract.io.pickformats.common import MICROGRAPH, X, Y, centres
 from cryoextract.io.pickformats.writers import (
@@ -339,15 +340,10 @@ def _combined(groups: list[_Group], with_names: bool) -> pd.DataFrame:
 
 
 def _file_stems(groups: list[_Group]) -> list[str]:
-    """One output file name per micrograph: its stem, or more of its path on a clash."""
+    """One safe output file name per micrograph: its stem, told apart by a hash of the
+    full name where stems clash (:func:`cryoextract.io.names.unique_components`)."""
     stems = [PurePosixPath(g.name.replace("\\", "/")).stem for g in groups]
-    if len(set(stems)) == len(stems):
-        return stems
-    full = [str(PurePosixPath(g.name.replace("\\", "/")).with_suffix("")).strip("/")
-            .replace("/", "_") for g in groups]
-    if len(set(full)) != len(full):
-        raise InputError("two pick groups have the same micrograph name", groups[0].source)
-    return full
+    return unique_components(stems, [g.name for g in groups])
 
 
 def _listing(names: list[str]) -> str:
