@@ -301,3 +301,24 @@ def test_simulate_refuses_a_folder_that_is_not_empty(tmp_path: Path) -> None:
     ok(run(tmp_path, *args, "--overwrite"))
     assert (tmp_path / "data" / "notes.txt").read_bytes() == SENTINEL
     assert (tmp_path / "data" / "micrographs.star").is_file()
+
+
+def test_a_job_that_extracts_nothing_exits_2_and_leaves_no_star(project: Path,
+                                                               tmp_path: Path) -> None:
+    """Every micrograph unreadable, or none with picks: a one-line error, exit 2, and no
+    particles.star (an empty one would pass for a finished job)."""
+    data = tmp_path / "data"
+    shutil.copytree(project / "data", data)
+    for mrc in (data / "Micrographs").glob("*.mrc"):
+        mrc.write_bytes(b"not an MRC file")
+    args = ["extract", "--micrographs", "micrographs.star", "--coords-dir", "Picks",
+            "--coords-suffix", "_autopick.star", "--box", str(BOX), "--workers", "1",
+            "--quiet", "--no-report"]
+    proc = run(data, *args, "--out", "broken")
+    line = one_line_error(proc.returncode, proc.stdout, proc.stderr)
+    assert "no micrograph could be extracted" in line and ".mrc" in line
+    assert not (data / "broken" / "particles.star").exists()
+    proc = run(data, *args[:6], "_nothing.star", *args[7:], "--out", "nopicks")
+    line = one_line_error(proc.returncode, proc.stdout, proc.stderr)
+    assert "no micrograph to extract" in line
+    assert not (data / "nopicks").exists()

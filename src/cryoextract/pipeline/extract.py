@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryoextract.errors import CryoExtractError, ParameterError, os_error_message
+from cryoextract.errors import CryoExtractError, InputError, ParameterError, os_error_message
 from cryoextract.io.atomic import TEMPORARY_GLOB
 from cryoextract.io.micrographs import MicrographSet, read_micrograph_set, with_ctffind
 from cryoextract.io.paths import PathStyle
@@ -164,6 +164,10 @@ def run_extraction(
         raise ParameterError("--overwrite and --resume exclude each other")
     paths = JobPaths(Path(out_dir).absolute())
     mic_set, plan, summary = prepare_job(inputs, params, paths)
+    if not plan.tasks:  # nothing to run: say why, write nothing
+        name, reason = next(iter(plan.skipped.items()), ("", "the micrograph list is empty"))
+        raise InputError(f"no micrograph to extract ({len(plan.skipped)} skipped; "
+                         f"first: {name}: {reason})", inputs.micrographs)
     try:
         paths.out_dir.mkdir(parents=True, exist_ok=True)
         with JobLock(paths.out_dir):
@@ -174,6 +178,10 @@ def run_extraction(
             thumbnails = ThumbnailShortlist(REPORT_MICROGRAPHS) if options.report else None
             results = _run_job(plan, state, options, summary, on_start, on_progress,
                                thumbnails)
+            failed = [r for r in results if r.error is not None]
+            if len(failed) == len(results):  # no STAR that a later step would trust
+                raise CryoExtractError(f"no micrograph could be extracted ({len(failed)} "
+                                       f"failed; first: {failed[0].error})")
             remove_temporaries(paths.out_dir, params)
             write_outputs(paths, mic_set, params, results, summary, write_cs=options.write_cs,
                           path_style=options.path_style)
