@@ -322,3 +322,22 @@ def test_a_job_that_extracts_nothing_exits_2_and_leaves_no_star(project: Path,
     line = one_line_error(proc.returncode, proc.stdout, proc.stderr)
     assert "no micrograph to extract" in line
     assert not (data / "nopicks").exists()
+
+
+def test_resume_into_a_folder_cryoextract_did_not_make_is_refused(project: Path,
+                                                                  tmp_path: Path) -> None:
+    """``--resume`` into, say, a RELION Extract job folder: a one-line error, exit 2, and
+    its files untouched."""
+    folder = tmp_path / "Extract" / "job007"
+    (folder / "Movies").mkdir(parents=True)
+    (folder / "particles.star").write_text("data_particles\n\nloop_\n_rlnImageName #1\n"
+                                           "000001@Extract/job007/Movies/mic.mrcs\n")
+    (folder / "Movies" / "mic.mrcs").write_bytes(b"RELION's stack")
+    before = snapshot(tmp_path)
+    proc = run(project / "data", "extract", "--micrographs", "micrographs.star",
+               "--coords-dir", "Picks", "--coords-suffix", "_autopick.star", "--box",
+               str(BOX), "--workers", "1", "--quiet", "--no-report", "--out", str(folder),
+               "--resume")
+    line = one_line_error(proc.returncode, proc.stdout, proc.stderr)
+    assert "--resume" in line and "job007" in line
+    assert snapshot(tmp_path) == before

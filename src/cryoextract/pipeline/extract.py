@@ -168,6 +168,8 @@ def run_extraction(
         name, reason = next(iter(plan.skipped.items()), ("", "the micrograph list is empty"))
         raise InputError(f"no micrograph to extract ({len(plan.skipped)} skipped; "
                          f"first: {name}: {reason})", inputs.micrographs)
+    if options.resume:
+        check_resumable(paths.out_dir)
     try:
         paths.out_dir.mkdir(parents=True, exist_ok=True)
         with JobLock(paths.out_dir):
@@ -286,6 +288,15 @@ def _write_report(
                          max_micrographs=thumbnails.size)
     except (CryoExtractError, OSError, ValueError) as exc:
         summary.warnings.append(f"{REPORT_FAILED}: {exc}")
+
+
+def check_resumable(out: Path) -> None:
+    """``--resume`` only into a folder a cryoextract run made (or an empty one), checked
+    before anything is created there: e.g. a RELION Extract job folder is left alone."""
+    if out.is_dir() and _holds_outputs(out) and not (out / STATE_DIR / "job.json").is_file():
+        raise ParameterError(
+            f"--resume: {out} holds files that no cryoextract run made (no "
+            f"{STATE_DIR}/job.json); give a new --out, or --overwrite to replace them")
 
 
 def prepare_out_dir(paths: JobPaths, params: ExtractParams, options: RunOptions) -> None:
