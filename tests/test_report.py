@@ -34,9 +34,9 @@ from cryoextract.errors import InputError
 from cryoextract.io.mrc import open_micrograph
 from cryoextract.io.star import read_star, write_star
 from cryoextract.ops import descriptors as D
+from cryoextract.pipeline.thumbnail_gate import ThumbnailShortlist
 from cryoextract.report import micrograph_thumbnail, write_report
 from cryoextract.report.histogram import histogram_bins
-from cryoextract.report.thumbnail import ThumbnailShortlist
 from cryoextract.sim.simulate import SimulatedDataset, simulate_dataset
 from prereq import require
 
@@ -121,6 +121,8 @@ def test_report_images_exist_and_are_not_blank(
     assert "particles kept" in text and "box leaves micrograph" in text
     assert "Notes" not in text  # everything was found
     assert not re.search(r'(src|href)="(/|file:|http)', text)  # relative links only
+    # the page states how long it took (the extraction benchmark reads it)
+    assert re.search(r"written [^<]* in [0-9]+\.[0-9]{2} s</p>", text)
     assert "<script" not in text.lower()
     columns = [c for c in _particles(out).columns if c.startswith("ce")]
     assert len(columns) >= 7 and text.count('<svg class="hist"') == len(columns) + 1

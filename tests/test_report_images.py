@@ -25,15 +25,15 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from cryoextract.report import figures
-from cryoextract.report.histogram import histogram_bins, nice_ticks, tick_labels
-from cryoextract.report.png import encode_png, write_png
-from cryoextract.report.thumbnail import (
+from cryoextract.ops.thumbnail import (
     DISPLAY_SIGMA_PX,
     Thumbnail,
     block_mean,
     micrograph_thumbnail,
 )
+from cryoextract.report import figures
+from cryoextract.report.histogram import histogram_bins, nice_ticks, tick_labels
+from cryoextract.report.png import encode_png, write_png
 
 # --------------------------------------------------------------------------- PNG
 
@@ -185,7 +185,7 @@ def test_thumbnail_is_cheap() -> None:
 
 def test_thumbnail_module_imports_neither_pandas_nor_matplotlib() -> None:
     code = ("import sys, numpy as np\n"
-            "from cryoextract.report.thumbnail import micrograph_thumbnail\n"
+            "from cryoextract.ops.thumbnail import micrograph_thumbnail\n"
             "micrograph_thumbnail(np.ones((100, 100), np.float32))\n"
             "print(sorted(m for m in ('pandas', 'matplotlib', 'scipy') if m in sys.modules))\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from cryoextract import ExtractParams, extract
+from cryoextract.ops.thumbnail import Thumbnail
 from cryoextract.pipeline import task as task_module
-from cryoextract.pipeline.thumbnail_gate import ThumbnailGate
-from cryoextract.report.thumbnail import Thumbnail, ThumbnailShortlist
+from cryoextract.pipeline.thumbnail_gate import ThumbnailGate, ThumbnailShortlist
 from cryoextract.sim.simulate import simulate_dataset
 
 

@@ -7,7 +7,6 @@ import os
 import signal
 import sys
 import threading
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -225,20 +224,14 @@ def extract_command(
 
 
 def _write_report(out_dir: Path, micrographs: str, quiet: bool) -> None:
-    """The QC report; a failure here never fails the finished extraction."""
-    from cryoextract.pipeline.extract import REPORT_FAILED
-    from cryoextract.report import write_report
+    """The QC report after ``--watch``; a failure here never fails the extraction."""
+    from cryoextract.pipeline.extract import write_job_report
 
-    star_dir = Path(micrographs).parent if micrographs.endswith(".star") else Path(".")
-    try:
-        with warnings.catch_warnings():  # NaN picks in the rejected list are not news
-            warnings.simplefilter("ignore", RuntimeWarning)
-            index = write_report(out_dir, micrograph_dirs=(star_dir,))
-    except (CryoExtractError, OSError, ValueError) as exc:
-        warn(f"{REPORT_FAILED}: {exc}")
-        return
-    if not quiet:
-        out.print(f"QC report: {escape(str(index))}")
+    failed = write_job_report(out_dir, micrographs)
+    if failed:
+        warn(failed)
+    elif not quiet:
+        out.print(f"QC report: {escape(str(out_dir / 'report' / 'index.html'))}")
 
 
 def _opt(value: Path | None) -> str | None:

@@ -81,16 +81,6 @@ def _region_sums(images: np.ndarray, region: _Region) -> np.ndarray:
                      rows.sum(axis=1), squares.astype(np.float64)], axis=1)
 
 
-def _mean_std(images: np.ndarray, region: _Region) -> tuple[np.ndarray, np.ndarray]:
-    """``(n,)`` mean and population std of each image over the region (float64)."""
-    flat = images.reshape(len(images), -1)
-    centre = flat.mean(axis=1)  # float32, pairwise
-    sums = _region_sums(images - centre[:, None, None], region)
-    offset = sums[:, 2] / region.count
-    variance = sums[:, 3] / region.count - offset**2
-    return centre + offset, np.sqrt(np.maximum(variance, 0.0))
-
-
 def remove_dust(
     images: np.ndarray,
     background: np.ndarray,

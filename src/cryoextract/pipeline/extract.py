@@ -29,8 +29,7 @@ from cryoextract.pipeline.outputs import ExtractionSummary, write_outputs
 from cryoextract.pipeline.params import ExtractParams, JobPaths
 from cryoextract.pipeline.plan import PickSource, Plan, plan_tasks
 from cryoextract.pipeline.task import MicrographResult
-from cryoextract.pipeline.thumbnail_gate import ThumbnailGate
-from cryoextract.report.thumbnail import ThumbnailShortlist
+from cryoextract.pipeline.thumbnail_gate import ThumbnailGate, ThumbnailShortlist
 
 #: micrographs shown in the QC report
 REPORT_MICROGRAPHS = 4
@@ -188,7 +187,8 @@ def run_extraction(
             write_outputs(paths, mic_set, params, results, summary, write_cs=options.write_cs,
                           path_style=options.path_style)
             if thumbnails is not None:
-                _write_report(paths.out_dir, inputs.micrographs, thumbnails, summary)
+                failed = write_job_report(paths.out_dir, inputs.micrographs, thumbnails)
+                summary.warnings += [failed] if failed else []
     except OSError as exc:
         raise CryoExtractError(os_error_message(
             exc, when_full="; free some and run again with --resume")) from exc
@@ -272,10 +272,11 @@ def _run_job(
     return results
 
 
-def _write_report(
-    out: Path, micrographs: str, thumbnails: ThumbnailShortlist, summary: ExtractionSummary
-) -> None:
-    """The QC report of a finished job; a failure is a warning, never a failed job."""
+def write_job_report(
+    out: Path, micrographs: str, thumbnails: ThumbnailShortlist | None = None
+) -> str | None:
+    """The QC report of a finished job (the workers' thumbnails when given); returns the
+    warning when it could not be written: a report never fails a job."""
     import warnings
 
     from cryoextract.report import write_report
@@ -284,10 +285,14 @@ def _write_report(
     try:
         with warnings.catch_warnings():  # NaN picks in the rejected list are not news
             warnings.simplefilter("ignore", RuntimeWarning)
-            write_report(out, micrograph_dirs=(star_dir,), thumbnails=thumbnails.thumbnails,
-                         max_micrographs=thumbnails.size)
+            if thumbnails is None:
+                write_report(out, micrograph_dirs=(star_dir,))
+            else:
+                write_report(out, micrograph_dirs=(star_dir,),
+                             thumbnails=thumbnails.thumbnails, max_micrographs=thumbnails.size)
     except (CryoExtractError, OSError, ValueError) as exc:
-        summary.warnings.append(f"{REPORT_FAILED}: {exc}")
+        return f"{REPORT_FAILED}: {exc}"
+    return None
 
 
 def check_resumable(out: Path) -> None:

@@ -46,11 +46,11 @@ from cryoextract.ops.descriptors import (
     particle_descriptors,
 )
 from cryoextract.ops.particles import ParticleRecipe, process_chunk
+from cryoextract.ops.thumbnail import Thumbnail, micrograph_thumbnail
 from cryoextract.pipeline.params import ExtractParams, OutputSpec
 from cryoextract.pipeline.positions import Placement, pick_coordinates, place_particles
 from cryoextract.pipeline.selection import selection_reasons
 from cryoextract.pipeline.thumbnail_gate import ThumbnailGate
-from cryoextract.report.thumbnail import Thumbnail, micrograph_thumbnail
 
 # Boxes processed at once: bounds memory to about this many bytes of float32 pixels.
 # Small enough that the FFT and normalisation temporaries stay in cache.

@@ -1,17 +1,17 @@
 """Visual quality-control report of an extraction (``cryoextract report OUT``).
 
 :func:`write_report` (which needs pandas) is imported on first use (PEP 562), so that
-an extraction worker can import :mod:`cryoextract.report.thumbnail` for
-:func:`micrograph_thumbnail` and pay only for numpy.
+importing this package costs only numpy (the thumbnails themselves are
+:mod:`cryoextract.ops.thumbnail`).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from cryoextract.report.thumbnail import Thumbnail, ThumbnailShortlist, micrograph_thumbnail
+from cryoextract.ops.thumbnail import Thumbnail, micrograph_thumbnail
 
-__all__ = ["Thumbnail", "ThumbnailShortlist", "micrograph_thumbnail", "write_report"]
+__all__ = ["Thumbnail", "micrograph_thumbnail", "write_report"]
 
 if TYPE_CHECKING:
     from cryoextract.report.page import write_report

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cryoextract.ops.thumbnail import Thumbnail, block_mean, display_range, to_uint8
 from cryoextract.report.png import write_png
-from cryoextract.report.thumbnail import Thumbnail, block_mean, display_range, to_uint8
 
 __all__ = ["KEPT_COLOUR", "REASON_COLOURS", "TILE_PX", "gallery", "micrograph_overlay",
            "mosaic"]

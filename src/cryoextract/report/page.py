@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import os
+import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,6 +23,7 @@ from cryoextract.errors import CryoExtractError
 from cryoextract.io.atomic import write_text_atomic
 from cryoextract.io.mrc import open_micrograph
 from cryoextract.io.names import unique_components
+from cryoextract.ops.thumbnail import Thumbnail, micrograph_thumbnail
 from cryoextract.report import figures
 from cryoextract.report.histogram import histogram_svg
 from cryoextract.report.run import (
@@ -33,7 +35,6 @@ from cryoextract.report.run import (
     read_particle_images,
     read_run,
 )
-from cryoextract.report.thumbnail import Thumbnail, micrograph_thumbnail
 
 REPORT_DIR = "report"
 #: descriptor columns whose worst values are the lowest (others: the highest)
@@ -82,7 +83,7 @@ def write_report(
         the working directory (absolute names are used as they are).
     thumbnails : mapping, optional
         ``rlnMicrographName`` to its :class:`Thumbnail` (from
-        :func:`~cryoextract.report.thumbnail.micrograph_thumbnail`, made by the job
+        :func:`~cryoextract.ops.thumbnail.micrograph_thumbnail`, made by the job
         while it held the micrograph). A chosen micrograph found here is not read
         again; the others are read and made into thumbnails here.
     n_random, n_worst : int
@@ -102,6 +103,7 @@ def write_report(
     InputError
         No readable ``particles.star`` in ``out_dir``.
     """
+    started = time.perf_counter()
     run = read_run(Path(out_dir))
     report_dir = run.out_dir / REPORT_DIR
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -116,7 +118,7 @@ def write_report(
         _notes_section(run),
     ]
     page = report_dir / "index.html"
-    write_text_atomic(page, _page(run, sections))
+    write_text_atomic(page, _page(run, sections, time.perf_counter() - started))
     return page
 
 
@@ -260,14 +262,14 @@ def _notes_section(run: Run) -> str:
 # --------------------------------------------------------------------------- page
 
 
-def _page(run: Run, sections: list[str]) -> str:
+def _page(run: Run, sections: list[str], seconds: float) -> str:
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return (
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
         f"<title>cryoextract report: {_e(run.out_dir.name)}</title>\n"
         f"<style>{_STYLE}</style>\n</head>\n<body>\n"
         f"<h1>cryoextract report</h1>\n<p>{_e(str(run.out_dir.resolve()))}, "
-        f"written {when}</p>\n" + "".join(sections) + "</body>\n</html>\n"
+        f"written {when} in {seconds:.2f} s</p>\n" + "".join(sections) + "</body>\n</html>\n"
     )
 
 

@@ -3,7 +3,8 @@
 A worker already holds each micrograph in memory; :func:`micrograph_thumbnail` turns it
 into a small uint8 image in about 15 ms (4096 x 4096 pixels, one core), which the job
 hands to :func:`cryoextract.report.write_report` (keeping only those the report will
-show: :class:`ThumbnailShortlist`) so that the report never reads a micrograph again.
+show: :class:`cryoextract.pipeline.thumbnail_gate.ThumbnailShortlist`) so that the
+report never reads a micrograph again.
 Only numpy is imported here (no matplotlib, pandas or scipy).
 
 The recipe: block means over ``factor x factor`` pixels, ``factor`` the smallest
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["DISPLAY_SIGMA_PX", "THUMBNAIL_PX", "Thumbnail", "ThumbnailShortlist",
+__all__ = ["DISPLAY_SIGMA_PX", "THUMBNAIL_PX", "Thumbnail",
            "binning_factor", "block_mean", "display_range", "micrograph_thumbnail", "smooth",
            "to_uint8"]
 
@@ -68,46 +69,6 @@ class Thumbnail:
         if ny < 1 or nx < 1:
             raise ValueError(f"Thumbnail.shape_yx must be positive, got {self.shape_yx}")
         object.__setattr__(self, "shape_yx", (ny, nx))
-
-
-class ThumbnailShortlist:
-    """The thumbnails a report will show, kept while a job runs (the others are let go).
-
-    The report shows the micrographs with the most dropped picks, then the most kept
-    picks, then the first by name (see :func:`cryoextract.report.run.choose_micrographs`);
-    this keeps the ``size`` best of those offered by the same rule, so that a job of
-    thousands of micrographs holds a few thumbnails, not all of them. Pass
-    :attr:`thumbnails` to :func:`cryoextract.report.write_report`.
-
-    Parameters
-    ----------
-    size : int
-        Thumbnails kept (``write_report``'s ``max_micrographs``).
-    """
-
-    def __init__(self, size: int = 4) -> None:
-        self.size = max(0, int(size))
-        self._kept: dict[str, tuple[tuple[int, int, str], Thumbnail]] = {}
-
-    def offer(self, name: str, n_kept: int, n_dropped: int, thumbnail: Thumbnail) -> None:
-        """Consider one micrograph (an offer for a name already held replaces it)."""
-        self._kept[name] = ((-int(n_dropped), -int(n_kept), name), thumbnail)
-        if len(self._kept) > self.size:
-            del self._kept[max(self._kept, key=lambda n: self._kept[n][0])]
-
-    @property
-    def worst_kept(self) -> tuple[int, int, str] | None:
-        """``(n_dropped, n_kept, name)`` of the worst thumbnail held once all ``size``
-        are; a micrograph ranked below it will not be kept (``None`` until then)."""
-        if not self.size or len(self._kept) < self.size:
-            return None
-        dropped, kept, name = max(key for key, _ in self._kept.values())
-        return -dropped, -kept, name
-
-    @property
-    def thumbnails(self) -> dict[str, Thumbnail]:
-        """Micrograph name to thumbnail, best first."""
-        return {n: t for n, (_, t) in sorted(self._kept.items(), key=lambda item: item[1][0])}
 
 
 _Alloc = Callable[[str, tuple[int, ...]], np.ndarray]
