@@ -61,9 +61,7 @@ def fourier_crop_many(
     n = images.shape[-1]
     if images.shape[-2] != n:
         raise ValueError(f"images must be square, got {images.shape[-2:]}")
-    for out_px in out_sizes:
-        if out_px > n or out_px % 2 or n % 2:
-            raise ValueError(f"need even sizes with out <= in, got {n} -> {out_px}")
+    _check_sizes(n, out_sizes)
     images = np.asarray(images, dtype=np.float32)
     if shifts_xy is None and all(m == n for m in out_sizes):
         return [images for _ in out_sizes]
@@ -94,15 +92,19 @@ def fourier_crop_boxes(
     if not len(boxes):
         return [np.zeros((0, m, m), dtype=np.float32) for m in out_sizes]
     n = boxes[0].shape[-1]
-    for out_px in out_sizes:
-        if out_px > n or out_px % 2 or n % 2:
-            raise ValueError(f"need even sizes with out <= in, got {n} -> {out_px}")
+    _check_sizes(n, out_sizes)
     if _fftw_available() and (shifts_xy is not None or any(m != n for m in out_sizes)):
         return _fftw_crop_many(boxes, out_sizes, shifts_xy)
     stacked = np.empty((len(boxes), n, n), dtype=np.float32)
     for i, box in enumerate(boxes):
         stacked[i] = box
     return fourier_crop_many(stacked, out_sizes, shifts_xy=shifts_xy)
+
+
+def _check_sizes(n: int, out_sizes: tuple[int, ...]) -> None:
+    for out_px in out_sizes:
+        if out_px > n or out_px % 2 or n % 2:
+            raise ValueError(f"need even sizes with out <= in, got {n} -> {out_px}")
 
 
 def _crop_and_invert(
