@@ -1,0 +1,284 @@
+"""``cryoextract extract``: cut particles out of micrographs (a thin wrapper over
+:mod:`cryoextract.pipeline.extract`).
+
+Registered on the main app by :mod:`cryoextract.cli.app`; like every command module this
+imports the library it wraps only when the command runs.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from cryoextract.cli.common import PathsOption, fail, out, warn
+from cryoextract.errors import CryoExtractError, ParameterError
+from cryoextract.options import CtfCorrection, EdgeMode, NormMode, PathStyle, SubpixelMode
+
+if TYPE_CHECKING:
+    from cryoextract.cli.progress import JobProgress
+    from cryoextract.pipeline.extract import ExtractInputs, ExtractionSummary, RunOptions
+    from cryoextract.pipeline.params import ExtractParams
+    from cryoextract.pipeline.watch import WatchOptions
+
+
+def extract_command(
+    micrographs: Annotated[str, typer.Option(
+        help="Micrographs STAR (RELION 3.0 or 3.1+) or a glob of MRC files.")],
+    box: Annotated[int, typer.Option(help="Extraction box, micrograph pixels (even).")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Output directory.")],
+    coords_dir: Annotated[Path | None, typer.Option(
+        help="Directory of per-micrograph coordinate files (as RELION's --coord_dir).")] = None,
+    coords_suffix: Annotated[str | None, typer.Option(
+        help="Suffix replacing the micrograph extension, e.g. _autopick.star.")] = None,
+    coords: Annotated[Path | None, typer.Option(
+        help="One coordinate file (a particles STAR with rlnMicrographName, or any format "
+             "for a single micrograph).")] = None,
+    coords_format: Annotated[str, typer.Option(
+        help="auto (by extension and content), star, box, txt, cbox, topaz, pos or cs."
+    )] = "auto",
+    pixel_size: Annotated[float | None, typer.Option(
+        help="Micrograph pixel size in A (required for a glob; overrides the STAR).")] = None,
+    ctf_dir: Annotated[Path | None, typer.Option(
+        help="CTFFIND4 job directory: each micrograph's <name>.txt gives its CTF.")] = None,
+    bin_to: Annotated[int | None, typer.Option(help="Fourier-crop to this box (px).")] = None,
+    bin_factor: Annotated[float | None, typer.Option(
+        help="Fourier-crop by this factor (nearest even box).")] = None,
+    pixel_size_out: Annotated[float | None, typer.Option(
+        help="Fourier-crop to about this pixel size in A (nearest even box; exact size "
+             "reported).")] = None,
+    norm: Annotated[NormMode, typer.Option(
+        help="ramp: background plane + mean/std (RELION); mean: no ramp; whole: whole box; "
+             "none.")] = NormMode.RAMP,
+    bg_radius: Annotated[float | None, typer.Option(
+        help="Background radius in output pixels \\[default: 0.375 x output box].")] = None,
+    invert: Annotated[bool, typer.Option(
+        help="Invert contrast after normalisation (white particles).")] = True,
+    white_dust: Annotated[float | None, typer.Option(
+        help="Replace pixels above mean + SIGMA*std by noise.")] = None,
+    black_dust: Annotated[float | None, typer.Option(
+        help="Replace pixels below mean - SIGMA*std by noise.")] = None,
+    edge: Annotated[EdgeMode, typer.Option(
+        help="Boxes leaving the micrograph: drop them, or keep them and fill outside pixels.")
+    ] = EdgeMode.DROP,
+    subpixel: Annotated[SubpixelMode, typer.Option(
+        help="Fraction of a pick: origin (record it in rlnOriginX/YAngst), shift (Fourier-"
+             "shift onto the centre), drop (lose it, as RELION).")] = SubpixelMode.ORIGIN,
+    float16: Annotated[bool, typer.Option(help="Write MRC mode 12 (float16) stacks.")] = False,
+    also_bin_to: Annotated[list[int] | None, typer.Option(
+        help="Also write a Fourier-cropped stack of this box from the same read, in "
+             "OUT/also_<box>px/ with its own STAR (repeatable).")] = None,
+    also_float16: Annotated[bool, typer.Option(
+        help="Write the --also-bin-to stacks as float16.")] = False,
+    coords_pixel_size: Annotated[float | None, typer.Option(
+        help="Pixel size in A the picks were made at (binned picking); rescaled to the "
+             "micrographs'.")] = None,
+    swap_xy: Annotated[bool, typer.Option(help="Swap x and y of the picks.")] = False,
+    flip_x: Annotated[bool, typer.Option(help="Mirror picks in x (x -> nx-1-x).")] = False,
+    flip_y: Annotated[bool, typer.Option(help="Mirror picks in y (y -> ny-1-y).")] = False,
+    recenter: Annotated[bool | None, typer.Option(
+        "--recenter/--no-recenter",
+        help="Move each pick by its refined origin (rlnOriginX/YAngst) before boxing "
+             "\\[default: on when the picks carry origins].")] = None,
+    ctf_correct: Annotated[CtfCorrection, typer.Option(
+        help="Phase-flip or premultiply each particle by its CTF (from the STAR), in a "
+             "padded box windowed back to --box.")] = CtfCorrection.NONE,
+    ctf_box: Annotated[int | None, typer.Option(
+        help="Padded box for CTF correction (micrograph px) \\[default: box + the defocus "
+             "delocalisation at the output Nyquist].")] = None,
+    ctf_on: Annotated[str, typer.Option(
+        help="box (each particle, default) or micrograph (flip the whole micrograph "
+             "first, as Xmipp).")] = "box",
+    particle_diameter: Annotated[float | None, typer.Option(
+        help="Particle diameter in A, for the box-size check against the defocus.")] = None,
+    recenter_xyz: Annotated[tuple[float, float, float] | None, typer.Option(
+        help="Re-centre on this 3D point of the reference (X Y Z in A from its centre), "
+             "projected with each particle's pose.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for dust and noise fill.")] = 0,
+    workers: Annotated[int | None, typer.Option(
+        help="Processes \\[default: all cores].")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
+    write_cs: Annotated[bool, typer.Option(
+        help="Also write a cryoSPARC particles.cs beside each STAR.")] = False,
+    resume: Annotated[bool, typer.Option(
+        help="Continue an interrupted run of the same job: finished micrographs are kept, "
+             "the rest redone.")] = False,
+    dask_scheduler: Annotated[str | None, typer.Option(
+        help="Run on a Dask cluster (tcp://HOST:PORT); needs cryoextract[dask].")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bar and no summary table.")] = False,
+    progress_log: Annotated[Path | None, typer.Option(
+        help="Append one JSON line per finished micrograph to this file.")] = None,
+    descriptors: Annotated[bool, typer.Option(
+        help="Per-particle quality columns (ceScoreByVar, ceGiniPatch, ...; README).")] = True,
+    patch: Annotated[int | None, typer.Option(
+        help="Patch for the local-variance descriptors, px \\[default: 1.5 x box].")] = None,
+    min_distance_angstrom: Annotated[float | None, typer.Option(
+        help="Of picks closer than this, keep the best by --score-column.")] = None,
+    min_score: Annotated[float | None, typer.Option(
+        help="Drop picks scoring below this in --score-column.")] = None,
+    max_per_micrograph: Annotated[int | None, typer.Option(
+        help="Keep at most this many picks per micrograph (the best scoring).")] = None,
+    score_column: Annotated[str, typer.Option(
+        help="Pick score used by the selection options.")] = "rlnAutopickFigureOfMerit",
+    report: Annotated[bool, typer.Option(
+        help="Write the visual QC report OUT/report/index.html at the end.")] = True,
+    paths: PathsOption = PathStyle.CWD,
+    watch: Annotated[bool, typer.Option(
+        help="Live mode: follow a growing micrographs STAR or glob; extract each micrograph "
+             "once its files have settled; stop on Ctrl-C/SIGTERM or --watch-timeout.")
+    ] = False,
+    watch_timeout: Annotated[float | None, typer.Option(
+        help="With --watch: stop after this many seconds without a new micrograph.")] = None,
+    settle: Annotated[float, typer.Option(
+        help="With --watch: seconds a micrograph and its picks must stay unchanged.")] = 10.0,
+) -> None:
+    """Cut particles out of micrographs at picked coordinates into stacks + a RELION STAR."""
+    from cryoextract.cli.progress import JobProgress
+    from cryoextract.pipeline.params import ExtractParams, PickTransform, resolve_output_box
+
+    try:
+        out_box = resolve_output_box(
+            box, bin_to_px=bin_to, bin_factor=bin_factor,
+            pixel_size_out_angstrom=pixel_size_out,
+            pixel_size_angstrom=pixel_size if pixel_size_out is None else
+            _pixel_size_for_binning(micrographs, pixel_size),
+        )
+        params = ExtractParams(
+            box_px=box, out_box_px=out_box, norm=norm, bg_radius_px=bg_radius, invert=invert,
+            white_dust_sigma=white_dust, black_dust_sigma=black_dust, edge=edge,
+            subpixel=subpixel, float16=float16, seed=seed,
+            also_out_box_px=tuple(also_bin_to or ()), also_float16=also_float16,
+            picks=PickTransform(coords_pixel_size, swap_xy, flip_x, flip_y),
+            recenter=recenter, recenter_xyz_angstrom=recenter_xyz,
+            ctf_correct=ctf_correct, ctf_box_px=ctf_box,
+            ctf_on_micrograph=_ctf_on_micrograph(ctf_on),
+            particle_diameter_angstrom=particle_diameter,
+            descriptors=descriptors, patch_px=patch,
+            min_distance_angstrom=min_distance_angstrom, min_score=min_score,
+            max_per_micrograph=max_per_micrograph, score_column=score_column,
+        )
+        # the extraction pipeline is imported only by the command that runs it
+        from cryoextract.pipeline.extract import (
+            REPORT_FAILED,
+            ExtractInputs,
+            RunOptions,
+            extract,
+        )
+        from cryoextract.pipeline.watch import WatchOptions
+
+        with JobProgress(quiet=quiet, log_path=progress_log) as progress:
+            if watch:
+                summary = _watch(
+                    ExtractInputs(micrographs, _opt(coords_dir), coords_suffix, _opt(coords),
+                                  coords_format, pixel_size, _opt(ctf_dir)),
+                    out_dir, params,
+                    RunOptions(workers, dask_scheduler, overwrite, False, write_cs,
+                               path_style=paths),
+                    WatchOptions(settle_s=settle, idle_timeout_s=watch_timeout), progress)
+            else:
+                summary = extract(
+                    micrographs, out_dir, params, coords_dir=coords_dir,
+                    coords_suffix=coords_suffix, coords=coords, coords_format=coords_format,
+                    pixel_size_angstrom=pixel_size,
+                    ctf_dir=ctf_dir, workers=workers, dask_scheduler=dask_scheduler,
+                    overwrite=overwrite, resume=resume, write_cs=write_cs, report=report,
+                    path_style=paths,
+                    on_start=progress.on_start, on_progress=progress.on_progress,
+                )
+    except CryoExtractError as exc:
+        fail(str(exc))
+        return
+    except OSError as exc:  # e.g. the progress log cannot be written
+        fail(f"{exc.filename or ''}: {exc.strerror or exc}")
+        return
+    if quiet:
+        for warning in summary.warnings:
+            warn(warning)
+    else:
+        print_summary(summary)
+    if report and watch:
+        _write_report(out_dir, micrographs, quiet)
+    elif report and not quiet and not any(
+            w.startswith(REPORT_FAILED) for w in summary.warnings):
+        out.print(f"QC report: {escape(str(out_dir / 'report' / 'index.html'))}")
+
+
+def _write_report(out_dir: Path, micrographs: str, quiet: bool) -> None:
+    """The QC report after ``--watch``; a failure here never fails the extraction."""
+    from cryoextract.pipeline.extract import write_job_report
+
+    failed = write_job_report(out_dir, micrographs)
+    if failed:
+        warn(failed)
+    elif not quiet:
+        out.print(f"QC report: {escape(str(out_dir / 'report' / 'index.html'))}")
+
+
+def _opt(value: Path | None) -> str | None:
+    return None if value is None else str(value)
+
+
+def _watch(inputs: ExtractInputs, out_dir: Path, params: ExtractParams, options: RunOptions,
+           watch: WatchOptions, progress: JobProgress) -> ExtractionSummary:
+    """Live mode until a signal or the idle timeout; Ctrl-C ends it cleanly."""
+    from cryoextract.pipeline.watch import watch_extraction
+
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set())
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        progress.on_start(0)
+        return watch_extraction(inputs, out_dir, params, options, watch, stop=stop,
+                                on_progress=progress.on_progress)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _ctf_on_micrograph(value: str) -> bool:
+    if value not in ("box", "micrograph"):
+        raise ParameterError(f"--ctf-on must be box or micrograph, got {value!r}")
+    return value == "micrograph"
+
+
+def _pixel_size_for_binning(micrographs: str, pixel_size: float | None) -> float | None:
+    if pixel_size is not None:
+        return pixel_size
+    from cryoextract.io.micrographs import read_micrograph_set
+
+    optics = read_micrograph_set(micrographs).optics
+    return float(optics["rlnMicrographPixelSize"].iloc[0])
+
+
+def print_summary(summary: ExtractionSummary) -> None:
+    """The run summary as tables on stdout, warnings on stderr."""
+    for warning in summary.warnings:
+        warn(warning)
+    table = Table(title="cryoextract extract", show_header=False)
+    table.add_row("micrographs done", str(summary.micrographs_done))
+    if summary.micrographs_resumed:
+        table.add_row("  of which kept from the interrupted run",
+                      str(summary.micrographs_resumed))
+    table.add_row("micrographs skipped", str(len(summary.micrographs_skipped)))
+    table.add_row("particles kept", str(summary.particles_kept))
+    for reason, count in summary.particles_dropped.items():
+        table.add_row(f"particles dropped: {reason}", str(count))
+    table.add_row("box", f"{summary.box_px} px -> {summary.output_box_px} px")
+    for group, size in summary.output_pixel_size_angstrom.items():
+        table.add_row(f"pixel size ({group})", f"{size:.6g} A")
+    table.add_row("particles STAR", escape(summary.particles_star))
+    for extra in summary.additional_outputs:
+        table.add_row("also written", escape(extra))
+    out.print(table)
+    if summary.micrographs_skipped:
+        skipped = Table(title="skipped micrographs", show_header=True)
+        skipped.add_column("micrograph")
+        skipped.add_column("reason")
+        for name, reason in summary.micrographs_skipped.items():
+            skipped.add_row(escape(name), escape(reason))
+        out.print(skipped)
