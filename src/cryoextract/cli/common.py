@@ -12,11 +12,13 @@ from cryoextract.options import PathStyle
 
 EXIT_INPUT_ERROR = 2
 
+#: ``--paths`` (shown as STYLE: the choices, named in the help, would crowd the names out)
+PATHS_HELP = ("How the written STAR names files: relative-to-cwd (RELION's way, for a RELION "
+              "project: relative to the directory the command runs in) or relative-to-star "
+              "(to the STAR's own folder, for output folders that move).")
+
 #: ``--paths``, the same for every command that writes a STAR
-PathsOption = Annotated[PathStyle, typer.Option(
-    "--paths", help="How the written STAR names files: relative to the directory the "
-                    "command runs in (RELION's way, for a RELION project) or to the STAR's "
-                    "own folder (for output folders that move).")]
+PathsOption = Annotated[PathStyle, typer.Option("--paths", metavar="STYLE", help=PATHS_HELP)]
 
 err = Console(stderr=True)
 out = Console()

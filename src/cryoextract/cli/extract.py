@@ -16,7 +16,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cryoextract.cli.common import PathsOption, fail, out, warn
+from cryoextract.cli.common import PATHS_HELP, fail, out, warn
 from cryoextract.errors import CryoExtractError, ParameterError
 from cryoextract.options import CtfCorrection, EdgeMode, NormMode, PathStyle, SubpixelMode
 
@@ -28,114 +28,159 @@ if TYPE_CHECKING:
 
 
 def extract_command(
+    *,
     micrographs: Annotated[str, typer.Option(
-        help="Micrographs STAR (RELION 3.0 or 3.1+) or a glob of MRC files.")],
-    box: Annotated[int, typer.Option(help="Extraction box, micrograph pixels (even).")],
-    out_dir: Annotated[Path, typer.Option("--out", help="Output directory.")],
+        help="Micrographs STAR (RELION 3.0 or 3.1+) or a glob of MRC files.",
+        rich_help_panel="Inputs")],
     coords_dir: Annotated[Path | None, typer.Option(
-        help="Directory of per-micrograph coordinate files (as RELION's --coord_dir).")] = None,
+        help="Directory of per-micrograph coordinate files (as RELION's --coord_dir).",
+        rich_help_panel="Inputs")] = None,
     coords_suffix: Annotated[str | None, typer.Option(
-        help="Suffix replacing the micrograph extension, e.g. _autopick.star.")] = None,
+        help="Suffix replacing the micrograph extension, e.g. _autopick.star.",
+        rich_help_panel="Inputs")] = None,
     coords: Annotated[Path | None, typer.Option(
         help="One coordinate file (a particles STAR with rlnMicrographName, or any format "
-             "for a single micrograph).")] = None,
+             "for a single micrograph).", rich_help_panel="Inputs")] = None,
     coords_format: Annotated[str, typer.Option(
-        help="auto (by extension and content), star, box, txt, cbox, topaz, pos or cs."
-    )] = "auto",
+        help="auto (by extension and content), star, box, txt, cbox, topaz, pos or cs.",
+        rich_help_panel="Inputs")] = "auto",
     pixel_size: Annotated[float | None, typer.Option(
-        help="Micrograph pixel size in A (required for a glob; overrides the STAR).")] = None,
-    ctf_dir: Annotated[Path | None, typer.Option(
-        help="CTFFIND4 job directory: each micrograph's <name>.txt gives its CTF.")] = None,
-    bin_to: Annotated[int | None, typer.Option(help="Fourier-crop to this box (px).")] = None,
-    bin_factor: Annotated[float | None, typer.Option(
-        help="Fourier-crop by this factor (nearest even box).")] = None,
-    pixel_size_out: Annotated[float | None, typer.Option(
-        help="Fourier-crop to about this pixel size in A (nearest even box; exact size "
-             "reported).")] = None,
-    norm: Annotated[NormMode, typer.Option(
-        help="ramp: background plane + mean/std (RELION); mean: no ramp; whole: whole box; "
-             "none.")] = NormMode.RAMP,
-    bg_radius: Annotated[float | None, typer.Option(
-        help="Background radius in output pixels \\[default: 0.375 x output box].")] = None,
-    invert: Annotated[bool, typer.Option(
-        help="Invert contrast after normalisation (white particles).")] = True,
-    white_dust: Annotated[float | None, typer.Option(
-        help="Replace pixels above mean + SIGMA*std by noise.")] = None,
-    black_dust: Annotated[float | None, typer.Option(
-        help="Replace pixels below mean - SIGMA*std by noise.")] = None,
-    edge: Annotated[EdgeMode, typer.Option(
-        help="Boxes leaving the micrograph: drop them, or keep them and fill outside pixels.")
-    ] = EdgeMode.DROP,
-    subpixel: Annotated[SubpixelMode, typer.Option(
-        help="Fraction of a pick: origin (record it in rlnOriginX/YAngst), shift (Fourier-"
-             "shift onto the centre), drop (lose it, as RELION).")] = SubpixelMode.ORIGIN,
-    float16: Annotated[bool, typer.Option(help="Write MRC mode 12 (float16) stacks.")] = False,
-    also_bin_to: Annotated[list[int] | None, typer.Option(
-        help="Also write a Fourier-cropped stack of this box from the same read, in "
-             "OUT/also_<box>px/ with its own STAR (repeatable).")] = None,
-    also_float16: Annotated[bool, typer.Option(
-        help="Write the --also-bin-to stacks as float16.")] = False,
+        help="Micrograph pixel size in A (required for a glob; overrides the STAR).",
+        rich_help_panel="Inputs")] = None,
     coords_pixel_size: Annotated[float | None, typer.Option(
         help="Pixel size in A the picks were made at (binned picking); rescaled to the "
-             "micrographs'.")] = None,
-    swap_xy: Annotated[bool, typer.Option(help="Swap x and y of the picks.")] = False,
-    flip_x: Annotated[bool, typer.Option(help="Mirror picks in x (x -> nx-1-x).")] = False,
-    flip_y: Annotated[bool, typer.Option(help="Mirror picks in y (y -> ny-1-y).")] = False,
+             "micrographs'.", rich_help_panel="Picks")] = None,
+    swap_xy: Annotated[bool, typer.Option(
+        "--swap-xy", help="Swap x and y of the picks.", rich_help_panel="Picks")] = False,
+    flip_x: Annotated[bool, typer.Option(
+        "--flip-x", help="Mirror picks in x (x -> nx-1-x).", rich_help_panel="Picks")] = False,
+    flip_y: Annotated[bool, typer.Option(
+        "--flip-y", help="Mirror picks in y (y -> ny-1-y).", rich_help_panel="Picks")] = False,
     recenter: Annotated[bool | None, typer.Option(
         "--recenter/--no-recenter",
         help="Move each pick by its refined origin (rlnOriginX/YAngst) before boxing "
-             "\\[default: on when the picks carry origins].")] = None,
+             "\\[default: on when the picks carry origins].", rich_help_panel="Picks")] = None,
+    recenter_xyz: Annotated[tuple[float, float, float] | None, typer.Option(
+        metavar="X Y Z",
+        help="Re-centre on this 3D point of the reference (X Y Z in A from its centre), "
+             "projected with each particle's pose.", rich_help_panel="Picks")] = None,
+    box: Annotated[int, typer.Option(
+        help="Extraction box, micrograph pixels (even).", rich_help_panel="Box and binning")],
+    bin_to: Annotated[int | None, typer.Option(
+        help="Fourier-crop to this box (px).", rich_help_panel="Box and binning")] = None,
+    bin_factor: Annotated[float | None, typer.Option(
+        help="Fourier-crop by this factor (nearest even box).",
+        rich_help_panel="Box and binning")] = None,
+    pixel_size_out: Annotated[float | None, typer.Option(
+        help="Fourier-crop to about this pixel size in A (nearest even box; exact size "
+             "reported).", rich_help_panel="Box and binning")] = None,
+    also_bin_to: Annotated[list[int] | None, typer.Option(
+        help="Also write a Fourier-cropped stack of this box from the same read, in "
+             "OUT/also_<box>px/ with its own STAR (repeatable).",
+        rich_help_panel="Box and binning")] = None,
+    norm: Annotated[NormMode, typer.Option(
+        help="ramp: background plane + mean/std (RELION); mean: no ramp; whole: whole box; "
+             "none.", rich_help_panel="Normalisation")] = NormMode.RAMP,
+    bg_radius: Annotated[float | None, typer.Option(
+        help="Background radius in output pixels \\[default: 0.375 x output box].",
+        rich_help_panel="Normalisation")] = None,
+    invert: Annotated[bool, typer.Option(
+        help="Invert contrast after normalisation (white particles).",
+        rich_help_panel="Normalisation")] = True,
+    white_dust: Annotated[float | None, typer.Option(
+        help="Replace pixels above mean + SIGMA*std by noise.",
+        rich_help_panel="Normalisation")] = None,
+    black_dust: Annotated[float | None, typer.Option(
+        help="Replace pixels below mean - SIGMA*std by noise.",
+        rich_help_panel="Normalisation")] = None,
+    seed: Annotated[int, typer.Option(
+        help="Seed for dust and noise fill.", rich_help_panel="Normalisation")] = 0,
+    ctf_dir: Annotated[Path | None, typer.Option(
+        help="CTFFIND4 job directory: each micrograph's <name>.txt gives its CTF.",
+        rich_help_panel="CTF")] = None,
     ctf_correct: Annotated[CtfCorrection, typer.Option(
         help="Phase-flip or premultiply each particle by its CTF (from the STAR), in a "
-             "padded box windowed back to --box.")] = CtfCorrection.NONE,
+             "padded box windowed back to --box.", rich_help_panel="CTF")] = CtfCorrection.NONE,
     ctf_box: Annotated[int | None, typer.Option(
         help="Padded box for CTF correction (micrograph px) \\[default: box + the defocus "
-             "delocalisation at the output Nyquist].")] = None,
+             "delocalisation at the output Nyquist].", rich_help_panel="CTF")] = None,
     ctf_on: Annotated[str, typer.Option(
         help="box (each particle, default) or micrograph (flip the whole micrograph "
-             "first, as Xmipp).")] = "box",
+             "first, as Xmipp).", rich_help_panel="CTF")] = "box",
     particle_diameter: Annotated[float | None, typer.Option(
-        help="Particle diameter in A, for the box-size check against the defocus.")] = None,
-    recenter_xyz: Annotated[tuple[float, float, float] | None, typer.Option(
-        help="Re-centre on this 3D point of the reference (X Y Z in A from its centre), "
-             "projected with each particle's pose.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed for dust and noise fill.")] = 0,
-    workers: Annotated[int | None, typer.Option(
-        help="Processes \\[default: all cores].")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
-    write_cs: Annotated[bool, typer.Option(
-        help="Also write a cryoSPARC particles.cs beside each STAR.")] = False,
-    resume: Annotated[bool, typer.Option(
-        help="Continue an interrupted run of the same job: finished micrographs are kept, "
-             "the rest redone.")] = False,
-    dask_scheduler: Annotated[str | None, typer.Option(
-        help="Run on a Dask cluster (tcp://HOST:PORT); needs cryoextract[dask].")] = None,
-    quiet: Annotated[bool, typer.Option(help="No progress bar and no summary table.")] = False,
-    progress_log: Annotated[Path | None, typer.Option(
-        help="Append one JSON line per finished micrograph to this file.")] = None,
-    descriptors: Annotated[bool, typer.Option(
-        help="Per-particle quality columns (ceScoreByVar, ceGiniPatch, ...; README).")] = True,
-    patch: Annotated[int | None, typer.Option(
-        help="Patch for the local-variance descriptors, px \\[default: 1.5 x box].")] = None,
+        help="Particle diameter in A, for the box-size check against the defocus.",
+        rich_help_panel="CTF")] = None,
+    edge: Annotated[EdgeMode, typer.Option(
+        help="Boxes leaving the micrograph: drop them, or keep them and fill outside pixels.",
+        rich_help_panel="Edges and sub-pixel")
+    ] = EdgeMode.DROP,
+    subpixel: Annotated[SubpixelMode, typer.Option(
+        help="Fraction of a pick: origin (record it in rlnOriginX/YAngst), shift (Fourier-"
+             "shift onto the centre), drop (lose it, as RELION).",
+        rich_help_panel="Edges and sub-pixel")] = SubpixelMode.ORIGIN,
     min_distance_angstrom: Annotated[float | None, typer.Option(
-        help="Of picks closer than this, keep the best by --score-column.")] = None,
+        help="Of picks closer than this, keep the best by --score-column.",
+        rich_help_panel="Selection")] = None,
     min_score: Annotated[float | None, typer.Option(
-        help="Drop picks scoring below this in --score-column.")] = None,
+        help="Drop picks scoring below this in --score-column.",
+        rich_help_panel="Selection")] = None,
     max_per_micrograph: Annotated[int | None, typer.Option(
-        help="Keep at most this many picks per micrograph (the best scoring).")] = None,
+        help="Keep at most this many picks per micrograph (the best scoring).",
+        rich_help_panel="Selection")] = None,
     score_column: Annotated[str, typer.Option(
-        help="Pick score used by the selection options.")] = "rlnAutopickFigureOfMerit",
+        help="Pick score used by the selection options.",
+        rich_help_panel="Selection")] = "rlnAutopickFigureOfMerit",
+    out_dir: Annotated[Path, typer.Option(
+        "--out", help="Output directory.", rich_help_panel="Outputs")],
+    float16: Annotated[bool, typer.Option(
+        "--float16",
+        help="Write MRC mode 12 (float16) stacks.", rich_help_panel="Outputs")] = False,
+    also_float16: Annotated[bool, typer.Option(
+        "--also-float16",
+        help="Write the --also-bin-to stacks as float16.", rich_help_panel="Outputs")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace an existing output.", rich_help_panel="Outputs")] = False,
+    write_cs: Annotated[bool, typer.Option(
+        "--write-cs", help="Also write a cryoSPARC particles.cs beside each STAR.",
+        rich_help_panel="Outputs")] = False,
+    descriptors: Annotated[bool, typer.Option(
+        help="Per-particle quality columns (ceScoreByVar, ceGiniPatch, ...; README).",
+        rich_help_panel="Outputs")] = True,
+    patch: Annotated[int | None, typer.Option(
+        help="Patch for the local-variance descriptors, px \\[default: 1.5 x box].",
+        rich_help_panel="Outputs")] = None,
     report: Annotated[bool, typer.Option(
-        help="Write the visual QC report OUT/report/index.html at the end.")] = True,
-    paths: PathsOption = PathStyle.CWD,
+        help="Write the visual QC report OUT/report/index.html at the end.",
+        rich_help_panel="Outputs")] = True,
+    paths: Annotated[PathStyle, typer.Option(
+        "--paths", metavar="STYLE", help=PATHS_HELP, rich_help_panel="Outputs")] = PathStyle.CWD,
+    workers: Annotated[int | None, typer.Option(
+        help="Processes \\[default: all cores].", rich_help_panel="Execution")] = None,
+    resume: Annotated[bool, typer.Option(
+        "--resume",
+        help="Continue an interrupted run of the same job: finished micrographs are kept, "
+             "the rest redone.", rich_help_panel="Execution")] = False,
+    dask_scheduler: Annotated[str | None, typer.Option(
+        help="Run on a Dask cluster (tcp://HOST:PORT); needs cryoextract\\[dask].",
+        rich_help_panel="Execution")] = None,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet",
+        help="No progress bar and no summary table.", rich_help_panel="Execution")] = False,
+    progress_log: Annotated[Path | None, typer.Option(
+        help="Append one JSON line per finished micrograph to this file.",
+        rich_help_panel="Execution")] = None,
     watch: Annotated[bool, typer.Option(
+        "--watch",
         help="Live mode: follow a growing micrographs STAR or glob; extract each micrograph "
-             "once its files have settled; stop on Ctrl-C/SIGTERM or --watch-timeout.")
+             "once its files have settled; stop on Ctrl-C/SIGTERM or --watch-timeout.",
+        rich_help_panel="Execution")
     ] = False,
     watch_timeout: Annotated[float | None, typer.Option(
-        help="With --watch: stop after this many seconds without a new micrograph.")] = None,
+        help="With --watch: stop after this many seconds without a new micrograph.",
+        rich_help_panel="Execution")] = None,
     settle: Annotated[float, typer.Option(
-        help="With --watch: seconds a micrograph and its picks must stay unchanged.")] = 10.0,
+        help="With --watch: seconds a micrograph and its picks must stay unchanged.",
+        rich_help_panel="Execution")] = 10.0,
 ) -> None:
     """Cut particles out of micrographs at picked coordinates into stacks + a RELION STAR."""
     from cryoextract.cli.progress import JobProgress
