@@ -9,11 +9,11 @@ import threading
 
 import typer
 
-from cryoextract.cli.common import err
+from cryoextract.cli.common import OneLineErrors, err
 
 # Showing help and parsing arguments import this module and the command modules only:
 # each command imports the library it wraps when it runs (tests/test_startup.py).
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True,
                   help="Particle extraction and particle-stack preparation for cryo-EM.",
                   # the root's --help, when absent, is then False instead of None, which
                   # typer would coerce with pydantic (80 ms) before even `extract --help`

@@ -1,12 +1,16 @@
-"""What every command shares: the two consoles and the one-line error exit."""
+"""What every command shares: the two consoles, the one-line error exit, and the app's
+command group, which reports usage errors in the same one line."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import sys
+from collections.abc import Sequence
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperGroup
 
 from cryoextract.options import PathStyle
 
@@ -26,10 +30,41 @@ out = Console()
 
 def fail(message: str) -> None:
     """Print a one-line error naming the file (the message does) and exit with code 2."""
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    print_error(message)
     raise typer.Exit(EXIT_INPUT_ERROR)
+
+
+def print_error(message: str) -> None:
+    """``error: <message>`` on stderr, on one line."""
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def warn(message: str) -> None:
     """Print a warning on stderr."""
     err.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+class OneLineErrors(TyperGroup):
+    """The app's command group. A usage error (an unknown option, a missing value, a
+    choice not offered) is one line naming the option, ``error: cryoextract extract: No
+    such option: --bogus ...``, exit code 2, like every other error; not typer's framed
+    box under the usage."""
+
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
+             complete_var: str | None = None, standalone_mode: bool = True,
+             **extra: Any) -> Any:
+        if not standalone_mode:  # the caller handles errors (cryoextract-relion does)
+            return super().main(args, prog_name, complete_var, False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, **extra)
+        except typer.Abort:
+            print_error("aborted")
+            sys.exit(1)
+        except typer.TyperException as exc:
+            # no arguments at all: typer has printed the help already
+            if type(exc).__name__ != "NoArgsIsHelpError":
+                ctx = getattr(exc, "ctx", None)
+                where = f"{ctx.command_path}: " if ctx is not None else ""
+                print_error(where + " ".join(exc.format_message().split()))
+            sys.exit(EXIT_INPUT_ERROR)
+        sys.exit(code if isinstance(code, int) else 0)

@@ -56,20 +56,22 @@ def convert_command(
     pixel_size: Annotated[float | None, typer.Option(
         help="Pixel size (A) of the micrographs the output refers to \\[default: from a "
              "--micrographs STAR].")] = None,
-    swap_xy: Annotated[bool, typer.Option(help="Swap x and y (after scaling).")] = False,
+    swap_xy: Annotated[bool, typer.Option(
+        "--swap-xy", help="Swap x and y (after scaling).")] = False,
     flip_x: Annotated[bool, typer.Option(
-        help="Mirror x: x -> nx - 1 - x (needs the micrograph shape).")] = False,
+        "--flip-x", help="Mirror x: x -> nx - 1 - x (needs the micrograph shape).")] = False,
     flip_y: Annotated[bool, typer.Option(
-        help="Mirror y: y -> ny - 1 - y (needs the micrograph shape).")] = False,
+        "--flip-y", help="Mirror y: y -> ny - 1 - y (needs the micrograph shape).")] = False,
     micrograph_shape: Annotated[tuple[int, int] | None, typer.Option(
-        help="NY NX of every micrograph (for flips and the off-micrograph check).",
+        metavar="NY NX", help="NY NX of every micrograph (for flips and the off-micrograph check).",
         show_default=False)] = None,
     micrographs: Annotated[str | None, typer.Option(
         help="Micrographs STAR or glob of MRC files: names for the picks, shapes from the "
              "MRC headers, pixel sizes from the STAR.")] = None,
     suffix: Annotated[str | None, typer.Option(
         help="Ending of per-micrograph output files \\[default: .star, .box, .cbox].")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace existing output files.")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace existing output files.")] = False,
 ) -> None:
     """Convert picks between formats, pixel sizes and axis conventions."""
     from cryoextract.io.pickformats.conversion import ConvertOptions, convert_picks

@@ -53,9 +53,11 @@ def subtract_command(
         help="per-particle: least-squares scale of the map's projection to each image; "
              "none: scale 1 (RELION).")] = ScaleMode.PER_PARTICLE,
     recenter_on_mask: Annotated[bool, typer.Option(
+        "--recenter-on-mask",
         help="Centre the output images on the projection of the mask's centre of mass "
              "(integer shift; the residual goes to the origins).")] = False,
     recenter_xyz: Annotated[tuple[float, float, float] | None, typer.Option(
+        metavar="X Y Z",
         help="Centre on this 3D point instead: 0-based voxel indices x y z of the map "
              "(RELION's --center_x is x - box/2).", show_default=False)] = None,
     new_box: Annotated[int | None, typer.Option(
@@ -82,7 +84,8 @@ def subtract_command(
     revert: Annotated[Path | None, typer.Option(
         help="Instead of subtracting: give the original particles of this subtracted "
              "particles STAR back, with their origins.", show_default=False)] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace an existing output.")] = False,
     paths: PathsOption = PathStyle.CWD,
 ) -> None:
     """Subtract the projection of a masked map (or half-maps) from every particle image."""
