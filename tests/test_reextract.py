@@ -59,8 +59,9 @@ def refined_particles(ds, seed: int = 1, with_poses: bool = False) -> pd.DataFra
     return pd.DataFrame(rows)
 
 
-def write_particles_star(ds, table: pd.DataFrame, name: str = "refined.star") -> str:
-    optics = pd.DataFrame({
+def write_particles_star(ds, table: pd.DataFrame, name: str = "refined.star",
+                         **optics_columns: float) -> str:
+    optics = pd.DataFrame({**{k: [v] for k, v in optics_columns.items()},
         "rlnOpticsGroupName": ["opticsGroup1"], "rlnOpticsGroup": [1],
         "rlnImagePixelSize": [ds.apix], "rlnImageSize": [BOX], "rlnImageDimensionality": [2],
         "rlnVoltage": [ds.voltage], "rlnSphericalAberration": [ds.cs],
@@ -70,11 +71,11 @@ def write_particles_star(ds, table: pd.DataFrame, name: str = "refined.star") ->
     return name
 
 
-def relion_reextract(ds, star: str, part_dir: str, *extra: str):
+def relion_reextract(ds, star: str, part_dir: str, *extra: str, recenter: bool = True):
     cmd = [
         "relion_preprocess", "--i", ds.micrographs_star, "--reextract_data_star", star,
-        "--recenter", "--part_star", f"{part_dir}/particles.star", "--part_dir", f"{part_dir}/",
-        "--extract", "--extract_size", str(BOX), *extra,
+        *(["--recenter"] if recenter else []), "--part_star", f"{part_dir}/particles.star",
+        "--part_dir", f"{part_dir}/", "--extract", "--extract_size", str(BOX), *extra,
     ]
     proc = subprocess.run(cmd, cwd=ds.root, capture_output=True, text=True, timeout=300,
                           check=False)
@@ -139,6 +140,45 @@ def test_recentring_on_a_3d_point_matches_relion(dataset):
                                       rp[f"rlnCoordinate{axis}"].to_numpy())
         np.testing.assert_allclose(op[f"rlnOrigin{axis}Angst"].to_numpy(),
                                    rp[f"rlnOrigin{axis}Angst"].to_numpy(), atol=1e-3)
+
+
+def test_half_pixel_origins_round_as_relion(dataset):
+    """Origins of exactly +-0.5, +-1.5, +-2.5 px (the ties ``np.round`` sends to even):
+    RELION's ``ROUND`` rounds the offset, halves away from zero. Extraction and
+    ``downsample --recenter`` (the same ``ops.recenter``) give RELION's coordinates,
+    origins and, for extraction, pixels."""
+    require_relion()
+    table = refined_particles(dataset, seed=3)
+    ties = np.array([0.5, -0.5, 1.5, -1.5, 2.5, -2.5, 3.5, -3.5])
+    for axis, step in (("X", 1), ("Y", 3)):
+        table[f"rlnOrigin{axis}Angst"] = np.resize(np.roll(ties, step), len(table)) * dataset.apix
+    # both parities of the coordinate meet every tie (half to even would tell them apart)
+    table["rlnCoordinateX"] += np.arange(len(table)) % 2
+    star = write_particles_star(dataset, table, "ties.star",
+                                rlnMicrographOriginalPixelSize=dataset.apix)
+    relion = relion_reextract(dataset, star, "RelionTies")
+    run_ours(dataset.root, "--micrographs", dataset.micrographs_star, "--coords", star,
+             "--box", str(BOX), "--norm", "none", "--no-invert", "--out", "OursTies")
+    ours = load_particles(dataset.root / "OursTies" / "particles.star", dataset.root)
+    # the same particles boxed by RELION where they were picked, moved by downsample
+    relion_reextract(dataset, star, "RelionKept", recenter=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cryoextract", "downsample", "--particles",
+         "RelionKept/particles.star", "--box", str(BOX), "--recenter", "--out", "Moved"],
+        cwd=dataset.root, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    moved = load_particles(dataset.root / "Moved" / "particles.star", dataset.root)
+    r = _by_class(relion.particles)
+    rp = relion.particles.iloc[r]
+    assert len(rp) == len(table)
+    for result in (ours, moved):
+        op = result.particles.iloc[_by_class(result.particles)]
+        for axis in ("X", "Y"):
+            np.testing.assert_array_equal(op[f"rlnCoordinate{axis}"].to_numpy(),
+                                          rp[f"rlnCoordinate{axis}"].to_numpy())
+            np.testing.assert_allclose(op[f"rlnOrigin{axis}Angst"].to_numpy(),
+                                       rp[f"rlnOrigin{axis}Angst"].to_numpy(), atol=1e-4)
+    np.testing.assert_array_equal(ours.images[_by_class(ours.particles)], relion.images[r])
 
 
 def _delta_micrograph(root: Path, shape=(200, 240), at=(101.0, 87.0), apix=1.0) -> str:

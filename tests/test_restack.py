@@ -28,7 +28,8 @@ from typer.testing import CliRunner
 from cryoextract.cli.stacks import downsample_command, restack_command
 from cryoextract.errors import InputError, ParameterError
 from cryoextract.io.images import image_key, locate_images, parse_image_name, read_images
-from cryoextract.pipeline.restack import downsample, read_particles, restack
+from cryoextract.io.particles import read_particles
+from cryoextract.pipeline.restack import downsample, restack
 from relion_oracle import require_relion
 from shared_data import REAL, require_paths
 

@@ -42,14 +42,11 @@ from cryoextract.cli.subtract import print_subtract_summary, subtract_command
 from cryoextract.errors import CryoExtractError, InputError, ParameterError
 from cryoextract.io.cryosparc import read_cs_particles, write_cs
 from cryoextract.ops.ctf import CtfParams, ctf_2d, ctf_2d_batch
+from cryoextract.ops.recenter import recentre
 from cryoextract.ops.rotations import euler_to_matrix, viewing_direction_order
 from cryoextract.ops.subtract import inspect_mask, suggested_edge_px
 from cryoextract.pipeline import subtract_tasks as tasks
-from cryoextract.pipeline.subtract import (
-    recenter_shifts,
-    revert_subtraction,
-    subtract_particles,
-)
+from cryoextract.pipeline.subtract import revert_subtraction, subtract_particles
 from relion_oracle import require_relion
 from shared_data import SHARED_DATA, require_paths
 
@@ -893,7 +890,8 @@ def test_viewing_direction_order_groups_planes_and_recenter_shifts():
     # recentring: integer shifts round(origin - A c), residual origins in [-0.5, 0.5]
     origins = rng.uniform(-5, 5, (300, 2))
     point = np.array([4.0, -3.0, 2.5])
-    shifts, residual = recenter_shifts(angles, origins, point)
+    moves = recentre(origins, angles, point)
+    shifts, residual = moves.shifts_px, moves.residual_px
     projected = (euler_to_matrix(*angles.T) @ point)[:, :2]
     np.testing.assert_allclose(shifts + residual, origins - projected, atol=1e-12)
     assert np.abs(residual).max() <= 0.5 and shifts.dtype == np.int64

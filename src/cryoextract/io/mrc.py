@@ -321,6 +321,45 @@ def read_stack(path: str | os.PathLike[str]) -> np.ndarray:
     return data[None] if data.ndim == 2 else data
 
 
+def read_volume(path: str | os.PathLike[str], what: str = "map") -> tuple[np.ndarray, float]:
+    """Read a 3D MRC volume (a map or a mask), strictly as every MRC we read.
+
+    Returns
+    -------
+    volume : np.ndarray
+        ``(N, N, N)`` float32, axes ``(z, y, x)``.
+    pixel_size_angstrom : float
+        The header's voxel size along x (0.0 when unset).
+
+    Raises
+    ------
+    InputError
+        Missing, not a valid MRC file (header, size), unsupported mode, not a cube, or
+        non-finite values; the message names ``what`` and the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what} not found", path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with mrcfile.open(path, mode="r", permissive=False) as handle:
+                data = handle.data
+                if data is None:
+                    raise InputError("MRC file has no data block", path)
+                if data.dtype.type not in READABLE_DTYPES:
+                    raise InputError(f"unsupported MRC data type {data.dtype}", path)
+                volume = np.array(data, dtype=np.float32)
+                voxel = float(handle.voxel_size.x)
+    except (ValueError, OSError, EOFError) as exc:
+        raise InputError(f"not a readable MRC {what} ({first_line(exc)})", path) from exc
+    if volume.ndim != 3 or len(set(volume.shape)) != 1:
+        raise InputError(f"{what} must be a cube, got shape {volume.shape}", path)
+    if not np.all(np.isfinite(volume)):
+        raise InputError(f"{what} holds non-finite values", path)
+    return volume, voxel
+
+
 def stack_image_count(path: str | os.PathLike[str]) -> int:
     """Images in a complete MRC stack, or -1 if it is missing, unreadable or truncated."""
     try:

@@ -11,7 +11,7 @@ import pandas as pd
 
 from cryoextract.errors import InputError
 from cryoextract.ops.coordinates import transform_picks
-from cryoextract.ops.rotations import euler_to_matrix
+from cryoextract.ops.recenter import project_point, recentre
 from cryoextract.pipeline.params import ExtractParams, SubpixelMode
 
 ORIGIN_COLUMNS = ("rlnOriginXAngst", "rlnOriginYAngst")
@@ -64,20 +64,23 @@ def place_particles(
     """Box centres and output coordinates/origins for picks at ``xy`` (micrograph px).
 
     Without re-centring the box is centred on ``floor(xy)`` (RELION's truncation) and
-    origins already in the picks are kept, corrected by the residual. With re-centring,
-    the particle position ``xy - origin / apix`` (plus the projection of
-    ``recenter_xyz_angstrom``) is boxed at its nearest pixel (RELION's ``ROUND``) and
-    only the sub-pixel remainder stays in the origins.
+    origins already in the picks are kept, corrected by the residual. With re-centring
+    (:func:`cryoextract.ops.recenter.recentre`), the offset ``origin / apix`` (less the
+    projection of ``recenter_xyz_angstrom``) is rounded as RELION does (halves away from
+    zero), the box goes to ``floor(xy - rounded offset)`` and only the remainder stays in
+    the origins.
     """
     n = len(xy)
     old_origins = _origins_angstrom(picks)
     recentred = wants_recentring(picks, params)
     if recentred:
-        position = xy - old_origins / pixel_size_angstrom
+        offsets = old_origins / pixel_size_angstrom
         if params.recenter_xyz_angstrom is not None:
-            position += projected_point_angstrom(picks, params.recenter_xyz_angstrom,
-                                                 source) / pixel_size_angstrom
-        centres = np.round(_bounded(position)).astype(np.int64)
+            offsets = offsets - projected_point_angstrom(picks, params.recenter_xyz_angstrom,
+                                                         source) / pixel_size_angstrom
+        moves = recentre(offsets)  # RELION: the new coordinate is xy - ROUND(offset)
+        position = xy - offsets
+        centres = np.floor(_bounded(xy - moves.shifts_px)).astype(np.int64)
         carried = np.zeros((n, 2))
     else:
         position = xy
@@ -116,6 +119,4 @@ def projected_point_angstrom(
     missing = [c for c in ANGLE_COLUMNS if c not in picks.columns]
     if missing:
         raise InputError(f"--recenter-xyz needs poses; missing {', '.join(missing)}", source)
-    angles = picks[list(ANGLE_COLUMNS)].to_numpy(np.float64)
-    matrices = euler_to_matrix(angles[:, 0], angles[:, 1], angles[:, 2])  # (n, 3, 3)
-    return (matrices @ np.asarray(xyz_angstrom, dtype=np.float64))[:, :2]
+    return project_point(picks[list(ANGLE_COLUMNS)].to_numpy(np.float64), xyz_angstrom)

@@ -25,31 +25,25 @@ from cryoextract.errors import InputError, ParameterError
 from cryoextract.io.images import (
     ImageLocations,
     format_image_name,
-    image_key,
     locate_images,
     read_images,
 )
 from cryoextract.io.mrc import StackWriter
+from cryoextract.io.particles import (
+    PIXEL_TO_ANGSTROM,
+    ParticleTable,
+    offsets_to_angstrom,
+    read_particles,
+    select_rows,
+)
 from cryoextract.io.paths import PathNamer, PathStyle, located_names, rebase_image_names
-from cryoextract.io.star import find_block, read_star, write_star
+from cryoextract.io.star import write_star
 from cryoextract.ops.fourier import fourier_crop_2d
+from cryoextract.ops.recenter import recentre
 from cryoextract.options import DEFAULT_BATCH_SIZE
 from cryoextract.pipeline.params import JobPaths, check_box_size
 
 WRONG_SIZE = "image size differs from its optics group"
-
-# RELION 3.0 columns that became the optics table in 3.1 (StarConverter, in its order).
-_OPTICS_30 = (
-    "rlnAmplitudeContrast", "rlnBeamTiltX", "rlnBeamTiltY", "rlnSphericalAberration",
-    "rlnVoltage", "rlnDetectorPixelSize", "rlnMagnification",
-)
-# RELION 3.0 offsets in pixels and their 3.1 names in Angstrom.
-_PIXEL_TO_ANGSTROM = {
-    "rlnOriginX": "rlnOriginXAngst", "rlnOriginY": "rlnOriginYAngst",
-    "rlnOriginZ": "rlnOriginZAngst", "rlnOriginXPrior": "rlnOriginXPriorAngst",
-    "rlnOriginYPrior": "rlnOriginYPriorAngst", "rlnOriginZPrior": "rlnOriginZPriorAngst",
-    "rlnHelicalTrackLength": "rlnHelicalTrackLengthAngst",
-}
 
 ProgressCallback = Callable[[int], None]
 #: per batch: (images (k, h, w), job rows (k,), output shape) -> output images
@@ -82,237 +76,6 @@ class StackJobSummary:
         return json.dumps(asdict(self), indent=2)
 
 
-@dataclass(frozen=True)
-class ParticleTable:
-    """A particles file in RELION 3.1 form.
-
-    ``optics`` has one row per optics group (``rlnOpticsGroup``, ``rlnOpticsGroupName``,
-    ``rlnImagePixelSize`` when known); ``particles`` one row per particle with
-    ``rlnImageName`` and ``rlnOpticsGroup``. ``base_dirs`` are where relative image
-    names are looked up, in order.
-    """
-
-    optics: pd.DataFrame
-    particles: pd.DataFrame
-    source: str
-    base_dirs: tuple[Path, ...]
-    warnings: tuple[str, ...] = ()
-    relion30: bool = False
-
-
-# --------------------------------------------------------------------------- input
-def read_particles(
-    path: str | os.PathLike[str], *, base_dir: str | os.PathLike[str] | None = None
-) -> ParticleTable:
-    """Read a particles STAR (RELION 3.0 or 3.1+) or cryoSPARC ``.cs`` into 3.1 form.
-
-    RELION 3.0 files are converted as RELION 3.1's ``StarConverter`` does: one optics
-    group per distinct (Q0, beam tilt, Cs, voltage, detector pixel, magnification) in
-    order of appearance, ``rlnImagePixelSize = 1e4 * rlnDetectorPixelSize /
-    rlnMagnification``, offsets in pixels turned into Å.
-
-    Parameters
-    ----------
-    path : path-like
-        ``.star`` or ``.cs`` file.
-    base_dir : path-like, optional
-        Looked up first for relative image names; default the working directory (as
-        RELION), then the file's own directory.
-
-    Raises
-    ------
-    InputError
-        Unreadable file, no ``rlnImageName``, optics groups missing from the optics table.
-    """
-    path = Path(path)
-    dirs = _base_dirs(path, base_dir)
-    if path.suffix.lower() == ".cs":
-        notes: list[str] = []
-        optics, particles = _read_cs(path, notes)
-        return _checked(ParticleTable(optics, particles, str(path), dirs, tuple(notes)), path)
-    tables = read_star(path)
-    particles = find_block(tables, path, ("rlnImageName",), preferred=("particles",))
-    particles = particles.reset_index(drop=True)
-    warnings: list[str] = []
-    relion30 = not ("optics" in tables and tables["optics"] is not particles)
-    if not relion30:
-        optics = tables["optics"].reset_index(drop=True)
-        if "rlnOpticsGroup" not in particles.columns:
-            if len(optics) != 1:
-                raise InputError("particles have no rlnOpticsGroup column", path)
-            particles = particles.assign(rlnOpticsGroup=int(optics["rlnOpticsGroup"].iloc[0]))
-    else:
-        optics, particles = convert_relion30(particles)
-        if "rlnImagePixelSize" in optics.columns:
-            optics, particles = _offsets_to_angstrom(optics, particles)
-        elif any(c in particles.columns for c in _PIXEL_TO_ANGSTROM):
-            warnings.append("no pixel size in the STAR to turn pixel offsets into A")
-    if "rlnOpticsGroupName" not in optics.columns:
-        optics = optics.copy()
-        names = [f"opticsGroup{g}" for g in optics["rlnOpticsGroup"]]
-        optics.insert(1, "rlnOpticsGroupName", names)
-    table = ParticleTable(optics, particles, str(path), dirs, tuple(warnings), relion30)
-    return _checked(table, path)
-
-
-def convert_relion30(particles: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split a RELION 3.0 particles table into 3.1 ``(optics, particles)``.
-
-    Groups as RELION 3.1's ``StarConverter``; ``rlnImagePixelSize`` replaces
-    ``rlnDetectorPixelSize``/``rlnMagnification``. Offsets are left in pixels here
-    (:func:`read_particles` converts them once the pixel size is known).
-    """
-    keys = [c for c in _OPTICS_30 if c in particles.columns]
-    if keys:
-        groups = particles.groupby(keys, sort=False, dropna=False).ngroup().to_numpy() + 1
-    else:
-        groups = np.ones(len(particles), dtype=np.int64)
-    first = np.unique(groups, return_index=True)[1]
-    optics = particles.iloc[first][keys].reset_index(drop=True)
-    optics.insert(0, "rlnOpticsGroup", groups[first])
-    optics.insert(1, "rlnOpticsGroupName", [f"opticsGroup{g}" for g in groups[first]])
-    if {"rlnDetectorPixelSize", "rlnMagnification"} <= set(keys):
-        optics["rlnImagePixelSize"] = (
-            1e4 * optics["rlnDetectorPixelSize"].astype(float)
-            / optics["rlnMagnification"].astype(float)
-        )
-        optics = optics.drop(columns=["rlnDetectorPixelSize", "rlnMagnification"])
-    return optics, particles.drop(columns=keys).assign(rlnOpticsGroup=groups)
-
-
-def _base_dirs(path: Path, base_dir: str | os.PathLike[str] | None) -> tuple[Path, ...]:
-    dirs = [Path(base_dir) if base_dir is not None else Path.cwd(), path.parent]
-    unique: list[Path] = []
-    for d in dirs:
-        if not any(_same_dir(d, u) for u in unique):
-            unique.append(d)
-    return tuple(unique)
-
-
-def _same_dir(a: Path, b: Path) -> bool:
-    return os.path.abspath(a) == os.path.abspath(b)
-
-
-def _read_cs(path: Path, notes: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    try:
-        from cryoextract.io.cryosparc import read_cs_particles  # type: ignore[import-not-found]
-    except ImportError as exc:
-        raise InputError(
-            "cryoSPARC .cs input needs cryoextract.io.cryosparc, which this build lacks; "
-            "export the particles to a RELION STAR (e.g. with csparc2star.py)", path
-        ) from exc
-    optics, particles = read_cs_particles(path, notes=notes)
-    return optics.reset_index(drop=True), particles.reset_index(drop=True)
-
-
-def _offsets_to_angstrom(
-    optics: pd.DataFrame, particles: pd.DataFrame
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """RELION 3.0 pixel offsets to Å with each particle's optics-group pixel size.
-
-    As RELION 3.1's ``StarConverter::translateOffsets``; a pixel column whose Å
-    counterpart already exists is left alone.
-    """
-    present = [c for c in _PIXEL_TO_ANGSTROM if c in particles.columns]
-    if not present:
-        return optics, particles
-    apix = optics.set_index("rlnOpticsGroup")["rlnImagePixelSize"].astype(float)
-    scale = particles["rlnOpticsGroup"].map(apix).to_numpy(dtype=float)
-    particles = particles.copy()
-    for column in present:
-        target = _PIXEL_TO_ANGSTROM[column]
-        if target not in particles.columns:
-            particles[column] = particles[column].astype(float) * scale
-            particles = particles.rename(columns={column: target})
-    return optics, particles
-
-
-def _checked(table: ParticleTable, path: Path) -> ParticleTable:
-    particles, optics = table.particles, table.optics
-    for column in ("rlnImageName", "rlnOpticsGroup"):
-        if column not in particles.columns:
-            raise InputError(f"particles have no {column} column", path)
-    if "rlnOpticsGroup" not in optics.columns:
-        raise InputError("optics table has no rlnOpticsGroup column", path)
-    unknown = set(particles["rlnOpticsGroup"]) - set(optics["rlnOpticsGroup"])
-    if unknown:
-        raise InputError(f"optics groups {sorted(unknown)} are not in data_optics", path)
-    if particles["rlnImageName"].isna().any():
-        raise InputError("some particles have no rlnImageName", path)
-    return table
-
-
-# --------------------------------------------------------------------------- selection
-def select_rows(
-    particles: pd.DataFrame,
-    *,
-    select: str | os.PathLike[str] | None = None,
-    indices: str | os.PathLike[str] | None = None,
-) -> tuple[np.ndarray, list[str]]:
-    """Positions of the particles to keep, in table order.
-
-    Parameters
-    ----------
-    particles : pd.DataFrame
-        The input particles table.
-    select : path-like, optional
-        A STAR file: keep particles whose ``rlnImageName`` appears in it (compared as
-        ``(image number, normalised path)``, so ``12@./a.mrcs`` matches ``000012@a.mrcs``).
-    indices : path-like, optional
-        0-based row numbers: a ``.npy`` integer array, or text with integers separated by
-        whitespace or commas (``#`` starts a comment).
-
-    Returns
-    -------
-    rows : np.ndarray
-        ``(k,)`` int64 sorted positions.
-    warnings : list of str
-    """
-    if select is not None and indices is not None:
-        raise ParameterError("give at most one of --select and --indices")
-    every = np.arange(len(particles), dtype=np.int64)
-    if select is not None:
-        return _select_by_star(particles, Path(select))
-    if indices is not None:
-        return _select_by_indices(len(particles), Path(indices)), []
-    return every, []
-
-
-def _select_by_star(particles: pd.DataFrame, path: Path) -> tuple[np.ndarray, list[str]]:
-    tables = read_star(path)
-    chosen = find_block(tables, path, ("rlnImageName",), preferred=("particles",))
-    wanted = {image_key(n) for n in chosen["rlnImageName"].astype(str)} - {None}
-    keys = [image_key(n) for n in particles["rlnImageName"].astype(str)]
-    rows = np.array([i for i, k in enumerate(keys) if k in wanted], dtype=np.int64)
-    missing = len(wanted - set(keys))
-    warnings = []
-    if missing:
-        warnings.append(f"{missing} image names of {path} are not in the input particles")
-    return rows, warnings
-
-
-def _select_by_indices(count: int, path: Path) -> np.ndarray:
-    if not path.is_file():
-        raise InputError("index file not found", path)
-    try:
-        if path.suffix.lower() == ".npy":
-            values = np.load(path, allow_pickle=False).ravel()
-        else:
-            text = "\n".join(line.split("#", 1)[0] for line in path.read_text().splitlines())
-            values = np.array(text.replace(",", " ").split(), dtype=float)
-    except (ValueError, OSError) as exc:
-        raise InputError(f"not a list of integers ({exc})", path) from exc
-    if len(values) and not np.all(np.asarray(values, dtype=float) % 1 == 0):
-        raise InputError("indices must be integers", path)
-    rows = np.unique(np.asarray(values, dtype=np.int64))
-    bad = rows[(rows < 0) | (rows >= count)]
-    if len(bad):
-        raise InputError(
-            f"{len(bad)} indices outside 0..{count - 1} (0-based), e.g. {int(bad[0])}", path
-        )
-    return rows
-
-
 # --------------------------------------------------------------------------- jobs
 def restack(
     particles_star: str | os.PathLike[str],
@@ -342,7 +105,7 @@ def restack(
         Images per output stack (the last one, and a stack before a change of image
         size, hold fewer).
     select, indices : path-like, optional
-        Keep only some particles (see :func:`select_rows`).
+        Keep only some particles (see :func:`cryoextract.io.particles.select_rows`).
     float16 : bool, optional
         Output MRC mode 12 (True) or 2 (False); ``None`` keeps float16 when every input
         image is float16, else float32. float16 to float16 and anything to float32 are
@@ -535,12 +298,12 @@ def _find_pixel_sizes(job: _Job) -> None:
                 f"{header:g} A"
             )
     sizes = job.pixel_size_angstrom
-    pixel_offsets = any(c in job.particles.columns for c in _PIXEL_TO_ANGSTROM)
+    pixel_offsets = any(c in job.particles.columns for c in PIXEL_TO_ANGSTROM)
     if (job.table.relion30 and pixel_offsets and sizes
             and all(v is not None for v in sizes.values())):
         optics = job.table.optics.copy()
         optics["rlnImagePixelSize"] = optics["rlnOpticsGroup"].map(sizes)
-        _, job.particles = _offsets_to_angstrom(optics, job.particles)
+        _, job.particles = offsets_to_angstrom(optics, job.particles)
 
 
 def _header_pixel_size(job: _Job, group: int) -> float | None:
@@ -591,12 +354,11 @@ def _recenter(job: _Job) -> np.ndarray:
     if not np.all(np.isfinite(apix[job.good])):
         job.warnings.append("--recenter: pixel size unknown for some optics groups; "
                             "their particles are not moved")
-    for axis, column in enumerate(columns):
-        origin = particles[column].to_numpy(dtype=float)
-        step = _round_half_away(origin / apix)
-        step[~np.isfinite(step)] = 0
-        shifts[:, axis] = step
-        particles[column] = np.where(np.isfinite(apix), origin - step * apix, origin)
+    origins = particles[list(columns)].to_numpy(dtype=float)
+    moves = recentre(origins / apix[:, None])
+    shifts = moves.shifts_px
+    known = np.isfinite(apix)[:, None]
+    particles[list(columns)] = np.where(known, moves.residual_px * apix[:, None], origins)
     _move_coordinates(job, particles, shifts, apix)
     job.particles = particles
     job.recentered = int(np.count_nonzero(np.any(shifts != 0, axis=1) & job.good))
@@ -611,7 +373,7 @@ def _sync_pixel_offsets(job: _Job, out: _OutputSpec) -> None:
     """
     apix = _row_values(job, out.pixel_size_angstrom)
     ratio = _row_values(job, {g: out.shape_yx[g][1] / job.shape_yx[g][1] for g in job.shape_yx})
-    for column, target in _PIXEL_TO_ANGSTROM.items():
+    for column, target in PIXEL_TO_ANGSTROM.items():
         if column not in job.particles.columns:
             continue
         values = job.particles[column].to_numpy(dtype=float)
@@ -649,11 +411,6 @@ def _move_coordinates(
     for axis, column in enumerate(("rlnCoordinateX", "rlnCoordinateY")):
         moved = particles[column].to_numpy(dtype=float) - shifts[:, axis] * ratio
         particles[column] = np.where(np.isfinite(moved), moved, particles[column])
-
-
-def _round_half_away(values: np.ndarray) -> np.ndarray:
-    """RELION's ``ROUND``: halves away from zero."""
-    return np.sign(values) * np.floor(np.abs(values) + 0.5)
 
 
 def _shift_and_crop(

@@ -18,22 +18,21 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Future, as_completed, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import mrcfile
 import numpy as np
 import pandas as pd
 
 from cryoextract.errors import CryoExtractError, InputError, ParameterError, os_error_message
 from cryoextract.io.cryosparc import write_cs
 from cryoextract.io.images import ImageLocations, format_image_name, locate_images
-from cryoextract.io.mrc import StackWriter
+from cryoextract.io.mrc import StackWriter, read_volume
 from cryoextract.io.mtf import read_mtf
+from cryoextract.io.particles import ParticleTable, base_dirs, read_particles
 from cryoextract.io.paths import (
     PathNamer,
     PathStyle,
@@ -46,16 +45,21 @@ from cryoextract.io.star import find_block, read_star, write_star
 from cryoextract.ops.aberrations import OpticalAberrations
 from cryoextract.ops.mtf import mtf_image, relative_mtfs
 from cryoextract.ops.projection import DEFAULT_PADDING_FACTOR, FourierVolume, fourier_volume
-from cryoextract.ops.rotations import euler_to_matrix
+from cryoextract.ops.recenter import recentre
 from cryoextract.ops.subtract import (
     MaskReport,
     centre_of_mass_xyz,
     inspect_mask,
     suggested_edge_px,
 )
-from cryoextract.options import DEFAULT_SCALE_BAND, MaskMode, OutputFormat, ScaleMode
+from cryoextract.options import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_SCALE_BAND,
+    MaskMode,
+    OutputFormat,
+    ScaleMode,
+)
 from cryoextract.pipeline.params import JobPaths, check_box_size
-from cryoextract.pipeline.restack import DEFAULT_BATCH_SIZE, ParticleTable, read_particles
 from cryoextract.pipeline.subtract_tasks import (
     CTF_COLUMNS,
     GroupOptics,
@@ -159,40 +163,11 @@ class _Maps:
     pixel_size_angstrom: float
 
 
-def read_map(path: str | os.PathLike[str]) -> tuple[np.ndarray, float]:
-    """Read a 3D MRC map.
-
-    Returns
-    -------
-    volume : np.ndarray
-        ``(N, N, N)`` float32, axes ``(z, y, x)``.
-    pixel_size_angstrom : float
-        The header's voxel size along x (0.0 when unset).
-
-    Raises
-    ------
-    InputError
-        Missing, unreadable, not a cube or odd side.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError("map not found", path)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with mrcfile.open(path, mode="r", permissive=True) as handle:
-                if handle.data is None:
-                    raise InputError("MRC file has no data block", path)
-                volume = np.array(handle.data, dtype=np.float32)
-                voxel = float(handle.voxel_size.x)
-    except (ValueError, OSError, EOFError) as exc:
-        raise InputError(f"not a readable MRC map ({exc})", path) from exc
-    if volume.ndim != 3 or len(set(volume.shape)) != 1:
-        raise InputError(f"map must be a cube, got shape {volume.shape}", path)
+def read_map(path: str | os.PathLike[str], what: str = "map") -> tuple[np.ndarray, float]:
+    """:func:`cryoextract.io.mrc.read_volume`, with the even side a subtraction needs."""
+    volume, voxel = read_volume(path, what)
     if volume.shape[0] % 2:
-        raise InputError(f"map side must be even, got {volume.shape[0]}", path)
-    if not np.all(np.isfinite(volume)):
-        raise InputError("map holds non-finite values", path)
+        raise InputError(f"{what} side must be even, got {volume.shape[0]}", path)
     return volume, voxel
 
 
@@ -227,7 +202,7 @@ def _load_mask(
 ) -> tuple[np.ndarray | None, MaskReport | None]:
     if path is None:
         return None, None
-    volume, _ = read_map(path)
+    volume, _ = read_map(path, "mask")
     if volume.shape[0] != box_px:
         raise InputError(f"mask is {volume.shape[0]}^3 but the map is {box_px}^3", path)
     try:
@@ -470,47 +445,6 @@ def _check_sizes(
 
 
 # --------------------------------------------------------------------------- recentring
-def recenter_shifts(
-    rotations_deg: np.ndarray, origins_px: np.ndarray, point_px: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Integer image shifts and residual origins that centre a 3D point in each particle.
-
-    As ``relion_particle_subtract --center_x/y/z``: the point ``c`` (voxels from the map
-    centre, ``(x, y, z)``) projects to ``p = (A c)[:2]`` pixels from the projection centre,
-    and lies in the image at ``centre + p - origin``. The image content is moved by
-    ``s = round(origin - p)`` (halves away from zero) and the new origin is
-    ``origin - p - s``, so the point lies at ``centre - new origin``.
-
-    Parameters
-    ----------
-    rotations_deg : np.ndarray
-        ``(n, 3)`` ``rlnAngleRot/Tilt/Psi`` in degrees.
-    origins_px : np.ndarray
-        ``(n, 2)`` ``rlnOriginX/YAngst`` divided by the pixel size.
-    point_px : np.ndarray
-        ``(3,)`` ``c``.
-
-    Returns
-    -------
-    shifts : np.ndarray
-        ``(n, 2)`` int64 ``(dx, dy)`` content shifts.
-    new_origins_px : np.ndarray
-        ``(n, 2)`` float64, each component in ``[-0.5, 0.5]``.
-    """
-    out_shift = np.zeros(origins_px.shape, dtype=np.int64)
-    out_origin = np.zeros(origins_px.shape, dtype=np.float64)
-    step = 100_000
-    for start in range(0, len(origins_px), step):
-        part = slice(start, start + step)
-        a = euler_to_matrix(*rotations_deg[part].T)
-        projected = (a @ np.asarray(point_px, dtype=np.float64))[:, :2]
-        full = origins_px[part] - projected
-        rounded = np.sign(full) * np.floor(np.abs(full) + 0.5)
-        out_shift[part] = rounded.astype(np.int64)
-        out_origin[part] = full - rounded
-    return out_shift, out_origin
-
-
 def _recenter_point(
     recenter_on_mask: bool, recenter_xyz: Sequence[float] | None, mask: np.ndarray | None,
     box_px: int,
@@ -877,9 +811,10 @@ def _recentered_table(
     summary.recenter_xyz_px = [round(float(v), 4) for v in point]
     centre = point - job.maps.box_px // 2
     apix = job.pixel_size_angstrom
-    shifts, origins = recenter_shifts(job.rotations, job.origins_angstrom / apix, centre)
-    table["rlnOriginXAngst"] = origins[:, 0] * apix
-    table["rlnOriginYAngst"] = origins[:, 1] * apix
+    moves = recentre(job.origins_angstrom / apix, job.rotations, centre)
+    shifts = moves.shifts_px
+    table["rlnOriginXAngst"] = moves.residual_px[:, 0] * apix
+    table["rlnOriginYAngst"] = moves.residual_px[:, 1] * apix
     table = table.drop(columns=[c for c in PRIOR_COLUMNS if c in table.columns])
     if {"rlnCoordinateX", "rlnCoordinateY"} <= set(table.columns):
         mic_apix = _micrograph_pixel_sizes(job.table, table)
@@ -1058,7 +993,7 @@ def revert_subtraction(
         raise ParameterError(f"{target} exists; use --overwrite")
     out.mkdir(parents=True, exist_ok=True)
     summary = RevertSummary(particles_star=str(target), particles=len(particles))
-    dirs = [Path(base_dir) if base_dir is not None else Path.cwd(), path.parent]
+    dirs = base_dirs(path, base_dir)
     namer = PathNamer.for_star(target, PathStyle(path_style))
     current = rebase_found_names(particles["rlnImageName"].astype(str), dirs, namer)
     particles["rlnImageName"] = rebase_found_names(
@@ -1091,7 +1026,7 @@ def _reverted_optics(
 ) -> pd.DataFrame:
     """Optics with ``rlnImageSize`` of each group's first readable original image
     (names as ``star``, the STAR being written, gives them)."""
-    dirs = [Path(base_dir) if base_dir is not None else Path.cwd(), star.parent]
+    dirs = base_dirs(star, base_dir)
     locations = locate_images(particles["rlnImageName"].astype(str), dirs)
     summary.originals_missing = int((~locations.ok).sum())
     if summary.originals_missing:
