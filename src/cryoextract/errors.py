@@ -43,8 +43,14 @@ class MicrographError(InputError):
 
 def first_line(message: object) -> str:
     """The first non-blank line of a message (an exception's, say: pandas' and Dask's
-    run over several), so that every error we print stays one line."""
-    lines = [line.strip() for line in str(message).splitlines() if line.strip()]
+    run over several), so that every error we print stays one line. Of an exception
+    whose arguments are a (message, position) pair (``tokenize.TokenError``, raised by
+    numpy on a bad ``.npy`` header), the message."""
+    text = str(message)
+    if (isinstance(message, BaseException) and len(message.args) == 2
+            and isinstance(message.args[0], str)):
+        text = message.args[0]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[0] if lines else type(message).__name__
 
 

@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cryoextract.errors import InputError
+from cryoextract.errors import InputError, first_line
 from cryoextract.io.atomic import atomic_file
 from cryoextract.ops.rotations import euler_to_pose, pose_to_euler
 
@@ -125,10 +125,9 @@ def _load_numpy(path: Path) -> np.ndarray:
 
 
 def _summary(exc: BaseException) -> str:
-    """One line about ``exc``: tokenize.TokenError's args are a (message, (line, col)) pair."""
-    reason = exc.args[0] if len(exc.args) == 2 and isinstance(exc.args[0], str) else exc
-    lines = [line.strip() for line in str(reason).splitlines() if line.strip()]
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    """One line about ``exc``, its type first."""
+    line = first_line(exc)
+    return type(exc).__name__ if line == type(exc).__name__ else f"{type(exc).__name__}: {line}"
 
 
 def _load_csdat(path: Path) -> np.ndarray:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cryoextract.errors import InputError
+from cryoextract.errors import InputError, first_line
 
 X, Y, Z = "rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ"
 SCORE = "rlnAutopickFigureOfMerit"
@@ -27,12 +27,7 @@ def read_text(path: Path, what: str = "coordinate file") -> str:
     try:
         return path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read {what} ({_one_line(exc)})", path) from exc
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+        raise InputError(f"cannot read {what} ({first_line(exc)})", path) from exc
 
 
 def is_number(text: str) -> bool:
