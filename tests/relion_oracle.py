@@ -409,9 +409,11 @@ def run_relion_preprocess(
     black_dust: float | None = None,
     check: bool = True,
     timeout: float = 120.0,
+    extra: Sequence[str] = (),
 ) -> subprocess.CompletedProcess[str]:
     """Run ``relion_preprocess --extract`` in ``ds.root``; outputs go to ``part_dir`` (relative
-    to the root) with the particles STAR at ``<part_dir>/particles.star``.
+    to the root) with the particles STAR at ``<part_dir>/particles.star``. ``extra``: more
+    arguments (``--helix ...``).
 
     With ``check`` a nonzero return code raises :class:`RelionError` with RELION's output.
     """
@@ -440,6 +442,7 @@ def run_relion_preprocess(
         cmd += ["--white_dust", str(white_dust)]
     if black_dust is not None:
         cmd += ["--black_dust", str(black_dust)]
+    cmd += list(extra)
     proc = subprocess.run(
         cmd, cwd=ds.root, capture_output=True, text=True, timeout=timeout, check=False
     )

@@ -17,6 +17,15 @@ from rich.markup import escape
 from rich.table import Table
 
 from cryoextract.cli.common import PATHS_HELP, fail, out, warn
+from cryoextract.cli.helix_options import (
+    BimodalOption,
+    DiameterOption,
+    HelixOption,
+    NrAsuOption,
+    RiseOption,
+    TubesOption,
+    helix_params,
+)
 from cryoextract.errors import CryoExtractError, ParameterError
 from cryoextract.options import CtfCorrection, EdgeMode, NormMode, PathStyle, SubpixelMode
 
@@ -181,6 +190,10 @@ def extract_command(
     settle: Annotated[float, typer.Option(
         help="With --watch: seconds a micrograph and its picks must stay unchanged.",
         rich_help_panel="Execution")] = 10.0,
+    helix: HelixOption = False, helical_tubes: TubesOption = False,
+    helical_nr_asu: NrAsuOption = 1, helical_rise_angstrom: RiseOption = None,
+    helical_outer_diameter_angstrom: DiameterOption = None,
+    helical_bimodal_psi: BimodalOption = False,
 ) -> None:
     """Cut particles out of micrographs at picked coordinates into stacks + a RELION STAR."""
     from cryoextract.cli.progress import JobProgress
@@ -206,6 +219,8 @@ def extract_command(
             descriptors=descriptors, patch_px=patch,
             min_distance_angstrom=min_distance_angstrom, min_score=min_score,
             max_per_micrograph=max_per_micrograph, score_column=score_column,
+            helix=helix_params(helix, helical_tubes, helical_nr_asu, helical_rise_angstrom,
+                               helical_outer_diameter_angstrom, helical_bimodal_psi),
         )
         # the extraction pipeline is imported only by the command that runs it
         from cryoextract.pipeline.extract import (

@@ -42,7 +42,7 @@ class _Region:
     """
 
     weights: np.ndarray
-    count: float
+    count: float | np.ndarray
     x: np.ndarray
     y: np.ndarray
     gram_inverse: np.ndarray
@@ -61,6 +61,22 @@ def _region(box_px: int, radius_px: float | None) -> _Region:
     for array in (region.weights, region.x, region.y, region.gram_inverse):
         array.setflags(write=False)
     return region
+
+
+def _masks_region(background: np.ndarray) -> _Region:
+    """A region per image from ``(n, h, w)`` bool masks: ``weights`` ``(n, h, w)``,
+    ``count`` ``(n,)``, ``gram_inverse`` ``(n, 3, 3)``."""
+    weights = background.astype(np.float32)
+    x = np.arange(background.shape[2], dtype=np.float64) - background.shape[2] // 2
+    y = np.arange(background.shape[1], dtype=np.float64) - background.shape[1] // 2
+    columns = weights.sum(axis=1, dtype=np.float64)  # (n, w)
+    rows = weights.sum(axis=2, dtype=np.float64)  # (n, h)
+    sxy = np.einsum("nhw,h,w->n", weights, y, x)
+    sx, sy, count = columns @ x, rows @ y, rows.sum(axis=1)
+    gram = np.stack([np.stack([columns @ x**2, sxy, sx], axis=1),
+                     np.stack([sxy, rows @ y**2, sy], axis=1),
+                     np.stack([sx, sy, count], axis=1)], axis=1)
+    return _Region(weights, count, x, y, np.linalg.pinv(gram))
 
 
 def _region_sums(images: np.ndarray, region: _Region) -> np.ndarray:
@@ -100,7 +116,7 @@ def remove_dust(
     images : np.ndarray
         ``(n, h, w)`` float stack, modified in place.
     background : np.ndarray
-        ``(h, w)`` bool background mask.
+        ``(h, w)`` bool background mask, or ``(n, h, w)``: one per image.
     rng : np.random.Generator
         Random source (seeded by the caller for reproducibility).
     white_sigma, black_sigma : float, optional
@@ -112,11 +128,11 @@ def remove_dust(
         ``(n,)`` int number of replaced pixels per image.
     """
     flat = images.reshape(len(images), -1)
-    count = float(background.sum())
-    weights = background.astype(images.dtype)
+    weights = background.astype(images.dtype).reshape(1 if background.ndim == 2 else len(flat), -1)
+    count = weights.sum(axis=-1, dtype=np.float64)
     centre = flat.mean(axis=1)
     deviation = flat - centre[:, None]
-    masked = deviation * weights.ravel()
+    masked = deviation * weights
     offset = masked.sum(axis=1, dtype=np.float64) / count
     variance = np.einsum("nk,nk->n", masked, deviation).astype(np.float64) / count
     mean = centre + offset
@@ -155,6 +171,7 @@ def normalise(
     white_sigma: float | None = None,
     black_sigma: float | None = None,
     invert: bool = False,
+    background: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Normalise a stack in place and report what was done per image.
 
@@ -180,6 +197,10 @@ def normalise(
         Dust thresholds; ``None`` disables.
     invert : bool
         Multiply by -1 after normalising (RELION's ``--invert_contrast``).
+    background : np.ndarray, optional
+        ``(n, h, w)`` bool: each image's own background for ``ramp`` and ``mean`` (and
+        dust), instead of the pixels outside ``radius_px`` (helical segments:
+        :func:`cryoextract.ops.helix.tube_background_mask`).
 
     Returns
     -------
@@ -190,7 +211,8 @@ def normalise(
         was left unscaled.
     """
     n, _, width = images.shape
-    region = _region(width, None if mode is NormMode.WHOLE else float(radius_px))
+    region = _region(width, None if mode is NormMode.WHOLE else float(radius_px)) \
+        if background is None or mode is NormMode.WHOLE else _masks_region(background)
     dust_count = np.zeros(n, dtype=np.int64)
     if white_sigma is not None or black_sigma is not None:
         dust_count = remove_dust(
@@ -208,7 +230,8 @@ def normalise(
     rhs, squares = sums[:, :3], sums[:, 3]
     planes = np.zeros((n, 3))
     if mode is NormMode.RAMP:
-        planes = rhs @ region.gram_inverse
+        planes = rhs @ region.gram_inverse if region.gram_inverse.ndim == 2 \
+            else np.einsum("nj,njk->nk", rhs, region.gram_inverse)
         # the fit has a constant term, so the residual has mean 0 over the background
         variance = (squares - np.einsum("nj,nj->n", planes, rhs)) / region.count
     else:

@@ -18,6 +18,7 @@ from cryoextract.ops.ctf import CtfParams
 from cryoextract.ops.ctf_correct import CtfCorrection, correct_boxes, window_centre
 from cryoextract.ops.descriptors import background_stats
 from cryoextract.ops.fourier import fourier_crop_boxes
+from cryoextract.ops.helix import tube_background_mask
 from cryoextract.ops.normalize import NormMode, normalise
 
 
@@ -46,6 +47,10 @@ class ParticleRecipe:
     measure_background : bool
         Also return each raw box's background mean and std (descriptors), inside the
         main output's radius scaled to micrograph pixels.
+    tube_radius_px : float or None
+        Helical segments: the background is farther than this from each segment's axis
+        (micrograph pixels; scaled to each output's pixels), not outside
+        ``bg_radius_px``; needs ``psi_deg`` in :func:`process_chunk`.
     """
 
     box_px: int
@@ -58,6 +63,7 @@ class ParticleRecipe:
     ctf_correction: CtfCorrection = CtfCorrection.NONE
     pixel_size_angstrom: float = 1.0
     measure_background: bool = False
+    tube_radius_px: float | None = None
 
 
 @dataclass
@@ -86,6 +92,7 @@ def process_chunk(
     shifts_px: np.ndarray | None = None,
     ctfs: Sequence[CtfParams] | None = None,
     rng: np.random.Generator | None = None,
+    psi_deg: np.ndarray | None = None,
 ) -> ParticleChunk:
     """Cut, CTF-correct, Fourier-crop, normalise and invert the particles of a chunk.
 
@@ -108,6 +115,8 @@ def process_chunk(
         One CTF per box, needed when ``recipe.ctf_correction`` is not ``none``.
     rng : np.random.Generator, optional
         Random source of edge noise and dust replacement.
+    psi_deg : np.ndarray, optional
+        ``(n,)`` psi prior of each helical segment (with ``recipe.tube_radius_px``).
 
     Returns
     -------
@@ -137,10 +146,13 @@ def process_chunk(
     for radius, images in zip(recipe.bg_radius_px, cropped, strict=True):
         if any(images is done for done in chunk.images):
             images = images.copy()
+        tube = None if recipe.tube_radius_px is None or psi_deg is None else \
+            tube_background_mask(images.shape[-1], recipe.tube_radius_px * images.shape[-1]
+                                 / box, psi_deg)
         dust, _ = normalise(
             images, recipe.norm, radius_px=radius, rng=rng,
             white_sigma=recipe.white_dust_sigma, black_sigma=recipe.black_dust_sigma,
-            invert=recipe.invert,
+            invert=recipe.invert, background=tube,
         )
         chunk.images.append(images)
         chunk.dust_pixels.append(dust)

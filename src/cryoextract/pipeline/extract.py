@@ -24,6 +24,7 @@ from cryoextract.pipeline.checks import (
     delocalisation_warnings,
 )
 from cryoextract.pipeline.executors import run_tasks
+from cryoextract.pipeline.helical import check_helix
 from cryoextract.pipeline.jobstate import STATE_DIR, JobLock, JobState, job_definition
 from cryoextract.pipeline.outputs import ExtractionSummary, write_outputs
 from cryoextract.pipeline.params import ExtractParams, JobPaths
@@ -213,6 +214,7 @@ def prepare_job(
     summary.warnings += box_size_warnings(params)
     summary.warnings += delocalisation_warnings(mic_set, params)
     check_box_against_first_micrograph(mic_set, params)
+    check_helix(mic_set, params)
     picks = PickSource(
         coords_dir=None if inputs.coords_dir is None else Path(inputs.coords_dir),
         coords_suffix=inputs.coords_suffix,

@@ -47,6 +47,7 @@ class ExtractParams:
     min_score: float | None = None
     max_per_micrograph: int | None = None
     score_column: str = "rlnAutopickFigureOfMerit"
+    helix: HelixParams | None = None  # helical segments (pipeline/helical.py)
 
     def __post_init__(self) -> None:
         check_box_size(self.box_px, "box")
@@ -127,6 +128,39 @@ class ExtractParams:
             for size in dict.fromkeys(self.also_out_box_px)
         )
         return (main, *extras)
+
+
+@dataclass(frozen=True)
+class HelixParams:
+    """Helical extraction (docs/conventions.md, "Helical segments").
+
+    ``tubes``: picks are start/end pairs cut into segments every ``nr_asu *
+    rise_angstrom``; otherwise picks are segments already, grouped by tube.
+    ``outer_diameter_angstrom``: the tube's width for normalisation (``None``: the
+    circular background). ``bimodal_psi``: ``rlnAnglePsiFlipRatio`` 0.5 instead of 0.
+    """
+
+    tubes: bool = False
+    nr_asu: int = 1
+    rise_angstrom: float | None = None
+    outer_diameter_angstrom: float | None = None
+    bimodal_psi: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.nr_asu, bool) or int(self.nr_asu) != self.nr_asu \
+                or self.nr_asu < 1:
+            raise ParameterError(f"--helical-nr-asu must be an integer >= 1, got {self.nr_asu}")
+        if self.rise_angstrom is not None and not self.rise_angstrom > 0:
+            raise ParameterError(f"--helical-rise-angstrom must be > 0, got {self.rise_angstrom}")
+        if self.tubes and self.rise_angstrom is None:
+            raise ParameterError("--helical-tubes needs --helical-rise-angstrom")
+        if self.outer_diameter_angstrom is not None and not self.outer_diameter_angstrom > 0:
+            raise ParameterError(f"--helical-outer-diameter must be > 0, got "
+                                 f"{self.outer_diameter_angstrom}")
+
+    def step_px(self, pixel_size_angstrom: float) -> float:
+        """Distance between segments, micrograph pixels (RELION's ``nr_asu * rise / apix``)."""
+        return self.nr_asu * float(self.rise_angstrom or 0.0) / pixel_size_angstrom
 
 
 @dataclass(frozen=True)

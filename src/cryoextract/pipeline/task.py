@@ -47,8 +47,9 @@ from cryoextract.ops.descriptors import (
 )
 from cryoextract.ops.particles import ParticleRecipe, process_chunk
 from cryoextract.ops.thumbnail import Thumbnail, micrograph_thumbnail
+from cryoextract.pipeline.helical import located_picks, tube_psi, tube_radius_px
 from cryoextract.pipeline.params import ExtractParams, OutputSpec
-from cryoextract.pipeline.positions import Placement, pick_coordinates, place_particles
+from cryoextract.pipeline.positions import Placement, place_particles
 from cryoextract.pipeline.selection import selection_reasons
 from cryoextract.pipeline.thumbnail_gate import ThumbnailGate
 
@@ -162,10 +163,13 @@ def _extract(task: MicrographTask) -> MicrographResult:
                 task.micrograph_path,
             )
         _check_header_pixel_size(header.pixel_size_angstrom, task, result)
-        xy = pick_coordinates(picks, params, task.pixel_size_angstrom, header.shape_yx)
+        located = located_picks(picks, params, task.pixel_size_angstrom, header.shape_yx,
+                                source, task.coords_path, task.coords_format)
+        picks, xy = located.picks, located.xy
         _warn_axis_mismatch(xy, header.shape_yx, source, result)
         placement = place_particles(picks, xy, params, task.pixel_size_angstrom, source)
         reasons = _drop_reasons(xy, placement.centres, image, header.shape_yx, params)
+        reasons = np.where(reasons == "", located.reasons, reasons)
         reasons = _selection_reasons(picks, xy, reasons, task)
         keep = reasons == ""
         result.dropped = _dropped_table(picks, reasons)
@@ -181,7 +185,8 @@ def _extract(task: MicrographTask) -> MicrographResult:
                     micrograph_ctf(task), header.shape_yx, task.pixel_size_angstrom,
                     CtfCorrection.FLIP))
                 ctfs = None
-            extras = _write_particles(task, image, placement.centres[keep], shifts, ctfs, result)
+            extras = _write_particles(task, image, placement.centres[keep], shifts, ctfs, result,
+                                      tube_psi(kept, params))
         result.particles = _particle_rows(task, kept, placement, keep)
         if params.descriptors and len(kept):
             _add_descriptors(result.particles, raw_image, placement.centres[keep], task, extras)
@@ -371,12 +376,13 @@ def particle_recipe(task: MicrographTask, *, ctf_per_box: bool) -> ParticleRecip
         ctf_correction=params.ctf_correct if ctf_per_box else CtfCorrection.NONE,
         pixel_size_angstrom=task.pixel_size_angstrom,
         measure_background=params.descriptors,
+        tube_radius_px=tube_radius_px(params, task.pixel_size_angstrom),
     )
 
 
 def _write_particles(
     task: MicrographTask, image: np.ndarray, centres: np.ndarray, shifts: np.ndarray | None,
-    ctfs: list[CtfParams] | None, result: MicrographResult,
+    ctfs: list[CtfParams] | None, result: MicrographResult, psi_deg: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Compute the particles chunk by chunk and write every output's stack.
 
@@ -412,7 +418,8 @@ def _write_particles(
             done = process_chunk(
                 image, centres[part], recipe, cut_px=cut_px, edge=cut_edge, fill_value=fill,
                 shifts_px=None if shifts is None else shifts[part],
-                ctfs=None if ctfs is None else ctfs[part], rng=rng)
+                ctfs=None if ctfs is None else ctfs[part], rng=rng,
+                psi_deg=None if psi_deg is None else psi_deg[part])
             for writer, images, replaced in zip(writers, done.images, done.dust_pixels,
                                                 strict=True):
                 writer.write(images)

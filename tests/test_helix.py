@@ -1,0 +1,145 @@
+"""Helical extraction (``--helix``) against RELION 3.1.3 ``relion_preprocess --helix``.
+
+Generated micrographs with tubes at many angles (start/end pairs with integer
+coordinates, some running off the micrograph or near its edges, one vertical, one
+horizontal); RELION and we extract the same picks in the same dataset folder. Segments
+are matched by order (RELION writes them tube by tube, as we do), and the positions,
+priors, track lengths and pixels compared. docs/conventions.md, "Helical segments".
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import starfile
+
+from cryoextract.pipeline.extract import extract
+from cryoextract.pipeline.params import ExtractParams, HelixParams
+from relion_oracle import (
+    Dataset,
+    Particles,
+    coordinate_file,
+    load_particles,
+    make_dataset,
+    pearson,
+    require_relion,
+    run_relion_preprocess,
+)
+
+BOX = 96
+APIX = 1.5
+BG_RADIUS = 30
+NR_ASU, RISE = 3, 4.75  # step 9.5 px
+DIAMETER = 100.0  # A: 66.7 px of the 96 px box
+EMAN_WIDTH = 40  # box side written in the EMAN helix .box files
+
+
+def _tubes(seed: int = 1) -> pd.DataFrame:
+    """Start/end rows of 9 tubes at random angles (some leaving the micrograph) plus a
+    vertical and a horizontal one near the left and top edges; integer coordinates."""
+    rng = np.random.default_rng(seed)
+    rows: list[tuple[int, int]] = []
+    for _ in range(9):
+        angle = math.radians(rng.uniform(-180, 180))
+        cx, cy, half = rng.integers(60, 700), rng.integers(60, 580), rng.uniform(80, 200)
+        rows += [(int(cx - half * math.cos(angle)), int(cy - half * math.sin(angle))),
+                 (int(cx + half * math.cos(angle)), int(cy + half * math.sin(angle)))]
+    rows += [(50, 300), (50, 520), (200, 49), (600, 49)]
+    return pd.DataFrame(rows, columns=["rlnCoordinateX", "rlnCoordinateY"]).astype(float)
+
+
+def _eman_box(tubes: pd.DataFrame) -> str:
+    """EMAN helix ``.box``: ``corner_x corner_y w h tag``, tags -1 (start) and -2 (end)."""
+    lines = []
+    for k, (x, y) in enumerate(tubes.to_numpy()):
+        lines.append(f"{int(x) - EMAN_WIDTH // 2}\t{int(y) - EMAN_WIDTH // 2}\t"
+                     f"{EMAN_WIDTH}\t{EMAN_WIDTH}\t{-1 - k % 2}")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class Run:
+    ds: Dataset
+    relion: Particles
+    ours: Particles
+    dropped: dict[str, int]
+
+
+def _dataset(root: Path, suffix: str) -> Dataset:
+    ds = make_dataset(root, kinds=("float32",), shape=(640, 768), n_picks=1, n_edge=0,
+                      box=BOX, apix=APIX, dust=0, coords_suffix=suffix)
+    path = coordinate_file(ds, ds.micrographs[0].name)
+    if suffix.endswith(".box"):
+        path.write_text(_eman_box(_tubes()))
+    else:
+        starfile.write(_tubes(), path, overwrite=True)
+    return ds
+
+
+def _ours(ds: Dataset, out: str, helix: HelixParams, **params: object) -> tuple[Particles,
+                                                                              dict[str, int]]:
+    cwd = os.getcwd()
+    os.chdir(ds.root)  # names in the STAR relative to the dataset, as RELION's
+    try:
+        summary = extract(ds.micrographs_star, out,
+                          ExtractParams(box_px=BOX, invert=False, descriptors=False,
+                                        helix=helix, **params),  # type: ignore[arg-type]
+                          coords_dir=ds.coords_dir, coords_suffix=ds.coords_suffix, workers=1)
+    finally:
+        os.chdir(cwd)
+    return load_particles(ds.root / out / "particles.star", ds.root), summary.particles_dropped
+
+
+def _relion_args(bimodal: bool) -> list[str]:
+    return ["--helix", "--helical_tubes", "--helical_cut_into_segments", "--helical_nr_asu",
+            str(NR_ASU), "--helical_rise", str(RISE), "--helical_outer_diameter", str(DIAMETER),
+            *(["--helical_bimodal_angular_priors"] if bimodal else [])]
+
+
+@pytest.fixture(scope="module", params=[("_tubes.star", False), ("_tubes.star", True),
+                                        (".box", False)], ids=["star", "star-bimodal", "box"])
+def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Run:
+    require_relion()
+    suffix, bimodal = request.param
+    ds = _dataset(tmp_path_factory.mktemp("helix"), suffix)
+    run_relion_preprocess(ds, "Relion/", box=BOX, norm=True, bg_radius=BG_RADIUS,
+                          extra=_relion_args(bimodal))
+    relion = load_particles(ds.root / "Relion" / "particles.star", ds.root)
+    ours, dropped = _ours(ds, "Ours", HelixParams(True, NR_ASU, RISE, DIAMETER, bimodal),
+                          bg_radius_px=BG_RADIUS)
+    return Run(ds, relion, ours, dropped)
+
+
+def _positions(parts: pd.DataFrame) -> np.ndarray:
+    """Where each segment is: coordinates less origins (docs/conventions.md, "Origins")."""
+    xy = parts[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(np.float64)
+    if "rlnOriginXAngst" in parts.columns:
+        xy = xy - parts[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy(np.float64) / APIX
+    return xy
+
+
+def test_segments_as_relion_places_them(run: Run) -> None:
+    ref, ours = run.relion.particles, run.ours.particles
+    assert len(ref) > 150  # the tubes give many segments; some were dropped at the edges
+    assert len(ours) == len(ref)
+    assert (ours["rlnHelicalTubeID"].to_numpy() == ref["rlnHelicalTubeID"].to_numpy()).all()
+    assert np.abs(_positions(ours) - _positions(ref)).max() < 0.01
+    for column, tolerance in (("rlnAnglePsiPrior", 0.01), ("rlnHelicalTrackLengthAngst", 1e-3),
+                              ("rlnAngleTiltPrior", 0.0), ("rlnAnglePsiFlipRatio", 0.0)):
+        difference = ours[column].to_numpy(np.float64) - ref[column].to_numpy(np.float64)
+        assert np.abs(difference).max() <= tolerance, column
+    assert sum(run.dropped.values()) > 0  # segments near the edges, reported
+
+
+def test_tube_normalisation_as_relion(run: Run) -> None:
+    correlations = [pearson(a, b) for a, b in zip(run.relion.images, run.ours.images,
+                                                  strict=True)]
+    assert min(correlations) >= 0.9999
+    background = run.relion.images[:, :4, :].std()  # corner rows: normalised background
+    assert 0.5 < background < 2.0
