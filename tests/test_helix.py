@@ -82,15 +82,19 @@ def _dataset(root: Path, suffix: str) -> Dataset:
     return ds
 
 
-def _ours(ds: Dataset, out: str, helix: HelixParams, **params: object) -> tuple[Particles,
-                                                                              dict[str, int]]:
+def _ours(ds: Dataset, out: str, helix: HelixParams, picks: str | None = None,
+          **params: object) -> tuple[Particles, dict[str, int]]:
+    """Our extraction in the dataset folder (names relative to it, as RELION's), from the
+    RELION coordinate files or from one ``picks`` file."""
+    where = {"coords": picks} if picks else {"coords_dir": ds.coords_dir,
+                                              "coords_suffix": ds.coords_suffix}
     cwd = os.getcwd()
-    os.chdir(ds.root)  # names in the STAR relative to the dataset, as RELION's
+    os.chdir(ds.root)
     try:
         summary = extract(ds.micrographs_star, out,
                           ExtractParams(box_px=BOX, invert=False, descriptors=False,
                                         helix=helix, **params),  # type: ignore[arg-type]
-                          coords_dir=ds.coords_dir, coords_suffix=ds.coords_suffix, workers=1)
+                          workers=1, **where)  # type: ignore[arg-type]
     finally:
         os.chdir(cwd)
     return load_particles(ds.root / out / "particles.star", ds.root), summary.particles_dropped
@@ -143,3 +147,96 @@ def test_tube_normalisation_as_relion(run: Run) -> None:
     assert min(correlations) >= 0.9999
     background = run.relion.images[:, :4, :].std()  # corner rows: normalised background
     assert 0.5 < background < 2.0
+
+
+def _angle_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.abs((np.asarray(a, np.float64) - np.asarray(b, np.float64) + 180) % 360 - 180)
+
+
+def test_segments_without_priors_get_them_from_their_order(run: Run) -> None:
+    """RELION's segments with only coordinates and tube IDs (as Topaz or crYOLO give
+    them): psi priors from the segments' direction, track lengths from their spacing
+    (RELION's ``k * step`` from the tube's first segment), pixels as RELION's."""
+    ref = run.relion.particles
+    segments = ref[["rlnMicrographName", "rlnCoordinateX", "rlnCoordinateY",
+                    "rlnHelicalTubeID"]]
+    starfile.write(segments, run.ds.root / "segments.star", overwrite=True)
+    ours, dropped = _ours(run.ds, "Segments", HelixParams(outer_diameter_angstrom=DIAMETER),
+                          picks="segments.star", bg_radius_px=BG_RADIUS)
+    counts = ref["rlnHelicalTubeID"].value_counts()
+    lone = ref["rlnHelicalTubeID"].isin(counts.index[counts == 1]).to_numpy()
+    assert dropped == ({"filament of one segment: no direction": int(lone.sum())}
+                       if lone.any() else {})
+    ref, images = ref[~lone].reset_index(drop=True), run.relion.images[~lone]
+    parts = ours.particles
+    assert (parts["rlnHelicalTubeID"].to_numpy() == ref["rlnHelicalTubeID"].to_numpy()).all()
+    assert _angle_difference(parts["rlnAnglePsiPrior"], ref["rlnAnglePsiPrior"]).max() < 0.01
+    assert (parts["rlnAngleTiltPrior"] == 90).all()
+    assert (parts["rlnAnglePsiFlipRatio"] == 0).all()
+    for tube, rows in ref.groupby("rlnHelicalTubeID"):
+        expected = rows["rlnHelicalTrackLengthAngst"].to_numpy()
+        got = parts.loc[parts["rlnHelicalTubeID"] == tube, "rlnHelicalTrackLengthAngst"]
+        assert np.abs(got.to_numpy() - (expected - expected[0])).max() < 1e-3, tube
+    assert min(pearson(a, b) for a, b in zip(images, ours.images, strict=True)) >= 0.9999
+
+
+def test_reextraction_keeps_tubes_and_moves_by_origins(run: Run) -> None:
+    """Our segments re-extracted with refined origins: tube IDs, priors and track lengths
+    carried, each segment boxed where ``coordinate - origin / apix`` says."""
+    first = starfile.read(run.ds.root / "Ours" / "particles.star", always_dict=True)
+    parts = first["particles"]
+    rng = np.random.default_rng(5)
+    parts["rlnOriginXAngst"] += rng.uniform(-6, 6, len(parts)).round(3)
+    parts["rlnOriginYAngst"] += rng.uniform(-6, 6, len(parts)).round(3)
+    starfile.write(first, run.ds.root / "refined.star", overwrite=True)
+    again, _ = _ours(run.ds, "Again", HelixParams(outer_diameter_angstrom=DIAMETER),
+                     picks="refined.star", recenter=True)
+    # matched by tube and track length; dropped: the ones whose box, at the nearest pixel
+    # to where they moved, leaves the micrograph
+    key = ["rlnHelicalTubeID", "rlnHelicalTrackLengthAngst"]
+    merged = parts.merge(again.particles, on=key, suffixes=("_in", ""))
+    assert len(merged) == len(again.particles)
+    moved = np.round(_positions(parts))
+    ny, nx = run.ds.micrographs[0].shape
+    fits = ((moved >= BOX / 2) & (moved <= np.array([nx, ny]) - BOX / 2)).all(axis=1)
+    assert len(merged) == fits.sum() > 250
+    for column in ("rlnAnglePsiPrior", "rlnAngleTiltPrior", "rlnAnglePsiFlipRatio"):
+        assert (merged[column + "_in"] == merged[column]).all(), column
+    wanted = merged[["rlnCoordinateX_in", "rlnCoordinateY_in"]].to_numpy() - merged[
+        ["rlnOriginXAngst_in", "rlnOriginYAngst_in"]].to_numpy() / APIX
+    assert np.abs(_positions(merged) - wanted).max() < 1e-3
+    assert np.abs(merged[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy()).max() <= APIX / 2
+
+
+def _tube_normalised(image: np.ndarray, radius_px: float, psi_deg: float) -> np.ndarray:
+    """RELION's helical normalisation written out: background farther than the radius
+    from the axis at psi through the centre; plane fit, then mean 0 and std 1 there."""
+    n = image.shape[0]
+    i, j = np.mgrid[0:n, 0:n] - n // 2
+    psi = math.radians(psi_deg)
+    background = np.abs(math.sin(psi) * j + math.cos(psi) * i) > radius_px
+    design = np.stack([j[background], i[background], np.ones(background.sum())], axis=1)
+    plane, *_ = np.linalg.lstsq(design, image[background].astype(np.float64), rcond=None)
+    flat = image - (plane[0] * j + plane[1] * i + plane[2])
+    return (flat - flat[background].mean()) / flat[background].std()
+
+
+def test_binned_tube_radius_scales(run: Run) -> None:
+    """Binned segments: the tube radius is D/2 in output pixels (not RELION's integer
+    division, which makes it 0): our unbinned raw segments, Fourier-cropped and then
+    tube-normalised here, are our binned ones."""
+    from cryoextract.ops.fourier import fourier_crop_2d
+    from cryoextract.options import NormMode
+
+    helix = HelixParams(True, NR_ASU, RISE, DIAMETER)
+    binned, _ = _ours(run.ds, "Binned", helix, out_box_px=BOX // 2, bg_radius_px=BG_RADIUS // 2)
+    raw, _ = _ours(run.ds, "Raw", helix, norm=NormMode.NONE)
+    cropped = fourier_crop_2d(raw.images, BOX // 2)
+    radius = DIAMETER / 2 / (APIX * 2)
+    psi = raw.particles["rlnAnglePsiPrior"].to_numpy()
+    expected = [_tube_normalised(image, radius, p) for image, p in zip(cropped, psi, strict=True)]
+    assert min(pearson(a, b) for a, b in zip(expected, binned.images, strict=True)) >= 0.9999
+    relion_bug = [_tube_normalised(image, 0.0, p) for image, p in zip(cropped[:20], psi[:20],
+                                                                      strict=True)]
+    assert min(pearson(a, b) for a, b in zip(relion_bug, binned.images[:20],
+                                             strict=True)) < 0.999

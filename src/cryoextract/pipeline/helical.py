@@ -27,7 +27,7 @@ from cryoextract.ops.helix import (
     trim_tube_ends,
 )
 from cryoextract.pipeline.params import ExtractParams, HelixParams
-from cryoextract.pipeline.positions import pick_coordinates
+from cryoextract.pipeline.positions import pick_coordinates, wants_recentring
 
 TUBE_ID = "rlnHelicalTubeID"
 TILT_PRIOR = "rlnAngleTiltPrior"
@@ -79,7 +79,8 @@ def helical_picks(
     ``coords_path``/``coords_format`` say where the picks were read (``box``: EMAN helix
     tubes, ends trimmed inward by half a box as RELION does). Segments RELION would
     drop for lying within half a box of the edge (on the unrounded position) get
-    ``box leaves micrograph`` under ``--edge drop``.
+    ``box leaves micrograph`` under ``--edge drop``; segments re-centred by their origins
+    are dropped when their box leaves the micrograph, as particles.
     """
     helix = params.helix or HelixParams()
     fmt = coords_format
@@ -93,7 +94,7 @@ def helical_picks(
         xy = pick_coordinates(picks, params, pixel_size_angstrom, shape_yx)
         table, reasons = _segment_priors(picks, xy, helix, pixel_size_angstrom, source)
         table["rlnCoordinateX"], table["rlnCoordinateY"] = xy[:, 0], xy[:, 1]
-    if params.edge is EdgeMode.DROP:
+    if params.edge is EdgeMode.DROP and not wants_recentring(table, params):
         outside = ~inside_like_relion(xy, params.box_px, shape_yx) & np.isfinite(xy).all(axis=1)
         reasons = np.where((reasons == "") & outside, REASON_EDGE, reasons)
     return HelicalPicks(table.reset_index(drop=True), xy, reasons)
