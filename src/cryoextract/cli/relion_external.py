@@ -317,7 +317,7 @@ def write_output_nodes(job_dir: Path, stars: Sequence[Path]) -> None:
 
 def run_job(job_dir: Path, args: argparse.Namespace, extras: list[str]) -> None:
     """Extract into ``job_dir``, report, and register the particles with RELION."""
-    from cryoextract.pipeline.jobstate import STATE_DIR
+    from cryoextract.pipeline.frame import STATE_DIR
 
     argv = input_args(args) + parameter_args(extras, extract_options())
     log = job_dir / PROGRESS_LOG

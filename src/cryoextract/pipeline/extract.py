@@ -24,8 +24,9 @@ from cryoextract.pipeline.checks import (
     delocalisation_warnings,
 )
 from cryoextract.pipeline.executors import run_tasks
+from cryoextract.pipeline.frame import STATE_DIR, JobLock, holds_outputs
 from cryoextract.pipeline.helical import check_helix
-from cryoextract.pipeline.jobstate import STATE_DIR, JobLock, JobState, job_definition
+from cryoextract.pipeline.jobstate import JobState, job_definition
 from cryoextract.pipeline.outputs import ExtractionSummary, write_outputs
 from cryoextract.pipeline.params import ExtractParams, JobPaths
 from cryoextract.pipeline.plan import PickSource, Plan, plan_tasks
@@ -300,7 +301,7 @@ def write_job_report(
 def check_resumable(out: Path) -> None:
     """``--resume`` only into a folder a cryoextract run made (or an empty one), checked
     before anything is created there: e.g. a RELION Extract job folder is left alone."""
-    if out.is_dir() and _holds_outputs(out) and not (out / STATE_DIR / "job.json").is_file():
+    if out.is_dir() and holds_outputs(out) and not (out / STATE_DIR / "job.json").is_file():
         raise ParameterError(
             f"--resume: {out} holds files that no cryoextract run made (no "
             f"{STATE_DIR}/job.json); give a new --out, or --overwrite to replace them")
@@ -308,7 +309,7 @@ def check_resumable(out: Path) -> None:
 
 def prepare_out_dir(paths: JobPaths, params: ExtractParams, options: RunOptions) -> None:
     out = paths.out_dir
-    if _holds_outputs(out) and not options.resume:
+    if holds_outputs(out) and not options.resume:
         if not options.overwrite:
             raise ParameterError(
                 f"output directory {out} exists and is not empty; use --overwrite, or "
@@ -346,15 +347,3 @@ def remove_temporaries(out: Path, params: ExtractParams) -> None:
                     tmp.unlink()
             except OSError:
                 pass  # only untidy: nothing reads a temporary name
-
-
-def _holds_outputs(out: Path) -> bool:
-    """Anything in ``out`` but our own lock."""
-    for entry in out.iterdir():
-        if entry.name != STATE_DIR:
-            return True
-        if any(e.name != "lock" for e in entry.iterdir()):
-            return True
-    return False
-
-

@@ -1,7 +1,7 @@
 """What a job has finished, kept on disk so an interrupted run can resume, and its lock.
 
 Layout under ``OUT/.cryoextract/``: ``job.json`` (the parameters and inputs that define
-the job), ``lock`` (pid, host and start time of the run writing now) and ``done/`` (one
+the job), ``lock`` (:class:`cryoextract.pipeline.frame.JobLock`) and ``done/`` (one
 record per finished micrograph: its particle rows and dropped picks as Arrow IPC
 files plus a small JSON; written by the worker after its stacks, renamed into place
 last, so a record only exists for a micrograph whose stacks are complete).
@@ -13,17 +13,15 @@ import dataclasses
 import enum
 import hashlib
 import json
-import os
-import socket
-import time
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from cryoextract.errors import CryoExtractError, ParameterError
+from cryoextract.errors import ParameterError
 from cryoextract.io.atomic import atomic_file, write_text_atomic
 from cryoextract.io.mrc import stack_image_count
+from cryoextract.pipeline.frame import STATE_DIR
 from cryoextract.pipeline.params import ExtractParams
 from cryoextract.pipeline.task import (
     MicrographResult,
@@ -31,12 +29,6 @@ from cryoextract.pipeline.task import (
     os_error_result,
     run_task,
 )
-
-STATE_DIR = ".cryoextract"
-
-
-class JobLockedError(CryoExtractError):
-    """Another run is writing into the same output directory."""
 
 
 def _jsonable(value: Any) -> Any:
@@ -141,61 +133,3 @@ def run_and_record(task: MicrographTask) -> MicrographResult:
     except OSError as exc:
         return os_error_result(task, exc)
     return result
-
-
-class JobLock:
-    """An exclusive lock on an output directory; a lock left by a dead run is taken over."""
-
-    def __init__(self, out_dir: Path):
-        self.path = Path(out_dir) / STATE_DIR / "lock"
-        self.stale_owner: dict[str, Any] | None = None
-
-    def __enter__(self) -> JobLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                owner = self._owner()
-                if owner is not None and _alive(owner):
-                    raise JobLockedError(
-                        f"{self.path.parent.parent} is in use by another run (pid "
-                        f"{owner.get('pid')} on {owner.get('host')}, started "
-                        f"{time.ctime(owner.get('started', 0))}); wait for it, or remove "
-                        f"{self.path} if that run is gone"
-                    ) from None
-                self.stale_owner = owner or {}
-                self.path.unlink(missing_ok=True)
-                continue
-            with os.fdopen(fd, "w") as handle:
-                json.dump(me, handle)
-            return self
-        raise JobLockedError(f"cannot take the lock {self.path}")
-
-    def __exit__(self, *_: object) -> None:
-        self.path.unlink(missing_ok=True)
-
-    def _owner(self) -> dict[str, Any] | None:
-        try:
-            return json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return None
-
-
-def _alive(owner: dict[str, Any]) -> bool:
-    """Whether the run that took a lock still runs (only checkable on the same host)."""
-    if owner.get("host") != socket.gethostname():
-        return True  # cannot check another host's processes: assume it runs
-    pid = owner.get("pid")
-    if not isinstance(pid, int):
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-

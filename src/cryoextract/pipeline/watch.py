@@ -26,7 +26,8 @@ from cryoextract.pipeline.extract import (
     prepare_out_dir,
     remove_temporaries,
 )
-from cryoextract.pipeline.jobstate import JobLock, JobState, job_definition
+from cryoextract.pipeline.frame import JobLock
+from cryoextract.pipeline.jobstate import JobState, job_definition
 from cryoextract.pipeline.outputs import ExtractionSummary, write_outputs
 from cryoextract.pipeline.params import ExtractParams, JobPaths
 from cryoextract.pipeline.task import MicrographResult, MicrographTask

@@ -1,0 +1,198 @@
+"""The job frame every writing command shares: the output folder's lock, claiming the
+folder, and the files every job writes last (summary, rejected rows), atomically.
+
+Extraction (``pipeline/extract.py``, ``pipeline/watch.py``) and the particle-stack
+commands (``pipeline/stacks/``) take the same lock, ``OUT/.cryoextract/lock``:
+
+- it is an advisory ``flock`` on that file, so two runs started together can never both
+  hold it, and a run killed with ``kill -9`` leaves no lock behind (the kernel releases
+  it); the file then only says who held it last;
+- a lock file whose writer still runs but holds no ``flock`` (a run on another host, or
+  one written by hand) is respected when its process is alive (same host), else taken
+  over.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import socket
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cryoextract.errors import CryoExtractError, ParameterError
+from cryoextract.io.atomic import TEMPORARY_GLOB, atomic_file
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = [
+    "STATE_DIR",
+    "JobLock",
+    "JobLockedError",
+    "claim_output",
+    "holds_outputs",
+    "write_tsv_atomic",
+]
+
+STATE_DIR = ".cryoextract"
+
+
+class JobLockedError(CryoExtractError):
+    """Another run is writing into the same output directory."""
+
+
+class JobLock:
+    """An exclusive lock on an output directory; a lock left by a dead run is taken over."""
+
+    def __init__(self, out_dir: Path):
+        self.path = Path(out_dir) / STATE_DIR / "lock"
+        self.stale_owner: dict[str, Any] | None = None
+        self._fd: int | None = None
+
+    def __enter__(self) -> JobLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+        for _ in range(8):
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                owner = _read_owner(fd)
+                os.close(fd)
+                raise self._locked(owner) from None
+            if not _still_at(fd, self.path):  # its holder removed it as we opened it
+                os.close(fd)
+                continue
+            owner = _read_owner(fd)
+            if owner and _alive(owner) and owner.get("pid") != os.getpid():
+                os.close(fd)
+                raise self._locked(owner)
+            self.stale_owner = owner
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(me).encode(), 0)
+            self._fd = fd
+            return self
+        raise JobLockedError(f"cannot take the lock {self.path}")
+
+    def __exit__(self, *_: object) -> None:
+        if self._fd is not None:
+            self.path.unlink(missing_ok=True)  # while holding it: nobody else has it
+            os.close(self._fd)
+            self._fd = None
+
+    def _locked(self, owner: dict[str, Any] | None) -> JobLockedError:
+        who = ""
+        if owner:
+            who = (f" (pid {owner.get('pid')} on {owner.get('host')}, started "
+                   f"{time.ctime(owner.get('started', 0))})")
+        return JobLockedError(f"{self.path.parent.parent} is in use by another run{who}; "
+                              f"wait for it, or remove {self.path} if that run is gone")
+
+
+def _read_owner(fd: int) -> dict[str, Any] | None:
+    try:
+        text = os.pread(fd, 4096, 0).decode()
+        owner = json.loads(text) if text.strip() else None
+    except (OSError, ValueError):
+        return None
+    return owner if isinstance(owner, dict) else None
+
+
+def _still_at(fd: int, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
+def _alive(owner: dict[str, Any]) -> bool:
+    """Whether the run that wrote a lock still runs (only checkable on the same host)."""
+    if owner.get("host") != socket.gethostname():
+        return True  # cannot check another host's processes: assume it runs
+    pid = owner.get("pid")
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def holds_outputs(out: Path) -> bool:
+    """Anything in ``out`` but our own lock."""
+    if not out.is_dir():
+        return False
+    for entry in out.iterdir():
+        if entry.name != STATE_DIR:
+            return True
+        if entry.is_dir() and any(e.name != "lock" for e in entry.iterdir()):
+            return True
+    return False
+
+
+@contextmanager
+def claim_output(
+    out_dir: Path, *, overwrite: bool, outputs: Iterable[Path],
+    inputs: Iterable[str | os.PathLike[str]] = (),
+) -> Iterator[None]:
+    """Hold ``out_dir`` for one run: locked, and empty of earlier outputs.
+
+    A folder that holds anything is refused unless ``overwrite``; then only ``outputs``
+    (this command's own files and folders) are removed, after checking that no input
+    lies among them. Temporary files a killed run left are removed. The lock is held
+    until the block ends.
+
+    Raises
+    ------
+    ParameterError
+        Not empty without ``overwrite``, or an input would be replaced.
+    JobLockedError
+        Another run holds the folder.
+    """
+    outputs = [Path(p) for p in outputs]
+    if holds_outputs(out_dir) and not overwrite:  # before anything is created there
+        raise ParameterError(f"output directory {out_dir} exists and is not empty; "
+                             "use --overwrite")
+    if overwrite:
+        _check_inputs_outside(outputs, inputs)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with JobLock(out_dir):
+        if holds_outputs(out_dir):
+            if not overwrite:  # a run that finished since the first look
+                raise ParameterError(f"output directory {out_dir} exists and is not empty; "
+                                     "use --overwrite")
+            for stale in outputs:
+                if stale.is_dir() and not stale.is_symlink():
+                    shutil.rmtree(stale, ignore_errors=True)
+                else:
+                    stale.unlink(missing_ok=True)
+        for folder in {out_dir, *(p for p in outputs if p.is_dir())}:
+            for tmp in folder.glob(TEMPORARY_GLOB):
+                tmp.unlink(missing_ok=True)
+        yield
+
+
+def _check_inputs_outside(outputs: list[Path], inputs: Iterable[str | os.PathLike[str]]) -> None:
+    targets = [p.resolve() for p in outputs]
+    for item in inputs:
+        source = Path(item).resolve()
+        for target in targets:
+            if source == target or source.is_relative_to(target):
+                raise ParameterError(
+                    f"input {item} lies in {target}, which --overwrite would replace; "
+                    "choose another output directory")
+
+
+def write_tsv_atomic(path: Path, table: pd.DataFrame) -> None:
+    """A tab-separated table (e.g. ``rejected_particles.tsv``), written atomically."""
+    with atomic_file(path, "w", encoding="utf-8", newline="") as stream:
+        table.to_csv(stream, sep="\t", index=False)
