@@ -30,13 +30,13 @@ def _root() -> None:
 
 def _register_commands() -> None:
     from cryoextract.cli.convert import convert_command
-    from cryoextract.cli.extract import extract_command
+    from cryoextract.cli.extract import ExtractCommand, extract_command
     from cryoextract.cli.qc import report_command, select_command
     from cryoextract.cli.stacks import downsample_command, restack_command
     from cryoextract.cli.subtract import subtract_command
     from cryoextract.cli.tools import boxsize_command, simulate_command
 
-    app.command("extract")(extract_command)
+    app.command("extract", cls=ExtractCommand)(extract_command)
     app.command("boxsize")(boxsize_command)
     app.command("simulate")(simulate_command)
     app.command("convert")(convert_command)

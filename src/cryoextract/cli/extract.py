@@ -10,13 +10,14 @@ from __future__ import annotations
 import signal
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperCommand
 
-from cryoextract.cli.common import PATHS_HELP, fail, out, warn
+from cryoextract.cli.common import COORDS_FORMAT_HELP, PATHS_HELP, fail, out, warn
 from cryoextract.cli.helix_options import (
     BimodalOption,
     DiameterOption,
@@ -36,6 +37,21 @@ if TYPE_CHECKING:
     from cryoextract.pipeline.watch import WatchOptions
 
 
+class ExtractCommand(TyperCommand):
+    """The extract command: ``--recenter-xyz X Y Z`` may be given several times.
+
+    typer has no option for a list of tuples; the option is declared a list and made to
+    take three values per use here (its values are checked by
+    :func:`cryoextract.pipeline.subparticles.subparticle_options`).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if param.name == "recenter_xyz":
+                param.nargs = 3
+
+
 def extract_command(
     *,
     micrographs: Annotated[str, typer.Option(
@@ -51,8 +67,7 @@ def extract_command(
         help="One coordinate file (a particles STAR with rlnMicrographName, or any format "
              "for a single micrograph).", rich_help_panel="Inputs")] = None,
     coords_format: Annotated[str, typer.Option(
-        help="auto (by extension and content), star, box, txt, cbox, topaz, pos or cs.",
-        rich_help_panel="Inputs")] = "auto",
+        help=COORDS_FORMAT_HELP, rich_help_panel="Inputs")] = "auto",
     pixel_size: Annotated[float | None, typer.Option(
         help="Micrograph pixel size in A (required for a glob; overrides the STAR).",
         rich_help_panel="Inputs")] = None,
@@ -69,10 +84,30 @@ def extract_command(
         "--recenter/--no-recenter",
         help="Move each pick by its refined origin (rlnOriginX/YAngst) before boxing "
              "\\[default: on when the picks carry origins].", rich_help_panel="Picks")] = None,
-    recenter_xyz: Annotated[tuple[float, float, float] | None, typer.Option(
+    recenter_xyz: Annotated[list[Any] | None, typer.Option(  # nargs=3: ExtractCommand
         metavar="X Y Z",
         help="Re-centre on this 3D point of the reference (X Y Z in A from its centre), "
-             "projected with each particle's pose.", rich_help_panel="Picks")] = None,
+             "projected with each particle's pose; repeat for several sub-particles.",
+        rich_help_panel="Picks")] = None,
+    symmetry_expand: Annotated[str | None, typer.Option(
+        metavar="SYM",
+        help="Expand each particle by this point group (C<n>, D<n>, T, O, I, I1-I4): one "
+             "row per symmetry copy, as RELION expands.",
+        rich_help_panel="Sub-particles")] = None,
+    subparticles: Annotated[Path | None, typer.Option(
+        metavar="FILE",
+        help="Sub-particle vectors: a text file of 'x y z' (A from the reference's "
+             "centre) or a Chimera .cmm (first marker: the centre).",
+        rich_help_panel="Sub-particles")] = None,
+    align_subparticles: Annotated[bool, typer.Option(
+        "--align-subparticles",
+        help="Rotate each sub-particle's orientation so its vector points along z.",
+        rich_help_panel="Sub-particles")] = False,
+    subparticle_min_distance: Annotated[float | None, typer.Option(
+        metavar="A",
+        help="Drop a sub-particle whose projected centre is closer than this (A) to an "
+             "earlier kept one of the same particle.",
+        rich_help_panel="Sub-particles")] = None,
     box: Annotated[int, typer.Option(
         help="Extraction box, micrograph pixels (even).", rich_help_panel="Box and binning")],
     bin_to: Annotated[int | None, typer.Option(
@@ -200,6 +235,11 @@ def extract_command(
     from cryoextract.pipeline.params import ExtractParams, PickTransform, resolve_output_box
 
     try:
+        from cryoextract.pipeline.subparticles import subparticle_options
+
+        subparticle_spec, recenter_point = subparticle_options(
+            symmetry_expand, recenter_xyz, _opt(subparticles), align_subparticles,
+            subparticle_min_distance)
         out_box = resolve_output_box(
             box, bin_to_px=bin_to, bin_factor=bin_factor,
             pixel_size_out_angstrom=pixel_size_out,
@@ -212,7 +252,8 @@ def extract_command(
             subpixel=subpixel, float16=float16, seed=seed,
             also_out_box_px=tuple(also_bin_to or ()), also_float16=also_float16,
             picks=PickTransform(coords_pixel_size, swap_xy, flip_x, flip_y),
-            recenter=recenter, recenter_xyz_angstrom=recenter_xyz,
+            recenter=recenter, recenter_xyz_angstrom=recenter_point,
+            subparticles=subparticle_spec,
             ctf_correct=ctf_correct, ctf_box_px=ctf_box,
             ctf_on_micrograph=_ctf_on_micrograph(ctf_on),
             particle_diameter_angstrom=particle_diameter,

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryoextract.errors import ParameterError
 from cryoextract.ops.boxes import EdgeMode
 from cryoextract.ops.ctf_correct import CtfCorrection
 from cryoextract.ops.normalize import NormMode
 from cryoextract.options import SubpixelMode  # defined apart for the CLI
+
+if TYPE_CHECKING:
+    from cryoextract.pipeline.subparticles import SubparticleSpec
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,7 @@ class ExtractParams:
     max_per_micrograph: int | None = None
     score_column: str = "rlnAutopickFigureOfMerit"
     helix: HelixParams | None = None  # helical segments (pipeline/helical.py)
+    subparticles: SubparticleSpec | None = None  # expansion (pipeline/subparticles.py)
 
     def __post_init__(self) -> None:
         check_box_size(self.box_px, "box")
@@ -74,6 +79,9 @@ class ExtractParams:
         if self.max_per_micrograph is not None and not self.max_per_micrograph > 0:
             raise ParameterError(
                 f"max per micrograph must be > 0, got {self.max_per_micrograph}")
+        if self.subparticles is not None and self.subparticles.vectors_angstrom and (
+                self.recenter is False or self.recenter_xyz_angstrom is not None):
+            raise ParameterError("sub-particles are re-centred: drop --no-recenter")
         if self.recenter_xyz_angstrom is not None and self.recenter is False:
             raise ParameterError("--recenter-xyz needs re-centring; drop --no-recenter")
         if self.out_box_px is not None:

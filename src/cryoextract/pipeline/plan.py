@@ -83,7 +83,7 @@ def plan_tasks(
     kept = [i for i, first in enumerate(first_of) if first == i]
     stack_names = dict(zip(kept, unique_stack_names([names[i] for i in kept]), strict=True))
     pixel_sizes = _pixel_sizes(micrographs)
-    by_micrograph = _picks_by_micrograph(picks, names)
+    by_micrograph = _picks_by_micrograph(picks, names, params, plan.warnings)
     carried = [c for c in PARTICLE_CARRIED_COLUMNS if c in table.columns]
     optics_by_group = {
         int(row["rlnOpticsGroup"]): {k: v for k, v in row.items() if k in OPTICS_COLUMNS}
@@ -188,11 +188,25 @@ def _pixel_sizes(micrographs: MicrographSet) -> list[float]:
     return [float(optics[g]) for g in micrographs.micrographs["rlnOpticsGroup"]]
 
 
-def _picks_by_micrograph(picks: PickSource, names: list[str]) -> dict[str, pd.DataFrame] | None:
-    """Picks from one file, keyed by micrograph name; ``None`` for per-micrograph files."""
+def _picks_by_micrograph(picks: PickSource, names: list[str], params: ExtractParams,
+                         warnings: list[str]) -> dict[str, pd.DataFrame] | None:
+    """Picks from one file, keyed by micrograph name; ``None`` for per-micrograph files.
+
+    Symmetry expansion and sub-particles (``params.subparticles``) happen here, once on
+    the whole table (:mod:`cryoextract.pipeline.subparticles`).
+    """
     if picks.coords_file is None:
+        if params.subparticles is not None:
+            raise ParameterError("symmetry expansion and sub-particles need --coords with "
+                                 "one refined particles STAR")
         return None
     table = read_picks(picks.coords_file, picks.coords_format)
+    if params.subparticles is not None:
+        from cryoextract.pipeline.subparticles import expand_subparticles
+
+        expansion = expand_subparticles(table, params.subparticles, str(picks.coords_file))
+        table = expansion.picks
+        warnings += expansion.warnings
     if "rlnMicrographName" not in table.columns:
         if len(names) != 1:
             raise InputError(

@@ -175,7 +175,8 @@ def subparticle_options(
         vectors = [tuple(float(x) for x in v) for v in (recenter_xyz or [])]
     except (TypeError, ValueError):
         raise ParameterError(f"--recenter-xyz takes three numbers (X Y Z in Å), got "
-                             f"{' '.join(map(str, recenter_xyz or []))}") from None
+                             f"{' '.join(str(x) for v in recenter_xyz or [] for x in v)}"
+                             ) from None
     if vectors_file is not None:
         if vectors:
             raise ParameterError("give the sub-particle vectors with --recenter-xyz or "

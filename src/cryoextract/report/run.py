@@ -109,10 +109,15 @@ def _empty_rejected() -> pd.DataFrame:
                          "reason": []})
 
 
+#: ``ce`` columns that trace sub-particles to their source (pipeline/subparticles.py)
+NOT_DESCRIPTORS = frozenset({"ceSourceParticle", "ceSymmetryCopy", "ceSubparticle"})
+
+
 def descriptor_columns(particles: pd.DataFrame) -> list[str]:
     """Numeric columns named ``ce...`` (cryoextract descriptors), in table order."""
     return [c for c in particles.columns
-            if str(c).startswith("ce") and pd.api.types.is_numeric_dtype(particles[c])]
+            if str(c).startswith("ce") and c not in NOT_DESCRIPTORS
+            and pd.api.types.is_numeric_dtype(particles[c])]
 
 
 def choose_micrographs(run: Run, count: int) -> list[str]:
