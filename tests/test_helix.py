@@ -240,3 +240,105 @@ def test_binned_tube_radius_scales(run: Run) -> None:
                                                                       strict=True)]
     assert min(pearson(a, b) for a, b in zip(relion_bug, binned.images[:20],
                                              strict=True)) < 0.999
+
+
+# --------------------------------------------------------------------------- pre-segmented
+# straight filaments (start x, start y, direction in degrees, segments), 20 px apart
+FILAMENTS = ((120.0, 100.0, 30.0, 12), (600.0, 500.0, -150.0, 10), (400.0, 120.0, 90.0, 14))
+SPACING_PX = 20.0
+
+
+def _filament_segments() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(n, 2)`` positions, ``(n,)`` 0-based filament number and direction (degrees)."""
+    xy, filament, direction = [], [], []
+    for k, (x, y, angle, count) in enumerate(FILAMENTS):
+        step = SPACING_PX * np.array([math.cos(math.radians(angle)),
+                                      math.sin(math.radians(angle))])
+        xy += [np.array([x, y]) + i * step for i in range(count)]
+        filament += [k] * count
+        direction += [angle] * count
+    return np.array(xy), np.array(filament), np.array(direction)
+
+
+def _check_filament_columns(parts: pd.DataFrame) -> None:
+    """Tube IDs 1, 2, 3, psi prior -direction, track length i * spacing * apix."""
+    _, filament, direction = _filament_segments()
+    index = np.concatenate([np.arange(count) for *_, count in FILAMENTS])
+    assert (parts["rlnHelicalTubeID"].to_numpy() == filament + 1).all()
+    assert _angle_difference(parts["rlnAnglePsiPrior"], -direction).max() < 0.01
+    assert np.abs(parts["rlnHelicalTrackLengthAngst"] - index * SPACING_PX * APIX).max() < 0.01
+    assert (parts["rlnAngleTiltPrior"] == 90).all()
+
+
+def _cryolo_filament_cbox(xy: np.ndarray, filament: np.ndarray) -> str:
+    """crYOLO 1.8 filament ``.cbox`` as crYOLO writes it (corner = centre - 50, box 100,
+    Depth 1.0, ``<NA>`` where unset, 0-based float ``filamentid`` last)."""
+    head = ["", "data_global", "", "_cbox_format_version 1.0", "", "data_cryolo", "", "loop_"]
+    names = ["CoordinateX", "CoordinateY", "CoordinateZ", "Width", "Height", "Depth",
+             "EstWidth", "EstHeight", "Confidence", "NumBoxes", "Angle", "filamentid"]
+    head += [f"_{name} #{i}" for i, name in enumerate(names, start=1)]
+    rows = [f"{float(x) - 50!r} {float(y) - 50!r} <NA> 100.0 100.0 1.0 <NA> <NA> 1.0 <NA> "
+            f"<NA> {float(f)}" for (x, y), f in zip(xy, filament, strict=True)]
+    return "\n".join(head + rows) + "\n"
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
+    """A micrograph and its STAR; no picks used."""
+    return make_dataset(tmp_path_factory.mktemp("filaments"), kinds=("float32",),
+                        shape=(640, 768), n_picks=1, n_edge=0, box=BOX, apix=APIX, dust=0)
+
+
+def test_cryolo_filament_cbox(plain: Dataset) -> None:
+    xy, filament, _ = _filament_segments()
+    path = plain.root / "filaments.cbox"
+    path.write_text(_cryolo_filament_cbox(xy, filament))
+    parts, dropped = _ours(plain, "Cbox", HelixParams(outer_diameter_angstrom=DIAMETER),
+                           picks="filaments.cbox")
+    assert dropped == {}
+    assert np.abs(_positions(parts.particles) - xy).max() < 0.01
+    _check_filament_columns(parts.particles)
+    assert "filamentid" not in parts.particles.columns
+
+
+def test_cryosparc_filament_fields_in_and_out(plain: Dataset) -> None:
+    """A Filament Tracer ``.cs`` (uids, poses in radians, arc lengths from an offset) gives
+    the same helical columns as the geometry; ``--write-cs`` writes them back."""
+    xy, filament, direction = _filament_segments()
+    ny, nx = plain.micrographs[0].shape
+    dtype = [("uid", "<u8"), ("location/micrograph_path", "S64"),
+             ("location/micrograph_shape", "<u4", (2,)), ("location/center_x_frac", "<f4"),
+             ("location/center_y_frac", "<f4"), ("filament/filament_uid", "<u8"),
+             ("filament/filament_pose", "<f4"), ("filament/arc_length_A", "<f4")]
+    data = np.zeros(len(xy), dtype=dtype)
+    data["uid"] = np.arange(len(xy)) + 7
+    data["location/micrograph_path"] = plain.micrographs[0].name.encode()
+    data["location/micrograph_shape"] = (ny, nx)
+    data["location/center_x_frac"], data["location/center_y_frac"] = xy[:, 0] / nx, xy[:, 1] / ny
+    data["filament/filament_uid"] = np.array([9_000_000_000_000_000_001, 17, 123456789],
+                                             dtype=np.uint64)[filament]
+    data["filament/filament_pose"] = np.radians(direction)
+    index = np.concatenate([np.arange(count) for *_, count in FILAMENTS])
+    data["filament/arc_length_A"] = 500.0 + index * SPACING_PX * APIX
+    with open(plain.root / "filaments.cs", "wb") as stream:
+        np.save(stream, data)
+    cwd = os.getcwd()
+    os.chdir(plain.root)
+    try:
+        extract(plain.micrographs_star, "Cs", ExtractParams(
+            box_px=BOX, descriptors=False, helix=HelixParams(bimodal_psi=True)),
+            coords="filaments.cs", workers=1, write_cs=True)
+    finally:
+        os.chdir(cwd)
+    parts = load_particles(plain.root / "Cs" / "particles.star", plain.root).particles
+    assert np.abs(_positions(parts) - xy).max() < 0.02  # float32 fractions of 768 px
+    _check_filament_columns(parts)
+    assert (parts["rlnAnglePsiFlipRatio"] == 0.5).all()
+    written = np.load(plain.root / "Cs" / "particles.cs")
+    uid = written["filament/filament_uid"]
+    assert [len(set(uid[filament == k])) for k in range(3)] == [1, 1, 1]
+    assert len(set(uid)) == 3
+    pose = np.degrees(written["filament/filament_pose"].astype(np.float64))
+    assert _angle_difference(pose, direction).max() < 0.01
+    for field in ("filament/arc_length_A", "filament/position_A"):
+        assert np.abs(written[field] - index * SPACING_PX * APIX).max() < 0.01

@@ -28,6 +28,7 @@ cryoSPARC                        RELION column
 ``alignments*/shift`` [x, y]     ``rlnOriginX/YAngst = shift * alignments*/psize_A``
 ``alignments*/split``            ``rlnRandomSubset = split + 1`` (3D only)
 ``alignments*/class``            ``rlnClassNumber = class + 1``
+``filament/*``                   helical columns (``io/pickformats/filaments.py``)
 ===============================  ==========================================================
 """
 
@@ -44,6 +45,7 @@ import pandas as pd
 
 from cryoextract.errors import InputError, first_line
 from cryoextract.io.atomic import atomic_file
+from cryoextract.io.pickformats.filaments import cs_filament_columns, cs_filament_fields
 from cryoextract.ops.rotations import euler_to_pose, pose_to_euler
 
 NUMPY_MAGIC = b"\x93NUMPY"
@@ -247,6 +249,7 @@ def _particle_table(
         if field in names:
             columns[column] = _numbers(data, field, path) * factor
     columns.update(_alignments(data, path))
+    columns.update(cs_filament_columns(data, flip_y=flip_y))
     table = pd.DataFrame(columns, index=pd.RangeIndex(len(data)))
     if "blob/psize_A" in names:
         table["rlnImagePixelSize"] = _numbers(data, "blob/psize_A", path)
@@ -478,6 +481,7 @@ def write_cs(
     if micrograph_shapes is not None:
         fields += _location_fields(table, micrograph_shapes, flip_y)
     fields += _alignment_fields(table)
+    fields += cs_filament_fields(table, flip_y=flip_y)
     array = _structured(fields, n)
     save_cs(path, array)
     return array

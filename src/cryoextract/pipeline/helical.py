@@ -18,6 +18,7 @@ import pandas as pd
 from cryoextract.errors import InputError, ParameterError
 from cryoextract.io.coords import guess_format
 from cryoextract.io.micrographs import MicrographSet
+from cryoextract.io.pickformats.filaments import first_seen_numbers
 from cryoextract.ops.boxes import REASON_EDGE, EdgeMode
 from cryoextract.ops.helix import (
     TILT_PRIOR_DEG,
@@ -174,9 +175,7 @@ def _segment_priors(
             raise InputError(
                 f"no tube IDs ({TUBE_ID}, crYOLO filamentid or cryoSPARC "
                 "filament/filament_uid): give --helical-tubes for start/end pairs", source)
-        labels = table.pop(CRYOLO_FILAMENT).to_numpy()
-        _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
-        table[TUBE_ID] = np.argsort(np.argsort(first))[inverse] + 1
+        table[TUBE_ID] = first_seen_numbers(table.pop(CRYOLO_FILAMENT).to_numpy())
     tubes = table[TUBE_ID].to_numpy()
     missing = [c for c in (PSI_PRIOR, TRACK_LENGTH) if c not in table.columns]
     if missing:
