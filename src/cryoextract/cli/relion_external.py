@@ -122,7 +122,12 @@ def parameter_args(tokens: Sequence[str], options: dict[str, Any]) -> list[str]:
         if param.is_flag:
             args += _flag(label, flag, param, values)
         elif param.multiple and values:  # --also-bin-to 64 32: each value once
-            args += [word for value in values for word in (flag, value)]
+            size = param.nargs  # --recenter-xyz takes three values a use
+            if len(values) % size:
+                raise JobError(f"parameter {label!r} takes {size} values a time, got "
+                               f"{len(values)}: {' '.join(values)}")
+            args += [word for at in range(0, len(values), size)
+                     for word in (flag, *values[at:at + size])]
         elif len(values) != param.nargs:
             raise JobError(f"parameter {label!r} takes {param.nargs} value(s), got "
                            f"{len(values)}: {' '.join(values) or '(empty)'}")
