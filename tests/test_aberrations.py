@@ -22,7 +22,7 @@ from cryoextract.ops.aberrations import (
 from cryoextract.ops.ctf import CtfParams, ctf_2d_batch, electron_wavelength_angstrom
 from cryoextract.ops.projection import fourier_volume, project_spectra
 from cryoextract.ops.rotations import euler_to_matrix
-from cryoextract.pipeline import subtract_tasks as tasks
+from cryoextract.pipeline.stacks import subtract_tasks as tasks
 
 BOX, APIX = 32, 1.5
 

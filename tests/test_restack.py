@@ -29,7 +29,7 @@ from cryoextract.cli.stacks import downsample_command, restack_command
 from cryoextract.errors import InputError, ParameterError
 from cryoextract.io.images import image_key, locate_images, parse_image_name, read_images
 from cryoextract.io.particles import read_particles
-from cryoextract.pipeline.restack import downsample, restack
+from cryoextract.pipeline.stacks.restack import downsample, restack
 from relion_oracle import require_relion
 from shared_data import REAL, require_paths
 

@@ -29,9 +29,9 @@ from cryoextract.pipeline.selection import (
     reason_max,
     reason_score,
     remove_close_picks,
-    select_particles,
     selection_reasons,
 )
+from cryoextract.pipeline.stacks.select import select_particles
 from cryoextract.sim.simulate import simulate_dataset
 
 FOM = "rlnAutopickFigureOfMerit"

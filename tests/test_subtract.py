@@ -1,4 +1,4 @@
-"""``cryoextract subtract`` (``cryoextract.pipeline.subtract``) against oracles.
+"""``cryoextract subtract`` (``cryoextract.pipeline.stacks.subtract``) against oracles.
 
 Oracles:
 
@@ -45,8 +45,8 @@ from cryoextract.ops.ctf import CtfParams, ctf_2d, ctf_2d_batch
 from cryoextract.ops.recenter import recentre
 from cryoextract.ops.rotations import euler_to_matrix, viewing_direction_order
 from cryoextract.ops.subtract import inspect_mask, suggested_edge_px
-from cryoextract.pipeline import subtract_tasks as tasks
-from cryoextract.pipeline.subtract import revert_subtraction, subtract_particles
+from cryoextract.pipeline.stacks import subtract_tasks as tasks
+from cryoextract.pipeline.stacks.subtract import revert_subtraction, subtract_particles
 from relion_oracle import require_relion
 from shared_data import SHARED_DATA, require_paths
 

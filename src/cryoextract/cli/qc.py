@@ -35,7 +35,7 @@ def select_command(
     paths: PathsOption = PathStyle.CWD,
 ) -> None:
     """Write the particles that pass a condition as a new STAR (and .cs); stacks are not copied."""
-    from cryoextract.pipeline.selection import select_particles
+    from cryoextract.pipeline.stacks.select import select_particles
 
     try:
         summary = select_particles(source, where, output, overwrite=overwrite,

@@ -18,7 +18,7 @@ from cryoextract.errors import CryoExtractError
 from cryoextract.options import DEFAULT_BATCH_SIZE, PathStyle
 
 if TYPE_CHECKING:
-    from cryoextract.pipeline.restack import StackJobSummary
+    from cryoextract.pipeline.stacks.restack import StackJobSummary
 
 ParticlesOption = Annotated[Path, typer.Option(
     "--particles", help="Particles STAR (RELION 3.0 or 3.1+) or cryoSPARC .cs.")]
@@ -48,7 +48,7 @@ def restack_command(
 ) -> None:
     """Copy particles into consolidated stacks of N images (pixels unchanged) + a STAR."""
     from cryoextract.cli.progress import particle_progress
-    from cryoextract.pipeline.restack import restack
+    from cryoextract.pipeline.stacks.restack import restack
 
     try:
         with particle_progress() as (on_start, on_progress):
@@ -85,7 +85,7 @@ def downsample_command(
 ) -> None:
     """Fourier-crop existing particles to a smaller box or larger pixel size + a STAR."""
     from cryoextract.cli.progress import particle_progress
-    from cryoextract.pipeline.restack import downsample
+    from cryoextract.pipeline.stacks.restack import downsample
 
     try:
         with particle_progress() as (on_start, on_progress):

@@ -1,8 +1,8 @@
 """``cryoextract subtract``: remove a masked map's projection from every particle.
 
 Register with ``app.command("subtract")(subtract_command)``; a thin wrapper over
-:func:`cryoextract.pipeline.subtract.subtract_particles` and
-:func:`cryoextract.pipeline.subtract.revert_subtraction`.
+:func:`cryoextract.pipeline.stacks.subtract.subtract_particles` and
+:func:`cryoextract.pipeline.stacks.subtract.revert_subtraction`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from cryoextract.options import (
 )
 
 if TYPE_CHECKING:
-    from cryoextract.pipeline.subtract import RevertSummary, SubtractSummary
+    from cryoextract.pipeline.stacks.subtract import RevertSummary, SubtractSummary
 
 
 def subtract_command(
@@ -90,7 +90,7 @@ def subtract_command(
 ) -> None:
     """Subtract the projection of a masked map (or half-maps) from every particle image."""
     from cryoextract.cli.progress import particle_progress
-    from cryoextract.pipeline.subtract import revert_subtraction, subtract_particles
+    from cryoextract.pipeline.stacks.subtract import revert_subtraction, subtract_particles
 
     try:
         if revert is not None:

@@ -6,7 +6,7 @@ table (RELION column names, ``rlnCoordinateX/Y`` in micrograph pixels, grouped b
 ``OUT/rejected_particles.tsv``. Nothing here reads or writes pixels.
 
 :func:`evaluate_where` is the condition of ``cryoextract select``
-(:mod:`cryoextract.pipeline.particle_selection`).
+(:mod:`cryoextract.pipeline.stacks.select`).
 """
 
 from __future__ import annotations
@@ -389,12 +389,3 @@ def _operand(node: ast.AST, table: pd.DataFrame) -> np.ndarray | float:
     constant = node.operand if isinstance(node, ast.UnaryOp) else node
     assert isinstance(constant, ast.Constant)
     return sign * float(constant.value)
-
-
-def __getattr__(name: str) -> object:
-    """``select_particles`` (:mod:`.particle_selection`), loaded on first use (PEP 562)."""
-    if name in ("SelectionSummary", "select_particles"):
-        from cryoextract.pipeline import particle_selection
-
-        return getattr(particle_selection, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

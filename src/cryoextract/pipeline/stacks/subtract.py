@@ -7,7 +7,7 @@ with poses, offsets, CTF and half-sets, and writes ``OUT/Particles/subtracted_XX
 back, origins included. Conventions: docs/conventions.md, "Particle subtraction".
 
 Memory is bounded whatever the number of particles: the work is cut into tasks of
-consecutive images of one output stack (:mod:`cryoextract.pipeline.subtract_tasks`),
+consecutive images of one output stack (:mod:`cryoextract.pipeline.stacks.subtract_tasks`),
 each worker reads, subtracts and writes its own tasks, and each half-set is done in its
 own pass, so at most two Fourier volumes (region to remove, whole map for the scale
 fit) are held at once, shared by the workers.
@@ -60,7 +60,7 @@ from cryoextract.options import (
     ScaleMode,
 )
 from cryoextract.pipeline.params import JobPaths, check_box_size
-from cryoextract.pipeline.subtract_tasks import (
+from cryoextract.pipeline.stacks.subtract_tasks import (
     CTF_COLUMNS,
     GroupOptics,
     StackTask,
@@ -252,7 +252,7 @@ class _Job:
 
 
 #: values of the optional CTF columns when a dataset has none (RELION's); the other
-#: :data:`~cryoextract.pipeline.subtract_tasks.CTF_COLUMNS` are required, but for
+#: :data:`~cryoextract.pipeline.stacks.subtract_tasks.CTF_COLUMNS` are required, but for
 #: ``rlnDefocusV``, which is ``rlnDefocusU`` when absent
 _CTF_DEFAULTS = {
     "rlnDefocusAngle": 0.0, "rlnPhaseShift": 0.0, "rlnCtfBfactor": 0.0, "rlnCtfScalefactor": 1.0,
