@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperGroup
 
+from cryoextract.io.pickformats.registry import describe, readable
 from cryoextract.options import PathStyle
 
 EXIT_INPUT_ERROR = 2
@@ -23,6 +24,10 @@ PATHS_HELP = ("How the written STAR names files: relative-to-cwd (RELION's way, 
 
 #: ``--paths``, the same for every command that writes a STAR
 PathsOption = Annotated[PathStyle, typer.Option("--paths", metavar="STYLE", help=PATHS_HELP)]
+
+#: ``--coords-format``, for every command that reads picks (io/pickformats/registry.py)
+COORDS_FORMAT_HELP = ("Pick format: auto (by extension, checked against the content) or "
+                      + describe(readable()) + ".")
 
 err = Console(stderr=True)
 out = Console()

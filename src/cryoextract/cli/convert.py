@@ -1,7 +1,8 @@
 """``cryoextract convert``: picks from any supported format to any other.
 
 Register with ``app.command("convert")(convert_command)``; a thin wrapper over
-:func:`cryoextract.io.pickformats.conversion.convert_picks`, imported when the command runs.
+:func:`cryoextract.pipeline.convert.convert_picks`, imported when the command runs. The
+formats offered, and their help, come from :mod:`cryoextract.io.pickformats.registry`.
 """
 
 from __future__ import annotations
@@ -13,43 +14,43 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.markup import escape
 
-from cryoextract.cli.common import err, fail, out
+from cryoextract.cli.common import COORDS_FORMAT_HELP, fail, out, warn
 from cryoextract.errors import CryoExtractError
+from cryoextract.io.pickformats.registry import (
+    PICK_FORMATS,
+    describe,
+    extension_list,
+    readable,
+    writable,
+)
 
 if TYPE_CHECKING:
-    from cryoextract.io.pickformats.conversion import ConvertOptions, ConvertResult
+    from cryoextract.pipeline.convert import ConvertOptions, ConvertResult
 
 _MAX_WARNINGS = 10
 
-
-class PickFormat(str, Enum):
-    """Output formats of ``cryoextract convert``."""
-
-    STAR = "star"
-    BOX = "box"
-    CBOX = "cbox"
-    TOPAZ = "topaz"
-
-
+#: output formats of ``cryoextract convert``, one member per writable format
+OutputPickFormat = Enum(  # type: ignore[misc]
+    "OutputPickFormat", [(name.upper(), name) for name in writable()], type=str)
 
 
 def convert_command(
     inputs: Annotated[list[Path], typer.Argument(
-        help="Pick files: RELION/Scipion/cryoSPARC-export STAR, EMAN .box, crYOLO .cbox, "
-             "Topaz .txt/.tsv, Xmipp .pos, plain x y text, cryoSPARC .cs; several "
-             "per-micrograph files or files for many micrographs.", show_default=False)],
-    to: Annotated[PickFormat, typer.Option(
-        "--to", help="Output format.", show_default=False)],
+        help="Pick files (" + extension_list(readable()) + "): several per-micrograph "
+             "files or files for many micrographs.", show_default=False)],
     out_path: Annotated[Path, typer.Option(
-        "--out", help="Output: a file (.star for many micrographs, Topaz table, or one "
-                      ".box/.cbox/.star for one micrograph) or a directory with one file "
-                      "per micrograph.", show_default=False)],
-    coords_format: Annotated[str, typer.Option(
-        help="Input format: auto (extension, checked against the content), star, box, "
-             "cbox, topaz, pos, txt, cs.")] = "auto",
+        "--out", help="Output: a file (" + ", ".join(
+            f.extensions[0] for f in PICK_FORMATS if f.many_micrographs and f.writer)
+        + " for many micrographs, or one per-micrograph file) or a directory with one "
+          "file per micrograph.", show_default=False)],
+    to: Annotated[OutputPickFormat | None, typer.Option(  # type: ignore[valid-type]
+        "--to", help="Output format: " + describe(writable())
+        + " \\[default: the one --out's extension names].", show_default=False)] = None,
+    coords_format: Annotated[str, typer.Option(help=COORDS_FORMAT_HELP)] = "auto",
     box: Annotated[float | None, typer.Option(
-        "--box", help="Box side in output micrograph pixels for .box/.cbox "
-                      "\\[default: the input's, rescaled].")] = None,
+        "--box", help="Box side in output micrograph pixels for "
+        + "/".join(f.extensions[0] for f in PICK_FORMATS if f.writer and f.needs_box)
+        + " \\[default: the input's, rescaled].")] = None,
     coords_pixel_size: Annotated[float | None, typer.Option(
         help="Pixel size (A) of the micrographs the picks were made on (binned picking); "
              "coordinates are scaled by this / --pixel-size.")] = None,
@@ -69,15 +70,17 @@ def convert_command(
         help="Micrographs STAR or glob of MRC files: names for the picks, shapes from the "
              "MRC headers, pixel sizes from the STAR.")] = None,
     suffix: Annotated[str | None, typer.Option(
-        help="Ending of per-micrograph output files \\[default: .star, .box, .cbox].")] = None,
+        help="Ending of per-micrograph output files \\[default: " + ", ".join(
+            f.extensions[0] for f in PICK_FORMATS if f.writer and not f.one_file)
+        + "].")] = None,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace existing output files.")] = False,
 ) -> None:
     """Convert picks between formats, pixel sizes and axis conventions."""
-    from cryoextract.io.pickformats.conversion import ConvertOptions, convert_picks
+    from cryoextract.pipeline.convert import ConvertOptions, convert_picks
 
     options = ConvertOptions(
-        to=to.value, out=out_path, coords_format=coords_format, box_px=box,
+        to=None if to is None else to.value, out=out_path, coords_format=coords_format, box_px=box,
         coords_pixel_size_angstrom=coords_pixel_size, pixel_size_angstrom=pixel_size,
         swap_xy=swap_xy, flip_x=flip_x, flip_y=flip_y,
         micrograph_shape_yx=_shape(micrograph_shape), micrographs=micrographs,
@@ -100,11 +103,10 @@ def _shape(value: tuple[int, int] | None) -> tuple[int, int] | None:
 def print_result(result: ConvertResult, options: ConvertOptions) -> None:
     """Warnings on stderr (at most ten), a one-line summary on stdout."""
     for warning in result.warnings[:_MAX_WARNINGS]:
-        err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+        warn(warning)
     if len(result.warnings) > _MAX_WARNINGS:
-        err.print(f"[yellow]warning:[/] {len(result.warnings) - _MAX_WARNINGS} more warnings",
-                  highlight=False)
+        warn(f"{len(result.warnings) - _MAX_WARNINGS} more warnings")
     where = str(result.files[0]) if len(result.files) == 1 else f"{len(result.files)} files " \
         f"in {options.out}"
     out.print(f"converted {result.n_picks} picks of {result.n_micrographs} micrographs to "
-              f"{options.to}: {escape(where)}", highlight=False, soft_wrap=True)
+              f"{result.format}: {escape(where)}", highlight=False, soft_wrap=True)

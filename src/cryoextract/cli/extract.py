@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperCommand
 
-from cryoextract.cli.common import PATHS_HELP, fail, out, warn
+from cryoextract.cli.common import COORDS_FORMAT_HELP, PATHS_HELP, fail, out, warn
 from cryoextract.cli.helix_options import (
     BimodalOption,
     DiameterOption,
@@ -67,8 +67,7 @@ def extract_command(
         help="One coordinate file (a particles STAR with rlnMicrographName, or any format "
              "for a single micrograph).", rich_help_panel="Inputs")] = None,
     coords_format: Annotated[str, typer.Option(
-        help="auto (by extension and content), star, box, txt, cbox, topaz, pos or cs.",
-        rich_help_panel="Inputs")] = "auto",
+        help=COORDS_FORMAT_HELP, rich_help_panel="Inputs")] = "auto",
     pixel_size: Annotated[float | None, typer.Option(
         help="Micrograph pixel size in A (required for a glob; overrides the STAR).",
         rich_help_panel="Inputs")] = None,

@@ -1,8 +1,8 @@
 """Particle picks of every supported picker: read one coordinate file into a picks table.
 
-Formats: RELION STAR (any version, Scipion and cryoSPARC exports), EMAN ``.box``
-(crYOLO, Topaz), crYOLO ``.cbox``, Topaz tables, Xmipp ``.pos``, plain text ``x y`` and,
-when ``cryoextract.io.cryosparc`` provides it, cryoSPARC ``.cs``. Every reader returns a
+Formats (one record each in :mod:`cryoextract.io.pickformats.registry`): RELION STAR (any
+version, Scipion and cryoSPARC exports), EMAN ``.box`` (crYOLO, Topaz), crYOLO ``.cbox``,
+Topaz tables, Xmipp ``.pos``, plain text ``x y`` and cryoSPARC ``.cs``. Every reader returns a
 table with ``rlnCoordinateX``/``rlnCoordinateY`` (0-based pixel coordinates of the
 particle centre, docs/conventions.md) plus every other column of the input, under its
 RELION name where there is one; the extraction carries them to its output. The format
@@ -12,28 +12,23 @@ comes from the extension and is checked against the content (docs/conventions.md
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import os
 import re
-from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
 
 from cryoextract.errors import InputError
-from cryoextract.io.pickformats.box import read_box
-from cryoextract.io.pickformats.cbox import read_cbox
-from cryoextract.io.pickformats.common import DESCRIPTIONS, sniff_format
-from cryoextract.io.pickformats.star_picks import (
-    merge_optics,
-    read_particles_star,
-    read_star_picks,
+from cryoextract.io.pickformats.registry import (
+    description,
+    extension_list,
+    format_for_extension,
+    pick_format,
+    readable,
+    sniff_format,
 )
-from cryoextract.io.pickformats.text import read_text_picks
-from cryoextract.io.pickformats.topaz import read_topaz
-from cryoextract.io.pickformats.xmipp_pos import read_pos
+from cryoextract.io.pickformats.star_picks import merge_optics, read_particles_star
 
 __all__ = [
     "COORDINATE_COLUMNS", "FORMATS", "coordinate_file_candidates", "guess_format",
@@ -42,27 +37,19 @@ __all__ = [
 
 _JOB_DIR = re.compile(r"job\d{3}")
 COORDINATE_COLUMNS = ("rlnCoordinateX", "rlnCoordinateY")
-FORMATS = ("star", "box", "txt", "cbox", "topaz", "pos", "cs")
-_EXTENSIONS = {".star": "star", ".box": "box", ".cbox": "cbox", ".pos": "pos", ".cs": "cs",
-               ".txt": "txt", ".tsv": "txt", ".coord": "txt", ".csv": "txt", ".xy": "txt"}
-_TOPAZ_EXTENSIONS = (".txt", ".tsv")
+#: the formats read (io/pickformats/registry.py lists them)
+FORMATS = readable()
 
 
 def guess_format(path: str | os.PathLike[str]) -> str:
-    """Coordinate format from the file extension; InputError if unknown.
-
-    ``.txt``/``.tsv`` files whose header names ``x_coord`` (Topaz writes ``image_name
-    x_coord y_coord [score]``) are ``topaz``; other ``.txt`` files are plain ``x y``.
+    """Coordinate format from the file extension, checked against the content where
+    formats share an extension (a ``.txt`` whose header names ``x_coord`` is Topaz's,
+    other ``.txt`` files are plain ``x y``); InputError if no format has the extension.
     """
-    suffix = Path(path).suffix.lower()
-    fmt = _EXTENSIONS.get(suffix)
+    fmt = format_for_extension(Path(path), readable())
     if fmt is None:
-        raise InputError(
-            "unknown coordinate format (expected .star, .box, .cbox, .pos, .cs, "
-            ".txt/.tsv/.coord/.csv; or give --coords-format)", path,
-        )
-    if suffix in _TOPAZ_EXTENSIONS and sniff_format(Path(path)) == "topaz":
-        return "topaz"
+        raise InputError(f"unknown coordinate format (expected {extension_list(readable())}; "
+                         "or give --coords-format)", path)
     return fmt
 
 
@@ -90,15 +77,18 @@ def read_picks(path: str | os.PathLike[str], fmt: str = "auto") -> pd.DataFrame:
         (one line naming the file, and the line where it applies).
     """
     path = Path(path)
-    fmt = guess_format(path) if fmt == "auto" else fmt
-    if fmt not in FORMATS:
-        raise InputError(f"unknown coordinate format {fmt!r} (one of {', '.join(FORMATS)})", path)
+    if fmt != "auto" and fmt not in readable():
+        raise InputError(f"unknown coordinate format {fmt!r} (one of {', '.join(readable())})",
+                         path)
+    if path.is_dir():
+        raise InputError("a directory, not a coordinate file", path)
     if not path.is_file():
         raise InputError("coordinate file not found", path)
+    fmt = guess_format(path) if fmt == "auto" else fmt
     if _is_blank(path):
         return pd.DataFrame({"rlnCoordinateX": [], "rlnCoordinateY": []}, dtype=np.float64)
     _check_content(path, fmt)
-    picks = _READERS[fmt](path)
+    picks = pick_format(fmt).read(path)
     twice = picks.columns[picks.columns.duplicated()]
     if len(twice):
         raise InputError(f"more than one column gives {twice[0]}", path)
@@ -113,14 +103,14 @@ def read_picks(path: str | os.PathLike[str], fmt: str = "auto") -> pd.DataFrame:
 def _check_content(path: Path, fmt: str) -> None:
     """InputError when the first bytes show another format than ``fmt``."""
     found = sniff_format(path)
-    if found is None or found == fmt or (fmt == "cs" and found == "binary"):
+    if found is None or found == fmt or (found == "binary" and pick_format(fmt).binary):
         return
     if found == "ctffind":
         raise InputError("CTFFIND results, not picks", path)
     if found == "binary":
-        raise InputError(f"a binary file, not a {DESCRIPTIONS[fmt]} coordinate file", path)
+        raise InputError(f"a binary file, not a {description(fmt)} coordinate file", path)
     raise InputError(
-        f"content looks like {DESCRIPTIONS[found]}, not {DESCRIPTIONS[fmt]} "
+        f"content looks like {description(found)}, not {description(fmt)} "
         f"(give --coords-format {found})", path,
     )
 
@@ -131,23 +121,6 @@ def _is_blank(path: Path) -> bool:
         return path.stat().st_size < 4096 and not path.read_bytes().strip()
     except OSError:
         return False
-
-
-def _read_cs(path: Path) -> pd.DataFrame:
-    """cryoSPARC ``.cs`` picks through ``cryoextract.io.cryosparc.read_cs_picks``."""
-    reader = None
-    if importlib.util.find_spec("cryoextract.io.cryosparc") is not None:
-        module = importlib.import_module("cryoextract.io.cryosparc")
-        reader = getattr(module, "read_cs_picks", None)
-    if reader is None:
-        raise InputError("cryoSPARC .cs not supported yet", path)
-    return reader(path)
-
-
-_READERS: dict[str, Callable[[Path], pd.DataFrame]] = {
-    "star": read_star_picks, "box": read_box, "txt": read_text_picks, "cbox": read_cbox,
-    "topaz": read_topaz, "pos": read_pos, "cs": _read_cs,
-}
 
 
 def coordinate_file_candidates(micrograph_name: str, coords_dir: Path, suffix: str) -> list[Path]:

@@ -374,3 +374,14 @@ def stack_image_count(path: str | os.PathLike[str]) -> int:
     except (ValueError, OSError, EOFError):
         return -1
     return nz if os.path.getsize(path) == expected else -1
+
+
+def mrc_shape_yx(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """``(ny, nx)`` from an MRC header, without reading the data."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with mrcfile.open(path, header_only=True, permissive=True) as mrc:
+                return int(mrc.header.ny), int(mrc.header.nx)
+    except (OSError, ValueError, AttributeError, EOFError) as exc:
+        raise InputError(f"cannot read the MRC header ({first_line(exc)})", path) from exc

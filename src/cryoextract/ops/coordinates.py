@@ -85,3 +85,25 @@ def suggest_axis_fix(
         if fraction_outside(moved, shape_yx) <= threshold:
             return option
     return None
+
+
+def off_micrograph_warning(
+    coords_xy: np.ndarray, shape_yx: tuple[int, int], source: str, *,
+    threshold: float = 0.02,
+) -> str | None:
+    """The one warning about picks off their micrograph (``extract`` and ``convert``).
+
+    None when at most ``threshold`` of the picks fall outside; otherwise one line naming
+    ``source``, the share of picks outside, the micrograph's size as ``nx x ny`` and the
+    axis option that brings them back (:func:`suggest_axis_fix`), or what to check.
+    """
+    xy = np.asarray(coords_xy, dtype=np.float64).reshape(-1, 2)
+    outside = fraction_outside(xy, shape_yx)
+    if outside <= threshold:
+        return None
+    fix = suggest_axis_fix(xy, shape_yx, threshold=threshold)
+    advice = (f"{fix} brings them back" if fix is not None
+              else "check the axis options and --coords-pixel-size")
+    ny, nx = shape_yx
+    return (f"{source}: {outside:.0%} of the {len(xy)} picks fall off the micrograph of "
+            f"{nx} x {ny} px (x by y); {advice}")

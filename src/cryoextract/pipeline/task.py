@@ -30,7 +30,7 @@ from cryoextract.ops.boxes import (
     box_indices,
 )
 from cryoextract.ops.boxsize import ctf_padding_box
-from cryoextract.ops.coordinates import fraction_outside, suggest_axis_fix
+from cryoextract.ops.coordinates import off_micrograph_warning
 from cryoextract.ops.ctf import CtfParams
 from cryoextract.ops.ctf_correct import (
     CtfCorrection,
@@ -249,12 +249,9 @@ def _add_descriptors(
 def _warn_axis_mismatch(
     xy: np.ndarray, shape_yx: tuple[int, int], source: str, result: MicrographResult
 ) -> None:
-    hint = suggest_axis_fix(xy, shape_yx)
-    if hint is not None:
-        result.warnings.append(
-            f"{source}: {fraction_outside(xy, shape_yx):.0%} of the picks fall off the "
-            f"{shape_yx[1]}x{shape_yx[0]} micrograph; {hint} brings them back"
-        )
+    warning = off_micrograph_warning(xy, shape_yx, source)
+    if warning is not None:
+        result.warnings.append(warning)
 
 
 def _check_header_pixel_size(

@@ -17,8 +17,6 @@ MICROGRAPH = "rlnMicrographName"
 BOX_ATTR = "box_px"
 """``picks.attrs[BOX_ATTR]``: the square box side (px) a ``.box``/``.cbox`` file gave."""
 
-_SNIFF_BYTES = 16384
-
 
 def read_text(path: Path, what: str = "coordinate file") -> str:
     """The whole text of ``path``; InputError (naming the file) if absent or unreadable."""
@@ -120,48 +118,3 @@ def scores(picks: pd.DataFrame) -> np.ndarray | None:
         return None
     values = pd.to_numeric(picks[SCORE], errors="coerce").to_numpy(dtype=np.float64)
     return None if np.all(np.isnan(values)) else values
-
-
-# --------------------------------------------------------------------------- sniffing
-DESCRIPTIONS = {
-    "star": "RELION STAR",
-    "box": "EMAN .box",
-    "txt": "plain text x y",
-    "cbox": "crYOLO .cbox",
-    "topaz": "Topaz picks table",
-    "pos": "Xmipp .pos",
-    "cs": "cryoSPARC .cs",
-    "ctffind": "CTFFIND results",
-    "binary": "a binary file",
-}
-
-
-def sniff_format(path: Path) -> str | None:
-    """The format the first bytes of a file show, or None when they do not tell.
-
-    Returns one of ``cbox`` (a ``data_cryolo`` block), ``pos`` (``_xcoor``/XMIPP_STAR),
-    ``star`` (``data_``/``loop_``/``_rln``), ``topaz`` (header ``image_name ... x_coord``),
-    ``ctffind`` (CTFFIND output), ``binary`` (NUL bytes); None for plain numbers.
-    """
-    try:
-        with open(path, "rb") as stream:
-            head = stream.read(_SNIFF_BYTES)
-    except OSError:
-        return None
-    if b"\0" in head:
-        return "binary"
-    lines = [ln.strip() for ln in head.decode("utf-8", "replace").splitlines()]
-    text = "\n".join(lines)
-    if any(ln.startswith("data_cryolo") for ln in lines):
-        return "cbox"
-    if "XMIPP_STAR" in text or any(ln.split()[:1] == ["_xcoor"] for ln in lines if ln):
-        return "pos"
-    if lines and "ctffind" in lines[0].lower() and lines[0].startswith("#"):
-        return "ctffind"
-    if any(ln.startswith(("data_", "loop_", "_rln")) for ln in lines):
-        return "star"
-    first = next((ln for ln in lines if ln and not ln.startswith("#")), "")
-    tokens = first.replace(",", " ").split()
-    if "x_coord" in tokens and ("image_name" in tokens or "y_coord" in tokens):
-        return "topaz"
-    return None

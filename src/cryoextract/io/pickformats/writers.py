@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pandas as pd
 
 from cryoextract.errors import ParameterError
-from cryoextract.io.pickformats.box import write_box
-from cryoextract.io.pickformats.cbox import write_cbox
-from cryoextract.io.pickformats.star_picks import write_star_picks
-from cryoextract.io.pickformats.topaz import write_topaz
+from cryoextract.io.pickformats.registry import pick_format, writable
 
-OUTPUT_FORMATS = ("star", "box", "cbox", "topaz")
-"""Formats :func:`write_picks` writes."""
-MULTI_MICROGRAPH_FORMATS = ("star", "topaz")
-"""Formats whose one file may hold the picks of many micrographs."""
-EXTENSIONS = {"star": ".star", "box": ".box", "cbox": ".cbox", "topaz": ".txt"}
+OUTPUT_FORMATS = writable()
+"""Formats :func:`write_picks` writes (io/pickformats/registry.py lists them)."""
 
 
 def write_picks(
@@ -34,28 +29,21 @@ def write_picks(
     path : path-like
         Output file, written atomically.
     picks : pandas.DataFrame
-        Picks table (``rlnCoordinateX/Y`` centres in px). ``box``/``cbox`` take the
-        picks of one micrograph.
+        Picks table (``rlnCoordinateX/Y`` centres in px). Formats of one micrograph a
+        file (``box``, ``cbox``) take the picks of one micrograph.
     fmt : str
-        ``star``, ``box``, ``cbox`` or ``topaz``.
+        A format written (:func:`cryoextract.io.pickformats.registry.writable`).
     box_px : float, optional
-        Box side in micrograph pixels; required for ``box`` and ``cbox``.
+        Box side in micrograph pixels; required by formats that record it (``box``,
+        ``cbox``).
     micrograph_name : str, optional
-        Topaz ``image_name`` for picks without ``rlnMicrographName``.
+        The micrograph's name for picks without ``rlnMicrographName`` (Topaz's
+        ``image_name``).
     """
-    if fmt == "star":
-        write_star_picks(path, picks)
-    elif fmt == "box":
-        write_box(path, picks, _box(box_px, fmt))
-    elif fmt == "cbox":
-        write_cbox(path, picks, _box(box_px, fmt))
-    elif fmt == "topaz":
-        write_topaz(path, picks, micrograph_name)
-    else:
-        raise ParameterError(f"unknown output format {fmt!r} (one of {', '.join(OUTPUT_FORMATS)})")
-
-
-def _box(box_px: float | None, fmt: str) -> float:
-    if box_px is None or box_px <= 0:
-        raise ParameterError(f".{fmt} output needs a box size (--box PX)")
-    return float(box_px)
+    if fmt not in writable():
+        raise ParameterError(f"unknown output format {fmt!r} (one of {', '.join(writable())})")
+    record = pick_format(fmt)
+    if record.needs_box and (box_px is None or not box_px > 0):
+        raise ParameterError(f"{record.description} output needs a box size (--box PX)")
+    record.write(Path(path), picks, box_px=None if box_px is None else float(box_px),
+                 micrograph_name=micrograph_name)

@@ -10,27 +10,26 @@ them back (:func:`cryoextract.ops.coordinates.suggest_axis_fix`).
 from __future__ import annotations
 
 import glob
-import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
-import mrcfile
-import numpy as np
 import pandas as pd
 
 from cryoextract.errors import InputError, ParameterError
 from cryoextract.io.coords import read_picks, split_by_micrograph
+from cryoextract.io.mrc import mrc_shape_yx
 from cryoextract.io.names import unique_components
 from cryoextract.io.pickformats.box import box_size_of
 from cryoextract.io.pickformats.common import MICROGRAPH, X, Y, centres
-from cryoextract.io.pickformats.writers import (
-    EXTENSIONS,
-    MULTI_MICROGRAPH_FORMATS,
-    OUTPUT_FORMATS,
-    write_picks,
+from cryoextract.io.pickformats.registry import (
+    extension_list,
+    format_for_extension,
+    pick_format,
+    writable,
 )
-from cryoextract.ops.coordinates import fraction_outside, suggest_axis_fix, transform_picks
+from cryoextract.io.pickformats.writers import write_picks
+from cryoextract.ops.coordinates import off_micrograph_warning, transform_picks
 
 _MRC_EXTENSIONS = (".mrc", ".mrcs", ".st", ".map")
 _SIZE_COLUMNS = ("EstWidth", "EstHeight")
@@ -42,11 +41,12 @@ _MAX_LISTED = 5
 class ConvertOptions:
     """What ``cryoextract convert`` does; see :func:`convert_picks`.
 
+    ``to``: the output format, None for the one ``out``'s extension names.
     ``box_px`` and ``micrograph_shape_yx`` are in output micrograph pixels; pixel sizes
     in Å/px. ``scale = coords_pixel_size_angstrom / pixel_size_angstrom``.
     """
 
-    to: str
+    to: str | None
     out: Path
     coords_format: str = "auto"
     box_px: float | None = None
@@ -63,9 +63,10 @@ class ConvertOptions:
 
 @dataclass
 class ConvertResult:
-    """Files written, counts, and warnings for the user (one line each)."""
+    """Files written, their format, counts, and warnings for the user (one line each)."""
 
     files: list[Path] = field(default_factory=list)
+    format: str = ""
     n_picks: int = 0
     n_micrographs: int = 0
     warnings: list[str] = field(default_factory=list)
@@ -105,10 +106,11 @@ def convert_picks(inputs: Sequence[str | Path], options: ConvertOptions) -> Conv
     -------
     ConvertResult
     """
+    options = replace(options, to=output_format(options.to, options.out))
     _check_options(options)
     if not inputs:
         raise ParameterError("no input pick files")
-    result = ConvertResult()
+    result = ConvertResult(format=str(options.to))
     groups, input_box = _read_groups([Path(p) for p in inputs], options.coords_format,
                                      options.micrograph_shape_yx)
     micrographs = _micrograph_list(options)
@@ -130,9 +132,21 @@ def convert_picks(inputs: Sequence[str | Path], options: ConvertOptions) -> Conv
 
 
 # --------------------------------------------------------------------------- options
+def output_format(to: str | None, out: Path) -> str:
+    """``to``, or the output format the extension of ``out`` names (``.star``, ``.box``,
+    ``.cbox``, ``.txt``: Topaz); ParameterError when it names none."""
+    if to is not None:
+        return to
+    found = format_for_extension(Path(out), writable())
+    if found is None:
+        raise ParameterError(f"give --to: the extension of {out} names no output format "
+                             f"({extension_list(writable())})")
+    return found
+
+
 def _check_options(options: ConvertOptions) -> None:
-    if options.to not in OUTPUT_FORMATS:
-        raise ParameterError(f"--to must be one of {', '.join(OUTPUT_FORMATS)}")
+    if options.to not in writable():
+        raise ParameterError(f"--to must be one of {', '.join(writable())}")
     for name, value in (("--box", options.box_px),
                         ("--coords-pixel-size", options.coords_pixel_size_angstrom),
                         ("--pixel-size", options.pixel_size_angstrom)):
@@ -260,18 +274,6 @@ def _shape(group: _Group, options: ConvertOptions, result: ConvertResult
         return None
 
 
-def mrc_shape_yx(path: str | Path) -> tuple[int, int]:
-    """``(ny, nx)`` from an MRC header, without reading the data."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with mrcfile.open(path, header_only=True, permissive=True) as mrc:
-                header = mrc.header
-                return int(header.ny), int(header.nx)
-    except (OSError, ValueError, AttributeError) as exc:
-        raise InputError(f"cannot read the MRC header ({exc})", path) from exc
-
-
 def _transform(group: _Group, options: ConvertOptions, result: ConvertResult) -> None:
     scale = _scale(group, options)
     shape = _shape(group, options, result)
@@ -288,37 +290,23 @@ def _transform(group: _Group, options: ConvertOptions, result: ConvertResult) ->
             if column in picks.columns:
                 picks[column] = pd.to_numeric(picks[column], errors="coerce") * scale
     group.picks = picks
-    if shape is not None and len(picks):
-        _warn_off_micrograph(group.name, xy, shape, result)
-
-
-def _warn_off_micrograph(
-    name: str, xy: np.ndarray, shape: tuple[int, int], result: ConvertResult
-) -> None:
-    outside = fraction_outside(xy, shape)
-    fix = suggest_axis_fix(xy, shape)
-    if fix is not None:
-        result.warnings.append(
-            f"{outside:.0%} of the {len(xy)} picks of {name} fall off the {shape[0]}x"
-            f"{shape[1]} (ny x nx) micrograph; {fix} brings them back")
-    elif outside > 0.02:
-        result.warnings.append(
-            f"{outside:.0%} of the {len(xy)} picks of {name} fall off the {shape[0]}x"
-            f"{shape[1]} (ny x nx) micrograph; check the axis options and "
-            "--coords-pixel-size")
+    warning = None if shape is None else off_micrograph_warning(xy, shape, group.name)
+    if warning is not None:
+        result.warnings.append(warning)
 
 
 # --------------------------------------------------------------------------- writing
 def _write(groups: list[_Group], options: ConvertOptions, box_px: float | None) -> list[Path]:
-    out, fmt = options.out, options.to
-    single_file = fmt == "topaz" or (out.suffix.lower() == EXTENSIONS[fmt] and (
-        fmt in MULTI_MICROGRAPH_FORMATS or len(groups) == 1))
-    if fmt in ("box", "cbox") and box_px is None:
-        raise ParameterError(f".{fmt} output needs --box PX (the input has no box size)")
+    out, fmt = options.out, pick_format(str(options.to))
+    single_file = fmt.one_file or (out.suffix.lower() in fmt.extensions and (
+        fmt.many_micrographs or len(groups) == 1))
+    if fmt.needs_box and box_px is None:
+        raise ParameterError(f"{fmt.description} output needs --box PX (the input has no "
+                             "box size)")
     if single_file:
         targets = {out: groups}
     else:
-        suffix = options.suffix if options.suffix is not None else EXTENSIONS[fmt]
+        suffix = options.suffix if options.suffix is not None else fmt.extensions[0]
         targets = {out / f"{stem}{suffix}": [g]
                    for stem, g in zip(_file_stems(groups), groups, strict=True)}
     existing = [p for p in targets if p.exists()]
@@ -327,8 +315,8 @@ def _write(groups: list[_Group], options: ConvertOptions, box_px: float | None) 
     for path, members in targets.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         picks = _combined(members, with_names=single_file and (
-            len(members) > 1 or members[0].named or fmt == "topaz"))
-        write_picks(path, picks, fmt, box_px=box_px, micrograph_name=members[0].name)
+            len(members) > 1 or members[0].named or fmt.one_file))
+        write_picks(path, picks, fmt.name, box_px=box_px, micrograph_name=members[0].name)
     return list(targets)
 
 
