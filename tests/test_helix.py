@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +23,9 @@ import starfile
 
 from cryoextract.pipeline.extract import extract
 from cryoextract.pipeline.params import ExtractParams, HelixParams
+from helpers import cli_env, one_line_error
 from relion_oracle import (
+    SRC_DIR,
     Dataset,
     Particles,
     coordinate_file,
@@ -342,3 +346,58 @@ def test_cryosparc_filament_fields_in_and_out(plain: Dataset) -> None:
     assert _angle_difference(pose, direction).max() < 0.01
     for field in ("filament/arc_length_A", "filament/position_A"):
         assert np.abs(written[field] - index * SPACING_PX * APIX).max() < 0.01
+
+
+# --------------------------------------------------------------------------- bad input
+def _cli(ds: Dataset, *args: str) -> subprocess.CompletedProcess[str]:
+    env = cli_env()
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SRC_DIR), env.get("PYTHONPATH", "")) if p)
+    return subprocess.run([sys.executable, "-m", "cryoextract", "extract", "--micrographs",
+                           ds.micrographs_star, "--box", str(BOX), "--out", "Bad", "--overwrite",
+                           "--no-report", "--helix", *args], cwd=ds.root, env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+TUBE_ROWS = "data_\nloop_\n_rlnCoordinateX\n_rlnCoordinateY\n"
+
+
+@pytest.mark.parametrize(("name", "content", "expected"), [
+    ("odd_tubes.star", TUBE_ROWS + "100 100\n300 100\n200 200\n",
+     "row 3: a tube start without an end"),
+    ("flat_tubes.star", TUBE_ROWS + "100 100\n300 100\n200 200\n200 200\n",
+     "rows 3-4: tube of zero length"),
+    ("tags.box", "80 80 40 40 -1\n280 80 40 40 -1\n", "row 2: EMAN helix tubes"),
+])
+def test_bad_tube_files_one_line_naming_file_and_row(plain: Dataset, name: str, content: str,
+                                                      expected: str) -> None:
+    (plain.root / "Bad_picks").mkdir(exist_ok=True)
+    stem = Path(plain.micrographs[0].name).stem
+    suffix = "_" + name
+    (plain.root / "Bad_picks" / f"{stem}{suffix}").write_text(content)
+    done = _cli(plain, "--helical-tubes", "--helical-rise-angstrom", "4.75", "--coords-dir",
+                "Bad_picks", "--coords-suffix", suffix)
+    line = one_line_error(done.returncode, done.stdout, done.stderr)
+    assert f"Bad_picks/{stem}{suffix}" in line and expected in line, line
+    assert not (plain.root / "Bad" / "particles.star").exists()
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (("--helical-tubes", "--helical-rise-angstrom", "0"), "--helical-rise-angstrom must be > 0"),
+    (("--helical-outer-diameter", "150"), "wider than the 96 px box"),
+])
+def test_bad_helical_parameters_one_line(plain: Dataset, args: tuple[str, ...],
+                                         expected: str) -> None:
+    done = _cli(plain, *args, "--coords-dir", "Picks", "--coords-suffix", "_pick.star")
+    assert expected in one_line_error(done.returncode, done.stdout, done.stderr)
+
+
+def test_eman_tubes_given_as_one_file(tmp_path: Path) -> None:
+    """An EMAN helix .box given with --coords (no file name reaches the worker) is still
+    read as EMAN tubes (ends trimmed): the segments are those RELION places from the
+    same file (the "box" case above), here read through --coords-dir."""
+    ds = _dataset(tmp_path, ".box")
+    helix = HelixParams(True, NR_ASU, RISE)
+    by_dir, _ = _ours(ds, "ByDir", helix)
+    one, _ = _ours(ds, "One", helix, picks=str(coordinate_file(ds, ds.micrographs[0].name)))
+    assert len(one.particles) == len(by_dir.particles) > 100
+    assert np.abs(_positions(one.particles) - _positions(by_dir.particles)).max() == 0

@@ -84,9 +84,11 @@ def helical_picks(
     are dropped when their box leaves the micrograph, as particles.
     """
     helix = params.helix or HelixParams()
+    source = str(picks.attrs.get("source", source))
     fmt = coords_format
     if fmt == "auto":
-        fmt = "star" if coords_path is None else guess_format(coords_path)
+        fmt = guess_format(coords_path) if coords_path is not None \
+            else "box" if _looks_like_eman_tubes(picks) else "star"
     if helix.tubes:
         table = _tube_segments(picks, params, helix, pixel_size_angstrom, shape_yx, source, fmt)
         xy = table[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(np.float64)
@@ -141,6 +143,14 @@ def _tube_segments(
 
 def _xy_table(xy: np.ndarray) -> pd.DataFrame:
     return pd.DataFrame({"rlnCoordinateX": xy[:, 0], "rlnCoordinateY": xy[:, 1]})
+
+
+def _looks_like_eman_tubes(picks: pd.DataFrame) -> bool:
+    """Picks read from a file we know nothing more of (``--coords``) that are EMAN helix
+    tubes: one box size, column 5 alternating -1, -2."""
+    tags = picks.get("rlnAutopickFigureOfMerit")
+    return "box_px" in picks.attrs and tags is not None and len(picks) % 2 == 0 \
+        and bool((tags.to_numpy() == np.tile([EMAN_START, EMAN_END], len(picks) // 2)).all())
 
 
 def _eman_tube_ends(
