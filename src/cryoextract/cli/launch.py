@@ -9,6 +9,7 @@ the stand-in. Nothing changes for a process that imported ``rich.markdown`` befo
 
 from __future__ import annotations
 
+import os
 import sys
 import types
 
@@ -45,8 +46,20 @@ def one_line_warnings() -> None:
     warnings.formatwarning = format_warning  # type: ignore[assignment]
 
 
+def one_blas_thread_per_process() -> None:
+    """Start OpenBLAS with one thread unless the user asked for more.
+
+    The commands' parallelism is their processes; OpenBLAS's own threads only
+    busy-wait after each small product (about 3 % of an extraction's CPU time).
+    Set before numpy is imported, which reads it once.
+    """
+    if "numpy" not in sys.modules:
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+
 def main() -> None:
     """Console-script entry point (``cryoextract``)."""
+    one_blas_thread_per_process()
     defer_rich_markdown()
     one_line_warnings()
     from cryoextract.cli.app import main as run
