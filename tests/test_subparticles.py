@@ -290,3 +290,29 @@ def test_bad_input_is_one_line_naming_it(dataset, args, named):
     line = one_line_error(done.returncode, done.stdout, done.stderr)
     assert named in line, line
     assert not (root / "Bad" / "particles.star").exists()
+
+
+def test_subparticles_with_binning_cs_workers_and_resume(dataset):
+    root, apix = dataset.root, dataset.apix
+    star = write_particles_star(dataset, refined_particles(dataset, seed=4, with_poses=True),
+                                "posed_bin.star")
+    n_source = len(starfile.read(root / star)["particles"])
+    args = ["--micrographs", dataset.micrographs_star, "--coords", star, "--box", str(BOX),
+            "--bin-to", "32", "--write-cs", "--workers", "2", "--no-report", "--quiet",
+            "--symmetry-expand", "D2", "--recenter-xyz", str(5 * apix), "0", "0",
+            "--recenter-xyz", "0", str(4 * apix), str(6 * apix), "--out", "Binned"]
+    done = _ours(root, *args)
+    assert done.returncode == 0, done.stderr
+    first = (root / "Binned" / "particles.star").read_bytes()
+    particles = starfile.read(root / "Binned" / "particles.star")
+    assert len(particles["particles"]) == n_source * 4 * 2
+    assert int(particles["optics"]["rlnImageSize"].iloc[0]) == 32
+    cs = np.load(root / "Binned" / "particles.cs")
+    assert len(cs) == n_source * 4 * 2
+    done = _ours(root, *args, "--resume")
+    assert done.returncode == 0, done.stderr
+    assert (root / "Binned" / "particles.star").read_bytes() == first
+    # another expansion is another job: --resume refuses it
+    other = [a if a != "D2" else "C2" for a in args]
+    done = _ours(root, *other, "--resume")
+    assert "--resume" in one_line_error(done.returncode, done.stdout, done.stderr)
