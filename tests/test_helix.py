@@ -401,3 +401,49 @@ def test_eman_tubes_given_as_one_file(tmp_path: Path) -> None:
     one, _ = _ours(ds, "One", helix, picks=str(coordinate_file(ds, ds.micrographs[0].name)))
     assert len(one.particles) == len(by_dir.particles) > 100
     assert np.abs(_positions(one.particles) - _positions(by_dir.particles)).max() == 0
+
+
+# --------------------------------------------------------------------------- convert
+def test_convert_tubes_to_relion_segments(run: Run) -> None:
+    """``convert --helix --helical-tubes``: the tubes become RELION's segments (those
+    RELION keeps, at its unrounded coordinates, with its columns) plus the edge ones."""
+    from cryoextract.pipeline.convert import ConvertOptions, convert_picks
+
+    coords = coordinate_file(run.ds, run.ds.micrographs[0].name)
+    out = run.ds.root / "converted.star"
+    convert_picks([coords], ConvertOptions(
+        to="star", out=out, pixel_size_angstrom=APIX, overwrite=True,
+        helix=HelixParams(True, NR_ASU, RISE, bimodal_psi=bool(
+            (run.relion.particles["rlnAnglePsiFlipRatio"] == 0.5).all()))))
+    segments = starfile.read(out)
+    ref = run.relion.particles
+    key = ["rlnHelicalTubeID", "rlnHelicalTrackLengthAngst"]
+    merged = ref.merge(segments.round({key[1]: 3}), on=[key[0]], suffixes=("", "_c"))
+    merged = merged[np.abs(merged[key[1]] - merged[key[1] + "_c"]) < 1e-3]
+    assert len(merged) == len(ref) < len(segments)
+    for column in ("rlnCoordinateX", "rlnCoordinateY", "rlnAnglePsiPrior"):
+        assert np.abs(merged[column] - merged[column + "_c"]).max() < 1e-5, column
+
+
+def test_convert_cryolo_filaments_for_relion(plain: Dataset) -> None:
+    """crYOLO filament segments (no priors) converted with ``--helix`` to a coordinate
+    STAR that ``relion_preprocess --helix`` (pre-segmented) accepts: it keeps our tube
+    IDs, priors and track lengths, which are the filaments' geometry."""
+    from cryoextract.pipeline.convert import ConvertOptions, convert_picks
+
+    require_relion()
+    xy, filament, _ = _filament_segments()
+    cbox = plain.root / "cryolo" / f"{Path(plain.micrographs[0].name).stem}.cbox"
+    cbox.parent.mkdir(exist_ok=True)
+    cbox.write_text(_cryolo_filament_cbox(xy, filament))
+    star = coordinate_file(plain, plain.micrographs[0].name).with_name(
+        f"{cbox.stem}_segments.star")
+    convert_picks([cbox], ConvertOptions(to="star", out=star, pixel_size_angstrom=APIX,
+                                         overwrite=True, helix=HelixParams()))
+    ds = Dataset(plain.root, plain.micrographs_star, plain.coords_dir, "_segments.star",
+                 APIX, plain.micrographs)
+    run_relion_preprocess(ds, "RelionSegments/", box=BOX, norm=True, bg_radius=BG_RADIUS,
+                          extra=["--helix", "--helical_outer_diameter", str(DIAMETER)])
+    relion = load_particles(plain.root / "RelionSegments" / "particles.star", plain.root)
+    assert np.abs(_positions(relion.particles) - xy).max() < 1e-4
+    _check_filament_columns(relion.particles)

@@ -15,6 +15,14 @@ import typer
 from rich.markup import escape
 
 from cryoextract.cli.common import COORDS_FORMAT_HELP, fail, out, warn
+from cryoextract.cli.helix_options import (
+    BimodalOption,
+    HelixOption,
+    NrAsuOption,
+    RiseOption,
+    TubesOption,
+    helix_params,
+)
 from cryoextract.errors import CryoExtractError
 from cryoextract.io.pickformats.registry import (
     PICK_FORMATS,
@@ -75,16 +83,25 @@ def convert_command(
         + "].")] = None,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace existing output files.")] = False,
+    helix: HelixOption = False, helical_tubes: TubesOption = False,
+    helical_nr_asu: NrAsuOption = 1, helical_rise_angstrom: RiseOption = None,
+    helical_bimodal_psi: BimodalOption = False,
 ) -> None:
     """Convert picks between formats, pixel sizes and axis conventions."""
     from cryoextract.pipeline.convert import ConvertOptions, convert_picks
 
+    try:
+        helical = helix_params(helix, helical_tubes, helical_nr_asu, helical_rise_angstrom,
+                               None, helical_bimodal_psi)
+    except CryoExtractError as exc:
+        fail(str(exc))
+        return
     options = ConvertOptions(
         to=None if to is None else to.value, out=out_path, coords_format=coords_format, box_px=box,
         coords_pixel_size_angstrom=coords_pixel_size, pixel_size_angstrom=pixel_size,
         swap_xy=swap_xy, flip_x=flip_x, flip_y=flip_y,
         micrograph_shape_yx=_shape(micrograph_shape), micrographs=micrographs,
-        suffix=suffix, overwrite=overwrite,
+        suffix=suffix, overwrite=overwrite, helix=helical,
     )
     try:
         result = convert_picks(inputs, options)

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 PANEL = "Helical"
 
 HelixOption = Annotated[bool, typer.Option(
-    "--helix", help="Extract helical segments with RELION's helical columns (tube ID, "
+    "--helix", help="Helical segments, with RELION's helical columns (tube ID, "
     "priors, track length).", rich_help_panel=PANEL)]
 TubesOption = Annotated[bool, typer.Option(
     "--helical-tubes", help="Picks are tube start/end pairs (rows 1-2 tube 1, ...), cut "

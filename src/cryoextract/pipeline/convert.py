@@ -13,11 +13,12 @@ import glob
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from cryoextract.errors import InputError, ParameterError
-from cryoextract.io.coords import read_picks, split_by_micrograph
+from cryoextract.io.coords import guess_format, read_picks, split_by_micrograph
 from cryoextract.io.mrc import mrc_shape_yx
 from cryoextract.io.names import unique_components
 from cryoextract.io.pickformats.box import box_size_of
@@ -30,6 +31,9 @@ from cryoextract.io.pickformats.registry import (
 )
 from cryoextract.io.pickformats.writers import write_picks
 from cryoextract.ops.coordinates import off_micrograph_warning, transform_picks
+
+if TYPE_CHECKING:
+    from cryoextract.pipeline.params import HelixParams
 
 _MRC_EXTENSIONS = (".mrc", ".mrcs", ".st", ".map")
 _SIZE_COLUMNS = ("EstWidth", "EstHeight")
@@ -59,6 +63,7 @@ class ConvertOptions:
     micrographs: str | None = None
     suffix: str | None = None
     overwrite: bool = False
+    helix: HelixParams | None = None  # helical columns (pipeline/helical.helical_columns)
 
 
 @dataclass
@@ -118,6 +123,8 @@ def convert_picks(inputs: Sequence[str | Path], options: ConvertOptions) -> Conv
         _attach_micrographs(groups, micrographs, result)
     for group in groups:
         _transform(group, options, result)
+        if options.helix is not None:
+            group.picks = _helical(group, options, result)
     box_px = options.box_px
     if box_px is None and input_box is not None:
         box_px = input_box * _common_scale(groups, options)
@@ -152,7 +159,8 @@ def _check_options(options: ConvertOptions) -> None:
                         ("--pixel-size", options.pixel_size_angstrom)):
         if value is not None and not value > 0:
             raise ParameterError(f"{name} must be > 0, got {value}")
-    if options.pixel_size_angstrom is not None and options.coords_pixel_size_angstrom is None:
+    if options.pixel_size_angstrom is not None and options.coords_pixel_size_angstrom is None \
+            and options.helix is None:
         raise ParameterError("--pixel-size goes with --coords-pixel-size (the picks' pixel "
                              "size)")
     if options.micrograph_shape_yx is not None and min(options.micrograph_shape_yx) <= 0:
@@ -293,6 +301,21 @@ def _transform(group: _Group, options: ConvertOptions, result: ConvertResult) ->
     warning = None if shape is None else off_micrograph_warning(xy, shape, group.name)
     if warning is not None:
         result.warnings.append(warning)
+
+
+def _helical(group: _Group, options: ConvertOptions, result: ConvertResult) -> pd.DataFrame:
+    from cryoextract.pipeline.helical import helical_columns
+
+    pixel_size = options.pixel_size_angstrom or group.pixel_size_angstrom
+    if pixel_size is None:
+        raise ParameterError("--helix needs the micrographs' pixel size (track lengths in A): "
+                             "give --pixel-size or --micrographs")
+    fmt = options.coords_format if options.coords_format != "auto" \
+        else guess_format(group.source)
+    picks, warnings = helical_columns(group.picks, options.helix, pixel_size,
+                                      str(group.source), fmt)
+    result.warnings += warnings
+    return picks
 
 
 # --------------------------------------------------------------------------- writing

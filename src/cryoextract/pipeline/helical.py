@@ -10,6 +10,7 @@ segments' order and positions. docs/conventions.md, "Helical segments".
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -90,7 +91,10 @@ def helical_picks(
         fmt = guess_format(coords_path) if coords_path is not None \
             else "box" if _looks_like_eman_tubes(picks) else "star"
     if helix.tubes:
-        table = _tube_segments(picks, params, helix, pixel_size_angstrom, shape_yx, source, fmt)
+        def to_micrograph(xy: np.ndarray) -> np.ndarray:
+            return pick_coordinates(_xy_table(xy), params, pixel_size_angstrom, shape_yx)
+
+        table = _tube_segments(picks, helix, pixel_size_angstrom, source, fmt, to_micrograph)
         xy = table[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(np.float64)
         reasons = np.full(len(table), "", dtype=object)
     else:
@@ -103,11 +107,28 @@ def helical_picks(
     return HelicalPicks(table.reset_index(drop=True), xy, reasons)
 
 
+def helical_columns(
+    picks: pd.DataFrame, helix: HelixParams, pixel_size_angstrom: float, source: str,
+    fmt: str = "star",
+) -> tuple[pd.DataFrame, list[str]]:
+    """Picks with RELION's helical columns, coordinates as they are (``convert --helix``):
+    tubes cut into segments, or segments given the priors and track lengths they lack
+    (a filament of one segment is left out, with a warning)."""
+    if helix.tubes:
+        return _tube_segments(picks, helix, pixel_size_angstrom, source, fmt), []
+    xy = picks[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(np.float64)
+    table, reasons = _segment_priors(picks, xy, helix, pixel_size_angstrom, source)
+    lone = int((reasons != "").sum())
+    warnings = [f"{source}: {lone} segment(s) left out: {REASON_NO_DIRECTION}"] if lone else []
+    return table[reasons == ""].reset_index(drop=True), warnings
+
+
 def _tube_segments(
-    picks: pd.DataFrame, params: ExtractParams, helix: HelixParams, pixel_size: float,
-    shape_yx: tuple[int, int], source: str, fmt: str,
+    picks: pd.DataFrame, helix: HelixParams, pixel_size: float, source: str, fmt: str,
+    to_micrograph: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> pd.DataFrame:
-    """Start/end pairs (rows 1-2, 3-4, ...) cut into segments."""
+    """Start/end pairs (rows 1-2, 3-4, ...) cut into segments; ``to_micrograph`` maps the
+    ends (``(m, 2)`` pick pixels) into the micrograph's pixels."""
     n = len(picks)
     if n % 2:
         raise InputError(f"row {n}: a tube start without an end (--helical-tubes reads "
@@ -118,8 +139,8 @@ def _tube_segments(
     end_xy = ends[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(np.float64)
     if fmt == "box":
         start_xy, end_xy = _eman_tube_ends(picks, start_xy, end_xy, source)
-    start_xy = pick_coordinates(_xy_table(start_xy), params, pixel_size, shape_yx)
-    end_xy = pick_coordinates(_xy_table(end_xy), params, pixel_size, shape_yx)
+    if to_micrograph is not None:
+        start_xy, end_xy = to_micrograph(start_xy), to_micrograph(end_xy)
     bad = ~np.isfinite(start_xy).all(axis=1) | ~np.isfinite(end_xy).all(axis=1)
     same = (start_xy == end_xy).all(axis=1)
     for what, rows in (("coordinate not a finite number", bad), ("tube of zero length", same)):

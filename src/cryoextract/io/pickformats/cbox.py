@@ -111,7 +111,8 @@ def write_cbox(path: str | os.PathLike[str], picks: pd.DataFrame, box_px: float)
     picks : pandas.DataFrame
         Picks table. ``rlnAutopickFigureOfMerit`` -> ``Confidence``, ``rlnCoordinateZ``
         -> ``CoordinateZ``; ``EstWidth``, ``EstHeight``, ``NumBoxes``, ``Angle`` and
-        ``filamentid`` are written when present, else ``<NA>``.
+        ``filamentid`` are written when present, else ``<NA>`` (``filamentid`` also as
+        ``rlnHelicalTubeID - 1``).
     box_px : float
         Box side (``Width = Height``) in micrograph pixels (> 0).
     """
@@ -147,6 +148,8 @@ def _cbox_columns(picks: pd.DataFrame, box_px: float) -> dict[str, np.ndarray]:
     }
     if "filamentid" in picks.columns:
         columns["filamentid"] = column("filamentid")
+    elif "rlnHelicalTubeID" in picks.columns:  # crYOLO counts filaments from 0
+        columns["filamentid"] = column("rlnHelicalTubeID") - 1
     return columns
 
 
