@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -447,3 +448,21 @@ def test_convert_cryolo_filaments_for_relion(plain: Dataset) -> None:
     relion = load_particles(plain.root / "RelionSegments" / "particles.star", plain.root)
     assert np.abs(_positions(relion.particles) - xy).max() < 1e-4
     _check_filament_columns(relion.particles)
+
+
+def test_report_joins_the_segments_of_each_tube(run: Run, monkeypatch: pytest.MonkeyPatch
+                                                ) -> None:
+    from cryoextract.report.page import write_report
+
+    monkeypatch.chdir(run.ds.root)
+    text = write_report(run.ds.root / "Ours", n_random=2, n_worst=0, max_micrographs=1
+                        ).read_text()
+    drawn = re.search(r'<path class="tubes" d="([^"]+)"', text).group(1)
+    lines = [np.array(re.findall(r"([-\d.]+) ([-\d.]+)", line), float)
+             for line in drawn.split("M")[1:]]
+    parts = run.ours.particles
+    tubes = [group[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy()
+             for _, group in parts.groupby("rlnHelicalTubeID", sort=False) if len(group) > 1]
+    assert len(lines) == len(tubes) > 5
+    for line, tube in zip(lines, tubes, strict=True):
+        assert line.shape == tube.shape and np.abs(line - tube).max() <= 0.05

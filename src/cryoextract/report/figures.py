@@ -45,6 +45,8 @@ def micrograph_overlay(
     dropped: Mapping[str, np.ndarray],
     box_px: int | None,
     path: Path,
+    *,
+    tubes: Sequence[np.ndarray] = (),
 ) -> str:
     """Write a micrograph thumbnail PNG; the HTML that draws the picks over it.
 
@@ -61,13 +63,16 @@ def micrograph_overlay(
         Box side drawn around each pick (markers only when unknown).
     path : Path
         The PNG written.
+    tubes : sequence of np.ndarray
+        Helical segments: one ``(k, 2)`` ``(x, y)`` polyline per tube, drawn joined.
 
     Returns
     -------
     str
-        An ``<svg>`` in micrograph coordinates: the image, one ``<path>`` of boxes and
-        one of markers per group (kept: green circles; dropped: crosses, one colour per
-        reason), and a legend with the count of each group.
+        An ``<svg>`` in micrograph coordinates: the image, the tubes (one ``<path
+        class="tubes">``), one ``<path>`` of boxes and one of markers per group (kept:
+        green circles; dropped: crosses, one colour per reason), and a legend with the
+        count of each group.
     """
     write_png(path, thumbnail.pixels)
     ny, nx = thumbnail.shape_yx
@@ -77,6 +82,11 @@ def micrograph_overlay(
              f'height="{height}" role="img" aria-label="picks on {_e(path.stem)}">',
              f'<image href="{_e(path.name)}" x="0" y="0" width="{nx}" height="{ny}" '
              'preserveAspectRatio="none"/>']
+    lines = "".join(_polyline(np.asarray(t, np.float64)) for t in tubes if len(t) > 1)
+    if lines:
+        parts.append(f'<path class="tubes" d="{lines}" fill="none" stroke="{KEPT_COLOUR}" '
+                     'vector-effect="non-scaling-stroke" stroke-width="2" '
+                     'stroke-opacity="0.8"/>')
     groups = [("kept", np.asarray(kept_xy, np.float64).reshape(-1, 2), KEPT_COLOUR)]
     groups += [(str(reason), np.asarray(xy, np.float64).reshape(-1, 2),
                 REASON_COLOURS[i % len(REASON_COLOURS)])
@@ -100,6 +110,11 @@ def micrograph_overlay(
         parts.append(f'<path class="picks" d="{marks}" {stroke} stroke-width="1.2"/>')
     parts.append(_legend(legend, unit))
     return "".join(parts) + "</svg>"
+
+
+def _polyline(xy: np.ndarray) -> str:
+    points = np.round(xy[np.isfinite(xy).all(axis=1)], 1).tolist()
+    return "M" + "L".join(f"{x:g} {y:g}" for x, y in points) if len(points) > 1 else ""
 
 
 def _boxes(xy: np.ndarray, box: float) -> str:

@@ -34,6 +34,7 @@ from cryoextract.report.run import (
     picks_of,
     read_particle_images,
     read_run,
+    tubes_of,
 )
 
 REPORT_DIR = "report"
@@ -194,7 +195,8 @@ def _micrograph_section(
             continue
         kept, dropped = picks_of(run, name)
         figure = figures.micrograph_overlay(thumbnail, kept, dropped, box_px,
-                                            report_dir / f"micrograph_{i}.png")
+                                            report_dir / f"micrograph_{i}.png",
+                                            tubes=tubes_of(run, name))
         n_dropped = sum(len(v) for v in dropped.values())
         text += f"<h3>{_e(name)}: {len(kept)} kept, {n_dropped} dropped</h3>\n{figure}\n"
     return text

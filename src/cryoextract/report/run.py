@@ -152,6 +152,17 @@ def picks_of(run: Run, name: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     return kept, {str(r): xy[reasons == r] for r in np.unique(reasons)}
 
 
+def tubes_of(run: Run, name: str) -> list[np.ndarray]:
+    """Helical segments of a micrograph: one ``(k, 2)`` ``(x, y)`` polyline per tube, its
+    kept segments in file order (none without ``rlnHelicalTubeID``)."""
+    if "rlnHelicalTubeID" not in run.particles.columns or not len(run.kept_names):
+        return []
+    mine = (run.kept_names == name).to_numpy()
+    tubes = run.particles.loc[mine, "rlnHelicalTubeID"].to_numpy()
+    xy = run.kept_xy[mine]
+    return [xy[tubes == tube] for tube in pd.unique(tubes)]
+
+
 def read_particle_images(run: Run, rows: np.ndarray) -> dict[int, np.ndarray]:
     """Images of the given particle rows only.
 
