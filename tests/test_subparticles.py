@@ -31,7 +31,7 @@ BOX = 64
 ANGLES = ["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]
 
 
-def _optics(apix: float) -> pd.DataFrame:
+def particle_optics(apix: float) -> pd.DataFrame:
     return pd.DataFrame({
         "rlnOpticsGroupName": ["opticsGroup1"], "rlnOpticsGroup": [1],
         "rlnImagePixelSize": [apix], "rlnImageSize": [BOX], "rlnImageDimensionality": [2],
@@ -59,7 +59,7 @@ def _posed(n: int, seed: int) -> pd.DataFrame:
 
 def _relion_expand(tmp: Path, table: pd.DataFrame, sym: str) -> pd.DataFrame:
     require_relion("relion_particle_symmetry_expand")
-    starfile.write({"optics": _optics(1.0), "particles": table}, tmp / "in.star",
+    starfile.write({"optics": particle_optics(1.0), "particles": table}, tmp / "in.star",
                    overwrite=True)
     done = subprocess.run(["relion_particle_symmetry_expand", "--i", "in.star", "--o",
                            f"{sym}.star", "--sym", sym], cwd=tmp, capture_output=True,
@@ -91,7 +91,7 @@ def test_symmetry_expansion_matches_relion(tmp_path, sym, order):
 
 
 # --------------------------------------------------------------------------- vs RELION
-def _ours(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def extract_cli(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "cryoextract", "extract", *args], cwd=root,
                           capture_output=True, text=True, timeout=300, env=cli_env(),
                           check=False)
@@ -124,7 +124,7 @@ def test_c4_subparticles_match_relion_expand_then_reextract(dataset):
     relion = relion_reextract(dataset, expanded.name, "RelionSub", "--recenter_x",
                               str(point_px[0]), "--recenter_y", str(point_px[1]),
                               "--recenter_z", str(point_px[2]))
-    done = _ours(root, "--micrographs", dataset.micrographs_star, "--coords", star,
+    done = extract_cli(root, "--micrographs", dataset.micrographs_star, "--coords", star,
                  "--box", str(BOX), "--norm", "none", "--no-invert", "--no-report",
                  "--symmetry-expand", "C4",
                  "--recenter-xyz", *(str(v * apix) for v in point_px), "--out", "OursSub")
@@ -167,7 +167,7 @@ def test_off_micrograph_subparticles_are_dropped_and_reported(dataset):
     the particle 40 px from the left edge loses the copy at x = 16 (box 64 leaves)."""
     root, apix = dataset.root, dataset.apix
     star = _one_particle_star(dataset, "edge.star", 40.0, 160.0)
-    done = _ours(root, "--micrographs", dataset.micrographs_star, "--coords", star,
+    done = extract_cli(root, "--micrographs", dataset.micrographs_star, "--coords", star,
                  "--box", str(BOX), "--no-report", "--quiet", "--symmetry-expand", "C4",
                  "--recenter-xyz", str(24 * apix), "0", "0", "--out", "Edge")
     assert done.returncode == 0, done.stderr
@@ -179,7 +179,7 @@ def test_off_micrograph_subparticles_are_dropped_and_reported(dataset):
         ["rlnCoordinateX", "rlnCoordinateY", "rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy()}
     assert centres == {(64, 160), (40, 184), (40, 136)}
     # --edge replicate keeps it (filled), as any extraction
-    done = _ours(root, "--micrographs", dataset.micrographs_star, "--coords", star,
+    done = extract_cli(root, "--micrographs", dataset.micrographs_star, "--coords", star,
                  "--box", str(BOX), "--no-report", "--quiet", "--symmetry-expand", "C4",
                  "--recenter-xyz", str(24 * apix), "0", "0", "--edge", "replicate",
                  "--out", "EdgeKept")
@@ -285,7 +285,7 @@ def test_bad_input_is_one_line_naming_it(dataset, args, named):
     coords = [] if "--coords" in args else ["--coords", posed]
     if "--recenter-xyz" not in args and "--symmetry-expand" not in args:
         args = [*args, "--symmetry-expand", "C2"]
-    done = _ours(root, "--micrographs", dataset.micrographs_star, *coords, *args,
+    done = extract_cli(root, "--micrographs", dataset.micrographs_star, *coords, *args,
                  "--box", str(BOX), "--no-report", "--out", "Bad")
     line = one_line_error(done.returncode, done.stdout, done.stderr)
     assert named in line, line
@@ -301,7 +301,7 @@ def test_subparticles_with_binning_cs_workers_and_resume(dataset):
             "--bin-to", "32", "--write-cs", "--workers", "2", "--no-report", "--quiet",
             "--symmetry-expand", "D2", "--recenter-xyz", str(5 * apix), "0", "0",
             "--recenter-xyz", "0", str(4 * apix), str(6 * apix), "--out", "Binned"]
-    done = _ours(root, *args)
+    done = extract_cli(root, *args)
     assert done.returncode == 0, done.stderr
     first = (root / "Binned" / "particles.star").read_bytes()
     particles = starfile.read(root / "Binned" / "particles.star")
@@ -309,10 +309,10 @@ def test_subparticles_with_binning_cs_workers_and_resume(dataset):
     assert int(particles["optics"]["rlnImageSize"].iloc[0]) == 32
     cs = np.load(root / "Binned" / "particles.cs")
     assert len(cs) == n_source * 4 * 2
-    done = _ours(root, *args, "--resume")
+    done = extract_cli(root, *args, "--resume")
     assert done.returncode == 0, done.stderr
     assert (root / "Binned" / "particles.star").read_bytes() == first
     # another expansion is another job: --resume refuses it
     other = [a if a != "D2" else "C2" for a in args]
-    done = _ours(root, *other, "--resume")
+    done = extract_cli(root, *other, "--resume")
     assert "--resume" in one_line_error(done.returncode, done.stdout, done.stderr)
