@@ -29,6 +29,7 @@ from cryoextract.cli.stacks import downsample_command, restack_command
 from cryoextract.errors import InputError, ParameterError
 from cryoextract.io.images import image_key, locate_images, parse_image_name, read_images
 from cryoextract.io.particles import read_particles
+from cryoextract.pipeline.frame import JobLock, JobLockedError
 from cryoextract.pipeline.stacks.restack import downsample, restack
 from relion_oracle import require_relion
 from shared_data import REAL, require_paths
@@ -355,6 +356,22 @@ def test_restack_errors_name_the_file(tmp_path):
     assert summary.particles_written == 10
     with pytest.raises(InputError, match=r"x\.cs"):  # a .cs input that is not there
         restack(tmp_path / "x.cs", tmp_path / "o5")
+
+
+def test_a_run_on_an_out_in_use_is_refused_and_changes_nothing(tmp_path):
+    """A second run on the same --out, even with --overwrite, is refused while the first
+    holds the folder (it used to delete the first run's stacks)."""
+    star = _stage("trpv1", tmp_path)
+    out = tmp_path / "out"
+    restack(star, out)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with JobLock(out):  # the run in progress
+        with pytest.raises(JobLockedError, match="in use"):
+            restack(star, out, overwrite=True)
+        with pytest.raises(JobLockedError, match="in use"):
+            downsample(star, out, box_px=16, overwrite=True)
+    after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before
 
 
 def test_cs_input(tmp_path):
