@@ -466,3 +466,37 @@ def test_report_joins_the_segments_of_each_tube(run: Run, monkeypatch: pytest.Mo
     assert len(lines) == len(tubes) > 5
     for line, tube in zip(lines, tubes, strict=True):
         assert line.shape == tube.shape and np.abs(line - tube).max() <= 0.05
+
+
+def _helicon_box(tubes: pd.DataFrame, step_px: float) -> str:
+    """EMAN2 helix .box: per tube its ends and width, then segment centres every step."""
+    lines = []
+    for (x1, y1), (x2, y2) in zip(tubes.to_numpy()[0::2], tubes.to_numpy()[1::2], strict=True):
+        lines.append(f"#helix: ({x1:g}, {y1:g}),({x2:g}, {y2:g}),{EMAN_WIDTH}")
+        length = math.hypot(x2 - x1, y2 - y1)
+        for t in np.arange(0, length, step_px) / length:
+            lines.append(f"{x1 + t * (x2 - x1):.6f}\t{y1 + t * (y2 - y1):.6f}")
+    return "\n".join(lines) + "\n"
+
+
+def test_eman2_helix_segments_as_relion(tmp_path: Path) -> None:
+    """EMAN2 helix ``.box`` segments (``#helix:`` lines, crYOLO's EMAN_HELICON) through
+    ``relion_preprocess --helix`` (pre-segmented) and ours: same segments, priors, track
+    lengths (distances summed along the segments, edge ones included) and pixels."""
+    require_relion()
+    ds = make_dataset(tmp_path, kinds=("float32",), shape=(640, 768), n_picks=1, n_edge=0,
+                      box=BOX, apix=APIX, dust=0, coords_suffix=".box")
+    coordinate_file(ds, ds.micrographs[0].name).write_text(_helicon_box(_tubes(), 11.3))
+    run_relion_preprocess(ds, "Relion/", box=BOX, norm=True, bg_radius=BG_RADIUS,
+                          extra=["--helix", "--helical_outer_diameter", str(DIAMETER)])
+    relion = load_particles(ds.root / "Relion" / "particles.star", ds.root)
+    ours, dropped = _ours(ds, "Ours", HelixParams(outer_diameter_angstrom=DIAMETER),
+                          bg_radius_px=BG_RADIUS)
+    ref, parts = relion.particles, ours.particles
+    assert len(parts) == len(ref) > 100 and sum(dropped.values()) > 0
+    assert (parts["rlnHelicalTubeID"].to_numpy() == ref["rlnHelicalTubeID"].to_numpy()).all()
+    assert np.abs(_positions(parts) - _positions(ref)).max() < 0.01
+    assert _angle_difference(parts["rlnAnglePsiPrior"], ref["rlnAnglePsiPrior"]).max() < 0.01
+    difference = parts["rlnHelicalTrackLengthAngst"] - ref["rlnHelicalTrackLengthAngst"]
+    assert np.abs(difference).max() < 1e-3
+    assert min(pearson(a, b) for a, b in zip(relion.images, ours.images, strict=True)) >= 0.9999

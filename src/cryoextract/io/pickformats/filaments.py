@@ -1,5 +1,12 @@
 """Filament (helical segment) fields of pick formats, as RELION's helical columns.
 
+- EMAN2 helix ``.box`` (e2helixboxer, crYOLO's ``EMAN_HELICON``): per filament a line
+  ``#helix: (x1, y1),(x2, y2),width`` then its segments' centres ``x y``, one a line;
+  :func:`read_helicon` gives ``rlnHelicalTubeID`` (1, 2, ...) and ``rlnAnglePsiPrior``
+  from the filament's ends, as RELION's ``convertEmanHelicalSegmentCoordsToMetaDataTable``
+  (track lengths, RELION's summed distances between consecutive segments, need the
+  pixel size: the helical stage adds them).
+
 - crYOLO filament ``.cbox``: ``filamentid`` (0-based, one per filament) is carried by
   :func:`cryoextract.io.pickformats.cbox.read_cbox`; the helical stage renumbers it
   into ``rlnHelicalTubeID`` (1, 2, ... in order of appearance).
@@ -15,8 +22,16 @@
 
 from __future__ import annotations
 
+import math
+import os
+import re
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
+
+from cryoextract.errors import InputError
+from cryoextract.io.pickformats.common import BOX_ATTR, X, Y, is_number, read_text
 
 TUBE_ID = "rlnHelicalTubeID"
 PSI_PRIOR = "rlnAnglePsiPrior"
@@ -77,3 +92,50 @@ def cs_filament_fields(table: pd.DataFrame, *, flip_y: bool = False
         track = table[TRACK_LENGTH].to_numpy(np.float32)
         fields += [(name, track) for name in CS_POSITIONS]
     return fields
+
+
+_HELIX = re.compile(r"#helix:\s*\(([^,]+),([^)]+)\)\s*,\s*\(([^,]+),([^)]+)\)\s*,\s*(\S+)")
+
+
+def read_helicon(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """Read an EMAN2 helix ``.box`` (segments per ``#helix:`` line, module docstring).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``rlnCoordinateX/Y`` (segment centres, px), ``rlnHelicalTubeID``,
+        ``rlnAnglePsiPrior`` (``-degrees(atan2(y2 - y1, x2 - x1))``), ``rlnAngleTiltPrior``
+        (90); the box side (the width) in ``attrs["box_px"]`` when every filament has the
+        same. A segment before any ``#helix:`` line, a malformed one, or a row that is
+        not two numbers is an InputError naming the line.
+    """
+    path = Path(path)
+    rows: list[tuple[float, float, int, float]] = []
+    widths: set[float] = set()
+    tube, psi = 0, math.nan
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
+        text = line.strip()
+        if text.startswith("#helix"):
+            match = _HELIX.match(text)
+            ends = [v.strip() for v in match.groups()] if match else []
+            if not ends or not all(is_number(v) for v in ends):
+                raise InputError(f"expected '#helix: (x1, y1),(x2, y2),width', got {text!r}",
+                                 path, number)
+            x1, y1, x2, y2, width = (float(v) for v in ends)
+            tube, psi = tube + 1, -math.degrees(math.atan2(y2 - y1, x2 - x1))
+            widths.add(width)
+            continue
+        if not text or text.startswith("#"):
+            continue
+        fields = text.split()
+        if len(fields) != 2 or not all(is_number(v) for v in fields):
+            raise InputError(f"expected a segment 'x y', got {text!r}", path, number)
+        if tube == 0:
+            raise InputError("a segment before any '#helix:' line", path, number)
+        rows.append((float(fields[0]), float(fields[1]), tube, psi))
+    table = np.array(rows, dtype=np.float64).reshape(-1, 4)
+    picks = pd.DataFrame({X: table[:, 0], Y: table[:, 1], TUBE_ID: table[:, 2].astype(np.int64),
+                          TILT_PRIOR: 90.0, PSI_PRIOR: table[:, 3]})
+    if len(widths) == 1:
+        picks.attrs[BOX_ATTR] = widths.pop()
+    return picks

@@ -101,6 +101,10 @@ def _is_cbox(head: Head) -> bool:
     return head.starts_with("data_cryolo")
 
 
+def _is_helicon(head: Head) -> bool:
+    return head.starts_with("#helix:")
+
+
 def _is_pos(head: Head) -> bool:
     return "XMIPP_STAR" in "\n".join(head.lines) or any(
         ln.split()[:1] == ["_xcoor"] for ln in head.lines if ln)
@@ -125,6 +129,8 @@ PICK_FORMATS: tuple[PickFormat, ...] = (
     PickFormat("box", "EMAN .box", (".box",),
                reader=f"{_PACKAGE}.box:read_box", writer=f"{_PACKAGE}.box:write_box",
                write_args=("box_px",)),
+    PickFormat("helicon", "EMAN2 helix .box (#helix: segments)", (".box",), sniff=_is_helicon,
+               dialect_of="box", reader=f"{_PACKAGE}.filaments:read_helicon"),
     PickFormat("cbox", "crYOLO .cbox", (".cbox",), sniff=_is_cbox, dialect_of="star",
                reader=f"{_PACKAGE}.cbox:read_cbox", writer=f"{_PACKAGE}.cbox:write_cbox",
                write_args=("box_px",)),
