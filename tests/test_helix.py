@@ -82,8 +82,11 @@ def _dataset(root: Path, suffix: str) -> Dataset:
     path = coordinate_file(ds, ds.micrographs[0].name)
     if suffix.endswith(".box"):
         path.write_text(_eman_box(_tubes()))
-    else:
-        starfile.write(_tubes(), path, overwrite=True)
+    else:  # tube IDs of the user's and a pitch per tube, on the start rows (RELION's)
+        tubes = _tubes()
+        tubes["rlnHelicalTubeID"] = 10 * (np.arange(len(tubes)) // 2) + 7
+        tubes["rlnHelicalTubePitch"] = 300.0 + np.arange(len(tubes)) // 2
+        starfile.write(tubes, path, overwrite=True)
     return ds
 
 
@@ -138,6 +141,9 @@ def test_segments_as_relion_places_them(run: Run) -> None:
     assert len(ref) > 150  # the tubes give many segments; some were dropped at the edges
     assert len(ours) == len(ref)
     assert (ours["rlnHelicalTubeID"].to_numpy() == ref["rlnHelicalTubeID"].to_numpy()).all()
+    if "rlnHelicalTubePitch" in ref.columns:
+        assert (ours["rlnHelicalTubePitch"] == ref["rlnHelicalTubePitch"]).all()
+        assert (ref["rlnHelicalTubeID"] % 10 == 7).all()
     assert np.abs(_positions(ours) - _positions(ref)).max() < 0.01
     for column, tolerance in (("rlnAnglePsiPrior", 0.01), ("rlnHelicalTrackLengthAngst", 1e-3),
                               ("rlnAngleTiltPrior", 0.0), ("rlnAnglePsiFlipRatio", 0.0)):
