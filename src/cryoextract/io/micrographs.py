@@ -24,6 +24,8 @@ PARTICLE_CARRIED_COLUMNS = (
     "rlnCtfScalefactor", "rlnPhaseShift", "rlnCtfMaxResolution", "rlnCtfFigureOfMerit",
     "rlnCtfAstigmatism",
 )
+#: columns that must hold numbers (a CTF from a value that is not one is an error)
+NUMERIC_COLUMNS = (*PARTICLE_CARRIED_COLUMNS[1:], *OPTICS_COLUMNS[2:])
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,14 @@ def _from_star(path: Path, pixel_size_angstrom: float | None, base_dir: Path) ->
             raise InputError("no pixel size (rlnMicrographPixelSize); give --pixel-size", path)
     if "rlnOpticsGroupName" not in optics.columns:
         optics["rlnOpticsGroupName"] = [f"opticsGroup{g}" for g in optics["rlnOpticsGroup"]]
+    twice = optics["rlnOpticsGroup"][optics["rlnOpticsGroup"].duplicated()]
+    if len(twice):
+        raise InputError(f"optics group {twice.iloc[0]} is listed more than once in "
+                         "data_optics", path)
+    for table in (micrographs, optics):
+        for column in NUMERIC_COLUMNS:
+            if column in table.columns:
+                table[column] = _numbers(table, column, path)
     unknown = set(micrographs["rlnOpticsGroup"]) - set(optics["rlnOpticsGroup"])
     if unknown:
         raise InputError(f"optics groups {sorted(unknown, key=str)} are not in data_optics",
@@ -154,7 +164,10 @@ def _numbers(table: pd.DataFrame, column: str, path: Path) -> pd.Series:
     text = values[numbers.isna() & values.notna()]
     text = text[~text.astype(str).str.strip().str.lower().isin(("nan", "<na>", ""))]
     if len(text):
-        raise InputError(f"{column} must be a number, got {str(text.iloc[0])!r}", path)
+        row = text.index[0]
+        where = (f" (micrograph {table.at[row, 'rlnMicrographName']})"
+                 if "rlnMicrographName" in table.columns else "")
+        raise InputError(f"{column} must be a number, got {str(text.iloc[0])!r}{where}", path)
     return numbers
 
 

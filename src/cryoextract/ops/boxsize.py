@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import sys
 from dataclasses import dataclass
 
 from cryoextract.errors import ParameterError
@@ -15,6 +16,10 @@ EFFICIENT_BOX_SIZES: tuple[int, ...] = (
     448, 450, 512, 576, 640, 648, 672, 720, 768, 784, 810, 864, 882, 1024, 1152, 1280,
     1296, 1344, 1440, 1568, 1620, 1728, 1792, 2000, 2048, 2160, 2592, 2744, 3456, 4096,
 )
+
+
+#: a box beyond any detector: advice past it comes from values that are not real
+MAX_ADVISED_BOX_PX = 1 << 16
 
 
 def is_efficient_box(size_px: int) -> bool:
@@ -97,15 +102,27 @@ def advise_box(
     """
     for name, value in (("diameter", diameter_angstrom), ("pixel size", pixel_size_angstrom),
                         ("resolution", resolution_angstrom),
-                        ("crop resolution", crop_resolution_angstrom)):
+                        ("crop resolution", crop_resolution_angstrom),
+                        ("voltage", voltage_kv)):
         if not value > 0:
             raise ParameterError(f"{name} must be > 0, got {value}")
     if not defocus_angstrom >= 0:
         raise ParameterError(f"defocus must be >= 0, got {defocus_angstrom}")
-    wavelength = electron_wavelength_angstrom(voltage_kv)
+    for name, value in (("diameter", diameter_angstrom), ("pixel size", pixel_size_angstrom),
+                        ("defocus", defocus_angstrom), ("resolution", resolution_angstrom),
+                        ("crop resolution", crop_resolution_angstrom),
+                        ("voltage", voltage_kv)):
+        if not math.isfinite(value) or 0 < abs(value) < sys.float_info.min:
+            raise ParameterError(f"{name} must be a finite, normal number, got {value}")
+    wavelength = float(electron_wavelength_angstrom(voltage_kv))
     delocalisation = wavelength * defocus_angstrom / resolution_angstrom
     box_angstrom = diameter_angstrom + 2 * delocalisation
-    box_px = smallest_efficient_box(box_angstrom / pixel_size_angstrom)
+    size_px = box_angstrom / pixel_size_angstrom
+    if not size_px <= MAX_ADVISED_BOX_PX:  # also inf from a denormal pixel size
+        raise ParameterError(
+            f"a box of {size_px:.3g} px ({box_angstrom:.3g} A at {pixel_size_angstrom:.3g} "
+            f"A/px) is beyond any micrograph: check the values")
+    box_px = smallest_efficient_box(size_px)
     crop_box = _crop_box(box_px, pixel_size_angstrom, crop_resolution_angstrom)
     ctf_box = ctf_padding_box(box_px, defocus_angstrom, voltage_kv, pixel_size_angstrom)
     return BoxAdvice(

@@ -28,7 +28,7 @@ from cryoextract.pipeline.frame import STATE_DIR, JobLock, holds_outputs
 from cryoextract.pipeline.helical import check_helix
 from cryoextract.pipeline.jobstate import JobState, job_definition
 from cryoextract.pipeline.outputs import ExtractionSummary, write_outputs
-from cryoextract.pipeline.params import ExtractParams, JobPaths
+from cryoextract.pipeline.params import ExtractParams, JobPaths, check_integer
 from cryoextract.pipeline.plan import PickSource, Plan, plan_tasks
 from cryoextract.pipeline.task import MicrographResult
 from cryoextract.pipeline.thumbnail_gate import ThumbnailGate, ThumbnailShortlist
@@ -67,6 +67,10 @@ class RunOptions:
     write_cs: bool = False
     report: bool = False
     path_style: PathStyle = PathStyle.CWD
+
+    def __post_init__(self) -> None:
+        if self.workers is not None:  # refused before anything is written
+            check_integer(self.workers, "--workers", at_least=1)
 
 
 def extract(

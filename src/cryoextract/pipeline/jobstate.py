@@ -4,7 +4,10 @@ Layout under ``OUT/.cryoextract/``: ``job.json`` (the parameters and inputs that
 the job), ``lock`` (:class:`cryoextract.pipeline.frame.JobLock`) and ``done/`` (one
 record per finished micrograph: its particle rows and dropped picks as Arrow IPC
 files plus a small JSON; written by the worker after its stacks, renamed into place
-last, so a record only exists for a micrograph whose stacks are complete).
+last, so a record only exists for a micrograph whose stacks are complete). A record
+holds the fingerprint of the micrograph's inputs as the task read them
+(:func:`inputs_fingerprint`): a micrograph whose micrograph file, picks or CTF changed
+since is done again on ``--resume``.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import dataclasses
 import enum
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +45,49 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]
     return value
+
+
+#: inputs up to this size are fingerprinted by their content, larger ones by size and
+#: modification time (a micrograph)
+HASHED_BYTES = 1 << 20
+
+
+def file_fingerprint(path: str | os.PathLike[str] | None) -> list[Any] | None:
+    """A cheap fingerprint of a file: the SHA-256 of a small file's content, else its
+    size and modification time in ns; ``["missing"]`` when it cannot be read."""
+    if path is None:
+        return None
+    try:
+        stat = os.stat(path)
+        if stat.st_size <= HASHED_BYTES:
+            with open(path, "rb") as stream:
+                return ["sha256", hashlib.sha256(stream.read()).hexdigest()]
+    except OSError:
+        return ["missing"]
+    return ["stat", stat.st_size, stat.st_mtime_ns]
+
+
+def _table_fingerprint(table: pd.DataFrame | None) -> str | None:
+    if table is None:
+        return None
+    digest = hashlib.sha256("\t".join(map(str, table.columns)).encode())
+    try:
+        digest.update(pd.util.hash_pandas_object(table, index=False).to_numpy().tobytes())
+    except (TypeError, ValueError):  # a column of mixed objects
+        digest.update(table.to_csv(index=False).encode())
+    return digest.hexdigest()
+
+
+def inputs_fingerprint(task: MicrographTask) -> str:
+    """What a micrograph's result depends on besides the job's parameters: the
+    micrograph file, its picks (the file, or the rows given) and its per-micrograph
+    metadata (CTF, optics), in one digest."""
+    what = {"micrograph": file_fingerprint(task.micrograph_path),
+            "coords": file_fingerprint(task.coords_path),
+            "picks": _table_fingerprint(task.picks),
+            "metadata": _jsonable(task.metadata), "optics": _jsonable(task.optics)}
+    text = json.dumps(what, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def job_definition(params: ExtractParams, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -74,8 +121,10 @@ class JobState:
         digest = hashlib.sha1(task.micrograph_name.encode()).hexdigest()[:16]
         return self.done_dir / digest
 
-    def record(self, task: MicrographTask, result: MicrographResult) -> None:
-        """Keep a finished micrograph's rows (only call once its stacks are in place)."""
+    def record(self, task: MicrographTask, result: MicrographResult,
+               inputs: str | None = None) -> None:
+        """Keep a finished micrograph's rows (only call once its stacks are in place);
+        ``inputs``: the fingerprint of its inputs as the task read them."""
         if result.error is not None:
             return
         base = self._base(task)
@@ -85,6 +134,7 @@ class JobState:
                 with atomic_file(base.with_name(f"{base.name}.{name}.arrow")) as stream:
                     table.reset_index(drop=True).to_feather(stream)
         meta = {"micrograph": task.micrograph_name, "warnings": result.warnings,
+                "inputs": inputs or inputs_fingerprint(task),
                 "shape_yx": result.shape_yx, "tables": [k for k, v in tables.items()
                                                         if v is not None]}
         write_text_atomic(base.with_suffix(".json"), json.dumps(meta))
@@ -92,13 +142,14 @@ class JobState:
     def load(self, task: MicrographTask) -> MicrographResult | None:
         """A finished micrograph's result, or ``None`` if it must be (re)done.
 
-        Kept only when its record is complete and every stack it names holds exactly
-        its particles.
+        Kept only when its record is complete, its inputs are those it was made from
+        (:func:`inputs_fingerprint`) and every stack it names holds exactly its particles.
         """
         base = self._base(task)
         try:
             meta = json.loads(base.with_suffix(".json").read_text())
-            if meta["micrograph"] != task.micrograph_name:
+            if meta["micrograph"] != task.micrograph_name or \
+                    meta.get("inputs") != inputs_fingerprint(task):
                 return None
             tables = {name: pd.read_feather(base.with_name(f"{base.name}.{name}.arrow"))
                       for name in meta["tables"]}
@@ -127,9 +178,10 @@ def run_and_record(task: MicrographTask) -> MicrographResult:
     Recording where the stacks are written keeps the driver's work per micrograph to
     gathering rows, whatever runs the tasks.
     """
+    inputs = inputs_fingerprint(task)  # before reading them: a later edit is redone
     result = run_task(task)
     try:
-        JobState(Path(task.out_dir)).record(task, result)
+        JobState(Path(task.out_dir)).record(task, result, inputs)
     except OSError as exc:
         return os_error_result(task, exc)
     return result

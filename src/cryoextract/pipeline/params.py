@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -56,6 +57,7 @@ class ExtractParams:
 
     def __post_init__(self) -> None:
         check_box_size(self.box_px, "box")
+        self._check_numbers()
         for size in self.also_out_box_px:
             check_box_size(size, "additional output box")
             if size > self.box_px:
@@ -71,14 +73,6 @@ class ExtractParams:
                 )
         if self.ctf_on_micrograph and self.ctf_correct is not CtfCorrection.FLIP:
             raise ParameterError("--ctf-on micrograph only goes with --ctf-correct flip")
-        if self.patch_px is not None and not self.patch_px > 0:
-            raise ParameterError(f"patch must be > 0 px, got {self.patch_px}")
-        if self.min_distance_angstrom is not None and not self.min_distance_angstrom > 0:
-            raise ParameterError(
-                f"minimum distance must be > 0 A, got {self.min_distance_angstrom}")
-        if self.max_per_micrograph is not None and not self.max_per_micrograph > 0:
-            raise ParameterError(
-                f"max per micrograph must be > 0, got {self.max_per_micrograph}")
         if self.subparticles is not None and self.subparticles.vectors_angstrom and (
                 self.recenter is False or self.recenter_xyz_angstrom is not None):
             raise ParameterError("sub-particles are re-centred: drop --no-recenter")
@@ -91,10 +85,6 @@ class ExtractParams:
                     f"output box {self.out_box_px} px is larger than the extraction box "
                     f"{self.box_px} px: Fourier cropping only downsamples"
                 )
-        for name in ("white_dust_sigma", "black_dust_sigma"):
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise ParameterError(f"{name.replace('_', ' ')} must be > 0, got {value}")
         if self.bg_radius_px is not None:
             if not 0 < self.bg_radius_px:
                 raise ParameterError(f"background radius must be > 0, got {self.bg_radius_px}")
@@ -103,6 +93,24 @@ class ExtractParams:
                     f"background radius {self.bg_radius_px} px leaves no background in a "
                     f"{self.output_box_px} px box (2*radius > box)"
                 )
+
+    def _check_numbers(self) -> None:
+        """Values that could never work, refused before a file is written."""
+        check_integer(self.seed, "--seed", at_least=0)
+        if self.patch_px is not None:
+            check_integer(self.patch_px, "--patch", at_least=2)
+        for what, value in (("--white-dust", self.white_dust_sigma),
+                            ("--black-dust", self.black_dust_sigma),
+                            ("--min-distance-angstrom", self.min_distance_angstrom),
+                            ("--particle-diameter", self.particle_diameter_angstrom)):
+            if value is not None:
+                check_number(value, what, above=0)
+        if self.min_score is not None:
+            check_number(self.min_score, "--min-score")
+        for value in self.recenter_xyz_angstrom or ():
+            check_number(value, "--recenter-xyz")
+        if self.max_per_micrograph is not None:
+            check_integer(self.max_per_micrograph, "--max-per-micrograph", at_least=1)
 
     @property
     def descriptor_patch_px(self) -> int:
@@ -199,8 +207,30 @@ class PickTransform:
     flip_y: bool = False
 
     def __post_init__(self) -> None:
-        if self.pixel_size_angstrom is not None and not self.pixel_size_angstrom > 0:
-            raise ParameterError(f"picks pixel size must be > 0, got {self.pixel_size_angstrom}")
+        if self.pixel_size_angstrom is not None:
+            check_number(self.pixel_size_angstrom, "picks pixel size (--coords-pixel-size)",
+                         above=0)
+
+
+def check_number(value: float, what: str, *, above: float | None = None) -> None:
+    """ParameterError unless ``value`` is a finite number (and > ``above``)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ParameterError(f"{what} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ParameterError(f"{what} must be a finite number, got {value}")
+    if above is not None and not number > above:
+        raise ParameterError(f"{what} must be > {above:g}, got {value}")
+
+
+def check_integer(value: int, what: str, *, at_least: int | None = None) -> None:
+    """ParameterError unless ``value`` is an integer (and >= ``at_least``)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or \
+            not math.isfinite(value) or value != int(value):
+        raise ParameterError(f"{what} must be an integer, got {value!r}")
+    if at_least is not None and value < at_least:
+        raise ParameterError(f"{what} must be >= {at_least}, got {value}")
 
 
 def check_box_size(size: int, what: str = "box") -> None:
@@ -232,12 +262,14 @@ def resolve_output_box(
     if bin_to_px is not None:
         return None if bin_to_px == box_px else int(bin_to_px)
     if bin_factor is not None:
+        check_number(bin_factor, "--bin-factor")
         if not bin_factor >= 1:
             raise ParameterError(f"bin factor must be >= 1, got {bin_factor}")
         target = box_px / bin_factor
     elif pixel_size_out_angstrom is not None:
         if pixel_size_angstrom is None:
             raise ParameterError("--pixel-size-out needs the micrograph pixel size")
+        check_number(pixel_size_out_angstrom, "--pixel-size-out", above=0)
         if not pixel_size_out_angstrom >= pixel_size_angstrom:
             raise ParameterError(
                 f"output pixel size {pixel_size_out_angstrom} A is smaller than the "

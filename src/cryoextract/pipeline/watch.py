@@ -29,7 +29,7 @@ from cryoextract.pipeline.extract import (
 from cryoextract.pipeline.frame import JobLock
 from cryoextract.pipeline.jobstate import JobState, job_definition
 from cryoextract.pipeline.outputs import ExtractionSummary, write_outputs
-from cryoextract.pipeline.params import ExtractParams, JobPaths
+from cryoextract.pipeline.params import ExtractParams, JobPaths, check_number
 from cryoextract.pipeline.task import MicrographResult, MicrographTask
 
 
@@ -42,8 +42,12 @@ class WatchOptions:
     idle_timeout_s: float | None = None
 
     def __post_init__(self) -> None:
-        if self.settle_s < 0 or self.poll_s <= 0:
-            raise ParameterError("--settle must be >= 0 and the poll interval > 0")
+        check_number(self.settle_s, "--settle")
+        check_number(self.poll_s, "the poll interval", above=0)
+        if self.settle_s < 0:
+            raise ParameterError(f"--settle must be >= 0, got {self.settle_s}")
+        if self.idle_timeout_s is not None:
+            check_number(self.idle_timeout_s, "--watch-timeout", above=0)
 
 
 def watch_extraction(

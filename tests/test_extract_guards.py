@@ -1,0 +1,150 @@
+"""Extraction's side of issue 14: nothing redone wrongly, nothing started that cannot work.
+
+- ``--resume`` redoes a micrograph whose picks, micrograph or CTF changed after the run
+  it continues; the oracle is a fresh extraction of the changed inputs.
+- Parameters that can never work are refused in one line (exit 2) before the output
+  folder exists; so are a non-numeric CTF value, an optics group listed twice and
+  ``boxsize`` values that are infinite or denormal.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from cryoextract.cli.app import app
+from cryoextract.io.star import read_star, write_star
+from cryoextract.pipeline.extract import extract
+from cryoextract.pipeline.params import ExtractParams
+from cryoextract.sim.simulate import simulate_dataset
+from helpers import one_line_error
+
+BOX = 48
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("guards")
+    simulate_dataset(root, n_micrographs=3, shape_yx=(256, 256), particles_per_micrograph=12,
+                     pixel_size_angstrom=2.0, seed=5)
+    return root
+
+
+def _extract(root: Path, out: str, **options: object):
+    params = ExtractParams(box_px=BOX, descriptors=False)
+    return extract(str(root / "micrographs.star"), root / out, params,
+                   coords_dir=root / "Picks", coords_suffix="_autopick.star", workers=1,
+                   **options)  # type: ignore[arg-type]
+
+
+def _outputs(out: Path) -> dict[str, bytes]:
+    """particles.star and the stacks, the output folder's name taken out of the STAR."""
+    files = {"particles.star": (out / "particles.star").read_bytes().replace(
+        f"{out.name}/".encode(), b"OUT/")}
+    files.update({p.name: p.read_bytes() for p in sorted((out / "Particles").iterdir())})
+    return files
+
+
+def test_resume_redoes_a_micrograph_whose_inputs_changed(
+        dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "data"
+    shutil.copytree(dataset, root)
+    monkeypatch.chdir(root)
+    first = _extract(root, "out")
+    assert first.micrographs_done == 3
+    # after the run: one picks file loses rows, one micrograph's defocus changes in the
+    # STAR (its CTF), one micrograph is rewritten with other pixels
+    picks_path = root / "Picks" / "mic_001_autopick.star"
+    picks = read_star(picks_path)
+    block = next(iter(picks))
+    picks[block] = picks[block].iloc[:5]
+    write_star(picks_path, picks)
+    star = read_star(root / "micrographs.star")
+    star["micrographs"].loc[1, "rlnDefocusU"] = 12345.0
+    write_star(root / "micrographs.star", star)
+    import mrcfile
+
+    mic = root / "Micrographs" / "mic_003.mrc"
+    with mrcfile.open(mic, "r+") as handle:
+        handle.data[:] = np.flipud(handle.data)
+    resumed = _extract(root, "out", resume=True)
+    assert resumed.micrographs_resumed == 0  # every micrograph changed: none kept
+    fresh = _extract(root, "fresh")
+    assert _outputs(root / "out") == _outputs(root / "fresh")
+    particles = read_star(root / "out" / "particles.star")["particles"]
+    names = particles["rlnMicrographName"].astype(str)
+    assert (names == "Micrographs/mic_001.mrc").sum() <= 5
+    assert set(particles["rlnDefocusU"][names == "Micrographs/mic_002.mrc"]) == {12345.0}
+    assert fresh.particles_kept == resumed.particles_kept
+    # unchanged inputs: everything is kept, even after a copy that keeps the contents
+    os.utime(picks_path)  # touched, same content: a small file is known by its content
+    again = _extract(root, "out", resume=True)
+    assert again.micrographs_resumed == 3
+
+
+@pytest.mark.parametrize(("option", "value"), [
+    ("--seed", "-1"), ("--bin-factor", "inf"), ("--patch", "1"), ("--ctf-box", "100000"),
+    ("--coords-pixel-size", "inf"), ("--min-score", "nan"), ("--workers", "0"),
+    ("--white-dust", "inf"), ("--min-distance-angstrom", "inf"),
+    ("--particle-diameter", "inf"), ("--particle-diameter", "-1"),
+    ("--pixel-size-out", "inf"), ("--max-per-micrograph", "0"),
+])
+def test_parameters_that_cannot_work_are_refused_before_anything_is_written(
+        dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, option: str,
+        value: str) -> None:
+    monkeypatch.chdir(dataset)
+    out = tmp_path / "out"
+    done = CliRunner().invoke(app, [
+        "extract", "--micrographs", "micrographs.star", "--coords-dir", "Picks",
+        "--coords-suffix", "_autopick.star", "--box", str(BOX), "--out", str(out),
+        "--workers", "1", "--quiet", "--no-report", option, value])
+    line = one_line_error(done.exit_code, done.stdout, done.stderr)
+    assert option in line or "CTF box" in line, line
+    assert not out.exists()
+
+
+def _star_variant(dataset: Path, tmp_path: Path, edit) -> Path:
+    text = (dataset / "micrographs.star").read_text()
+    path = tmp_path / "mics.star"
+    path.write_text(edit(text))
+    return path
+
+
+@pytest.mark.parametrize(("edit", "words"), [
+    (lambda text: re.sub(r"^(Micrographs/mic_002\.mrc\s+1\s+)\S+", r"\1abc", text,
+                         flags=re.M), "rlnDefocusU"),
+    (lambda text: text.replace("opticsGroup1", "opticsGroup1\t1\t2.0\t300\t2.7\t0.1\t2.0\n"
+                               "opticsGroup1", 1), "optics group 1"),
+], ids=["defocus-not-a-number", "optics-group-twice"])
+def test_bad_micrograph_metadata_is_one_line(dataset: Path, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch, edit,
+                                            words: str) -> None:
+    monkeypatch.chdir(dataset)
+    star = _star_variant(dataset, tmp_path, edit)
+    out = tmp_path / "out"
+    done = CliRunner().invoke(app, [
+        "extract", "--micrographs", str(star), "--coords-dir", "Picks", "--coords-suffix",
+        "_autopick.star", "--box", str(BOX), "--out", str(out), "--workers", "1",
+        "--quiet", "--no-report", "--ctf-correct", "flip"])
+    line = one_line_error(done.exit_code, done.stdout, done.stderr)
+    assert words in line and str(star) in line, line
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(("option", "value"), [
+    ("--pixel-size", "inf"), ("--pixel-size", "1e-320"), ("--defocus-um", "inf"),
+    ("--diameter-angstrom", "inf"), ("--resolution-angstrom", "5e-324"),
+    ("--voltage-kv", "1e-300"), ("--crop-resolution-angstrom", "5e-324"),
+])
+def test_boxsize_refuses_infinite_and_denormal_values(option: str, value: str) -> None:
+    values = {"--diameter-angstrom": "150", "--pixel-size": "1.0", "--defocus-um": "2",
+              "--resolution-angstrom": "3", option: value}
+    done = CliRunner().invoke(app, ["boxsize", *[w for kv in values.items() for w in kv]])
+    line = one_line_error(done.exit_code, done.stdout, done.stderr)
+    assert line.startswith("error:"), line
