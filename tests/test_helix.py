@@ -100,8 +100,8 @@ def _ours(ds: Dataset, out: str, helix: HelixParams, picks: str | None = None,
     os.chdir(ds.root)
     try:
         summary = extract(ds.micrographs_star, out,
-                          ExtractParams(box_px=BOX, invert=False, descriptors=False,
-                                        helix=helix, **params),  # type: ignore[arg-type]
+                          ExtractParams(**{"box_px": BOX, "invert": False, "descriptors": False,
+                                           "helix": helix, **params}),  # type: ignore[arg-type]
                           workers=1, **where)  # type: ignore[arg-type]
     finally:
         os.chdir(cwd)
@@ -506,3 +506,42 @@ def test_eman2_helix_segments_as_relion(tmp_path: Path) -> None:
     difference = parts["rlnHelicalTrackLengthAngst"] - ref["rlnHelicalTrackLengthAngst"]
     assert np.abs(difference).max() < 1e-3
     assert min(pearson(a, b) for a, b in zip(relion.images, ours.images, strict=True)) >= 0.9999
+
+
+
+def test_dust_on_the_tube_background(tmp_path: Path) -> None:
+    """Dust (``--white-dust/--black-dust``) is judged by each segment's tube background, as
+    RELION's ``normalise``: our replaced-pixel counts are those the rule gives on the raw
+    segments, and the result is RELION's apart from the random replacements."""
+    from cryoextract.options import NormMode
+
+    require_relion()
+    ds = make_dataset(tmp_path, kinds=("float32",), shape=(640, 768), n_picks=1, n_edge=0,
+                      box=BOX, apix=APIX, dust=200, coords_suffix="_tubes.star")
+    starfile.write(_tubes(), coordinate_file(ds, ds.micrographs[0].name), overwrite=True)
+    run_relion_preprocess(ds, "Relion/", box=BOX, norm=True, bg_radius=BG_RADIUS,
+                          white_dust=2.5, black_dust=2.5, extra=_relion_args(False))
+    relion = load_particles(ds.root / "Relion" / "particles.star", ds.root)
+    helix = HelixParams(True, NR_ASU, RISE, DIAMETER)
+    ours, _ = _ours(ds, "Ours", helix, bg_radius_px=BG_RADIUS, white_dust_sigma=2.5,
+                    black_dust_sigma=2.5, descriptors=True)
+    raw, _ = _ours(ds, "Raw", helix, norm=NormMode.NONE)
+    i, j = np.mgrid[0:BOX, 0:BOX] - BOX // 2
+    expected, circular, correlations = [], [], []
+    for image, psi, theirs, mine in zip(raw.images.astype(np.float64),
+                                        raw.particles["rlnAnglePsiPrior"], relion.images,
+                                        ours.images, strict=True):
+        angle = math.radians(psi)
+        tube = np.abs(math.sin(angle) * j + math.cos(angle) * i) > DIAMETER / 2 / APIX
+        dust = {}
+        for name, background in (("tube", tube), ("circle", i**2 + j**2 > BG_RADIUS**2)):
+            mean, std = image[background].mean(), image[background].std()
+            dust[name] = np.abs(image - mean) > 2.5 * std
+        expected.append(int(dust["tube"].sum()))
+        circular.append(int(dust["circle"].sum()))
+        # RELION's result but for the random values given to the replaced pixels
+        correlations.append(pearson(theirs[~dust["tube"]], mine[~dust["tube"]]))
+    counts = ours.particles["ceDustPixels"].to_numpy()
+    assert (counts == expected).all() and counts.sum() > 20
+    assert (counts != circular).sum() > 10  # the tube background, not the circle
+    assert min(correlations) > 0.999
