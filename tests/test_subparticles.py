@@ -57,22 +57,23 @@ def _posed(n: int, seed: int) -> pd.DataFrame:
     return table
 
 
-def _relion_expand(tmp: Path, table: pd.DataFrame, sym: str) -> pd.DataFrame:
+def _relion_expand(tmp: Path, table: pd.DataFrame, *how: str) -> pd.DataFrame:
+    """``relion_particle_symmetry_expand`` of ``table`` (``--sym C4``, ``--helix ...``)."""
     require_relion("relion_particle_symmetry_expand")
     starfile.write({"optics": particle_optics(1.0), "particles": table}, tmp / "in.star",
                    overwrite=True)
     done = subprocess.run(["relion_particle_symmetry_expand", "--i", "in.star", "--o",
-                           f"{sym}.star", "--sym", sym], cwd=tmp, capture_output=True,
+                           "expanded.star", *how], cwd=tmp, capture_output=True,
                           text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr + done.stdout
-    return starfile.read(tmp / f"{sym}.star")["particles"]
+    return starfile.read(tmp / "expanded.star")["particles"]
 
 
 @pytest.mark.parametrize(("sym", "order"), [("C4", 4), ("D2", 4), ("D7", 14), ("T", 12),
                                             ("O", 24), ("I", 60), ("I3", 60)])
 def test_symmetry_expansion_matches_relion(tmp_path, sym, order):
     table = _posed(5, seed=order)
-    relion = _relion_expand(tmp_path, table, sym)
+    relion = _relion_expand(tmp_path, table, "--sym", sym)
     ours = expand_subparticles(table, SubparticleSpec(symmetry=sym), "in.star").picks
     assert len(symmetry_operators(sym)) == order
     assert len(ours) == len(relion) == order * len(table)
@@ -88,6 +89,25 @@ def test_symmetry_expansion_matches_relion(tmp_path, sym, order):
         assert (ours[column].to_numpy() == relion[column].to_numpy()).all()
     np.testing.assert_array_equal(ours["ceSourceParticle"], np.repeat(np.arange(1, 6), order))
     np.testing.assert_array_equal(ours["ceSymmetryCopy"], np.tile(np.arange(1, order + 1), 5))
+
+
+@pytest.mark.parametrize("asu", [2, 3, 4])
+def test_helical_expansion_matches_relion(tmp_path, asu):
+    """relion_particle_symmetry_expand --helix: rot - z * twist, origins moved along the
+    projected helical axis, z from -((asu - 1) // 2) to asu // 2."""
+    table = _posed(4, seed=asu)
+    twist, rise = 33.7, 4.8
+    relion = _relion_expand(tmp_path, table, "--helix", "--twist", str(twist), "--rise",
+                            str(rise), "--asu", str(asu))
+    spec = SubparticleSpec(helical_twist_deg=twist, helical_rise_angstrom=rise,
+                           helical_asu=asu)
+    ours = expand_subparticles(table, spec, "in.star").picks
+    assert len(ours) == len(relion) == asu * len(table)
+    columns = [*ANGLES, "rlnOriginXAngst", "rlnOriginYAngst"]
+    # RELION prints 12 characters: 5 decimals for -6.68654
+    np.testing.assert_allclose(ours[columns].to_numpy(), relion[columns].to_numpy(),
+                               atol=1e-5)
+    np.testing.assert_array_equal(ours["ceSymmetryCopy"], np.tile(np.arange(1, asu + 1), 4))
 
 
 # --------------------------------------------------------------------------- vs RELION
@@ -110,31 +130,42 @@ def _copy_order(particles: pd.DataFrame) -> np.ndarray:
                        particles["rlnClassNumber"].to_numpy()))
 
 
-def test_c4_subparticles_match_relion_expand_then_reextract(dataset):
+HELIX = ("-22.5", "4.75", "3")  # twist (deg), rise (Å), asymmetric units
+
+
+@pytest.mark.parametrize(("ours_args", "relion_args", "copies"), [
+    (("--symmetry-expand", "C4"), ("--sym", "C4"), 4),
+    (("--helical-twist-deg", HELIX[0], "--helical-rise-angstrom", HELIX[1],
+      "--helical-expand-asu", HELIX[2]),
+     ("--helix", "--twist", HELIX[0], "--rise", HELIX[1], "--asu", HELIX[2]), 3),
+], ids=["C4", "helix"])
+def test_subparticles_match_relion_expand_then_reextract(dataset, ours_args, relion_args,
+                                                         copies):
     require_relion("relion_particle_symmetry_expand", "relion_preprocess")
     root, apix = dataset.root, dataset.apix
     star = write_particles_star(dataset, refined_particles(dataset, seed=3, with_poses=True),
                                 "posed.star")
-    expanded = root / "expanded.star"
+    out = f"Sub{copies}"
     done = subprocess.run(["relion_particle_symmetry_expand", "--i", star, "--o",
-                           expanded.name, "--sym", "C4"], cwd=root, capture_output=True,
+                           f"{out}.star", *relion_args], cwd=root, capture_output=True,
                           text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     point_px = (7.0, -3.0, 9.0)
-    relion = relion_reextract(dataset, expanded.name, "RelionSub", "--recenter_x",
+    relion = relion_reextract(dataset, f"{out}.star", f"Relion{out}", "--recenter_x",
                               str(point_px[0]), "--recenter_y", str(point_px[1]),
                               "--recenter_z", str(point_px[2]))
     done = extract_cli(root, "--micrographs", dataset.micrographs_star, "--coords", star,
-                 "--box", str(BOX), "--norm", "none", "--no-invert", "--no-report",
-                 "--symmetry-expand", "C4",
-                 "--recenter-xyz", *(str(v * apix) for v in point_px), "--out", "OursSub")
+                       "--box", str(BOX), "--norm", "none", "--no-invert", "--no-report",
+                       *ours_args, "--recenter-xyz", *(str(v * apix) for v in point_px),
+                       "--out", f"Ours{out}")
     assert done.returncode == 0, done.stderr
-    ours = load_particles(root / "OursSub" / "particles.star", root)
+    ours = load_particles(root / f"Ours{out}" / "particles.star", root)
     n_source = len(starfile.read(root / star)["particles"])
-    assert len(ours.particles) == len(relion.particles) == 4 * n_source
+    assert len(ours.particles) == len(relion.particles) == copies * n_source
     r, o = _copy_order(relion.particles), _copy_order(ours.particles)
     rp, op = relion.particles.iloc[r], ours.particles.iloc[o]
-    np.testing.assert_array_equal(op["ceSymmetryCopy"], np.tile(np.arange(1, 5), n_source))
+    np.testing.assert_array_equal(op["ceSymmetryCopy"],
+                                  np.tile(np.arange(1, copies + 1), n_source))
     # orientations: the same rotation matrices
     difference = (euler_to_matrix(*op[ANGLES].to_numpy().T)
                   - euler_to_matrix(*rp[ANGLES].to_numpy().T))
@@ -168,8 +199,8 @@ def test_off_micrograph_subparticles_are_dropped_and_reported(dataset):
     root, apix = dataset.root, dataset.apix
     star = _one_particle_star(dataset, "edge.star", 40.0, 160.0)
     done = extract_cli(root, "--micrographs", dataset.micrographs_star, "--coords", star,
-                 "--box", str(BOX), "--no-report", "--quiet", "--symmetry-expand", "C4",
-                 "--recenter-xyz", str(24 * apix), "0", "0", "--out", "Edge")
+                       "--box", str(BOX), "--no-report", "--quiet", "--symmetry-expand", "C4",
+                       "--recenter-xyz", str(24 * apix), "0", "0", "--out", "Edge")
     assert done.returncode == 0, done.stderr
     summary = json.loads((root / "Edge" / "summary.json").read_text())
     assert summary["particles_kept"] == 3
@@ -180,9 +211,9 @@ def test_off_micrograph_subparticles_are_dropped_and_reported(dataset):
     assert centres == {(64, 160), (40, 184), (40, 136)}
     # --edge replicate keeps it (filled), as any extraction
     done = extract_cli(root, "--micrographs", dataset.micrographs_star, "--coords", star,
-                 "--box", str(BOX), "--no-report", "--quiet", "--symmetry-expand", "C4",
-                 "--recenter-xyz", str(24 * apix), "0", "0", "--edge", "replicate",
-                 "--out", "EdgeKept")
+                       "--box", str(BOX), "--no-report", "--quiet", "--symmetry-expand", "C4",
+                       "--recenter-xyz", str(24 * apix), "0", "0", "--edge", "replicate",
+                       "--out", "EdgeKept")
     assert done.returncode == 0, done.stderr
     assert len(starfile.read(root / "EdgeKept" / "particles.star")["particles"]) == 4
 
@@ -273,6 +304,8 @@ def test_vector_files_text_and_chimera_markers(tmp_path):
     (["--subparticles", "missing.txt"], "missing.txt"),
     (["--recenter-xyz", "1", "2", "a"], "--recenter-xyz"),
     (["--symmetry-expand", "C2", "--coords", "unposed.star"], "unposed.star"),
+    (["--helical-twist-deg", "20", "--helical-expand-asu", "3"], "--helical-rise-angstrom"),
+    (["--helical-expand-asu", "3", "--recenter-xyz", "1", "2", "3"], "--helical-twist-deg"),
 ])
 def test_bad_input_is_one_line_naming_it(dataset, args, named):
     root = dataset.root
@@ -283,10 +316,10 @@ def test_bad_input_is_one_line_naming_it(dataset, args, named):
     write_particles_star(dataset, table, "unposed.star")
     posed = _one_particle_star(dataset, "posed1.star", 100.0, 100.0)
     coords = [] if "--coords" in args else ["--coords", posed]
-    if "--recenter-xyz" not in args and "--symmetry-expand" not in args:
+    if not {"--recenter-xyz", "--symmetry-expand", "--helical-twist-deg"} & set(args):
         args = [*args, "--symmetry-expand", "C2"]
     done = extract_cli(root, "--micrographs", dataset.micrographs_star, *coords, *args,
-                 "--box", str(BOX), "--no-report", "--out", "Bad")
+                       "--box", str(BOX), "--no-report", "--out", "Bad")
     line = one_line_error(done.returncode, done.stdout, done.stderr)
     assert named in line, line
     assert not (root / "Bad" / "particles.star").exists()

@@ -27,6 +27,14 @@ from cryoextract.cli.helix_options import (
     TubesOption,
     helix_params,
 )
+from cryoextract.cli.subparticle_options import (
+    AlignOption,
+    ExpandAsuOption,
+    MinDistanceOption,
+    SymmetryOption,
+    TwistOption,
+    VectorsFileOption,
+)
 from cryoextract.errors import CryoExtractError, ParameterError
 from cryoextract.options import CtfCorrection, EdgeMode, NormMode, PathStyle, SubpixelMode
 
@@ -89,25 +97,9 @@ def extract_command(
         help="Re-centre on this 3D point of the reference (X Y Z in A from its centre), "
              "projected with each particle's pose; repeat for several sub-particles.",
         rich_help_panel="Picks")] = None,
-    symmetry_expand: Annotated[str | None, typer.Option(
-        metavar="SYM",
-        help="Expand each particle by this point group (C<n>, D<n>, T, O, I, I1-I4): one "
-             "row per symmetry copy, as RELION expands.",
-        rich_help_panel="Sub-particles")] = None,
-    subparticles: Annotated[Path | None, typer.Option(
-        metavar="FILE",
-        help="Sub-particle vectors: a text file of 'x y z' (A from the reference's "
-             "centre) or a Chimera .cmm (first marker: the centre).",
-        rich_help_panel="Sub-particles")] = None,
-    align_subparticles: Annotated[bool, typer.Option(
-        "--align-subparticles",
-        help="Rotate each sub-particle's orientation so its vector points along z.",
-        rich_help_panel="Sub-particles")] = False,
-    subparticle_min_distance: Annotated[float | None, typer.Option(
-        metavar="A",
-        help="Drop a sub-particle whose projected centre is closer than this (A) to an "
-             "earlier kept one of the same particle.",
-        rich_help_panel="Sub-particles")] = None,
+    symmetry_expand: SymmetryOption = None, subparticles: VectorsFileOption = None,
+    align_subparticles: AlignOption = False, subparticle_min_distance: MinDistanceOption = None,
+    helical_twist_deg: TwistOption = None, helical_expand_asu: ExpandAsuOption = 1,
     box: Annotated[int, typer.Option(
         help="Extraction box, micrograph pixels (even).", rich_help_panel="Box and binning")],
     bin_to: Annotated[int | None, typer.Option(
@@ -239,7 +231,10 @@ def extract_command(
 
         subparticle_spec, recenter_point = subparticle_options(
             symmetry_expand, recenter_xyz, _opt(subparticles), align_subparticles,
-            subparticle_min_distance)
+            subparticle_min_distance, helical_twist_deg=helical_twist_deg,
+            helical_rise_angstrom=helical_rise_angstrom, helical_asu=helical_expand_asu)
+        if helical_twist_deg is not None and not helix:
+            helical_rise_angstrom = None  # the expansion's, not segments' (needs --helix)
         out_box = resolve_output_box(
             box, bin_to_px=bin_to, bin_factor=bin_factor,
             pixel_size_out_angstrom=pixel_size_out,

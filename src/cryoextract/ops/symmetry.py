@@ -28,6 +28,8 @@ import re
 import numpy as np
 from numpy.typing import NDArray
 
+from cryoextract.ops.rotations import euler_to_matrix
+
 #: RELION's XMIPP_EQUAL_ACCURACY (double precision build)
 _ACCURACY = 1e-6
 
@@ -159,3 +161,36 @@ def expand_orientations(matrices: NDArray, operators: NDArray) -> NDArray:
         ``(n, m, 3, 3)``: ``A_i @ S_k``, RELION's composed orientation of copy ``k``.
     """
     return np.asarray(matrices)[:, None] @ np.asarray(operators)[None]
+
+
+def helical_steps(nr_asu: int) -> NDArray:
+    """The asymmetric units of a helical expansion, in units of the rise (float64).
+
+    ``relion_particle_symmetry_expand --helix --asu N``: from ``-((N - 1) // 2)`` to
+    ``N // 2`` (C's division, here of non-negative numbers), e.g. ``-1, 0, 1, 2`` for 4.
+    """
+    if nr_asu < 2:
+        raise ValueError(f"a helical expansion needs at least 2 asymmetric units, got {nr_asu}")
+    return np.arange(-((nr_asu - 1) // 2), nr_asu // 2 + 1, dtype=np.float64)
+
+
+def helical_operators(steps: NDArray, twist_deg: float, rise_angstrom: float
+                      ) -> tuple[NDArray, NDArray]:
+    """Rotations and translations of the helical copies (RELION's ``--helix`` expansion).
+
+    Copy ``z`` (a step of :func:`helical_steps`) has ``rot - z * twist`` (RELION subtracts
+    the twist from rlnAngleRot), i.e. ``A @ S`` with ``S = euler_to_matrix(-z * twist, 0,
+    0)``, and its centre ``z * rise`` along the reference's z axis (RELION adds
+    ``sin(tilt) * z * rise * (cos(-psi), sin(-psi))`` to the origins: the projection of
+    ``(0, 0, z * rise)`` taken off them).
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        ``(m, 3, 3)`` operators ``S`` and ``(m, 3)`` translations in Å.
+    """
+    steps = np.asarray(steps, dtype=np.float64)
+    operators = euler_to_matrix(-steps * twist_deg, np.zeros_like(steps), np.zeros_like(steps))
+    translations = np.zeros((len(steps), 3))
+    translations[:, 2] = steps * rise_angstrom
+    return operators, translations

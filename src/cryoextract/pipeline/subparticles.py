@@ -40,13 +40,17 @@ class SubparticleSpec:
     centre (none: the expanded particles themselves); ``align`` rotates each
     sub-particle's orientation so that its vector points along z; ``min_distance_angstrom``
     drops a sub-particle whose projected centre is closer than this to an earlier kept
-    one of the same particle.
+    one of the same particle. ``helical_twist_deg`` (with ``helical_rise_angstrom`` and
+    ``helical_asu`` units) asks for RELION's helical expansion instead of a point group.
     """
 
     symmetry: str = "C1"
     vectors_angstrom: tuple[tuple[float, float, float], ...] = ()
     align: bool = False
     min_distance_angstrom: float | None = None
+    helical_twist_deg: float | None = None
+    helical_rise_angstrom: float | None = None
+    helical_asu: int = 1
 
     def __post_init__(self) -> None:
         from cryoextract.ops.symmetry import symmetry_generators
@@ -65,11 +69,28 @@ class SubparticleSpec:
         if self.min_distance_angstrom is not None and not self.min_distance_angstrom > 0:
             raise ParameterError("--subparticle-min-distance must be > 0, got "
                                  f"{self.min_distance_angstrom}")
+        self._check_helical()
 
     @property
-    def expands(self) -> bool:
-        """Whether the table changes at all."""
-        return bool(self.vectors_angstrom) or self.symmetry.strip().upper() != "C1"
+    def helical(self) -> bool:
+        """A helical expansion (RELION's ``--helix``) rather than a point group."""
+        return self.helical_twist_deg is not None
+
+    def _check_helical(self) -> None:
+        if not self.helical:
+            if self.helical_asu != 1:
+                raise ParameterError("--helical-expand-asu needs --helical-twist-deg")
+            return
+        if self.symmetry.strip().upper() != "C1":
+            raise ParameterError("give --symmetry-expand or --helical-twist-deg, not both")
+        values = (self.helical_twist_deg, self.helical_rise_angstrom)
+        if self.helical_rise_angstrom is None or not all(np.isfinite(values)):
+            raise ParameterError("a helical expansion needs a finite --helical-twist-deg "
+                                 "and --helical-rise-angstrom")
+        if isinstance(self.helical_asu, bool) or int(self.helical_asu) != self.helical_asu \
+                or self.helical_asu < 2:
+            raise ParameterError("--helical-expand-asu must be an integer >= 2, got "
+                                 f"{self.helical_asu}")
 
 
 @dataclass(frozen=True)
@@ -107,7 +128,12 @@ def expand_subparticles(picks: pd.DataFrame, spec: SubparticleSpec, source: str)
     """
     from cryoextract.ops.rotations import euler_to_matrix, matrix_to_euler
     from cryoextract.ops.subparticles import aligned_orientations, separated
-    from cryoextract.ops.symmetry import expand_orientations, symmetry_operators
+    from cryoextract.ops.symmetry import (
+        expand_orientations,
+        helical_operators,
+        helical_steps,
+        symmetry_operators,
+    )
 
     missing = [c for c in _ANGLES if c not in picks.columns]
     if missing:
@@ -117,18 +143,29 @@ def expand_subparticles(picks: pd.DataFrame, spec: SubparticleSpec, source: str)
     if not np.all(np.isfinite(angles)):
         row = int(np.flatnonzero(~np.all(np.isfinite(angles), axis=1))[0]) + 1
         raise InputError(f"particle {row}: orientation is not a number", source)
-    operators = symmetry_operators(spec.symmetry)  # (m, 3, 3)
+    if spec.helical:
+        steps = helical_steps(spec.helical_asu)
+        operators, shifts = helical_operators(steps, float(spec.helical_twist_deg or 0.0),
+                                              float(spec.helical_rise_angstrom or 0.0))
+    else:
+        operators = symmetry_operators(spec.symmetry)  # (m, 3, 3)
+        shifts = np.zeros((len(operators), 3))  # (m, 3) Å, along the helical axis
     vectors = np.asarray(spec.vectors_angstrom or [(0.0, 0.0, 0.0)], dtype=np.float64)
     n, m, k = len(picks), len(operators), len(vectors)
     composed = expand_orientations(euler_to_matrix(*angles.T), operators)  # (n, m, 3, 3)
-    copy_angles = matrix_to_euler(composed)
-    copy_angles[:, 0] = angles  # copy 1 is the particle's own row, angles as written
+    if spec.helical:  # RELION: rot - z * twist, written as it comes
+        copy_angles = np.repeat(angles[:, None, :], m, axis=1)
+        copy_angles[..., 0] -= steps * float(spec.helical_twist_deg or 0.0)
+    else:
+        copy_angles = matrix_to_euler(composed)
+        copy_angles[:, 0] = angles  # copy 1 is the particle's own row, angles as written
     # rows: particle, then copy, then vector
     source_row = np.repeat(np.arange(n), m * k)
     copy = np.tile(np.repeat(np.arange(m), k), n)
     vector = np.tile(np.arange(k), n * m)
     matrices = composed[source_row, copy]  # (n*m*k, 3, 3)
-    projected = (matrices @ vectors[vector][..., None])[:, :2, 0]  # (rows, 2) Å
+    # the centre: the copy's shift along the helix (S leaves z alone) and its vector
+    projected = (matrices @ (vectors[vector] + shifts[copy])[..., None])[:, :2, 0]  # Å
     table = picks.iloc[source_row].reset_index(drop=True)
     origins = np.zeros((len(table), 2))
     if all(c in table.columns for c in _ORIGINS):
@@ -138,7 +175,7 @@ def expand_subparticles(picks: pd.DataFrame, spec: SubparticleSpec, source: str)
         final = matrix_to_euler(aligned_orientations(matrices, vectors[vector]))
     for column, values in zip(_ANGLES, final.T, strict=True):
         table[column] = values
-    if spec.vectors_angstrom:
+    if spec.vectors_angstrom or spec.helical:
         for column, values in zip(_ORIGINS, (origins - projected).T, strict=True):
             table[column] = values
     table[SOURCE_PARTICLE] = source_row + 1
@@ -158,11 +195,16 @@ def subparticle_options(
     vectors_file: str | None,
     align: bool,
     min_distance_angstrom: float | None,
+    *,
+    helical_twist_deg: float | None = None,
+    helical_rise_angstrom: float | None = None,
+    helical_asu: int = 1,
 ) -> tuple[SubparticleSpec | None, tuple[float, float, float] | None]:
     """The extract command's sub-particle options as ``(spec, recenter_xyz_angstrom)``.
 
     One ``--recenter-xyz`` alone is today's re-centring on a point (no expansion, no
     trace columns): ``(None, vector)``. Anything more gives a :class:`SubparticleSpec`.
+    The rise counts for a helical expansion only with a twist.
 
     Raises
     ------
@@ -184,9 +226,12 @@ def subparticle_options(
         from cryoextract.io.subparticles import read_subparticle_vectors
 
         vectors = list(read_subparticle_vectors(vectors_file))
-    if (symmetry is None and vectors_file is None and not align
-            and min_distance_angstrom is None and len(vectors) <= 1):
+    if (symmetry is None and vectors_file is None and not align and helical_asu == 1
+            and helical_twist_deg is None and min_distance_angstrom is None
+            and len(vectors) <= 1):
         return None, (vectors[0] if vectors else None)  # type: ignore[return-value]
+    helical = helical_twist_deg is not None
     spec = SubparticleSpec(symmetry or "C1", tuple(vectors),  # type: ignore[arg-type]
-                           align, min_distance_angstrom)
+                           align, min_distance_angstrom, helical_twist_deg,
+                           helical_rise_angstrom if helical else None, helical_asu)
     return spec, None
