@@ -368,34 +368,67 @@ def _cli(ds: Dataset, *args: str) -> subprocess.CompletedProcess[str]:
 TUBE_ROWS = "data_\nloop_\n_rlnCoordinateX\n_rlnCoordinateY\n"
 
 
-@pytest.mark.parametrize(("name", "content", "expected"), [
+BAD_FILES = [
     ("odd_tubes.star", TUBE_ROWS + "100 100\n300 100\n200 200\n",
      "row 3: a tube start without an end"),
     ("flat_tubes.star", TUBE_ROWS + "100 100\n300 100\n200 200\n200 200\n",
      "rows 3-4: tube of zero length"),
     ("tags.box", "80 80 40 40 -1\n280 80 40 40 -1\n", "row 2: EMAN helix tubes"),
-])
-def test_bad_tube_files_one_line_naming_file_and_row(plain: Dataset, name: str, content: str,
-                                                      expected: str) -> None:
-    (plain.root / "Bad_picks").mkdir(exist_ok=True)
-    stem = Path(plain.micrographs[0].name).stem
-    suffix = "_" + name
-    (plain.root / "Bad_picks" / f"{stem}{suffix}").write_text(content)
-    done = _cli(plain, "--helical-tubes", "--helical-rise-angstrom", "4.75", "--coords-dir",
-                "Bad_picks", "--coords-suffix", suffix)
-    line = one_line_error(done.returncode, done.stdout, done.stderr)
-    assert f"Bad_picks/{stem}{suffix}" in line and expected in line, line
+]
+
+
+def _bad_file(ds: Dataset, name: str, content: str) -> tuple[str, str]:
+    """A bad tube file as the micrograph's coordinates: (suffix, its name as given)."""
+    (ds.root / "Bad_picks").mkdir(exist_ok=True)
+    stem = Path(ds.micrographs[0].name).stem
+    (ds.root / "Bad_picks" / f"{stem}_{name}").write_text(content)
+    return f"_{name}", f"Bad_picks/{stem}_{name}"
+
+
+@pytest.mark.parametrize(("name", "content", "expected"), BAD_FILES)
+def test_bad_tube_files_named_with_their_row(plain: Dataset, name: str, content: str,
+                                             expected: str) -> None:
+    from cryoextract.errors import CryoExtractError
+
+    suffix, where = _bad_file(plain, name, content)
+    cwd = os.getcwd()
+    os.chdir(plain.root)
+    try:
+        with pytest.raises(CryoExtractError) as info:
+            extract(plain.micrographs_star, "Bad", ExtractParams(
+                box_px=BOX, helix=HelixParams(True, rise_angstrom=RISE)), workers=1,
+                coords_dir="Bad_picks", coords_suffix=suffix, overwrite=True)
+    finally:
+        os.chdir(cwd)
+    assert where in str(info.value) and expected in str(info.value), str(info.value)
     assert not (plain.root / "Bad" / "particles.star").exists()
 
 
-@pytest.mark.parametrize(("args", "expected"), [
-    (("--helical-tubes", "--helical-rise-angstrom", "0"), "--helical-rise-angstrom must be > 0"),
-    (("--helical-outer-diameter", "150"), "wider than the 96 px box"),
+@pytest.mark.parametrize(("params", "expected"), [
+    ({"tubes": True, "rise_angstrom": 0.0}, "--helical-rise-angstrom must be > 0"),
+    ({"tubes": True}, "--helical-tubes needs --helical-rise-angstrom"),
+    ({"nr_asu": 0}, "--helical-nr-asu must be an integer >= 1"),
+    ({"outer_diameter_angstrom": -5.0}, "--helical-outer-diameter must be > 0"),
 ])
-def test_bad_helical_parameters_one_line(plain: Dataset, args: tuple[str, ...],
-                                         expected: str) -> None:
-    done = _cli(plain, *args, "--coords-dir", "Picks", "--coords-suffix", "_pick.star")
-    assert expected in one_line_error(done.returncode, done.stdout, done.stderr)
+def test_bad_helical_parameters(params: dict[str, object], expected: str) -> None:
+    from cryoextract.errors import ParameterError
+
+    with pytest.raises(ParameterError, match=expected):
+        HelixParams(**params)  # type: ignore[arg-type]
+
+
+def test_bad_input_is_one_line_and_exit_2(plain: Dataset) -> None:
+    """Through the command: a bad tube file and a tube wider than the box."""
+    suffix, where = _bad_file(plain, *BAD_FILES[0][:2])
+    done = _cli(plain, "--helical-tubes", "--helical-rise-angstrom", "4.75", "--coords-dir",
+                "Bad_picks", "--coords-suffix", suffix)
+    line = one_line_error(done.returncode, done.stdout, done.stderr)
+    assert where in line and BAD_FILES[0][2] in line, line
+    done = _cli(plain, "--helical-outer-diameter", "150", "--coords-dir", "Picks",
+                "--coords-suffix", "_pick.star")
+    assert "wider than the 96 px box" in one_line_error(done.returncode, done.stdout,
+                                                         done.stderr)
+    assert not (plain.root / "Bad" / "particles.star").exists()
 
 
 def test_eman_tubes_given_as_one_file(tmp_path: Path) -> None:
