@@ -232,3 +232,28 @@ def test_float16(tmp_path: Path) -> None:
 def test_invalid_arguments(tmp_path: Path, overrides: dict[str, object]) -> None:
     with pytest.raises(ParameterError):
         _simulate(tmp_path, **overrides)
+
+
+def test_a_failed_write_leaves_no_file_under_its_name(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every file is written under a temporary name and renamed when complete: a write
+    that fails half-way (here the second micrograph's data) leaves neither a partial
+    micrograph nor a temporary file behind."""
+    import mrcfile.mrcfile
+
+    real = mrcfile.mrcfile.MrcFile.set_data
+    calls = []
+
+    def failing(self, data):  # the header is on disk, the data never arrives
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real(self, data)
+
+    monkeypatch.setattr(mrcfile.mrcfile.MrcFile, "set_data", failing)
+    with pytest.raises(OSError):
+        simulate_dataset(tmp_path / "sim", n_micrographs=3, shape_yx=(128, 128),
+                         particles_per_micrograph=3, pixel_size_angstrom=4.0, seed=1)
+    written = sorted(p.relative_to(tmp_path / "sim").as_posix()
+                     for p in (tmp_path / "sim").rglob("*") if p.is_file())
+    assert written == ["Micrographs/mic_001.mrc", "Picks/mic_001_autopick.star"], written

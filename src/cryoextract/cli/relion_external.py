@@ -315,9 +315,9 @@ def write_output_nodes(job_dir: Path, stars: Sequence[Path]) -> None:
     rows = "".join(f"{node_name(star)} {NODE_PARTICLES}\n" for star in stars)
     text = ("\n# version 30001\n\ndata_output_nodes\n\nloop_\n_rlnPipeLineNodeName #1\n"
             f"_rlnPipeLineNodeType #2\n{rows}\n")
-    temporary = job_dir / f".{OUTPUT_NODES}.tmp"
-    temporary.write_text(text)
-    temporary.replace(job_dir / OUTPUT_NODES)
+    from cryoextract.io.atomic import write_text_atomic
+
+    write_text_atomic(job_dir / OUTPUT_NODES, text)
 
 
 def run_job(job_dir: Path, args: argparse.Namespace, extras: list[str]) -> None:

@@ -15,7 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["TEMPORARY_GLOB", "atomic_file", "temporary_path", "write_text_atomic"]
+__all__ = ["TEMPORARY_GLOB", "atomic_file", "atomic_path", "temporary_path",
+           "write_text_atomic"]
 
 #: what every temporary name matches (``Path.glob`` pattern)
 TEMPORARY_GLOB = ".*.tmp"
@@ -28,20 +29,29 @@ def temporary_path(path: str | os.PathLike[str]) -> Path:
 
 
 @contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """The temporary name to write ``path`` under, for writers that open the file
+    themselves (mrcfile, starfile); renamed to ``path`` when the block ends without
+    error. On an error the temporary file is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    tmp = temporary_path(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextmanager
 def atomic_file(path: str | os.PathLike[str], mode: str = "wb", **open_args: Any
                 ) -> Iterator[IO[Any]]:
     """An open temporary file renamed to ``path`` when the block ends without error.
 
     On an error the temporary file is removed and ``path`` is left as it was.
     """
-    path = Path(path)
-    tmp = temporary_path(path)
-    try:
-        with open(tmp, mode, **open_args) as stream:
-            yield stream
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, open(tmp, mode, **open_args) as stream:
+        yield stream
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:

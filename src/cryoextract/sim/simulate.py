@@ -44,6 +44,7 @@ import starfile
 from scipy import fft as sp_fft
 
 from cryoextract.errors import ParameterError
+from cryoextract.io.atomic import atomic_file, atomic_path
 from cryoextract.ops.ctf import (
     CtfParams,
     ctf_2d,
@@ -430,7 +431,7 @@ def _simulate_micrograph(
 
 def _write_mrc(path: Path, image: np.ndarray, pixel_size_angstrom: float) -> None:
     """Write a 2D image with the pixel size in the header."""
-    with mrcfile.new(path, overwrite=True) as mrc:
+    with atomic_path(path) as tmp, mrcfile.new(tmp, overwrite=True) as mrc:
         mrc.set_data(image)
         mrc.voxel_size = pixel_size_angstrom
 
@@ -445,7 +446,8 @@ def _write_picks(path: Path, positions_xy: np.ndarray, figure_of_merit: np.ndarr
             "rlnClassNumber": np.zeros(len(positions_xy), dtype=int),
         }
     )
-    starfile.write(table, path, overwrite=True)
+    with atomic_path(path) as tmp:
+        starfile.write(table, tmp, overwrite=True)
 
 
 def _write_micrographs_star(
@@ -481,7 +483,8 @@ def _write_micrographs_star(
             "rlnPhaseShift": [c.phase_shift_degrees for c in ctfs],
         }
     )
-    starfile.write({"optics": optics, "micrographs": micrographs}, path, overwrite=True)
+    with atomic_path(path) as tmp:
+        starfile.write({"optics": optics, "micrographs": micrographs}, tmp, overwrite=True)
 
 
 def write_truth(
@@ -524,7 +527,8 @@ def write_truth(
         if frames
         else pd.DataFrame(columns=["micrograph_name", "x_px", "y_px", "near_edge"])
     )
-    table.to_csv(path, index=False, float_format="%.17g")
+    with atomic_file(path, "w", encoding="utf-8", newline="") as stream:
+        table.to_csv(stream, index=False, float_format="%.17g")
 
 
 _OURS_MRC = re.compile(r"mic_\d{3,}\.mrc")
