@@ -45,8 +45,10 @@ from cryoextract.ops.ctf import CtfParams, ctf_2d, ctf_2d_batch
 from cryoextract.ops.recenter import recentre
 from cryoextract.ops.rotations import euler_to_matrix, viewing_direction_order
 from cryoextract.ops.subtract import inspect_mask, suggested_edge_px
+from cryoextract.pipeline.frame import JobLock, JobLockedError
 from cryoextract.pipeline.stacks import subtract_tasks as tasks
-from cryoextract.pipeline.stacks.subtract import revert_subtraction, subtract_particles
+from cryoextract.pipeline.stacks.revert import revert_subtraction
+from cryoextract.pipeline.stacks.subtract import subtract_particles
 from relion_oracle import require_relion
 from shared_data import SHARED_DATA, require_paths
 
@@ -839,6 +841,21 @@ def test_clear_errors(tmp_path):
     subtract_particles(out_dir=tmp_path / "o8", map_path=tmp_path / "map.mrc", **run)
     with pytest.raises(ParameterError, match="not empty"):
         subtract_particles(out_dir=tmp_path / "o8", map_path=tmp_path / "map.mrc", **run)
+
+
+def test_a_run_on_an_out_in_use_is_refused_and_changes_nothing(tmp_path):
+    blob_dataset(tmp_path)
+    out = tmp_path / "out"
+    subtract_particles(tmp_path / "p.star", out, map_path=tmp_path / "map.mrc", workers=1)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with JobLock(out):  # the run in progress
+        with pytest.raises(JobLockedError, match="in use"):
+            subtract_particles(tmp_path / "p.star", out, map_path=tmp_path / "map.mrc",
+                               workers=1, overwrite=True)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    # --revert never writes over its input
+    with pytest.raises(ParameterError, match="would replace"):
+        revert_subtraction(out / "particles.star", out, overwrite=True)
 
 
 def test_cli_subtract_and_revert(tmp_path, monkeypatch):

@@ -2,7 +2,7 @@
 
 Register with ``app.command("subtract")(subtract_command)``; a thin wrapper over
 :func:`cryoextract.pipeline.stacks.subtract.subtract_particles` and
-:func:`cryoextract.pipeline.stacks.subtract.revert_subtraction`.
+:func:`cryoextract.pipeline.stacks.revert.revert_subtraction`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from cryoextract.options import (
 )
 
 if TYPE_CHECKING:
-    from cryoextract.pipeline.stacks.subtract import RevertSummary, SubtractSummary
+    from cryoextract.pipeline.stacks.revert import RevertSummary
+    from cryoextract.pipeline.stacks.subtract import SubtractSummary
 
 
 def subtract_command(
@@ -90,7 +91,8 @@ def subtract_command(
 ) -> None:
     """Subtract the projection of a masked map (or half-maps) from every particle image."""
     from cryoextract.cli.progress import particle_progress
-    from cryoextract.pipeline.stacks.subtract import revert_subtraction, subtract_particles
+    from cryoextract.pipeline.stacks.revert import revert_subtraction
+    from cryoextract.pipeline.stacks.subtract import subtract_particles
 
     try:
         if revert is not None:
