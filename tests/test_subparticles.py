@@ -24,6 +24,7 @@ from cryoextract.ops.subparticles import aligned_orientations, separated, vector
 from cryoextract.ops.symmetry import symmetry_operators
 from cryoextract.pipeline.subparticles import SubparticleSpec, expand_subparticles
 from helpers import cli_env, one_line_error, refused, written
+from prereq import require_module
 from relion_oracle import load_particles, make_dataset, pearson, require_relion
 from test_reextract import refined_particles, relion_reextract, write_particles_star
 
@@ -349,3 +350,26 @@ def test_subparticles_with_binning_cs_workers_and_resume(dataset):
     other = [a if a != "D2" else "C2" for a in args]
     done = extract_cli(root, *other, "--resume")
     assert "--resume" in one_line_error(done.returncode, done.stdout, done.stderr)
+
+
+def test_subparticles_on_dask_equal_the_local_run(dataset):
+    distributed = require_module("distributed")
+    root, apix = dataset.root, dataset.apix
+    star = write_particles_star(dataset, refined_particles(dataset, seed=6, with_poses=True),
+                                "posed_dask.star")
+    args = ["--micrographs", dataset.micrographs_star, "--coords", star, "--box", str(BOX),
+            "--no-report", "--quiet", "--symmetry-expand", "C3", "--recenter-xyz",
+            str(6 * apix), "0", str(2 * apix), "--paths", "relative-to-star"]
+    done = extract_cli(root, *args, "--workers", "1", "--out", "Local")
+    assert done.returncode == 0, done.stderr
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                  host="127.0.0.1", dashboard_address=None) as cluster:
+        done = extract_cli(root, *args, "--dask-scheduler", cluster.scheduler_address,
+                           "--out", "Dask")
+    assert done.returncode == 0, done.stderr
+    local = (root / "Local" / "particles.star").read_text()
+    assert len(starfile.read(root / "Local" / "particles.star")["particles"]) > 0
+    assert (root / "Dask" / "particles.star").read_text() == local
+    stacks = sorted((root / "Local" / "Particles").glob("*.mrcs"))
+    assert stacks and all((root / "Dask" / "Particles" / s.name).read_bytes() == s.read_bytes()
+                          for s in stacks)
