@@ -578,3 +578,19 @@ def test_dust_on_the_tube_background(tmp_path: Path) -> None:
     assert (counts == expected).all() and counts.sum() > 20
     assert (counts != circular).sum() > 10  # the tube background, not the circle
     assert min(correlations) > 0.999
+
+
+def test_edge_segments_kept_with_edge_replicate(run: Run) -> None:
+    """``--edge replicate`` keeps the segments RELION drops near the edges (their centres
+    on the micrograph), filled by replication; the others are unchanged."""
+    from cryoextract.ops.boxes import EdgeMode
+
+    bimodal = bool((run.relion.particles["rlnAnglePsiFlipRatio"] == 0.5).all())
+    kept, dropped = _ours(run.ds, "Replicate", HelixParams(True, NR_ASU, RISE, DIAMETER, bimodal),
+                          bg_radius_px=BG_RADIUS, edge=EdgeMode.REPLICATE)
+    assert list(dropped) == ["centre outside micrograph"]
+    assert len(kept.particles) == len(run.ours.particles) + run.dropped["box leaves micrograph"]
+    both = _positions(kept.particles)[:, None, :] - _positions(run.ours.particles)[None]
+    match = np.flatnonzero((np.abs(both).max(axis=2) < 1e-6).any(axis=1))
+    assert len(match) == len(run.ours.particles)
+    assert np.array_equal(kept.images[match], run.ours.images)
