@@ -373,3 +373,27 @@ def test_subparticles_on_dask_equal_the_local_run(dataset):
     stacks = sorted((root / "Local" / "Particles").glob("*.mrcs"))
     assert stacks and all((root / "Dask" / "Particles" / s.name).read_bytes() == s.read_bytes()
                           for s in stacks)
+
+
+def test_first_copy_with_ctf_correction_equals_single_point_recentring(dataset):
+    """Copy 1 of a C2 expansion is the particle itself: with --ctf-correct flip and
+    --bin-to its pixels are those of today's single --recenter-xyz re-extraction."""
+    root, apix = dataset.root, dataset.apix
+    table = refined_particles(dataset, seed=8, with_poses=True).assign(
+        rlnDefocusU=15000.0, rlnDefocusV=14000.0, rlnDefocusAngle=30.0)
+    star = write_particles_star(dataset, table, "posed_ctf.star")
+    args = ["--micrographs", dataset.micrographs_star, "--coords", star, "--box", str(BOX),
+            "--bin-to", "48", "--ctf-correct", "flip", "--no-report", "--quiet",
+            "--recenter-xyz", str(5 * apix), str(-2 * apix), str(3 * apix)]
+    done = extract_cli(root, *args, "--out", "Single")
+    assert done.returncode == 0, done.stderr
+    done = extract_cli(root, *args, "--symmetry-expand", "C2", "--out", "Expanded")
+    assert done.returncode == 0, done.stderr
+    single = load_particles(root / "Single" / "particles.star", root)
+    expanded = load_particles(root / "Expanded" / "particles.star", root)
+    first = (expanded.particles["ceSymmetryCopy"] == 1).to_numpy()
+    assert first.sum() == len(single.particles) == len(table)
+    np.testing.assert_array_equal(expanded.images[first], single.images)
+    for column in ("rlnCoordinateX", "rlnCoordinateY", "rlnOriginXAngst", "rlnAngleRot"):
+        np.testing.assert_array_equal(expanded.particles[column].to_numpy()[first],
+                                      single.particles[column].to_numpy())
