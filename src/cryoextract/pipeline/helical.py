@@ -4,8 +4,9 @@
 plain text, EMAN helix ``.box`` with ``-1``/``-2`` tags) cut into segments as
 ``relion_preprocess --helical_tubes --helical_cut_into_segments`` does. Without it the
 picks are segments already (``rlnHelicalTubeID``, crYOLO ``filamentid``, cryoSPARC
-``filament/*``); priors and track lengths missing from them are computed from the
-segments' order and positions. docs/conventions.md, "Helical segments".
+``filament/*``, EMAN2 ``#helix:`` boxes); priors and track lengths missing from them
+are computed from the segments' order and positions. docs/conventions.md, "Helical
+segments".
 """
 
 from __future__ import annotations
@@ -19,7 +20,13 @@ import pandas as pd
 from cryoextract.errors import InputError, ParameterError
 from cryoextract.io.coords import guess_format
 from cryoextract.io.micrographs import MicrographSet
-from cryoextract.io.pickformats.filaments import first_seen_numbers
+from cryoextract.io.pickformats.filaments import (
+    PSI_PRIOR,
+    TILT_PRIOR,
+    TRACK_LENGTH,
+    TUBE_ID,
+    first_seen_numbers,
+)
 from cryoextract.ops.boxes import REASON_EDGE, EdgeMode
 from cryoextract.ops.helix import (
     TILT_PRIOR_DEG,
@@ -31,10 +38,6 @@ from cryoextract.ops.helix import (
 from cryoextract.pipeline.params import ExtractParams, HelixParams
 from cryoextract.pipeline.positions import pick_coordinates, wants_recentring
 
-TUBE_ID = "rlnHelicalTubeID"
-TILT_PRIOR = "rlnAngleTiltPrior"
-PSI_PRIOR = "rlnAnglePsiPrior"
-TRACK_LENGTH = "rlnHelicalTrackLengthAngst"
 FLIP_RATIO = "rlnAnglePsiFlipRatio"
 PITCH = "rlnHelicalTubePitch"
 # crYOLO's filament id (read_cbox carries it by name)
