@@ -148,3 +148,36 @@ def test_boxsize_refuses_infinite_and_denormal_values(option: str, value: str) -
     done = CliRunner().invoke(app, ["boxsize", *[w for kv in values.items() for w in kv]])
     line = one_line_error(done.exit_code, done.stdout, done.stderr)
     assert line.startswith("error:"), line
+
+
+def test_star_caveats_reach_the_summaries(dataset: Path, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A value RELION 3.1 reads differently (a run of spaces in a file name) is in the
+    job's summary and summary.json, not only a Python warning; the same for convert."""
+    import json
+    import warnings
+
+    root = tmp_path / "data"
+    shutil.copytree(dataset, root)
+    monkeypatch.chdir(root)
+    (root / "Micrographs/mic_001.mrc").rename(root / "Micrographs/mic  001.mrc")
+    (root / "Picks/mic_001_autopick.star").rename(root / "Picks/mic  001_autopick.star")
+    star = read_star(root / "micrographs.star")
+    star["micrographs"].loc[0, "rlnMicrographName"] = "Micrographs/mic  001.mrc"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        write_star(root / "micrographs.star", star)
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        summary = _extract(root, "out")
+    caveats = [w for w in summary.warnings if "run of spaces" in w]
+    assert len(caveats) == 1 and "particles.star" in caveats[0], summary.warnings
+    written = json.loads((root / "out" / "summary.json").read_text())
+    assert caveats[0] in written["warnings"]
+    assert not [w for w in shown if "run of spaces" in str(w.message)]  # said once
+    from cryoextract.pipeline.convert import ConvertOptions, convert_picks
+
+    topaz = root / "picks.txt"
+    topaz.write_text("image_name\tx_coord\ty_coord\nmic  001\t10\t20\n")
+    result = convert_picks([topaz], ConvertOptions(to="star", out=root / "picks.star"))
+    assert any("run of spaces" in w for w in result.warnings), result.warnings

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import re
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -283,6 +285,22 @@ def write_star(path: str | os.PathLike[str], blocks: dict[str, pd.DataFrame]) ->
 
 class StarWarning(UserWarning):
     """A value written to a STAR file that RELION 3.1 will read differently."""
+
+
+@contextmanager
+def star_warnings_into(messages: list[str]) -> Iterator[None]:
+    """The :class:`StarWarning` s of STAR files written in the block, appended to
+    ``messages`` (a command's summary) instead of shown; other warnings pass through."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", StarWarning)
+        yield
+    for warning in caught:
+        if issubclass(warning.category, StarWarning):
+            if str(warning.message) not in messages:
+                messages.append(str(warning.message))
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename,
+                                   warning.lineno, source=warning.source)
 
 
 #: columns that name files RELION opens ("#" in them fails there)

@@ -30,6 +30,7 @@ from cryoextract.io.pickformats.registry import (
     writable,
 )
 from cryoextract.io.pickformats.writers import write_picks
+from cryoextract.io.star import star_warnings_into
 from cryoextract.ops.coordinates import off_micrograph_warning, transform_picks
 
 if TYPE_CHECKING:
@@ -128,7 +129,8 @@ def convert_picks(inputs: Sequence[str | Path], options: ConvertOptions) -> Conv
     box_px = options.box_px
     if box_px is None and input_box is not None:
         box_px = input_box * _common_scale(groups, options)
-    result.files = _write(groups, options, box_px)
+    with star_warnings_into(result.warnings):  # values RELION reads differently
+        result.files = _write(groups, options, box_px)
     result.n_picks = sum(len(g.picks) for g in groups)
     result.n_micrographs = len(groups)
     moved_axes = options.swap_xy or options.flip_x or options.flip_y

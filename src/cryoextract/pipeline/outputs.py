@@ -13,7 +13,7 @@ from cryoextract.io.atomic import atomic_file, write_text_atomic
 from cryoextract.io.cryosparc import write_cs as write_cryosparc
 from cryoextract.io.micrographs import MicrographSet
 from cryoextract.io.paths import PathNamer, PathStyle, rebase_image_names
-from cryoextract.io.star import write_star
+from cryoextract.io.star import star_warnings_into, write_star
 from cryoextract.ops.ctf_correct import CtfCorrection
 from cryoextract.pipeline.params import ExtractParams, JobPaths, OutputSpec
 from cryoextract.pipeline.task import MicrographResult
@@ -58,16 +58,20 @@ def write_outputs(
     particles = [r.particles for r in results if r.particles is not None and len(r.particles)]
     table = pd.concat(particles, ignore_index=True) if particles else _empty_particles()
     shapes = {r.micrograph_name: r.shape_yx for r in results if r.shape_yx is not None}
-    for output in params.outputs:
-        optics = output_optics(mic_set, params, output, results)
-        star = paths.out_dir / output.subdir / "particles.star"
-        named = table.copy()
-        named["rlnImageName"] = rebase_image_names(
-            table["rlnImageName"].astype(str), star.parent, PathNamer.for_star(star, path_style))
-        write_star(star, {"optics": optics, "particles": named})
-        if write_cs:
-            write_cryosparc(paths.out_dir / output.subdir / "particles.cs", optics, table,
-                            micrograph_shapes=shapes, blob_sign=1.0 if params.invert else -1.0)
+    # what RELION would read differently goes to the summary (and summary.json)
+    with star_warnings_into(summary.warnings):
+        for output in params.outputs:
+            optics = output_optics(mic_set, params, output, results)
+            star = paths.out_dir / output.subdir / "particles.star"
+            named = table.copy()
+            named["rlnImageName"] = rebase_image_names(
+                table["rlnImageName"].astype(str), star.parent,
+                PathNamer.for_star(star, path_style))
+            write_star(star, {"optics": optics, "particles": named})
+            if write_cs:
+                write_cryosparc(paths.out_dir / output.subdir / "particles.cs", optics, table,
+                                micrograph_shapes=shapes,
+                                blob_sign=1.0 if params.invert else -1.0)
     summary.output_pixel_size_angstrom = {
         str(row.rlnOpticsGroupName): float(params.output_pixel_size(row.rlnMicrographPixelSize))
         for row in mic_set.optics.itertuples()
