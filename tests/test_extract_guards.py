@@ -181,3 +181,21 @@ def test_star_caveats_reach_the_summaries(dataset: Path, tmp_path: Path,
     topaz.write_text("image_name\tx_coord\ty_coord\nmic  001\t10\t20\n")
     result = convert_picks([topaz], ConvertOptions(to="star", out=root / "picks.star"))
     assert any("run of spaces" in w for w in result.warnings), result.warnings
+
+
+def test_a_picks_file_that_is_a_directory_is_named_so(dataset: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "data"
+    shutil.copytree(dataset, root)
+    monkeypatch.chdir(root)
+    (root / "Picks/mic_002_autopick.star").unlink()
+    (root / "Picks/mic_002_autopick.star").mkdir()
+    summary = _extract(root, "out")
+    reason = summary.micrographs_skipped["Micrographs/mic_002.mrc"]
+    assert "a directory, not a coordinate file" in reason, reason
+    done = CliRunner().invoke(app, [
+        "extract", "--micrographs", "Micrographs/mic_002.mrc", "--pixel-size", "2",
+        "--coords", "Picks/mic_002_autopick.star", "--box", str(BOX), "--out",
+        str(tmp_path / "one"), "--workers", "1", "--quiet", "--no-report"])
+    line = one_line_error(done.exit_code, done.stdout, done.stderr)
+    assert "mic_002_autopick.star: a directory" in line, line

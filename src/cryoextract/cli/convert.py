@@ -78,9 +78,8 @@ def convert_command(
         help="Micrographs STAR or glob of MRC files: names for the picks, shapes from the "
              "MRC headers, pixel sizes from the STAR.")] = None,
     suffix: Annotated[str | None, typer.Option(
-        help="Ending of per-micrograph output files \\[default: " + ", ".join(
-            f.extensions[0] for f in PICK_FORMATS if f.writer and not f.one_file)
-        + "].")] = None,
+        help="Ending of per-micrograph output files \\[default: the output format's "
+             "extension].")] = None,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace existing output files.")] = False,
     helix: HelixOption = False, helical_tubes: TubesOption = False,

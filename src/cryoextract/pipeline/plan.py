@@ -177,7 +177,9 @@ def _coordinate_files(picks: PickSource, names: list[str]) -> list[Path]:
     found: dict[str, Path] = {}
     for name in names:
         candidates = coordinate_file_candidates(name, picks.coords_dir, picks.coords_suffix)
-        path = next((c for c in candidates if c.is_file()), None)
+        # a directory where the file should be is named (the task refuses it), not missed
+        path = next((c for c in candidates if c.is_file()), None) or next(
+            (c for c in candidates if c.exists()), None)
         if path is not None:
             found.setdefault(os.path.realpath(path), path)
     return list(found.values())
