@@ -13,8 +13,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
 
 import numpy as np
+
+from cryoextract.ops.normalize import NormMode, normalise
 
 # RELION's tilt prior of every 2D helical segment (degrees)
 TILT_PRIOR_DEG = 90.0
@@ -150,16 +154,43 @@ def priors_from_positions(xy: np.ndarray, tube: np.ndarray) -> tuple[np.ndarray,
     return psi, track
 
 
-def tube_background_mask(box_px: int, radius_px: float, psi_deg: np.ndarray) -> np.ndarray:
-    """``(n, box, box)`` bool: pixels farther than ``radius_px`` from each segment's axis.
+@lru_cache(maxsize=16)
+def tube_background_mask(box_px: int, radius_px: float, psi_deg: float) -> np.ndarray:
+    """``(box, box)`` bool: the pixels farther than ``radius_px`` from a segment's axis.
 
     The axis passes through the box centre (index ``box // 2``) at RELION's psi prior:
     the distance of pixel ``(i, j)`` (row, column from the centre) is
     ``|sin(psi) * j + cos(psi) * i|``, RELION's ``|YY(A^T (j, i, 0))|`` with
-    ``A = Euler(0, 0, psi)`` (``image.cpp``, ``calculateBackgroundAvgStddev``).
+    ``A = Euler(0, 0, psi)`` (``image.cpp``, ``calculateBackgroundAvgStddev``), in double
+    precision as RELION. Cached and read-only.
     """
     offsets = np.arange(box_px, dtype=np.float64) - box_px // 2
-    psi = np.deg2rad(np.asarray(psi_deg, dtype=np.float64))
-    distance = np.abs(np.sin(psi)[:, None, None] * offsets[None, None, :]
-                      + np.cos(psi)[:, None, None] * offsets[None, :, None])
-    return distance > radius_px
+    psi = math.radians(psi_deg)
+    distance = np.abs(math.sin(psi) * offsets[None, :] + math.cos(psi) * offsets[:, None])
+    mask = distance > radius_px
+    mask.setflags(write=False)
+    return mask
+
+
+def normalise_segments(
+    images: np.ndarray, mode: NormMode, psi_deg: np.ndarray, tube_radius_px: float,
+    **options: Any,
+) -> np.ndarray:
+    """:func:`cryoextract.ops.normalize.normalise` of helical segments, in place, each on
+    the background outside its tube (:func:`tube_background_mask`).
+
+    ``images`` is ``(n, m, m)``, ``psi_deg`` ``(n,)`` the psi priors, ``tube_radius_px``
+    in these images' pixels; ``options`` go to ``normalise``. Segments of one psi (a
+    tube's) are normalised together. Returns ``(n,)`` pixels replaced as dust.
+    """
+    dust = np.zeros(len(images), dtype=np.int64)
+    angles, group = np.unique(np.asarray(psi_deg, dtype=np.float64), return_inverse=True)
+    for k, angle in enumerate(angles.tolist()):
+        rows = np.flatnonzero(group == k)
+        part = images if len(rows) == len(images) else images[rows]
+        dust[rows], _ = normalise(
+            part, mode, background=tube_background_mask(images.shape[-1], tube_radius_px, angle),
+            **options)
+        if part is not images:
+            images[rows] = part
+    return dust

@@ -42,7 +42,7 @@ class _Region:
     """
 
     weights: np.ndarray
-    count: float | np.ndarray
+    count: float
     x: np.ndarray
     y: np.ndarray
     gram_inverse: np.ndarray
@@ -53,30 +53,29 @@ def _region(box_px: int, radius_px: float | None) -> _Region:
     """The pixels outside ``radius_px`` of a square box; all of them for ``None``."""
     mask = np.ones((box_px, box_px), dtype=bool) if radius_px is None \
         else background_mask(box_px, radius_px)
+    return _mask_region(mask)
+
+
+@lru_cache(maxsize=16)  # a few tubes' masks (box**2 bytes of key, 4 box**2 of weights)
+def _cached_mask_region(mask_bytes: bytes, box_px: int) -> _Region:
+    """:func:`_mask_region` of a ``(box, box)`` bool mask given by its bytes."""
+    return _mask_region(np.frombuffer(mask_bytes, dtype=bool).reshape(box_px, box_px))
+
+
+def _mask_region(mask: np.ndarray) -> _Region:
+    """The region of a ``(box, box)`` bool mask (read-only arrays)."""
+    box_px = mask.shape[-1]
     x = np.arange(box_px, dtype=np.float64) - box_px // 2
-    xx, yy = np.meshgrid(x, x)
-    basis = np.stack([xx[mask], yy[mask], np.ones(int(mask.sum()))])
     weights = mask.astype(np.float32)
-    region = _Region(weights, float(mask.sum()), x, x.copy(), np.linalg.pinv(basis @ basis.T))
+    # the normal matrix of a*x + b*y + c over the mask, from its row and column counts
+    columns, rows = mask.sum(axis=0, dtype=np.float64), mask.sum(axis=1, dtype=np.float64)
+    sxy = float((weights * x.astype(np.float32)).sum(axis=1, dtype=np.float64) @ x)
+    sx, sy, count = float(columns @ x), float(rows @ x), float(rows.sum())
+    gram = np.array([[columns @ x**2, sxy, sx], [sxy, rows @ x**2, sy], [sx, sy, count]])
+    region = _Region(weights, count, x, x.copy(), np.linalg.pinv(gram))
     for array in (region.weights, region.x, region.y, region.gram_inverse):
         array.setflags(write=False)
     return region
-
-
-def _masks_region(background: np.ndarray) -> _Region:
-    """A region per image from ``(n, h, w)`` bool masks: ``weights`` ``(n, h, w)``,
-    ``count`` ``(n,)``, ``gram_inverse`` ``(n, 3, 3)``."""
-    weights = background.astype(np.float32)
-    x = np.arange(background.shape[2], dtype=np.float64) - background.shape[2] // 2
-    y = np.arange(background.shape[1], dtype=np.float64) - background.shape[1] // 2
-    columns = weights.sum(axis=1, dtype=np.float64)  # (n, w)
-    rows = weights.sum(axis=2, dtype=np.float64)  # (n, h)
-    sxy = np.einsum("nhw,h,w->n", weights, y, x)
-    sx, sy, count = columns @ x, rows @ y, rows.sum(axis=1)
-    gram = np.stack([np.stack([columns @ x**2, sxy, sx], axis=1),
-                     np.stack([sxy, rows @ y**2, sy], axis=1),
-                     np.stack([sx, sy, count], axis=1)], axis=1)
-    return _Region(weights, count, x, y, np.linalg.pinv(gram))
 
 
 def _region_sums(images: np.ndarray, region: _Region) -> np.ndarray:
@@ -116,7 +115,7 @@ def remove_dust(
     images : np.ndarray
         ``(n, h, w)`` float stack, modified in place.
     background : np.ndarray
-        ``(h, w)`` bool background mask, or ``(n, h, w)``: one per image.
+        ``(h, w)`` bool background mask.
     rng : np.random.Generator
         Random source (seeded by the caller for reproducibility).
     white_sigma, black_sigma : float, optional
@@ -128,11 +127,11 @@ def remove_dust(
         ``(n,)`` int number of replaced pixels per image.
     """
     flat = images.reshape(len(images), -1)
-    weights = background.astype(images.dtype).reshape(1 if background.ndim == 2 else len(flat), -1)
-    count = weights.sum(axis=-1, dtype=np.float64)
+    count = float(background.sum())
+    weights = background.astype(images.dtype)
     centre = flat.mean(axis=1)
     deviation = flat - centre[:, None]
-    masked = deviation * weights
+    masked = deviation * weights.ravel()
     offset = masked.sum(axis=1, dtype=np.float64) / count
     variance = np.einsum("nk,nk->n", masked, deviation).astype(np.float64) / count
     mean = centre + offset
@@ -198,9 +197,9 @@ def normalise(
     invert : bool
         Multiply by -1 after normalising (RELION's ``--invert_contrast``).
     background : np.ndarray, optional
-        ``(n, h, w)`` bool: each image's own background for ``ramp`` and ``mean`` (and
-        dust), instead of the pixels outside ``radius_px`` (helical segments:
-        :func:`cryoextract.ops.helix.tube_background_mask`).
+        ``(h, w)`` bool: the background of ``ramp`` and ``mean`` (and dust) instead of
+        the pixels outside ``radius_px`` (helical segments:
+        :func:`cryoextract.ops.helix.normalise_segments`).
 
     Returns
     -------
@@ -212,7 +211,8 @@ def normalise(
     """
     n, _, width = images.shape
     region = _region(width, None if mode is NormMode.WHOLE else float(radius_px)) \
-        if background is None or mode is NormMode.WHOLE else _masks_region(background)
+        if background is None or mode is NormMode.WHOLE else \
+        _cached_mask_region(np.ascontiguousarray(background, dtype=bool).tobytes(), width)
     dust_count = np.zeros(n, dtype=np.int64)
     if white_sigma is not None or black_sigma is not None:
         dust_count = remove_dust(
@@ -230,8 +230,7 @@ def normalise(
     rhs, squares = sums[:, :3], sums[:, 3]
     planes = np.zeros((n, 3))
     if mode is NormMode.RAMP:
-        planes = rhs @ region.gram_inverse if region.gram_inverse.ndim == 2 \
-            else np.einsum("nj,njk->nk", rhs, region.gram_inverse)
+        planes = rhs @ region.gram_inverse
         # the fit has a constant term, so the residual has mean 0 over the background
         variance = (squares - np.einsum("nj,nj->n", planes, rhs)) / region.count
     else:

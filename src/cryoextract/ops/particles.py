@@ -18,7 +18,7 @@ from cryoextract.ops.ctf import CtfParams
 from cryoextract.ops.ctf_correct import CtfCorrection, correct_boxes, window_centre
 from cryoextract.ops.descriptors import background_stats
 from cryoextract.ops.fourier import fourier_crop_boxes
-from cryoextract.ops.helix import tube_background_mask
+from cryoextract.ops.helix import normalise_segments
 from cryoextract.ops.normalize import NormMode, normalise
 
 
@@ -146,14 +146,13 @@ def process_chunk(
     for radius, images in zip(recipe.bg_radius_px, cropped, strict=True):
         if any(images is done for done in chunk.images):
             images = images.copy()
-        tube = None if recipe.tube_radius_px is None or psi_deg is None else \
-            tube_background_mask(images.shape[-1], recipe.tube_radius_px * images.shape[-1]
-                                 / box, psi_deg)
-        dust, _ = normalise(
-            images, recipe.norm, radius_px=radius, rng=rng,
-            white_sigma=recipe.white_dust_sigma, black_sigma=recipe.black_dust_sigma,
-            invert=recipe.invert, background=tube,
-        )
+        options = {"radius_px": radius, "rng": rng, "white_sigma": recipe.white_dust_sigma,
+                   "black_sigma": recipe.black_dust_sigma, "invert": recipe.invert}
+        if recipe.tube_radius_px is None or psi_deg is None:
+            dust, _ = normalise(images, recipe.norm, **options)
+        else:  # helical segments: the tube's radius in these images' pixels
+            dust = normalise_segments(images, recipe.norm, psi_deg, recipe.tube_radius_px
+                                      * images.shape[-1] / box, **options)
         chunk.images.append(images)
         chunk.dust_pixels.append(dust)
     return chunk
