@@ -51,6 +51,7 @@ from cryoextract.pipeline.helical import located_picks, tube_psi, tube_radius_px
 from cryoextract.pipeline.params import ExtractParams, OutputSpec
 from cryoextract.pipeline.positions import Placement, place_particles
 from cryoextract.pipeline.selection import selection_reasons
+from cryoextract.pipeline.tables import with_columns
 from cryoextract.pipeline.thumbnail_gate import ThumbnailGate
 
 # Boxes processed at once: bounds memory to about this many bytes of float32 pixels.
@@ -189,7 +190,8 @@ def _extract(task: MicrographTask) -> MicrographResult:
                                       tube_psi(kept, params))
         result.particles = _particle_rows(task, kept, placement, keep)
         if params.descriptors and len(kept):
-            _add_descriptors(result.particles, raw_image, placement.centres[keep], task, extras)
+            result.particles = _add_descriptors(result.particles, raw_image,
+                                                placement.centres[keep], task, extras)
         if task.report_rank is not None and (
                 _GATE is None or _GATE.admits(len(result.dropped), len(kept), task.report_rank)):
             result.thumbnail = micrograph_thumbnail(raw_image)  # the report reads none again
@@ -233,8 +235,9 @@ def _selection_reasons(
 def _add_descriptors(
     rows: pd.DataFrame, image: np.ndarray, centres: np.ndarray, task: MicrographTask,
     extras: dict[str, np.ndarray],
-) -> None:
-    """Quality descriptor columns (``ce*``, README) computed on the micrograph in memory."""
+) -> pd.DataFrame:
+    """``rows`` with the quality descriptor columns (``ce*``, README), computed on the
+    micrograph in memory."""
     params = task.params
     patch = params.descriptor_patch_px
     std_map = local_std_map(image, patch)
@@ -242,8 +245,7 @@ def _add_descriptors(
                                    task.pixel_size_angstrom, std_map=std_map)
     columns[SCORE_BY_GINI] = np.full(len(rows), micrograph_gini(std_map))
     columns.update(extras)
-    for name, values in columns.items():
-        rows[name] = values
+    return with_columns(rows, columns)
 
 
 def _warn_axis_mismatch(
@@ -436,21 +438,17 @@ def _particle_rows(
     task: MicrographTask, kept: pd.DataFrame, placement: Placement, keep: np.ndarray
 ) -> pd.DataFrame:
     """Output metadata: carried pick columns, then ours (docs/conventions.md, "Origins")."""
-    rows = kept.copy()
-    for column, value in task.metadata.items():
-        if column not in rows.columns:
-            rows[column] = value
-    n = len(rows)
-    rows["rlnImageName"] = [f"{i:06d}@{task.stack_name}" for i in range(1, n + 1)]
-    rows["rlnMicrographName"] = task.micrograph_name
+    n = len(kept)
     coordinates = placement.coordinates[keep]
     origins = placement.origins_angstrom[keep]
-    rows["rlnCoordinateX"] = coordinates[:, 0]
-    rows["rlnCoordinateY"] = coordinates[:, 1]
-    rows["rlnOriginXAngst"] = origins[:, 0]
-    rows["rlnOriginYAngst"] = origins[:, 1]
+    ours = {
+        "rlnImageName": [f"{i:06d}@{task.stack_name}" for i in range(1, n + 1)],
+        "rlnMicrographName": np.full(n, task.micrograph_name, dtype=object),
+        "rlnCoordinateX": coordinates[:, 0], "rlnCoordinateY": coordinates[:, 1],
+        "rlnOriginXAngst": origins[:, 0], "rlnOriginYAngst": origins[:, 1],
+    }
     # RELION 3.0 pixel origins are superseded above; optics values live in data_optics
-    stale = [c for c in ("rlnOriginX", "rlnOriginY", *OPTICS_COLUMNS, "rlnImagePixelSize",
-                         "rlnImageSize", "rlnImageDimensionality") if c in rows.columns
-             and c != "rlnOpticsGroup"]
-    return rows.drop(columns=stale)
+    stale = {"rlnOriginX", "rlnOriginY", "rlnImagePixelSize", "rlnImageSize",
+             "rlnImageDimensionality", *OPTICS_COLUMNS} - {"rlnOpticsGroup"}
+    return with_columns(kept, {**{c: v for c, v in task.metadata.items()
+                                  if c not in kept.columns}, **ours}, drop=stale)
