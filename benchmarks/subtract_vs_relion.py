@@ -240,7 +240,7 @@ def agreement(root: Path, relion_stack: str, ours_dir: str, stack: str) -> tuple
     for row, name in enumerate(ours["rlnImageName"]):
         index, path = name.split("@")
         if path not in cache:
-            cache[path] = mrcfile.mmap(root / ours_dir / path, mode="r").data
+            cache[path] = mrcfile.mmap(root / path, mode="r").data  # named from root
         mine = np.asarray(cache[path][int(index) - 1], np.float64)
         source = np.asarray(inputs[row], np.float64)
         theirs = np.asarray(relion[row], np.float64)

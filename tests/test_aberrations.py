@@ -22,6 +22,7 @@ from cryoextract.ops.aberrations import (
 from cryoextract.ops.ctf import CtfParams, ctf_2d_batch, electron_wavelength_angstrom
 from cryoextract.ops.projection import fourier_volume, project_spectra
 from cryoextract.ops.rotations import euler_to_matrix
+from cryoextract.pipeline.stacks import subtract_ctf
 from cryoextract.pipeline.stacks import subtract_tasks as tasks
 
 BOX, APIX = 32, 1.5
@@ -144,15 +145,14 @@ def test_optics_rows_parse_and_fail_in_one_line():
 
 def test_ctf_cache_keeps_ctfs_of_different_aberrations_apart():
     """Two jobs in one process with the same CTF parameters but different optics."""
-    key = np.array([[12000.0, 11000.0, 30.0, 300.0, 2.7, 0.1, 0.0, 0.0, 1.0, 1, 0, 1]])
     params = CtfParams(defocus_u_angstrom=12000.0, defocus_v_angstrom=11000.0,
                        defocus_angle_degrees=30.0, voltage_kv=300.0,
                        spherical_aberration_mm=2.7, amplitude_contrast=0.1)
     optics = OpticalAberrations(even_zernike=(0.0, 2.0, 0.0, 0.0, 40.0),
                                 magnification=(1.02, 0.0, 0.01, 0.98))
-    cache = tasks.CtfCache(2**20)
-    plain = cache.table(key, BOX, APIX, {})
-    aberrated = cache.table(key, BOX, APIX, {1: optics})
+    cache = subtract_ctf.CtfCache(2**20)
+    plain = cache.table([subtract_ctf.ParticleCtf(params)], BOX, APIX)
+    aberrated = cache.table([subtract_ctf.ParticleCtf(params, aberrations=optics)], BOX, APIX)
     np.testing.assert_allclose(plain[0], ctf_2d_batch([params], BOX, APIX)[0], atol=1e-7)
     np.testing.assert_allclose(aberrated[0], ctf_2d_batch(
         [params], BOX, APIX, magnification=optics.matrix,
@@ -180,7 +180,7 @@ def test_each_optics_group_keeps_its_own_nyquist_region():
     rotations = euler_to_matrix(*rng.uniform(0, 180, (3, 4)))
     stretch = (1.05, 0.01, 0.0, 0.97)
     half = np.full((BOX, BOX // 2 + 1), 0.5, dtype=np.float32)
-    optics = tasks.GroupOptics({2: OpticalAberrations(magnification=stretch)}, {2: half})
+    optics = subtract_ctf.GroupOptics({2: OpticalAberrations(magnification=stretch)}, {2: half})
     groups = np.array([1, 2, 1, 2])
     offsets = rng.uniform(-2, 2, (4, 2))
     ctf = np.ones((4, BOX, BOX // 2 + 1), dtype=np.float32)

@@ -374,6 +374,21 @@ def test_a_run_on_an_out_in_use_is_refused_and_changes_nothing(tmp_path):
     assert after == before
 
 
+def test_an_optics_group_listed_twice_or_not_a_number_is_one_line(tmp_path):
+    star = _stage("trpv1", tmp_path)
+    optics, particles = (starfile.read(star, always_dict=True)[k] for k in ("optics", "particles"))
+    starfile.write({"optics": pd.concat([optics, optics]), "particles": particles},
+                   tmp_path / "twice.star")
+    with pytest.raises(InputError, match=r"twice\.star: data_optics lists optics group \d+ twice"):
+        restack(tmp_path / "twice.star", tmp_path / "o1")
+    particles["rlnOpticsGroup"] = particles["rlnOpticsGroup"].astype(object)
+    particles.loc[2, "rlnOpticsGroup"] = "one"
+    starfile.write({"optics": optics, "particles": particles}, tmp_path / "word.star")
+    with pytest.raises(InputError, match=r"word\.star: particle 3: rlnOpticsGroup 'one'"):
+        restack(tmp_path / "word.star", tmp_path / "o2")
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+
+
 def test_cs_input(tmp_path):
     star = _stage("empiar10076_relion30", tmp_path)
     shutil.copy(REAL / "cryodrgn_4.3.1_sdist/empiar_10076_7.cs", star.parent)

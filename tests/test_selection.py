@@ -273,3 +273,35 @@ def test_select_command_errors_are_one_line_exit_2(extraction: Path, tmp_path: P
                                  "--out", str(tmp_path / "ok.star")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "ok.star").is_file() and (tmp_path / "ok.cs").is_file()
+
+
+@pytest.mark.parametrize("where", [
+    "ScoreByVar > 1e9",  # matches nothing: no STAR a later step would trust
+    "not " * 5000 + "ScoreByVar > 1",  # nested thousands deep
+    "(" * 5000 + "ScoreByVar > 1" + ")" * 5000,
+])
+def test_select_that_selects_nothing_or_nests_too_deep_is_one_line_exit_2(
+        extraction: Path, tmp_path: Path, where: str) -> None:
+    from cryoextract.cli.qc import select_command
+
+    app = typer.Typer()
+    app.command("select")(select_command)
+    app.command("other")(lambda: None)
+    result = CliRunner().invoke(app, ["select", str(extraction), "--where", where,
+                                      "--out", str(tmp_path / "x.star")])
+    assert result.exit_code == 2, result.output
+    assert len(result.output.strip().splitlines()) == 1 and len(result.output) < 400
+    assert "Traceback" not in result.output and not list(tmp_path.iterdir())
+
+
+def test_report_counts_must_not_be_negative(extraction: Path) -> None:
+    from cryoextract.cli.qc import report_command
+
+    app = typer.Typer()
+    app.command("report")(report_command)
+    app.command("other")(lambda: None)
+    for option in ("--particles", "--worst", "--micrographs"):
+        result = CliRunner().invoke(app, ["report", str(extraction), option, "-5"])
+        assert result.exit_code == 2, result.output
+        assert option in result.output and "Traceback" not in result.output
+    assert not (extraction / "report").exists()

@@ -41,11 +41,13 @@ from typer.testing import CliRunner
 from cryoextract.cli.subtract import print_subtract_summary, subtract_command
 from cryoextract.errors import CryoExtractError, InputError, ParameterError
 from cryoextract.io.cryosparc import read_cs_particles, write_cs
+from cryoextract.io.particles import read_particles
 from cryoextract.ops.ctf import CtfParams, ctf_2d, ctf_2d_batch
 from cryoextract.ops.recenter import recentre
 from cryoextract.ops.rotations import euler_to_matrix, viewing_direction_order
 from cryoextract.ops.subtract import inspect_mask, suggested_edge_px
 from cryoextract.pipeline.frame import JobLock, JobLockedError
+from cryoextract.pipeline.stacks import subtract_ctf
 from cryoextract.pipeline.stacks import subtract_tasks as tasks
 from cryoextract.pipeline.stacks.revert import revert_subtraction
 from cryoextract.pipeline.stacks.subtract import subtract_particles
@@ -745,7 +747,8 @@ def test_memory_does_not_grow_with_the_number_of_particles(tmp_path, monkeypatch
     point = np.array([16.0, 16.0, 16.0])
     write_mrc(tmp_path / "map.mrc", domain(point, 0, n=n_box, count=5))
     monkeypatch.setattr(tasks, "TASK_BYTES", 64 * n_box * n_box * 4)
-    monkeypatch.setattr(tasks, "_ctf_cache", tasks.CtfCache(40 * n_box * (n_box // 2 + 1) * 4))
+    monkeypatch.setattr(subtract_ctf, "_ctf_cache",
+                        subtract_ctf.CtfCache(40 * n_box * (n_box // 2 + 1) * 4))
     rng = np.random.default_rng(0)
     peaks = {}
     for count in (200, 1600):
@@ -766,25 +769,53 @@ def test_memory_does_not_grow_with_the_number_of_particles(tmp_path, monkeypatch
 
 def test_ctf_cache_gives_the_ctfs_it_was_asked_for_within_its_budget():
     box, apix = 24, 1.3
-    keys = np.array([
-        # DefocusU, V, angle, kV, Cs, amplitude contrast, phase shift, B, scale, power, flipped,
-        # optics group
-        [12000.0, 11000.0, 30.0, 300.0, 2.7, 0.1, 0.0, 0.0, 1.0, 1, 0, 1],
-        [20000.0, 20000.0, 0.0, 200.0, 2.0, 0.07, 0.0, 0.0, 1.0, 2, 0, 1],
-        [15000.0, 14000.0, 75.0, 300.0, 2.7, 0.1, 0.0, 0.0, 1.0, 1, 1, 1],
-    ])
+    # DefocusU, V, angle, kV, Cs, amplitude contrast; power, flipped
+    keys = [(12000.0, 11000.0, 30.0, 300.0, 2.7, 0.1, 1, False),
+            (20000.0, 20000.0, 0.0, 200.0, 2.0, 0.07, 2, False),
+            (15000.0, 14000.0, 75.0, 300.0, 2.7, 0.1, 1, True)]
     params = [CtfParams(defocus_u_angstrom=k[0], defocus_v_angstrom=k[1],
                         defocus_angle_degrees=k[2], voltage_kv=k[3],
                         spherical_aberration_mm=k[4], amplitude_contrast=k[5]) for k in keys]
+    ctfs = [subtract_ctf.ParticleCtf(p, power=k[6], phase_flipped=k[7])
+            for p, k in zip(params, keys, strict=True)]
     plain = ctf_2d_batch(params, box, apix)
     expected = np.stack([plain[0], plain[1] ** 2, np.abs(plain[2])])
     one_image = box * (box // 2 + 1) * 4
-    cache = tasks.CtfCache(2 * one_image)
+    cache = subtract_ctf.CtfCache(2 * one_image)
     # [2, 0] after [0, 1]: storing 2 drops 0, which this call also asks for
     for order in ([0, 1], [2, 0], [0, 1, 2], [1, 2], [2, 1, 0]):
-        np.testing.assert_allclose(cache.table(keys[order], box, apix, {}), expected[order],
-                                   rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(cache.table([ctfs[k] for k in order], box, apix),
+                                   expected[order], rtol=1e-6, atol=1e-7)
     assert len(cache._items) == 2 and cache._bytes == 2 * one_image
+
+
+def test_ctf_records_are_read_as_extraction_reads_a_ctf(tmp_path):
+    """The job's CTF records give the CtfParams that ``CtfParams.from_star_row`` (what
+    extraction uses) reads from the same rows, RELION's defaults included; a value that
+    is not a number skips its particle (a one-line error when it is every particle)."""
+    particles, _, _ = blob_dataset(tmp_path)
+    table = read_particles(tmp_path / "p.star")
+    rows = table.particles.drop(columns=["rlnDefocusV"], errors="ignore").iloc[:5]
+    records, bad = subtract_ctf.star_ctf_records(table, rows, subtract_ctf.GroupOptics())
+    assert not bad
+    optics = table.optics.set_index("rlnOpticsGroup")
+    for k, (_, row) in enumerate(rows.iterrows()):
+        merged = {**optics.loc[row["rlnOpticsGroup"]].to_dict(), **row.to_dict()}
+        assert subtract_ctf.ParticleCtf.of(records[k], {}).params == \
+            CtfParams.from_star_row(merged)
+    broken = particles.assign(rlnDefocusU=particles["rlnDefocusU"].astype(object))
+    broken.loc[1, "rlnDefocusU"] = "abc"
+    write_star(tmp_path / "bad.star", broken)
+    summary = subtract_particles(tmp_path / "bad.star", tmp_path / "o1",
+                                 map_path=tmp_path / "map.mrc", workers=1)
+    assert summary.particles_skipped == {subtract_ctf.BAD_CTF: 1}
+    assert summary.particles_written == len(particles) - 1
+    everything = particles.assign(rlnDefocusU="abc")
+    write_star(tmp_path / "worse.star", everything)
+    with pytest.raises(InputError, match=r"worse\.star.*rlnDefocusU = 'abc'"):
+        subtract_particles(tmp_path / "worse.star", tmp_path / "o2",
+                           map_path=tmp_path / "map.mrc", workers=1)
+    assert not (tmp_path / "o2").exists()
 
 
 def test_mask_checks_and_hard_edge_warning(tmp_path):

@@ -64,11 +64,11 @@ def report_command(
         help="Folder where relative micrograph names are looked up after the working "
              "directory (repeatable).")] = None,
     particles: Annotated[int, typer.Option(
-        "--particles", help="Particles in the random gallery.")] = 40,
+        "--particles", min=0, help="Particles in the random gallery.")] = 40,
     worst: Annotated[int, typer.Option(
-        "--worst", help="Particles in each worst-by-descriptor gallery.")] = 16,
+        "--worst", min=0, help="Particles in each worst-by-descriptor gallery.")] = 16,
     micrographs: Annotated[int, typer.Option(
-        "--micrographs", help="Micrograph thumbnails with picks drawn.")] = 4,
+        "--micrographs", min=0, help="Micrograph thumbnails with picks drawn.")] = 4,
     seed: Annotated[int, typer.Option(help="Seed of the random gallery.")] = 0,
 ) -> None:
     """Write OUT/report/index.html: galleries, micrographs with picks, histograms, summary."""

@@ -196,6 +196,18 @@ def _checked(table: ParticleTable, path: Path) -> ParticleTable:
             raise InputError(f"particles have no {column} column", path)
     if "rlnOpticsGroup" not in optics.columns:
         raise InputError("optics table has no rlnOpticsGroup column", path)
+    listed = pd.to_numeric(optics["rlnOpticsGroup"], errors="coerce")
+    if listed.isna().any():
+        raise InputError("data_optics: rlnOpticsGroup is not a number "
+                         f"({optics['rlnOpticsGroup'][listed.isna()].iloc[0]!r})", path)
+    twice = listed[listed.duplicated()]
+    if len(twice):
+        raise InputError(f"data_optics lists optics group {int(twice.iloc[0])} twice", path)
+    groups = pd.to_numeric(particles["rlnOpticsGroup"], errors="coerce")
+    if groups.isna().any():
+        row = int(np.flatnonzero(groups.isna().to_numpy())[0])
+        raise InputError(f"particle {row + 1}: rlnOpticsGroup "
+                         f"{particles['rlnOpticsGroup'].iloc[row]!r} is not a number", path)
     unknown = set(particles["rlnOpticsGroup"]) - set(optics["rlnOpticsGroup"])
     if unknown:
         raise InputError(f"optics groups {sorted(unknown)} are not in data_optics", path)

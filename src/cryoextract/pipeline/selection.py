@@ -300,12 +300,15 @@ def parse_where(where: str) -> ast.Expression:
     text = " ".join(str(where).split())
     if not text:
         raise InputError("--where: empty condition")
+    shown = text if len(text) <= 80 else text[:77] + "..."
     try:
         tree = ast.parse(text, mode="eval")
+        _check_condition(tree.body, text)
     except SyntaxError as exc:
-        raise InputError(f"--where: not a valid condition: {text!r} ({exc.msg}); "
+        raise InputError(f"--where: not a valid condition: {shown!r} ({exc.msg}); "
                          f"allowed: {_ALLOWED}") from exc
-    _check_condition(tree.body, text)
+    except (RecursionError, MemoryError):
+        raise InputError(f"--where: condition nested too deeply: {shown!r}") from None
     return tree
 
 
@@ -354,7 +357,11 @@ def evaluate_where(table: pd.DataFrame, where: str) -> np.ndarray:
         Invalid condition (:func:`parse_where`), unknown or non-numeric column.
     """
     tree = parse_where(where)
-    return np.asarray(_evaluate(tree.body, table), dtype=bool) & np.ones(len(table), bool)
+    try:
+        values = _evaluate(tree.body, table)
+    except RecursionError:
+        raise InputError("--where: condition nested too deeply") from None
+    return np.asarray(values, dtype=bool) & np.ones(len(table), bool)
 
 
 def _evaluate(node: ast.AST, table: pd.DataFrame) -> np.ndarray:

@@ -81,7 +81,7 @@ def select_particles(
     Raises
     ------
     InputError
-        Unreadable input, invalid condition.
+        Unreadable input, invalid condition, or a condition no particle satisfies.
     ParameterError
         Output exists (without ``overwrite``) or would replace the input.
     """
@@ -92,6 +92,9 @@ def select_particles(
     blocks, particles_key = _read_table(table_path)
     particles = blocks[particles_key]
     keep = evaluate_where(particles, where)
+    if not keep.any():  # no STAR that a later step would trust
+        raise InputError(f"--where {where!r} matches none of the {len(particles)} "
+                         "particles; nothing written", table_path)
     out_star = _output_star(table_path, out_path)
     out_cs = out_star.with_suffix(".cs") if cs_in is not None else None
     _check_outputs([out_star] if out_cs is None else [out_star, out_cs],
@@ -205,6 +208,8 @@ class _PathRewriter:
         return self.namer(found)
 
     def image_names(self, names: pd.Series) -> pd.Series:
+        if not len(names):  # nothing selected: nothing to rename
+            return names
         text = names.astype(str)
         parts = text.str.partition("@")
         has_index = parts[1] == "@"

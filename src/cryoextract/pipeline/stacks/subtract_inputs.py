@@ -21,8 +21,8 @@ from cryoextract.io.paths import locate
 from cryoextract.ops.aberrations import OpticalAberrations
 from cryoextract.ops.mtf import mtf_image, relative_mtfs
 from cryoextract.pipeline.stacks.common import ParticleImages, group_pixel_sizes
+from cryoextract.pipeline.stacks.subtract_ctf import BAD_CTF, GroupOptics, star_ctf_records
 from cryoextract.pipeline.stacks.subtract_maps import Maps, close_sizes
-from cryoextract.pipeline.stacks.subtract_tasks import CTF_COLUMNS, GroupOptics
 
 ORIGINAL_COLUMNS = {
     "rlnOriginXAngst": "cryoextractOriginalOriginXAngst",
@@ -53,9 +53,7 @@ class SubtractJob:
     rotations: np.ndarray  # (n, 3) rot, tilt, psi degrees
     origins_angstrom: np.ndarray  # (n, 2) rlnOriginX/YAngst (0 when absent)
     pixel_size_angstrom: float
-    ctf: dict[str, np.ndarray]  # per-row CTF parameter arrays
-    ctf_power: np.ndarray  # (n,) 1 (plain), 2 (premultiplied)
-    phase_flipped: np.ndarray  # (n,) bool
+    ctf: np.ndarray  # (n,) CTF_RECORD: each particle's CTF, typed
     optics_group: np.ndarray  # (n,) int rlnOpticsGroup
     optics: GroupOptics  # aberrations and relative MTFs by optics group
 
@@ -80,39 +78,6 @@ class SubtractJob:
         return self.images.good
 
 
-#: values of the optional CTF columns when a dataset has none (RELION's); the other
-#: :data:`~cryoextract.pipeline.stacks.subtract_tasks.CTF_COLUMNS` are required, but for
-#: ``rlnDefocusV``, which is ``rlnDefocusU`` when absent
-_CTF_DEFAULTS = {
-    "rlnDefocusAngle": 0.0, "rlnPhaseShift": 0.0, "rlnCtfBfactor": 0.0, "rlnCtfScalefactor": 1.0,
-}
-
-
-def _row_column(
-    table: ParticleTable, particles: pd.DataFrame, column: str, default: float | None
-) -> np.ndarray:
-    """A numeric column per particle row: the particle's, else its optics group's."""
-    if column in particles.columns:
-        return particles[column].to_numpy(dtype=np.float64)
-    optics = table.optics.set_index("rlnOpticsGroup")
-    if column in optics.columns:
-        per_group = optics[column].astype(float)
-        return particles["rlnOpticsGroup"].map(per_group).to_numpy(dtype=np.float64)
-    if default is None:
-        raise InputError(f"particles have no {column} (needed for the CTF)", table.source)
-    return np.full(len(particles), default, dtype=np.float64)
-
-
-def _ctf_arrays(table: ParticleTable, particles: pd.DataFrame) -> dict[str, np.ndarray]:
-    arrays: dict[str, np.ndarray] = {}
-    for column in CTF_COLUMNS:  # rlnDefocusU comes before rlnDefocusV
-        if column == "rlnDefocusV" and column not in particles.columns:
-            arrays[column] = arrays["rlnDefocusU"].copy()
-        else:
-            arrays[column] = _row_column(table, particles, column, _CTF_DEFAULTS.get(column))
-    return arrays
-
-
 def prepare_subtraction(
     particles_path: str | os.PathLike[str], maps: Maps,
     base_dir: str | os.PathLike[str] | None,
@@ -132,16 +97,16 @@ def prepare_subtraction(
             origins[:, axis] = particles[column].to_numpy(dtype=np.float64)
     subset = _half_sets(images, maps)
     _check_sizes(images, maps.box_px)
-    premultiplied = _row_column(table, particles, "rlnCtfDataAreCtfPremultiplied", 0.0)
-    flipped = _row_column(table, particles, "rlnCtfDataArePhaseFlipped", 0.0)
+    optics = GroupOptics(_optics_aberrations(table),
+                         _mtf_ratios(table, maps.box_px, apix, images.warnings))
+    ctf, bad = star_ctf_records(table, particles, optics)
+    for row, detail in bad.items():
+        images.reject(row, BAD_CTF, detail)
     return SubtractJob(
         images=images, maps=maps, subset=subset,
         rotations=particles[list(POSE_COLUMNS)].to_numpy(dtype=np.float64),
-        origins_angstrom=origins, pixel_size_angstrom=apix, ctf=_ctf_arrays(table, particles),
-        ctf_power=np.where(premultiplied > 0, 2, 1), phase_flipped=flipped > 0,
-        optics_group=images.groups,
-        optics=GroupOptics(_optics_aberrations(table),
-                           _mtf_ratios(table, maps.box_px, apix, images.warnings)),
+        origins_angstrom=origins, pixel_size_angstrom=apix, ctf=ctf,
+        optics_group=images.groups, optics=optics,
     )
 
 

@@ -80,7 +80,6 @@ def run_passes(
         context = TaskContext(
             particles=job.particles, locations=job.locations, rotations_deg=job.rotations,
             origins_angstrom=job.origins_angstrom, integer_shifts_xy=shifts, ctf=job.ctf,
-            ctf_power=job.ctf_power, phase_flipped=job.phase_flipped,
             optics_group=job.optics_group, optics=job.optics,
             pixel_size_angstrom=job.pixel_size_angstrom, region=region, whole=whole,
             out_box_px=settings.box_px, float16=settings.float16,

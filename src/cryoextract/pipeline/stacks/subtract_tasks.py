@@ -19,20 +19,17 @@ import multiprocessing
 import signal
 import sys
 import threading
-from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from functools import lru_cache, partial
+from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import pandas as pd
 
 from cryoextract.io.images import ImageLocations, read_images
 from cryoextract.io.mrc import ImageStats, stack_dtype, write_images_at
-from cryoextract.ops.aberrations import OpticalAberrations, even_gamma_offset, odd_phase_factors
-from cryoextract.ops.ctf import CtfParams, ctf_2d_batch
 from cryoextract.ops.projection import (
     FourierVolume,
     load_kernel,
@@ -42,18 +39,12 @@ from cryoextract.ops.projection import (
 from cryoextract.ops.rotations import euler_to_matrix, viewing_direction_order
 from cryoextract.ops.subtract import SubtractedBatch, subtract_images
 from cryoextract.pipeline.allocator import keep_freed_memory
+from cryoextract.pipeline.stacks.subtract_ctf import GroupOptics, batch_ctf_images
 
 __all__ = [
-    "CTF_COLUMNS",
-    "KEY_FLIPPED",
-    "KEY_GROUP",
-    "KEY_POWER",
-    "CtfCache",
-    "GroupOptics",
     "StackTask",
     "TaskContext",
     "TaskResult",
-    "batch_ctf",
     "project_groups",
     "run_task",
     "split_stack",
@@ -64,65 +55,6 @@ __all__ = [
 TASK_BYTES = 16 * 2**20
 #: pixels of images projected and subtracted at once within a task
 CHUNK_PIXELS = 2**19
-#: bytes of CTF images a process keeps for later tasks
-CTF_CACHE_BYTES = 64 * 2**20
-#: CTF parameter columns (``TaskContext.ctf`` keys); a distinct set gets its own CTF
-CTF_COLUMNS = (
-    "rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnVoltage", "rlnSphericalAberration",
-    "rlnAmplitudeContrast", "rlnPhaseShift", "rlnCtfBfactor", "rlnCtfScalefactor",
-)
-#: positions in a CTF cache key after the :data:`CTF_COLUMNS`: 1 (plain images) or 2
-#: (CTF-premultiplied), phase-flipped 0 or 1, optics group whose aberrations change the
-#: CTF (:meth:`GroupOptics.ctf_groups`; 0 for the plain CTF)
-KEY_POWER, KEY_FLIPPED, KEY_GROUP = range(len(CTF_COLUMNS), len(CTF_COLUMNS) + 3)
-
-
-@dataclass(frozen=True)
-class GroupOptics:
-    """What RELION's ``ObservationModel`` adds to a prediction, per optics group (docs
-    "Optical aberrations"); groups that are not keys get the plain model.
-
-    Attributes
-    ----------
-    aberrations : mapping of int to OpticalAberrations
-        Beam tilt, Zernike terms and magnification of the groups that have any.
-    mtf_ratios : mapping of int to np.ndarray
-        ``(N, N // 2 + 1)`` float32 MTF of each group over the groups' average, when they
-        have different MTFs.
-    """
-
-    aberrations: Mapping[int, OpticalAberrations] = field(default_factory=dict)
-    mtf_ratios: Mapping[int, np.ndarray] = field(default_factory=dict)
-
-    def applies_to(self, group: int) -> bool:
-        """Whether the group's projections differ from the plain model."""
-        return group in self.aberrations or group in self.mtf_ratios
-
-    def magnification(self, group: int) -> np.ndarray | None:
-        """``(2, 2)`` ``M`` of the group, None for the identity."""
-        optics = self.aberrations.get(group)
-        return None if optics is None else optics.matrix
-
-    def spectrum_factor(self, group: int, box_px: int,
-                        pixel_size_angstrom: float) -> np.ndarray | None:
-        """``(N, N // 2 + 1)`` factor on the group's projected spectra: the odd
-        aberrations' phase times the relative MTF; None when there is neither."""
-        optics = self.aberrations.get(group)
-        factor = None
-        if optics is not None and optics.has_odd:
-            factor = _odd_phases(optics, box_px, pixel_size_angstrom)
-        ratio = self.mtf_ratios.get(group)
-        if ratio is not None:
-            factor = ratio if factor is None else factor * ratio
-        return factor
-
-    def ctf_groups(self, groups: np.ndarray) -> np.ndarray:
-        """``groups`` where the group's CTF differs from the plain model, else 0: the
-        CTF cache's key column (groups with plain CTFs share their entries)."""
-        changed = [g for g, a in self.aberrations.items() if a.changes_ctf]
-        return np.where(np.isin(groups, changed), groups, 0)
-
-
 @dataclass(frozen=True)
 class TaskContext:
     """What every task of one half-set reads; arrays are per row of ``particles``.
@@ -139,12 +71,8 @@ class TaskContext:
         ``(n, 2)`` ``rlnOriginX/YAngst``.
     integer_shifts_xy : np.ndarray
         ``(n, 2)`` content shifts of the recentring (0 without).
-    ctf : dict of str to np.ndarray
-        ``(n,)`` float64 per :data:`CTF_COLUMNS`.
-    ctf_power : np.ndarray
-        ``(n,)`` 1 (plain images), 2 (CTF-premultiplied).
-    phase_flipped : np.ndarray
-        ``(n,)`` bool.
+    ctf : np.ndarray
+        ``(n,)`` :data:`~cryoextract.pipeline.stacks.subtract_ctf.CTF_RECORD`.
     optics_group : np.ndarray
         ``(n,)`` int ``rlnOpticsGroup``.
     optics : GroupOptics
@@ -168,9 +96,7 @@ class TaskContext:
     rotations_deg: np.ndarray
     origins_angstrom: np.ndarray
     integer_shifts_xy: np.ndarray
-    ctf: dict[str, np.ndarray]
-    ctf_power: np.ndarray
-    phase_flipped: np.ndarray
+    ctf: np.ndarray
     optics_group: np.ndarray
     optics: GroupOptics
     pixel_size_angstrom: float
@@ -333,7 +259,8 @@ def run_task(context: TaskContext, task: StackTask) -> TaskResult:
                                     rows=task.rows, max_batch_bytes=TASK_BYTES):
         box = images.shape[-1]
         chunk = max(1, CHUNK_PIXELS // (box * box))
-        ctf_table, which = batch_ctf(context, rows, box)
+        ctf_table, which = batch_ctf_images(context.ctf[rows], box, context.pixel_size_angstrom,
+                                            context.optics.aberrations)
         for start in range(0, len(rows), chunk):
             part = slice(start, start + chunk)
             result = _subtract_chunk(context, rows[part], images[part], ctf_table[which[part]])
@@ -405,108 +332,3 @@ def project_groups(
             spectra *= factor
         out[rows] = spectra
     return out
-
-
-@lru_cache(maxsize=32)
-def _odd_phases(aberrations: OpticalAberrations, box_px: int,
-                pixel_size_angstrom: float) -> np.ndarray:
-    return odd_phase_factors(aberrations, box_px, pixel_size_angstrom)
-
-
-@lru_cache(maxsize=32)
-def _gamma_offset(aberrations: OpticalAberrations, box_px: int,
-                  pixel_size_angstrom: float) -> np.ndarray:
-    return even_gamma_offset(aberrations, box_px, pixel_size_angstrom)
-
-
-def batch_ctf(context: TaskContext, rows: np.ndarray, box_px: int) -> tuple[np.ndarray, np.ndarray]:
-    """CTFs of the rows, once per distinct parameter set (and kept for later tasks of
-    this process, see :class:`CtfCache`).
-
-    Returns
-    -------
-    table : np.ndarray
-        ``(U, N, N // 2 + 1)`` float32 CTFs (``|CTF|`` for phase-flipped data, ``CTF²``
-        for CTF-premultiplied data).
-    which : np.ndarray
-        ``(len(rows),)`` index of each row's CTF in ``table``.
-    """
-    keys = np.column_stack([context.ctf[c][rows] for c in CTF_COLUMNS]
-                           + [context.ctf_power[rows], context.phase_flipped[rows],
-                              context.optics.ctf_groups(context.optics_group[rows])])
-    unique, which = np.unique(keys, axis=0, return_inverse=True)
-    table = _ctf_cache.table(unique, box_px, context.pixel_size_angstrom,
-                             context.optics.aberrations)
-    return table, which.ravel()
-
-
-class CtfCache:
-    """CTF images by parameter set, least recently used dropped beyond a byte budget.
-
-    The particles of a task come from many micrographs (they are grouped by viewing
-    direction, not by micrograph), so the same CTFs recur from task to task.
-    """
-
-    def __init__(self, budget_bytes: int):
-        self.budget_bytes = budget_bytes
-        self._items: OrderedDict[tuple[object, ...], np.ndarray] = OrderedDict()
-        self._bytes = 0
-
-    def table(self, keys: np.ndarray, box_px: int, pixel_size_angstrom: float,
-              aberrations: Mapping[int, OpticalAberrations]) -> np.ndarray:
-        """``(U, N, N // 2 + 1)`` float32 CTFs of the ``(U, 12)`` keys (the values of
-        :data:`CTF_COLUMNS`, then power 1 or 2, phase-flipped 0 or 1 and optics group:
-        :data:`KEY_POWER`, ...), with the ``aberrations`` of their optics groups (part
-        of what a CTF is cached under)."""
-        table = np.empty((len(keys), box_px, box_px // 2 + 1), dtype=np.float32)
-        wanted = [(*row, float(box_px), float(pixel_size_angstrom),
-                   aberrations.get(int(row[KEY_GROUP]))) for row in keys.tolist()]
-        missing = []
-        for k, key in enumerate(wanted):  # every hit copied before a store can drop it
-            image = self._items.get(key)
-            if image is None:
-                missing.append(k)
-            else:
-                table[k] = image
-                self._items.move_to_end(key)
-        if missing:
-            table[missing] = _ctf_images(keys[missing], box_px, pixel_size_angstrom,
-                                         aberrations)
-            for k in missing:
-                self._store(wanted[k], table[k].copy())
-        return table
-
-    def _store(self, key: tuple[object, ...], image: np.ndarray) -> None:
-        self._items[key] = image
-        self._bytes += image.nbytes
-        while self._bytes > self.budget_bytes and len(self._items) > 1:
-            _, dropped = self._items.popitem(last=False)
-            self._bytes -= dropped.nbytes
-
-
-def _ctf_images(keys: np.ndarray, box_px: int, pixel_size_angstrom: float,
-                aberrations: Mapping[int, OpticalAberrations]) -> np.ndarray:
-    params = [CtfParams.from_star_row(dict(zip(CTF_COLUMNS, key[: len(CTF_COLUMNS)], strict=True)))
-              for key in keys.tolist()]
-    table = np.empty((len(keys), box_px, box_px // 2 + 1), dtype=np.float32)
-    groups = keys[:, KEY_GROUP].astype(np.int64)
-    for group in np.unique(groups):
-        which = np.flatnonzero(groups == group)
-        optics = aberrations.get(int(group))
-        extra = {}
-        if optics is not None and optics.changes_ctf:
-            extra = {"magnification": optics.matrix,
-                     "gamma_offset": _gamma_offset(optics, box_px, pixel_size_angstrom)}
-        table[which] = ctf_2d_batch([params[k] for k in which], box_px, pixel_size_angstrom,
-                                    **extra)
-    flipped = keys[:, KEY_FLIPPED] > 0
-    if np.any(flipped):
-        table[flipped] = np.abs(table[flipped])
-    squared = keys[:, KEY_POWER] == 2
-    if np.any(squared):
-        table[squared] *= table[squared]
-    return table
-
-
-#: this process's CTFs (each worker process has its own)
-_ctf_cache = CtfCache(CTF_CACHE_BYTES)
