@@ -594,3 +594,22 @@ def test_edge_segments_kept_with_edge_replicate(run: Run) -> None:
     match = np.flatnonzero((np.abs(both).max(axis=2) < 1e-6).any(axis=1))
     assert len(match) == len(run.ours.particles)
     assert np.array_equal(kept.images[match], run.ours.images)
+
+
+def test_tubes_from_plain_text(run: Run) -> None:
+    """Start/end pairs as plain text ``x y`` rows: RELION's segments of the same tubes
+    (from its STAR; its EMAN .box tubes, trimmed by half a box, have fewer)."""
+    (run.ds.root / "tubes.txt").write_text(
+        "".join(f"{x:g} {y:g}\n" for x, y in _tubes().to_numpy()))
+    bimodal = bool((run.relion.particles["rlnAnglePsiFlipRatio"] == 0.5).all())
+    ours, _ = _ours(run.ds, "Text", HelixParams(True, NR_ASU, RISE, DIAMETER, bimodal),
+                    picks="tubes.txt", bg_radius_px=BG_RADIUS)
+    ref = run.relion.particles
+    if "rlnHelicalTubePitch" not in ref.columns:  # the EMAN .box run
+        assert len(ours.particles) > len(ref)
+        return
+    assert len(ours.particles) == len(ref)
+    assert np.abs(_positions(ours.particles) - _positions(ref)).max() < 0.01
+    assert (ours.particles["rlnHelicalTubeID"] == (ref["rlnHelicalTubeID"] - 7) // 10 + 1).all()
+    assert min(pearson(a, b) for a, b in zip(run.relion.images, ours.images,
+                                             strict=True)) >= 0.9999
