@@ -613,3 +613,17 @@ def test_tubes_from_plain_text(run: Run) -> None:
     assert (ours.particles["rlnHelicalTubeID"] == (ref["rlnHelicalTubeID"] - 7) // 10 + 1).all()
     assert min(pearson(a, b) for a, b in zip(run.relion.images, ours.images,
                                              strict=True)) >= 0.9999
+
+
+def test_helical_options_need_helix() -> None:
+    from cryoextract.cli.helix_options import helix_params
+    from cryoextract.errors import ParameterError
+
+    assert helix_params(False, False, 1, None, None, False) is None
+    assert helix_params(True, True, 3, 4.75, 100.0, True) == HelixParams(True, 3, 4.75, 100.0,
+                                                                        True)
+    for given in ((True, 1, None, None, False), (False, 2, None, None, False),
+                  (False, 1, 4.75, None, False), (False, 1, None, 90.0, False),
+                  (False, 1, None, None, True)):
+        with pytest.raises(ParameterError, match="need --helix"):
+            helix_params(False, *given)
