@@ -199,3 +199,35 @@ def test_a_picks_file_that_is_a_directory_is_named_so(dataset: Path, tmp_path: P
         str(tmp_path / "one"), "--workers", "1", "--quiet", "--no-report"])
     line = one_line_error(done.exit_code, done.stdout, done.stderr)
     assert "mic_002_autopick.star: a directory" in line, line
+
+
+def test_a_failed_stack_write_names_the_stack(dataset: Path, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk while writing a stack names the stack, not the micrograph read."""
+    import builtins
+    import errno
+
+    import cryoextract.io.mrc as mrc
+    from cryoextract.errors import CryoExtractError
+
+    class FullDisk:
+        """A file that takes the header, then finds the disk full."""
+
+        def __init__(self, path: str, mode: str) -> None:
+            self.file = builtins.open(path, mode)
+
+        def write(self, data: bytes) -> int:
+            if len(data) > mrc.HEADER_BYTES:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.file.write(data)
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.file, name)
+
+    monkeypatch.setattr(mrc, "open", FullDisk, raising=False)
+    monkeypatch.chdir(dataset)
+    with pytest.raises(CryoExtractError) as info:
+        _extract(dataset, str(tmp_path / "out"))
+    message = str(info.value)
+    assert "Particles/mic_00" in message and ".mrcs" in message, message
+    assert "no space left" in message, message

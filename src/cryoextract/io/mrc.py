@@ -182,7 +182,8 @@ class StackWriter:
         data = np.ascontiguousarray(images, dtype=self.dtype)
         if data.shape[1:] != self.shape_yx or self._written + len(data) > self.count:
             raise ValueError(f"stack of {self.count}x{self.shape_yx} cannot take {data.shape}")
-        self._file.write(memoryview(data).cast("B"))
+        with _naming(self.path):
+            self._file.write(memoryview(data).cast("B"))
         self.record(len(data), ImageStats.of(data))
 
     def record(self, images: int, stats: ImageStats) -> None:
@@ -199,10 +200,11 @@ class StackWriter:
             self.abort()
             raise ValueError(f"wrote {self._written} of {self.count} images to {self.path}")
         try:
-            self._file.seek(0)  # flushes: a full disk shows here
-            self._file.write(self._header().tobytes())
-            self._file.close()
-            os.replace(self._tmp, self.path)
+            with _naming(self.path):
+                self._file.seek(0)  # flushes: a full disk shows here
+                self._file.write(self._header().tobytes())
+                self._file.close()
+                os.replace(self._tmp, self.path)
         except OSError:
             self.abort()
             raise
@@ -253,6 +255,16 @@ class StackWriter:
 HEADER_BYTES = np.zeros((), dtype=mrcfile.dtypes.HEADER_DTYPE).nbytes
 
 
+@contextmanager
+def _naming(path: str | os.PathLike[str]) -> Iterator[None]:
+    """A failed write (its OSError names no file: a full disk) names the output."""
+    try:
+        yield
+    except OSError as exc:
+        exc.filename = exc.filename or str(path)
+        raise
+
+
 def stack_dtype(float16: bool) -> np.dtype:
     """Little-endian pixel type of the stacks written: float16 (mode 12) or float32 (mode 2)."""
     return np.dtype(np.float16 if float16 else np.float32).newbyteorder("<")
@@ -285,16 +297,17 @@ def write_images_at(
         return
     image_bytes = data[0].nbytes
     starts = np.flatnonzero(np.diff(positions, prepend=positions[0] - 2) != 1)
-    fd = os.open(part_path, os.O_WRONLY)
-    try:
-        for first, stop in zip(starts, [*starts[1:], len(data)], strict=True):
-            view = memoryview(data[first:stop]).cast("B")
-            offset = HEADER_BYTES + int(positions[first]) * image_bytes
-            while view:
-                written = os.pwrite(fd, view, offset)
-                view, offset = view[written:], offset + written
-    finally:
-        os.close(fd)
+    with _naming(part_path):  # a full disk names the stack
+        fd = os.open(part_path, os.O_WRONLY)
+        try:
+            for first, stop in zip(starts, [*starts[1:], len(data)], strict=True):
+                view = memoryview(data[first:stop]).cast("B")
+                offset = HEADER_BYTES + int(positions[first]) * image_bytes
+                while view:
+                    written = os.pwrite(fd, view, offset)
+                    view, offset = view[written:], offset + written
+        finally:
+            os.close(fd)
 
 
 def write_stack(
