@@ -35,7 +35,7 @@ from cryoextract.cli.subparticle_options import (
     TwistOption,
     VectorsFileOption,
 )
-from cryoextract.errors import CryoExtractError, ParameterError
+from cryoextract.errors import CryoExtractError, ParameterError, os_error_message
 from cryoextract.options import CtfCorrection, EdgeMode, NormMode, PathStyle, SubpixelMode
 
 if TYPE_CHECKING:
@@ -290,7 +290,7 @@ def extract_command(
         fail(str(exc))
         return
     except OSError as exc:  # e.g. the progress log cannot be written
-        fail(f"{exc.filename or ''}: {exc.strerror or exc}")
+        fail(os_error_message(exc))
         return
     if quiet:
         for warning in summary.warnings:
