@@ -503,6 +503,7 @@ def test_report_joins_the_segments_of_each_tube(run: Run, monkeypatch: pytest.Mo
     tubes = [group[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy()
              for _, group in parts.groupby("rlnHelicalTubeID", sort=False) if len(group) > 1]
     assert len(lines) == len(tubes) > 5
+    assert 'class="boxes"' not in text  # overlapping boxes would hide the tubes
     for line, tube in zip(lines, tubes, strict=True):
         assert line.shape == tube.shape and np.abs(line - tube).max() <= 0.05
 

@@ -64,7 +64,8 @@ def micrograph_overlay(
     path : Path
         The PNG written.
     tubes : sequence of np.ndarray
-        Helical segments: one ``(k, 2)`` ``(x, y)`` polyline per tube, drawn joined.
+        Helical segments: one ``(k, 2)`` ``(x, y)`` polyline per tube, drawn joined
+        (and then no boxes, which would overlap).
 
     Returns
     -------
@@ -103,7 +104,7 @@ def micrograph_overlay(
         if not len(shown):
             continue
         stroke = f'fill="none" stroke="{colour}" vector-effect="non-scaling-stroke"'
-        if box_px:
+        if box_px and not lines:  # overlapping segments' boxes would hide the tubes
             parts.append(f'<path class="boxes" d="{_boxes(shown, box_px)}" {stroke} '
                          'stroke-width="0.8" stroke-opacity="0.7"/>')
         marks = _circles(shown, 3 * unit) if label == "kept" else _crosses(shown, 3 * unit)
