@@ -9,6 +9,7 @@ docs/conventions.md "cryoSPARC and rotations"), and RELION 3.1.3's ``relion_proj
 from __future__ import annotations
 
 import subprocess
+from functools import partial
 from pathlib import Path
 
 import mrcfile
@@ -18,6 +19,7 @@ import pytest
 import starfile
 from scipy import ndimage
 
+from conftest import OPTICS_300KV, optics_table, posed_particles, write_mrc
 from cryoextract.errors import ParameterError
 from cryoextract.ops.ctf import CtfParams, ctf_2d_batch
 from cryoextract.ops.projection import (
@@ -153,39 +155,19 @@ def test_slice_zero_beyond_nyquist_circle_and_sizes():
 def write_particles_star(path: Path, n: int, seed: int, apix: float = APIX,
                          box: int = N, image_stack: str = "imgs.mrcs") -> pd.DataFrame:
     """Particles with random poses (tilts 10-170), offsets, CTFs and half-sets."""
-    rng = np.random.default_rng(seed)
-    particles = pd.DataFrame({
-        "rlnImageName": [f"{i + 1:06d}@{image_stack}" for i in range(n)],
-        "rlnAngleRot": rng.uniform(-180, 180, n),
-        "rlnAngleTilt": rng.uniform(10, 170, n),
-        "rlnAnglePsi": rng.uniform(-180, 180, n),
-        "rlnOriginXAngst": rng.uniform(-4, 4, n) * apix,
-        "rlnOriginYAngst": rng.uniform(-4, 4, n) * apix,
-        "rlnDefocusU": rng.uniform(9000, 20000, n),
-        "rlnDefocusAngle": rng.uniform(0, 180, n),
-        "rlnOpticsGroup": 1,
-        "rlnRandomSubset": np.arange(n) % 2 + 1,
-    })
-    particles["rlnDefocusV"] = particles["rlnDefocusU"] - rng.uniform(0, 800, n)
-    optics = pd.DataFrame({
-        "rlnOpticsGroupName": ["opticsGroup1"], "rlnOpticsGroup": [1], "rlnVoltage": [300.0],
-        "rlnSphericalAberration": [2.7], "rlnAmplitudeContrast": [0.1],
-        "rlnImagePixelSize": [apix], "rlnImageSize": [box], "rlnImageDimensionality": [2],
-    })
-    starfile.write({"optics": optics, "particles": particles}, path, overwrite=True)
+    particles = posed_particles(n, seed, apix=apix, stack=image_stack, max_offset_px=4.0)
+    starfile.write({"optics": optics_table(box, apix), "particles": particles}, path,
+                   overwrite=True)
     return particles
 
 
 def particle_ctfs(particles: pd.DataFrame, box: int = N, apix: float = APIX) -> np.ndarray:
-    optics = {"rlnVoltage": 300.0, "rlnSphericalAberration": 2.7, "rlnAmplitudeContrast": 0.1}
-    params = [CtfParams.from_star_row({**optics, **row}) for row in particles.to_dict("records")]
+    params = [CtfParams.from_star_row({**OPTICS_300KV, **row})
+              for row in particles.to_dict("records")]
     return ctf_2d_batch(params, box, apix)
 
 
-def write_map(path: Path, vol: np.ndarray, apix: float = APIX) -> None:
-    with mrcfile.new(path, overwrite=True) as handle:
-        handle.set_data(vol.astype(np.float32))
-        handle.voxel_size = apix
+write_map = partial(write_mrc, apix=APIX)
 
 
 def test_projections_match_relion_project_both_half_sets(tmp_path):

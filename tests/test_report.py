@@ -13,7 +13,6 @@ report never imports matplotlib.
 from __future__ import annotations
 
 import html
-import os
 import re
 import shutil
 import subprocess
@@ -29,6 +28,7 @@ import typer
 from PIL import Image
 from typer.testing import CliRunner
 
+from conftest import simulated_extraction
 from cryoextract import ExtractParams, extract
 from cryoextract.errors import InputError
 from cryoextract.io.mrc import open_micrograph
@@ -47,18 +47,9 @@ KEPT_GREEN = np.array([44, 160, 44])  # #2ca02c
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[SimulatedDataset, Path]:
     """A small extraction with edge drops, and descriptor columns added as extract would."""
-    root = tmp_path_factory.mktemp("report")
-    ds = simulate_dataset(root / "data", n_micrographs=3, shape_yx=(512, 512),
-                          particles_per_micrograph=16, particle_diameter_angstrom=100.0,
-                          seed=5)
-    out = root / "out"
-    cwd = os.getcwd()
-    os.chdir(ds.out_dir)
-    try:
-        extract("micrographs.star", out, ExtractParams(box_px=ds.box_px), coords_dir="Picks",
-                coords_suffix="_autopick.star", workers=1)
-    finally:
-        os.chdir(cwd)
+    ds, out = simulated_extraction(
+        tmp_path_factory.mktemp("report"), n_micrographs=3, shape_yx=(512, 512),
+        particles_per_micrograph=16, particle_diameter_angstrom=100.0, seed=5)
     _add_descriptors(ds, out)
     return ds, out
 

@@ -25,6 +25,7 @@ import starfile
 import typer
 from typer.testing import CliRunner
 
+from conftest import cli_app
 from cryoextract.cli.stacks import downsample_command, restack_command
 from cryoextract.errors import InputError, ParameterError
 from cryoextract.io.images import image_key, locate_images, parse_image_name, read_images
@@ -548,10 +549,7 @@ def test_downsample_matches_relion_image_handler_rescale(tmp_path):
 
 # --------------------------------------------------------------------------- command line
 def _app() -> typer.Typer:
-    app = typer.Typer()
-    app.command("restack")(restack_command)
-    app.command("downsample")(downsample_command)
-    return app
+    return cli_app({"restack": restack_command, "downsample": downsample_command})
 
 
 def test_cli_restack_and_downsample(tmp_path):

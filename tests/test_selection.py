@@ -13,10 +13,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import typer
 from typer.testing import CliRunner
 
-from cryoextract import ExtractParams, extract
+from conftest import cli_app, simulated_extraction
 from cryoextract.errors import InputError, ParameterError
 from cryoextract.io.cryosparc import load_cs
 from cryoextract.io.images import read_images
@@ -32,7 +31,6 @@ from cryoextract.pipeline.selection import (
     selection_reasons,
 )
 from cryoextract.pipeline.stacks.select import select_particles
-from cryoextract.sim.simulate import simulate_dataset
 
 FOM = "rlnAutopickFigureOfMerit"
 
@@ -182,18 +180,9 @@ def test_where_unknown_and_non_numeric_columns() -> None:
 @pytest.fixture(scope="module")
 def extraction(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small extraction (with particles.cs) plus a made-up descriptor column."""
-    root = tmp_path_factory.mktemp("select")
-    ds = simulate_dataset(root / "data", n_micrographs=2, shape_yx=(384, 384),
-                          particles_per_micrograph=12, particle_diameter_angstrom=90.0,
-                          seed=3)
-    out = root / "out"
-    cwd = os.getcwd()
-    os.chdir(ds.out_dir)
-    try:
-        extract("micrographs.star", out, ExtractParams(box_px=ds.box_px), coords_dir="Picks",
-                coords_suffix="_autopick.star", workers=1, write_cs=True)
-    finally:
-        os.chdir(cwd)
+    _, out = simulated_extraction(
+        tmp_path_factory.mktemp("select"), n_micrographs=2, shape_yx=(384, 384),
+        particles_per_micrograph=12, particle_diameter_angstrom=90.0, seed=3, write_cs=True)
     blocks = read_star(out / "particles.star")
     particles = blocks["particles"]
     particles["ceScoreByVar"] = np.linspace(0.5, 2.5, len(particles))
@@ -258,10 +247,8 @@ def test_select_from_cs_and_to_another_folder(extraction: Path, tmp_path: Path) 
 def test_select_command_errors_are_one_line_exit_2(extraction: Path, tmp_path: Path) -> None:
     from cryoextract.cli.qc import select_command
 
-    app = typer.Typer()
-    app.command("select")(select_command)
-    app.command("other")(lambda: None)  # two commands: "select" stays a subcommand
     runner = CliRunner()
+    app = cli_app({"select": select_command})
     result = runner.invoke(app, ["select", str(extraction), "--where",
                                  "ceScoreByVar < 1 and os.system('x')", "--out",
                                  str(tmp_path / "x.star")])
@@ -281,27 +268,21 @@ def test_select_command_errors_are_one_line_exit_2(extraction: Path, tmp_path: P
     "(" * 5000 + "ScoreByVar > 1" + ")" * 5000,
 ])
 def test_select_that_selects_nothing_or_nests_too_deep_is_one_line_exit_2(
-        extraction: Path, tmp_path: Path, where: str) -> None:
+        extraction: Path, tmp_path: Path, where: str, cli) -> None:
     from cryoextract.cli.qc import select_command
 
-    app = typer.Typer()
-    app.command("select")(select_command)
-    app.command("other")(lambda: None)
-    result = CliRunner().invoke(app, ["select", str(extraction), "--where", where,
-                                      "--out", str(tmp_path / "x.star")])
+    result = cli({"select": select_command}, ["select", str(extraction), "--where", where,
+                                              "--out", str(tmp_path / "x.star")])
     assert result.exit_code == 2, result.output
     assert len(result.output.strip().splitlines()) == 1 and len(result.output) < 400
     assert "Traceback" not in result.output and not list(tmp_path.iterdir())
 
 
-def test_report_counts_must_not_be_negative(extraction: Path) -> None:
+def test_report_counts_must_not_be_negative(extraction: Path, cli) -> None:
     from cryoextract.cli.qc import report_command
 
-    app = typer.Typer()
-    app.command("report")(report_command)
-    app.command("other")(lambda: None)
     for option in ("--particles", "--worst", "--micrographs"):
-        result = CliRunner().invoke(app, ["report", str(extraction), option, "-5"])
+        result = cli({"report": report_command}, ["report", str(extraction), option, "-5"])
         assert result.exit_code == 2, result.output
         assert option in result.output and "Traceback" not in result.output
     assert not (extraction / "report").exists()

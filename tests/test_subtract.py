@@ -27,6 +27,7 @@ import subprocess
 import threading
 import tracemalloc
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import mrcfile
@@ -38,6 +39,9 @@ import typer
 from scipy import ndimage
 from typer.testing import CliRunner
 
+from conftest import OPTICS_300KV, posed_particles
+from conftest import optics_table as conftest_optics_table
+from conftest import write_mrc as conftest_write_mrc
 from cryoextract.cli.subtract import print_subtract_summary, subtract_command
 from cryoextract.errors import CryoExtractError, InputError, ParameterError
 from cryoextract.io.cryosparc import read_cs_particles, write_cs
@@ -58,7 +62,7 @@ N = 48
 APIX = 2.0
 CENTRE_A = np.array([16.0, 24.0, 24.0])  # domain centres, voxel indices (x, y, z)
 CENTRE_B = np.array([32.0, 25.0, 23.0])
-OPTICS = {"rlnVoltage": 300.0, "rlnSphericalAberration": 2.7, "rlnAmplitudeContrast": 0.1}
+OPTICS = OPTICS_300KV
 
 
 # --------------------------------------------------------------------------- helpers
@@ -89,46 +93,13 @@ def sphere_mask(centre_xyz: np.ndarray, radius: float, edge: float, n: int = N) 
     return (0.5 + 0.5 * np.cos(np.pi * t)).astype(np.float32)
 
 
-def write_mrc(path: Path, data: np.ndarray, apix: float = APIX, stack: bool = False) -> None:
-    with mrcfile.new(path, overwrite=True) as handle:
-        handle.set_data(np.asarray(data, np.float32))
-        if stack:
-            handle.set_image_stack()
-        handle.voxel_size = apix
-
-
-def random_particles(n: int, seed: int, stack: str = "imgs.mrcs",
-                     micrographs: int = 1) -> pd.DataFrame:
-    """Poses with non-zero tilts, offsets, CTFs, alternating half-sets, coordinates."""
-    rng = np.random.default_rng(seed)
-    table = pd.DataFrame({
-        "rlnImageName": [f"{i + 1:06d}@{stack}" for i in range(n)],
-        "rlnMicrographName": [f"mic_{i % micrographs}.mrc" for i in range(n)],
-        "rlnCoordinateX": rng.uniform(100, 900, n).round(2),
-        "rlnCoordinateY": rng.uniform(100, 900, n).round(2),
-        "rlnAngleRot": rng.uniform(-180, 180, n),
-        "rlnAngleTilt": rng.uniform(10, 170, n),
-        "rlnAnglePsi": rng.uniform(-180, 180, n),
-        "rlnOriginXAngst": rng.uniform(-3, 3, n) * APIX,
-        "rlnOriginYAngst": rng.uniform(-3, 3, n) * APIX,
-        "rlnDefocusU": rng.uniform(9000, 20000, n),
-        "rlnDefocusAngle": rng.uniform(0, 180, n),
-        "rlnOpticsGroup": 1,
-        "rlnRandomSubset": np.arange(n) % 2 + 1,
-    })
-    table["rlnDefocusV"] = table["rlnDefocusU"] - rng.uniform(0, 800, n)
-    return table
+#: particles with poses, offsets up to 3 px, CTFs and half-sets, on one micrograph
+random_particles = partial(posed_particles, apix=APIX, micrographs=1)
+write_mrc = partial(conftest_write_mrc, apix=APIX)
 
 
 def optics_table(box: int = N, apix: float = APIX, mic_apix: float | None = None) -> pd.DataFrame:
-    optics = pd.DataFrame({
-        "rlnOpticsGroupName": ["opticsGroup1"], "rlnOpticsGroup": [1],
-        **{k: [v] for k, v in OPTICS.items()},
-        "rlnImagePixelSize": [apix], "rlnImageSize": [box], "rlnImageDimensionality": [2],
-    })
-    if mic_apix is not None:
-        optics["rlnMicrographPixelSize"] = mic_apix
-    return optics
+    return conftest_optics_table(box, apix, mic_apix)
 
 
 def write_star(path: Path, particles: pd.DataFrame, **optics) -> None:
