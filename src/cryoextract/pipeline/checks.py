@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cryoextract.errors import ParameterError
+from cryoextract.errors import InputError, ParameterError
 from cryoextract.io.micrographs import MicrographSet
-from cryoextract.io.mrc import open_micrograph
+from cryoextract.io.mrc import mrc_shape_yx
 from cryoextract.ops.boxsize import (
     delocalisation_px,
     is_efficient_box,
@@ -66,16 +66,19 @@ def check_box_against_first_micrograph(mic_set: MicrographSet, params: ExtractPa
     """A box larger than the micrographs is a parameter error, not thousands of skips."""
     for path in mic_set.micrographs["path"]:
         if Path(path).is_file():
-            try:
-                with open_micrograph(path) as (_, header):
-                    shape = header.shape_yx
-            except Exception:  # the task reports unreadable micrographs
+            try:  # the header only: the task reads the data
+                shape = mrc_shape_yx(path)
+            except InputError:  # the task reports unreadable micrographs
                 continue
             if params.box_px > min(shape):
                 raise ParameterError(
                     f"box {params.box_px} px is larger than the micrographs "
                     f"({shape[1]}x{shape[0]}, e.g. {path})"
                 )
+            if params.descriptors and params.descriptor_patch_px > min(shape):
+                raise ParameterError(
+                    f"--patch {params.descriptor_patch_px} px is larger than the micrographs "
+                    f"({shape[1]}x{shape[0]}, e.g. {path})")
             if params.ctf_box_px is not None and params.ctf_box_px > max(shape):
                 raise ParameterError(
                     f"CTF box {params.ctf_box_px} px is larger than the micrographs "
