@@ -93,7 +93,8 @@ def test_resume_redoes_a_micrograph_whose_inputs_changed(
     ("--coords-pixel-size", "inf"), ("--min-score", "nan"), ("--workers", "0"),
     ("--white-dust", "inf"), ("--min-distance-angstrom", "inf"),
     ("--particle-diameter", "inf"), ("--particle-diameter", "-1"),
-    ("--pixel-size-out", "inf"), ("--max-per-micrograph", "0"),
+    ("--pixel-size-out", "inf"), ("--max-per-micrograph", "0"), ("--patch", "600"),
+    ("--dask-scheduler", "foo"),
 ])
 def test_parameters_that_cannot_work_are_refused_before_anything_is_written(
         dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, option: str,

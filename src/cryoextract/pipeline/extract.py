@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ from cryoextract.pipeline.thumbnail_gate import ThumbnailGate, ThumbnailShortlis
 
 #: micrographs shown in the QC report
 REPORT_MICROGRAPHS = 4
+#: a Dask scheduler's address: [protocol://]host:port, an IPv6 host in brackets
+DASK_ADDRESS = re.compile(r"([a-z]+://)?([^\s:/\[\]]+|\[[0-9a-fA-F:.]+\]):\d{1,5}")
 #: the warning a failed QC report gives (the job itself succeeded)
 REPORT_FAILED = "QC report not written"
 
@@ -71,6 +74,9 @@ class RunOptions:
     def __post_init__(self) -> None:
         if self.workers is not None:  # refused before anything is written
             check_integer(self.workers, "--workers", at_least=1)
+        if self.dask_scheduler is not None and not DASK_ADDRESS.fullmatch(self.dask_scheduler):
+            raise ParameterError(f"--dask-scheduler must be HOST:PORT or tcp://HOST:PORT, "
+                                 f"got {self.dask_scheduler!r}")
 
 
 def extract(
