@@ -79,10 +79,6 @@ def check_box_against_first_micrograph(mic_set: MicrographSet, params: ExtractPa
                 raise ParameterError(
                     f"--patch {params.descriptor_patch_px} px is larger than the micrographs "
                     f"({shape[1]}x{shape[0]}, e.g. {path})")
-            if params.descriptors and params.descriptor_patch_px > min(shape):
-                raise ParameterError(
-                    f"--patch {params.descriptor_patch_px} px is larger than the micrographs "
-                    f"({shape[1]}x{shape[0]}, e.g. {path})")
             if params.ctf_box_px is not None and params.ctf_box_px > max(shape):
                 raise ParameterError(
                     f"CTF box {params.ctf_box_px} px is larger than the micrographs "
