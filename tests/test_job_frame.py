@@ -106,3 +106,26 @@ def test_claim_output_refuses_a_folder_in_use_and_an_input_it_would_replace(tmp_
     with claim_output(out, overwrite=True, outputs=[out / "Particles"]):
         assert not (out / "Particles").exists()
     assert Path(out).is_dir() and not (out / ".cryoextract" / "lock").exists()
+
+
+def test_parameters_that_can_never_work_are_refused_before_anything_is_written(tmp_path):
+    """downsample and subtract: one-line errors naming the option, nothing created."""
+    from cryoextract.errors import ParameterError
+    from cryoextract.pipeline.stacks.restack import downsample, restack
+    from cryoextract.pipeline.stacks.subtract import subtract_particles
+
+    star, out = tmp_path / "p.star", tmp_path / "out"
+    cases = [
+        (lambda: restack(star, out, batch_size=0), "batch size"),
+        (lambda: downsample(star, out, box_px=32, workers=0), "workers"),
+        (lambda: downsample(star, out, pixel_size_angstrom=float("inf")), "pixel size"),
+        (lambda: subtract_particles(star, out, map_path="m.mrc", workers=-2), "workers"),
+        (lambda: subtract_particles(star, out, map_path="m.mrc", padding_factor=float("inf")),
+         "padding"),
+        (lambda: subtract_particles(star, out, map_path="m.mrc",
+                                    map_resolution_angstrom=float("nan")), "resolution"),
+    ]
+    for call, words in cases:
+        with pytest.raises(ParameterError, match=words):
+            call()
+    assert not out.exists()

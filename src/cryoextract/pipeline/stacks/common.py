@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
-from cryoextract.errors import CryoExtractError, os_error_message
+from cryoextract.errors import CryoExtractError, ParameterError, os_error_message
 from cryoextract.io.atomic import write_text_atomic
 from cryoextract.io.images import ImageLocations, locate_images
 from cryoextract.io.particles import ParticleTable
@@ -29,6 +29,7 @@ from cryoextract.pipeline.params import JobPaths
 __all__ = [
     "JsonSummary",
     "ParticleImages",
+    "check_batch_size",
     "claim_stack_output",
     "group_pixel_sizes",
     "micrograph_pixel_sizes",
@@ -36,6 +37,7 @@ __all__ = [
     "named_for_star",
     "output_optics",
     "per_row",
+    "resolved_workers",
     "write_job_files",
 ]
 
@@ -150,6 +152,21 @@ def _positive(value: object) -> float | None:
     except (TypeError, ValueError):
         return None
     return number if np.isfinite(number) and number > 0 else None
+
+
+def check_batch_size(batch_size: int) -> None:
+    """Images per output stack: a positive integer."""
+    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+        raise ParameterError(f"batch size must be a positive integer, got {batch_size}")
+
+
+def resolved_workers(workers: int | None) -> int:
+    """Workers (processes or FFT threads) to use: all cores for None, else at least 1."""
+    if workers is None:
+        return os.cpu_count() or 1
+    if isinstance(workers, bool) or int(workers) != workers or workers < 1:
+        raise ParameterError(f"workers must be a positive integer, got {workers}")
+    return int(workers)
 
 
 def per_row(groups: np.ndarray, per_group: Mapping[int, float | None]) -> np.ndarray:

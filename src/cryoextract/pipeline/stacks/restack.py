@@ -27,9 +27,11 @@ from cryoextract.options import DEFAULT_BATCH_SIZE
 from cryoextract.pipeline.params import JobPaths, check_box_size
 from cryoextract.pipeline.stacks.common import (
     JsonSummary,
+    check_batch_size,
     claim_stack_output,
     named_for_star,
     output_optics,
+    resolved_workers,
     write_job_files,
 )
 from cryoextract.pipeline.stacks.restack_inputs import (
@@ -123,7 +125,7 @@ def restack(
         Particles whose image cannot be read (missing stack, index out of range,
         unreadable stack, wrong size) are skipped and counted, never written.
     """
-    _check_batch_size(batch_size)
+    check_batch_size(batch_size)
     job = prepare_stack_job("restack", particles_star, select, indices, base_dir)
     out = OutputSpec(
         shape_yx=dict(job.shape_yx), pixel_size_angstrom=dict(job.pixel_size_angstrom),
@@ -179,9 +181,11 @@ def downsample(
         raise ParameterError("give exactly one of --box and --pixel-size-out")
     if box_px is not None:
         check_box_size(box_px, "output box")
-    elif not pixel_size_angstrom > 0:
-        raise ParameterError(f"output pixel size must be > 0, got {pixel_size_angstrom}")
-    _check_batch_size(batch_size)
+    elif not 0 < pixel_size_angstrom < np.inf:
+        raise ParameterError(f"output pixel size must be > 0 and finite, got "
+                             f"{pixel_size_angstrom}")
+    check_batch_size(batch_size)
+    threads = resolved_workers(workers)
     job = prepare_stack_job("downsample", particles_star, select, indices, base_dir)
     out = downsample_spec(job, box_px, pixel_size_angstrom, float16, batch_size,
                           PathStyle(path_style))
@@ -189,17 +193,11 @@ def downsample(
     if recenter:
         shifts = recenter_particles(job)
     sync_pixel_offsets(job, out)
-    threads = workers or os.cpu_count() or 1
 
     def crop(images: np.ndarray, rows: np.ndarray, shape_yx: tuple[int, int]) -> np.ndarray:
         return _shift_and_crop(images, shifts[rows], shape_yx[0], threads)
 
     return _run(job, out, crop, JobPaths(Path(out_dir)), overwrite, on_start, on_progress)
-
-
-def _check_batch_size(batch_size: int) -> None:
-    if int(batch_size) != batch_size or batch_size < 1:
-        raise ParameterError(f"batch size must be a positive integer, got {batch_size}")
 
 
 def _shift_and_crop(

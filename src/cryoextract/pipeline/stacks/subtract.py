@@ -40,10 +40,12 @@ from cryoextract.options import (
 from cryoextract.pipeline.params import JobPaths, check_box_size
 from cryoextract.pipeline.stacks.common import (
     JsonSummary,
+    check_batch_size,
     claim_stack_output,
     move_coordinates,
     named_for_star,
     output_optics,
+    resolved_workers,
     write_job_files,
 )
 from cryoextract.pipeline.stacks.subtract_inputs import (
@@ -198,8 +200,13 @@ def subtract_particles(
     output_format = OutputFormat(output_format)
     if new_box is not None:
         check_box_size(new_box, "new box")
-    if int(batch_size) != batch_size or batch_size < 1:
-        raise ParameterError(f"batch size must be a positive integer, got {batch_size}")
+    check_batch_size(batch_size)
+    workers = resolved_workers(workers)
+    if map_resolution_angstrom is not None and not 0 < map_resolution_angstrom < np.inf:
+        raise ParameterError(f"map resolution must be > 0 and finite, got "
+                             f"{map_resolution_angstrom}")
+    if not 1.0 <= padding_factor < np.inf:
+        raise ParameterError(f"padding factor must be >= 1 and finite, got {padding_factor}")
     maps = load_maps(map_path, half_maps)
     mask_volume, mask_report = load_mask(mask, maps.box_px)
     point = recenter_point(recenter_on_mask, recenter_xyz, mask_volume, maps.box_px)
@@ -238,7 +245,7 @@ def subtract_particles(
     settings = PassSettings(
         mask=mask_volume, mode=mode, scale_mode=scale_mode,
         fit_radius=None if scale_mode is ScaleMode.NONE else scale_band * maps.box_px / 2,
-        padding_factor=padding_factor, workers=max(1, int(workers or os.cpu_count() or 1)),
+        padding_factor=padding_factor, workers=workers,
         box_px=out_box, float16=bool(float16), batch_size=batch_size)
     write_cs_file = output_format is OutputFormat.CS or (
         output_format is OutputFormat.AUTO and str(particles).lower().endswith(".cs"))
