@@ -271,9 +271,9 @@ def fft_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
     from cryoextract.ops import fourier
 
     if request.param == "fftw":
-        assert fourier._fftw_available(), "pyFFTW is a dependency: pip install pyfftw"
+        assert fourier.fftw_available(), "pyFFTW is a dependency: pip install pyfftw"
     else:
-        monkeypatch.setattr(fourier, "_fftw_available", lambda: False)
+        monkeypatch.setattr(fourier, "fftw_available", lambda: False)
     return str(request.param)
 
 
@@ -295,7 +295,7 @@ def test_fftw_crop_equals_scipy(monkeypatch: pytest.MonkeyPatch) -> None:
     images = rng.normal(size=(9, 96, 96)).astype(np.float32)
     shifts = rng.uniform(-1, 1, size=(9, 2))
     fftw = fourier.fourier_crop_many(images, (48, 96, 32), shifts_xy=shifts)
-    monkeypatch.setattr(fourier, "_fftw_available", lambda: False)
+    monkeypatch.setattr(fourier, "fftw_available", lambda: False)
     plain = fourier.fourier_crop_many(images, (48, 96, 32), shifts_xy=shifts)
     for a, b in zip(fftw, plain, strict=True):
         assert a.shape == b.shape and a.dtype == np.float32

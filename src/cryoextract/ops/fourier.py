@@ -65,7 +65,7 @@ def fourier_crop_many(
     images = np.asarray(images, dtype=np.float32)
     if shifts_xy is None and all(m == n for m in out_sizes):
         return [images for _ in out_sizes]
-    if workers == 1 and _fftw_available():
+    if workers == 1 and fftw_available():
         batch = images.shape[:-2]
         return [crop.reshape(*batch, m, m) for m, crop in zip(
             out_sizes, _fftw_crop_many(images.reshape(-1, n, n), out_sizes, shifts_xy),
@@ -93,7 +93,7 @@ def fourier_crop_boxes(
         return [np.zeros((0, m, m), dtype=np.float32) for m in out_sizes]
     n = boxes[0].shape[-1]
     _check_sizes(n, out_sizes)
-    if _fftw_available() and (shifts_xy is not None or any(m != n for m in out_sizes)):
+    if fftw_available() and (shifts_xy is not None or any(m != n for m in out_sizes)):
         return _fftw_crop_many(boxes, out_sizes, shifts_xy)
     stacked = np.empty((len(boxes), n, n), dtype=np.float32)
     for i, box in enumerate(boxes):
@@ -147,7 +147,7 @@ _PYFFTW_EXTRAS = ("dask.array.fft", "scipy.fftpack")
 
 
 @lru_cache(maxsize=1)
-def _fftw_available() -> bool:
+def fftw_available() -> bool:
     """Whether pyFFTW imports; imported once per process, without its optional interfaces.
 
     pyFFTW's package imports ``dask.array`` and ``scipy.fft`` when they are installed

@@ -48,6 +48,7 @@ def run_tasks(
         finally:
             set_thumbnail_gate(None)
         return
+    _import_before_fork()
     with ProcessPoolExecutor(
         max_workers=min(workers, len(tasks)), initializer=_prepare_worker, initargs=(gate,)
     ) as pool:
@@ -67,6 +68,16 @@ def one_blas_thread() -> AbstractContextManager[object]:
     from threadpoolctl import threadpool_limits
 
     return threadpool_limits(limits=1, user_api="blas")
+
+
+def _import_before_fork() -> None:
+    """Import once in the driver what every forked worker would import on its own
+    (pyFFTW and threadpoolctl: about 30 ms per worker)."""
+    import threadpoolctl  # noqa: F401
+
+    from cryoextract.ops.fourier import fftw_available
+
+    fftw_available()
 
 
 def _prepare_worker(gate: ThumbnailGate | None = None) -> None:
