@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import write_mrc
 from cryoextract.io.names import safe_component, unique_components
 from cryoextract.io.star import read_star, write_star
 from cryoextract.pipeline.plan import unique_stack_names
@@ -78,7 +79,9 @@ def ok(proc: subprocess.CompletedProcess) -> None:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``proj/``: a simulated dataset in ``data/``, an extraction in ``ext/`` (with
-    ``particles.cs`` and the report), a sentinel folder and a user's file beside them."""
+    ``particles.cs`` and the report), a sentinel folder and a user's file beside them;
+    the extracted particles with poses (``posed.star``), a map of their box and their
+    subtraction (``sub/``)."""
     root = tmp_path_factory.mktemp("safe") / "proj"
     simulate_dataset(root / "data", n_micrographs=2, shape_yx=(256, 256),
                      particles_per_micrograph=6, pixel_size_angstrom=2.0,
@@ -89,6 +92,15 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ok(run(root, "extract", "--micrographs", "data/micrographs.star", "--coords-dir",
            "data/Picks", "--coords-suffix", "_autopick.star", "--box", str(BOX), "--out",
            "ext", "--workers", "1", "--write-cs", "--quiet"))
+    # for subtract: the extracted particles with poses, and a map of their box
+    blocks = read_star(root / "ext" / "particles.star")
+    n = len(blocks["particles"])
+    blocks["particles"] = blocks["particles"].assign(
+        rlnAngleRot=np.linspace(0, 90, n), rlnAngleTilt=45.0, rlnAnglePsi=0.0)
+    write_star(root / "posed.star", blocks)
+    write_mrc(root / "map.mrc", np.random.default_rng(0).normal(size=(BOX,) * 3), apix=2.0)
+    ok(run(root, "subtract", "--particles", "posed.star", "--map", "map.mrc", "--out", "sub",
+           "--workers", "1"))
     return root
 
 
@@ -104,6 +116,10 @@ COMMANDS = {
     "select": (["select", "ext", "--where", "rlnCoordinateX > 0", "--out", "out_select"],
                "out_select"),
     "report": (["report", "ext"], "ext/report"),
+    "subtract": (["subtract", "--particles", "posed.star", "--map", "map.mrc", "--out",
+                  "out_subtract", "--workers", "1"], "out_subtract"),
+    "revert": (["subtract", "--revert", "sub/particles.star", "--out", "out_revert"],
+               "out_revert"),
     "simulate": (["simulate", "--out", "out_simulate", "--micrographs", "1", "--size",
                   "256", "--particles", "4"], "out_simulate"),
     "convert": (["convert", "data/Picks/mic_001_autopick.star",
