@@ -103,36 +103,49 @@ def test_cryolo_filament_cbox(plain: Dataset) -> None:
     assert "filamentid" not in parts.particles.columns
 
 
-def test_cryosparc_filament_fields_in_and_out(plain: Dataset) -> None:
-    """A Filament Tracer ``.cs`` (uids, poses in radians, arc lengths from an offset) gives
-    the same helical columns as the geometry; ``--write-cs`` writes them back."""
+def _filament_cs(path: Path, ds: Dataset, *, pose: bool = True) -> None:
+    """A Filament Tracer-like ``.cs`` of :data:`FILAMENTS`: uids, poses in radians (or
+    none), arc lengths from an offset."""
     xy, filament, direction = _filament_segments()
-    ny, nx = plain.micrographs[0].shape
+    ny, nx = ds.micrographs[0].shape
     dtype = [("uid", "<u8"), ("location/micrograph_path", "S64"),
              ("location/micrograph_shape", "<u4", (2,)), ("location/center_x_frac", "<f4"),
              ("location/center_y_frac", "<f4"), ("filament/filament_uid", "<u8"),
-             ("filament/filament_pose", "<f4"), ("filament/arc_length_A", "<f4")]
+             ("filament/arc_length_A", "<f4")] + [("filament/filament_pose", "<f4")] * pose
     data = np.zeros(len(xy), dtype=dtype)
     data["uid"] = np.arange(len(xy)) + 7
-    data["location/micrograph_path"] = plain.micrographs[0].name.encode()
+    data["location/micrograph_path"] = ds.micrographs[0].name.encode()
     data["location/micrograph_shape"] = (ny, nx)
     data["location/center_x_frac"], data["location/center_y_frac"] = xy[:, 0] / nx, xy[:, 1] / ny
     data["filament/filament_uid"] = np.array([9_000_000_000_000_000_001, 17, 123456789],
                                              dtype=np.uint64)[filament]
-    data["filament/filament_pose"] = np.radians(direction)
+    if pose:
+        data["filament/filament_pose"] = np.radians(direction)
     index = np.concatenate([np.arange(count) for *_, count in FILAMENTS])
     data["filament/arc_length_A"] = 500.0 + index * SPACING_PX * APIX
-    with open(plain.root / "filaments.cs", "wb") as stream:
+    with open(path, "wb") as stream:
         np.save(stream, data)
+
+
+def _extract_cs(ds: Dataset, out: str, cs: str, **params: object) -> pd.DataFrame:
     cwd = os.getcwd()
-    os.chdir(plain.root)
+    os.chdir(ds.root)
     try:
-        extract(plain.micrographs_star, "Cs", ExtractParams(
-            box_px=BOX, descriptors=False, helix=HelixParams(bimodal_psi=True)),
-            coords="filaments.cs", workers=1, write_cs=True)
+        extract(ds.micrographs_star, out, ExtractParams(
+            box_px=BOX, descriptors=False, **params),  # type: ignore[arg-type]
+            coords=cs, workers=1, write_cs=True)
     finally:
         os.chdir(cwd)
-    parts = load_particles(plain.root / "Cs" / "particles.star", plain.root).particles
+    return load_particles(ds.root / out / "particles.star", ds.root).particles
+
+
+def test_cryosparc_filament_fields_in_and_out(plain: Dataset) -> None:
+    """A Filament Tracer ``.cs`` gives the same helical columns as the geometry;
+    ``--write-cs`` writes them back."""
+    xy, filament, direction = _filament_segments()
+    index = np.concatenate([np.arange(count) for *_, count in FILAMENTS])
+    _filament_cs(plain.root / "filaments.cs", plain)
+    parts = _extract_cs(plain, "Cs", "filaments.cs", helix=HelixParams(bimodal_psi=True))
     assert np.abs(positions(parts) - xy).max() < 0.02  # float32 fractions of 768 px
     _check_filament_columns(parts)
     assert (parts["rlnAnglePsiFlipRatio"] == 0.5).all()
@@ -144,6 +157,24 @@ def test_cryosparc_filament_fields_in_and_out(plain: Dataset) -> None:
     assert angle_difference(pose, direction).max() < 0.01
     for field in ("filament/arc_length_A", "filament/position_A"):
         assert np.abs(written[field] - index * SPACING_PX * APIX).max() < 0.01
+
+
+def test_given_priors_turn_with_axis_fixes(plain: Dataset) -> None:
+    """Segments with psi priors (a .cs with poses) given --swap-xy --flip-x --flip-y: their
+    priors are those the moved segments' own order gives (the same .cs without poses)."""
+    from cryoextract.pipeline.params import PickTransform
+
+    _filament_cs(plain.root / "posed.cs", plain)
+    _filament_cs(plain.root / "unposed.cs", plain, pose=False)
+    moved = PickTransform(swap_xy=True, flip_x=True, flip_y=True)
+    posed = _extract_cs(plain, "Posed", "posed.cs", helix=HelixParams(), picks=moved)
+    unposed = _extract_cs(plain, "Unposed", "unposed.cs", helix=HelixParams(), picks=moved)
+    assert len(posed) == len(unposed) > 30
+    assert np.abs(positions(posed) - positions(unposed)).max() == 0
+    difference = angle_difference(posed["rlnAnglePsiPrior"], unposed["rlnAnglePsiPrior"])
+    assert difference.max() < 0.01
+    given = set(np.round(-_filament_segments()[2]) % 360)  # the priors as in the file
+    assert not given & set(np.round(posed["rlnAnglePsiPrior"].to_numpy()) % 360)
 
 
 def _cli(ds: Dataset, *args: str) -> subprocess.CompletedProcess[str]:

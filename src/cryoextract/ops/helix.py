@@ -109,6 +109,25 @@ def trim_tube_ends(
     return starts_xy + along, ends_xy - along
 
 
+def transform_psi_prior(
+    psi_deg: np.ndarray, *, swap_xy: bool = False, flip_x: bool = False, flip_y: bool = False
+) -> np.ndarray:
+    """Psi priors of segments whose coordinates get the axis corrections of
+    :func:`cryoextract.ops.coordinates.transform_picks` (swap, then flip x, then flip y).
+
+    With ``theta = -psi`` the tube's direction: a swap makes it ``90 - theta``, a flip in
+    x ``180 - theta``, a flip in y ``-theta``. Returns ``(n,)`` degrees in [-180, 180).
+    """
+    theta = -np.asarray(psi_deg, dtype=np.float64)
+    if swap_xy:
+        theta = 90.0 - theta
+    if flip_x:
+        theta = 180.0 - theta
+    if flip_y:
+        theta = -theta
+    return (-theta + 180.0) % 360.0 - 180.0
+
+
 def inside_like_relion(xy: np.ndarray, box_px: int, shape_yx: tuple[int, int]) -> np.ndarray:
     """``(n,)`` True where RELION keeps a helical segment: ``box/2 <= x <= nx - box/2``
     (and the same in y), on the unrounded position."""

@@ -33,6 +33,7 @@ from cryoextract.ops.helix import (
     inside_like_relion,
     priors_from_positions,
     segment_tubes,
+    transform_psi_prior,
     trim_tube_ends,
 )
 from cryoextract.pipeline.params import ExtractParams, HelixParams
@@ -102,6 +103,12 @@ def helical_picks(
         reasons = np.full(len(table), "", dtype=object)
     else:
         xy = pick_coordinates(picks, params, pixel_size_angstrom, shape_yx)
+        moved = params.picks.swap_xy or params.picks.flip_x or params.picks.flip_y
+        if moved and PSI_PRIOR in picks.columns:  # given priors turn with the axes
+            picks = picks.copy()
+            picks[PSI_PRIOR] = transform_psi_prior(
+                picks[PSI_PRIOR].to_numpy(np.float64), swap_xy=params.picks.swap_xy,
+                flip_x=params.picks.flip_x, flip_y=params.picks.flip_y)
         table, reasons = _segment_priors(picks, xy, helix, pixel_size_angstrom, source)
         table["rlnCoordinateX"], table["rlnCoordinateY"] = xy[:, 0], xy[:, 1]
     if params.edge is EdgeMode.DROP and not wants_recentring(table, params):
