@@ -89,7 +89,6 @@ def helical_picks(
     are dropped when their box leaves the micrograph, as particles.
     """
     helix = params.helix or HelixParams()
-    source = str(picks.attrs.get("source", source))
     fmt = coords_format
     if fmt == "auto":
         fmt = guess_format(coords_path) if coords_path is not None \
