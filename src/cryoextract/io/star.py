@@ -18,7 +18,7 @@ import starfile
 
 from cryoextract.errors import InputError, ParameterError, first_line
 from cryoextract.io.atomic import atomic_file
-from cryoextract.io.star_plain import read_plain_star
+from cryoextract.io.star_plain import number_or_text, read_plain_star
 from cryoextract.io.star_rows import loop_rows, string_array
 from cryoextract.io.star_text import (
     NA_TOKENS,
@@ -195,7 +195,7 @@ def parse_star_text(text: str, path: Path) -> dict[str, pd.DataFrame | dict[str,
                                  number)
             else:
                 state = "pairs"
-                pairs[label] = _number(values[1])
+                pairs[label] = number_or_text(values[1])
         elif state in ("header", "rows") and columns:
             values = split_row(stripped)
             if values is None:
@@ -225,16 +225,6 @@ def _typed_table(columns: list[str], rows: list[list[str]]) -> pd.DataFrame:
         exact = numbers is not None and bool((numbers.notna() | values.isna()).all())
         data[column] = numbers if exact else values
     return pd.DataFrame(data)
-
-
-def _number(text: str) -> object:
-    """A single value as ``starfile`` gives it: int, else float, else the text."""
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
 
 
 def find_block(

@@ -91,15 +91,16 @@ def _pairs(lines: list[str], i: int) -> tuple[dict[str, object] | None, int]:
             tokens = lines[i].split()
             if len(tokens) != 2 or "#" in lines[i]:
                 return None, i
-            block[tokens[0][1:]] = _number_or_text(tokens[1])
+            block[tokens[0][1:]] = number_or_text(tokens[1])
         i += 1
     return block, i
 
 
-def _number_or_text(value: str) -> object:
+def number_or_text(text: str) -> object:
+    """A single value as ``starfile`` gives it: int, else float, else the text."""
     for kind in (int, float):
         try:
-            return kind(value)
+            return kind(text)
         except ValueError:
             continue
-    return value
+    return text
