@@ -232,3 +232,22 @@ def test_a_failed_stack_write_names_the_stack(dataset: Path, tmp_path: Path,
     message = str(info.value)
     assert "Particles/mic_00" in message and ".mrcs" in message, message
     assert "no space left" in message, message
+
+
+@pytest.mark.parametrize("mode", ["--overwrite", "--resume"])
+def test_an_input_among_the_outputs_is_never_written_over(
+        dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    """Re-extracting from OUT/particles.star into OUT would replace the picks it reads."""
+    root = tmp_path / "data"
+    shutil.copytree(dataset, root)
+    monkeypatch.chdir(root)
+    _extract(root, "out")
+    star = root / "out" / "particles.star"
+    before = star.read_bytes()
+    done = CliRunner().invoke(app, [
+        "extract", "--micrographs", "micrographs.star", "--coords", "out/particles.star",
+        "--box", str(BOX), "--out", "out", "--workers", "1", "--quiet", "--no-report",
+        mode])
+    line = one_line_error(done.exit_code, done.stdout, done.stderr)
+    assert "out/particles.star" in line, line
+    assert star.read_bytes() == before

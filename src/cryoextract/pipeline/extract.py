@@ -25,7 +25,7 @@ from cryoextract.pipeline.checks import (
     delocalisation_warnings,
 )
 from cryoextract.pipeline.executors import run_tasks
-from cryoextract.pipeline.frame import STATE_DIR, JobLock, holds_outputs
+from cryoextract.pipeline.frame import STATE_DIR, JobLock, check_inputs_outside, holds_outputs
 from cryoextract.pipeline.helical import check_helix
 from cryoextract.pipeline.jobstate import JobState, job_definition
 from cryoextract.pipeline.outputs import ExtractionSummary, write_outputs
@@ -181,6 +181,7 @@ def run_extraction(
                          f"first: {name}: {reason})", inputs.micrographs)
     if options.resume:
         check_resumable(paths.out_dir)
+    check_inputs_spared(paths, params, inputs)
     try:
         paths.out_dir.mkdir(parents=True, exist_ok=True)
         with JobLock(paths.out_dir):
@@ -315,6 +316,19 @@ def check_resumable(out: Path) -> None:
         raise ParameterError(
             f"--resume: {out} holds files that no cryoextract run made (no "
             f"{STATE_DIR}/job.json); give a new --out, or --overwrite to replace them")
+
+
+def check_inputs_spared(paths: JobPaths, params: ExtractParams, inputs: ExtractInputs) -> None:
+    """No input (micrographs STAR, picks, CTFFIND folder) is among the files the job
+    writes or replaces (a re-extraction from OUT/particles.star into OUT, say)."""
+    out = paths.out_dir
+    written = [paths.particles_star, paths.summary_json, paths.rejected_tsv,
+               out / "particles.cs", out / STATE_DIR, out / "report",
+               *(out / o.subdir / name for o in params.outputs
+                 for name in ("Particles", "particles.star", "particles.cs"))]
+    check_inputs_outside(written, [inputs.micrographs if inputs.micrographs.endswith(
+        ".star") else None, inputs.coords, inputs.coords_dir, inputs.ctf_dir],
+        "the extraction writes")
 
 
 def prepare_out_dir(paths: JobPaths, params: ExtractParams, options: RunOptions) -> None:

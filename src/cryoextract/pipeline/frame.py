@@ -163,7 +163,7 @@ def claim_output(
         raise ParameterError(f"output directory {out_dir} exists and is not empty; "
                              "use --overwrite")
     if overwrite:
-        _check_inputs_outside(outputs, inputs)
+        check_inputs_outside(outputs, inputs)
     out_dir.mkdir(parents=True, exist_ok=True)
     with JobLock(out_dir):
         if holds_outputs(out_dir):
@@ -181,14 +181,19 @@ def claim_output(
         yield
 
 
-def _check_inputs_outside(outputs: list[Path], inputs: Iterable[str | os.PathLike[str]]) -> None:
-    targets = [p.resolve() for p in outputs]
+def check_inputs_outside(outputs: Iterable[Path],
+                         inputs: Iterable[str | os.PathLike[str] | None],
+                         what: str = "--overwrite would replace") -> None:
+    """ParameterError when an input is, or lies in, an output the command replaces."""
+    targets = [Path(p).resolve() for p in outputs]
     for item in inputs:
+        if item is None:
+            continue
         source = Path(item).resolve()
         for target in targets:
             if source == target or source.is_relative_to(target):
                 raise ParameterError(
-                    f"input {item} lies in {target}, which --overwrite would replace; "
+                    f"input {item} lies in {target}, which {what}; "
                     "choose another output directory")
 
 

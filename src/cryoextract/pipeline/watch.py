@@ -22,6 +22,7 @@ from cryoextract.pipeline.extract import (
     ExtractInputs,
     ProgressCallback,
     RunOptions,
+    check_inputs_spared,
     prepare_job,
     prepare_out_dir,
     remove_temporaries,
@@ -69,6 +70,7 @@ def watch_extraction(
     options = options or RunOptions()
     watch = watch or WatchOptions()
     paths = JobPaths(Path(out_dir).absolute())
+    check_inputs_spared(paths, params, inputs)
     paths.out_dir.mkdir(parents=True, exist_ok=True)
     with JobLock(paths.out_dir):
         prepare_out_dir(paths, params, dataclasses.replace(options, resume=True))
