@@ -1,7 +1,8 @@
 """``cryoextract subtract``: remove a masked map's projection from every particle.
 
 Register with ``app.command("subtract")(subtract_command)``; a thin wrapper over
-:func:`cryoextract.pipeline.stacks.subtract.subtract_particles` and
+:func:`cryoextract.pipeline.stacks.subtract.run_subtraction` (its parameters one
+:class:`~cryoextract.pipeline.stacks.subtract_params.SubtractParams`) and
 :func:`cryoextract.pipeline.stacks.revert.revert_subtraction`.
 """
 
@@ -92,7 +93,12 @@ def subtract_command(
     """Subtract the projection of a masked map (or half-maps) from every particle image."""
     from cryoextract.cli.progress import particle_progress
     from cryoextract.pipeline.stacks.revert import revert_subtraction
-    from cryoextract.pipeline.stacks.subtract import subtract_particles
+    from cryoextract.pipeline.stacks.subtract import run_subtraction
+    from cryoextract.pipeline.stacks.subtract_params import (
+        SubtractInputs,
+        SubtractParams,
+        SubtractRun,
+    )
 
     try:
         if revert is not None:
@@ -104,16 +110,17 @@ def subtract_command(
         if particles is None:
             fail("give --particles (or --revert)")
             return
+        params = SubtractParams(
+            mask_mode=mask_mode, scale=scale, recenter_on_mask=recenter_on_mask,
+            recenter_xyz=recenter_xyz, new_box=new_box, float16=float16,
+            batch_size=batch_size, padding_factor=pad, scale_band=scale_band,
+            map_resolution_angstrom=map_resolution, output_format=output_format)
+        inputs = SubtractInputs.of(particles, map_path=map_path, half_maps=half_maps,
+                                   mask=mask)
+        run = SubtractRun(workers=workers, overwrite=overwrite, path_style=paths)
         with particle_progress() as (on_start, on_progress):
-            summary = subtract_particles(
-                particles, out_dir, map_path=map_path, half_maps=half_maps, mask=mask,
-                mask_mode=mask_mode, scale=scale, recenter_on_mask=recenter_on_mask,
-                recenter_xyz=recenter_xyz, new_box=new_box, float16=float16, workers=workers,
-                batch_size=batch_size, padding_factor=pad, scale_band=scale_band,
-                map_resolution_angstrom=map_resolution, output_format=output_format,
-                overwrite=overwrite, path_style=paths,
-                on_start=on_start, on_progress=on_progress,
-            )
+            summary = run_subtraction(inputs, out_dir, params, run, on_start=on_start,
+                                      on_progress=on_progress)
     except CryoExtractError as exc:
         fail(str(exc))
         return

@@ -37,15 +37,13 @@ from cryoextract.options import (
     OutputFormat,
     ScaleMode,
 )
-from cryoextract.pipeline.params import JobPaths, check_box_size
+from cryoextract.pipeline.params import JobPaths
 from cryoextract.pipeline.stacks.common import (
     JsonSummary,
-    check_batch_size,
     claim_stack_output,
     move_coordinates,
     named_for_star,
     output_optics,
-    resolved_workers,
     write_job_files,
 )
 from cryoextract.pipeline.stacks.subtract_inputs import (
@@ -57,9 +55,10 @@ from cryoextract.pipeline.stacks.subtract_inputs import (
     prepare_subtraction,
 )
 from cryoextract.pipeline.stacks.subtract_maps import load_maps, load_mask, recenter_point
+from cryoextract.pipeline.stacks.subtract_params import SubtractInputs, SubtractParams, SubtractRun
 from cryoextract.pipeline.stacks.subtract_passes import PassesResult, PassSettings, run_passes
 
-__all__ = ["SubtractSummary", "subtract_particles"]
+__all__ = ["SubtractSummary", "run_subtraction", "subtract_particles"]
 
 
 ProgressCallback = Callable[[int], None]
@@ -193,69 +192,76 @@ def subtract_particles(
     -------
     SubtractSummary
     """
-    mode, scale_mode = MaskMode(mask_mode), ScaleMode(scale)
-    if not 0.0 < scale_band <= 1.0:
-        raise ParameterError(f"scale band must lie in (0, 1] (fraction of Nyquist), "
-                             f"got {scale_band}")
-    output_format = OutputFormat(output_format)
-    if new_box is not None:
-        check_box_size(new_box, "new box")
-    check_batch_size(batch_size)
-    workers = resolved_workers(workers)
-    if map_resolution_angstrom is not None and not 0 < map_resolution_angstrom < np.inf:
-        raise ParameterError(f"map resolution must be > 0 and finite, got "
-                             f"{map_resolution_angstrom}")
-    if not 1.0 <= padding_factor < np.inf:
-        raise ParameterError(f"padding factor must be >= 1 and finite, got {padding_factor}")
-    maps = load_maps(map_path, half_maps)
-    mask_volume, mask_report = load_mask(mask, maps.box_px)
-    point = recenter_point(recenter_on_mask, recenter_xyz, mask_volume, maps.box_px)
-    out_box = maps.box_px if new_box is None else int(new_box)
+    params = SubtractParams(
+        mask_mode=mask_mode, scale=scale, recenter_on_mask=recenter_on_mask,
+        recenter_xyz=recenter_xyz,
+        new_box=new_box, float16=float16, batch_size=batch_size,
+        padding_factor=padding_factor, scale_band=scale_band,
+        map_resolution_angstrom=map_resolution_angstrom, output_format=output_format)
+    inputs = SubtractInputs.of(particles, map_path=map_path, half_maps=half_maps, mask=mask,
+                               base_dir=base_dir)
+    run = SubtractRun(workers=workers, overwrite=overwrite, path_style=path_style)
+    return run_subtraction(inputs, out_dir, params, run, on_start=on_start,
+                           on_progress=on_progress)
+
+
+def run_subtraction(
+    inputs: SubtractInputs, out_dir: str | os.PathLike[str], params: SubtractParams,
+    run: SubtractRun | None = None, *, on_start: ProgressCallback | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> SubtractSummary:
+    """:func:`subtract_particles` with its inputs, parameters and run options as records."""
+    run = run or SubtractRun()
+    maps = load_maps(inputs.map_path, inputs.half_maps)
+    mask_volume, mask_report = load_mask(inputs.mask, maps.box_px)
+    point = recenter_point(params.recenter_on_mask, params.recenter_xyz, mask_volume)
+    out_box = maps.box_px if params.new_box is None else int(params.new_box)
     if out_box > maps.box_px:
         raise ParameterError(f"new box {out_box} px is larger than the particles' {maps.box_px}")
-    job = prepare_subtraction(particles, maps, base_dir)
-    summary = SubtractSummary(
-        command="subtract", out_dir=str(out_dir), particles_star="", maps=maps.paths,
-        half_maps=half_maps is not None, mask=None if mask is None else str(mask),
-        mask_mode=mode.value, scale_mode=scale_mode.value, box_px=[maps.box_px, out_box],
-        padding_factor=padding_factor, scale_band=scale_band, float16=bool(float16),
-        particles_in=len(job.particles),
-    )
-    apix = job.pixel_size_angstrom
-    summary.pixel_size_angstrom = apix
-    summary.aberrations = {f"optics group {g}": describe_aberrations(a)
-                           for g, a in sorted(job.optics.aberrations.items())}
-    for group in sorted(job.optics.mtf_ratios):
-        summary.aberrations.setdefault(f"optics group {group}", []).append(
-            "detector MTF relative to the average of the optics groups'")
-    _mask_warnings(summary, job, mask_report, mode, apix, map_resolution_angstrom,
-                   recenter_on_mask)
-    if not maps.pixel_size_angstrom > 0:
-        job.warnings.append(f"the map header has no pixel size; assumed the particles' "
-                            f"{apix:g} A")
-    if half_maps is None:
-        job.warnings.append("single map: every particle is subtracted with the same map, so "
-                            "the half-sets are no longer independent (give --half-maps)")
+    job = prepare_subtraction(inputs.particles, maps, inputs.base_dir)
+    summary = _summary(job, inputs, params, out_dir, out_box)
+    _mask_warnings(summary, job, mask_report, params)
     good = np.flatnonzero(job.good)
     if not len(good):  # nothing is written: no STAR that a later step would trust
         raise InputError(job.images.nothing_usable("no particles in the input"),
                          job.table.source)
     shifts, table = _recentered_table(job, point, summary)
     paths = JobPaths(Path(out_dir))
-    settings = PassSettings(
-        mask=mask_volume, mode=mode, scale_mode=scale_mode,
-        fit_radius=None if scale_mode is ScaleMode.NONE else scale_band * maps.box_px / 2,
-        padding_factor=padding_factor, workers=workers,
-        box_px=out_box, float16=bool(float16), batch_size=batch_size)
-    write_cs_file = output_format is OutputFormat.CS or (
-        output_format is OutputFormat.AUTO and str(particles).lower().endswith(".cs"))
-    inputs = [p for p in (map_path, *(half_maps or ()), mask) if p is not None]
-    with claim_stack_output(paths, overwrite, job.images, inputs):
+    settings = PassSettings(params, mask_volume, out_box, run.worker_count())
+    write_cs_file = params.output_format is OutputFormat.CS or (
+        params.output_format is OutputFormat.AUTO and inputs.particles.lower().endswith(".cs"))
+    with claim_stack_output(paths, run.overwrite, job.images, inputs.maps):
         if on_start is not None:
             on_start(len(good))
         done = run_passes(job, good, shifts, paths, settings, on_progress)
-        _write_outputs(job, table, good, done, paths, summary, scale_mode, write_cs_file,
-                       PathStyle(path_style))
+        _write_outputs(job, table, good, done, paths, summary, params.scale, write_cs_file,
+                       run.path_style)
+    return summary
+
+
+def _summary(job: SubtractJob, inputs: SubtractInputs, params: SubtractParams,
+             out_dir: str | os.PathLike[str], out_box: int) -> SubtractSummary:
+    """The summary's inputs and parameters, and the warnings they call for."""
+    maps = job.maps
+    summary = SubtractSummary(
+        command="subtract", out_dir=str(out_dir), particles_star="", maps=maps.paths,
+        half_maps=inputs.half_maps is not None, mask=inputs.mask,
+        mask_mode=params.mask_mode.value, scale_mode=params.scale.value,
+        box_px=[maps.box_px, out_box], padding_factor=params.padding_factor,
+        scale_band=params.scale_band, float16=bool(params.float16),
+        particles_in=len(job.particles), pixel_size_angstrom=job.pixel_size_angstrom,
+    )
+    summary.aberrations = {f"optics group {g}": describe_aberrations(a)
+                           for g, a in sorted(job.optics.aberrations.items())}
+    for group in sorted(job.optics.mtf_ratios):
+        summary.aberrations.setdefault(f"optics group {group}", []).append(
+            "detector MTF relative to the average of the optics groups'")
+    if not maps.pixel_size_angstrom > 0:
+        job.warnings.append(f"the map header has no pixel size; assumed the particles' "
+                            f"{job.pixel_size_angstrom:g} A")
+    if inputs.half_maps is None:
+        job.warnings.append("single map: every particle is subtracted with the same map, so "
+                            "the half-sets are no longer independent (give --half-maps)")
     return summary
 
 
@@ -286,10 +292,9 @@ def _write_outputs(
     write_job_files(paths, job.images, summary)
 
 
-def _mask_warnings(
-    summary: SubtractSummary, job: SubtractJob, report: MaskReport | None, mode: MaskMode,
-    apix: float, resolution: float | None, recenter_on_mask: bool,
-) -> None:
+def _mask_warnings(summary: SubtractSummary, job: SubtractJob, report: MaskReport | None,
+                   params: SubtractParams) -> None:
+    apix, resolution = job.pixel_size_angstrom, params.map_resolution_angstrom
     if report is None:
         job.warnings.append("no mask: the whole map is subtracted")
         return
@@ -303,7 +308,7 @@ def _mask_warnings(
         job.warnings.append(
             f"the mask has a hard edge (soft edge about {report.edge_width_px:.1f} px): "
             f"subtraction leaves artefacts at it; use a soft edge of {advice}")
-    if recenter_on_mask and mode is MaskMode.SUBTRACT:
+    if params.recenter_on_mask and params.mask_mode is MaskMode.SUBTRACT:
         job.warnings.append("--recenter-on-mask with --mask-mode subtract centres the images "
                             "on the region removed; use --recenter-xyz to centre elsewhere")
 

@@ -91,20 +91,14 @@ def region_volume(volume: np.ndarray, mask: np.ndarray | None, mode: MaskMode) -
     return volume * (1.0 - mask)
 
 
-def recenter_point(
-    recenter_on_mask: bool, recenter_xyz: Sequence[float] | None, mask: np.ndarray | None,
-    box_px: int,
-) -> np.ndarray | None:
-    """The 3D point to centre, as 0-based voxel indices ``(x, y, z)``; None for no recentring."""
-    if recenter_on_mask and recenter_xyz is not None:
-        raise ParameterError("give at most one of --recenter-on-mask and --recenter-xyz")
+def recenter_point(recenter_on_mask: bool, recenter_xyz: Sequence[float] | None,
+                   mask: np.ndarray | None) -> np.ndarray | None:
+    """The 3D point to centre, as 0-based voxel indices ``(x, y, z)``; None for no
+    recentring (the options are checked by :class:`.subtract_params.SubtractParams`)."""
     if recenter_on_mask:
         if mask is None:
             raise ParameterError("--recenter-on-mask needs --mask")
         return centre_of_mass_xyz(mask)
     if recenter_xyz is not None:
-        point = np.asarray(recenter_xyz, dtype=np.float64)
-        if point.shape != (3,) or not np.all(np.isfinite(point)):
-            raise ParameterError(f"--recenter-xyz needs three numbers, got {recenter_xyz!r}")
-        return point
+        return np.asarray(recenter_xyz, dtype=np.float64)
     return None

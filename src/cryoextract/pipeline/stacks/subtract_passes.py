@@ -20,10 +20,11 @@ from cryoextract.errors import CryoExtractError
 from cryoextract.io.images import format_image_name
 from cryoextract.io.mrc import StackWriter
 from cryoextract.ops.projection import FourierVolume, fourier_volume
-from cryoextract.options import MaskMode, ScaleMode
+from cryoextract.options import ScaleMode
 from cryoextract.pipeline.params import JobPaths
 from cryoextract.pipeline.stacks.subtract_inputs import SubtractJob
 from cryoextract.pipeline.stacks.subtract_maps import region_volume
+from cryoextract.pipeline.stacks.subtract_params import SubtractParams
 from cryoextract.pipeline.stacks.subtract_tasks import (
     StackTask,
     TaskContext,
@@ -37,19 +38,13 @@ ProgressCallback = Callable[[int], None]
 
 @dataclass(frozen=True)
 class PassSettings:
-    """What the passes remove and how they write: the mask and its mode, the scale fit
-    (radius in cycles per box, None for scale 1), the transforms' padding, the workers,
-    and the output box, mode and stack size."""
+    """What the passes remove and how they write: the job's parameters, the mask, the
+    output box and the workers."""
 
+    params: SubtractParams
     mask: np.ndarray | None
-    mode: MaskMode
-    scale_mode: ScaleMode
-    fit_radius: float | None
-    padding_factor: float
-    workers: int
     box_px: int
-    float16: bool
-    batch_size: int
+    workers: int
 
 
 @dataclass
@@ -72,7 +67,8 @@ def run_passes(
                         np.full(len(job.particles), np.nan))
     progress = Progress(on_progress)
     workers = settings.workers
-    for half, stacks in _plan_stacks(job, good, settings.batch_size):
+    params = settings.params
+    for half, stacks in _plan_stacks(job, good, params.batch_size):
         with kernel_loading_meanwhile(workers):
             region, whole = _half_volumes(job.maps.volumes[half], settings)
         done.fourier_volume_bytes = max(done.fourier_volume_bytes, region.nbytes + (
@@ -82,8 +78,8 @@ def run_passes(
             origins_angstrom=job.origins_angstrom, integer_shifts_xy=shifts, ctf=job.ctf,
             optics_group=job.optics_group, optics=job.optics,
             pixel_size_angstrom=job.pixel_size_angstrom, region=region, whole=whole,
-            out_box_px=settings.box_px, float16=settings.float16,
-            fit_radius_px=settings.fit_radius,
+            out_box_px=settings.box_px, float16=params.float16,
+            fit_radius_px=params.fit_radius_px(job.maps.box_px),
         )
         targets = []
         for rows in stacks:
@@ -180,9 +176,9 @@ def _half_volumes(volume: np.ndarray, settings: PassSettings
                   ) -> tuple[FourierVolume, FourierVolume | None]:
     """Fourier volumes of the region to remove and, to fit the scale, of the whole map
     (None when the region is the whole map or with ``--scale none``)."""
-    padding, workers = settings.padding_factor, settings.workers
-    region = region_volume(volume, settings.mask, settings.mode)
+    padding, workers = settings.params.padding_factor, settings.workers
+    region = region_volume(volume, settings.mask, settings.params.mask_mode)
     region_fv = fourier_volume(region, padding_factor=padding, workers=workers)
-    if settings.scale_mode is ScaleMode.NONE or region is volume:
+    if settings.params.scale is ScaleMode.NONE or region is volume:
         return region_fv, None
     return region_fv, fourier_volume(volume, padding_factor=padding, workers=workers)
