@@ -18,8 +18,8 @@ import starfile
 from cryoextract.ops.rotations import euler_to_matrix
 from cryoextract.ops.subparticles import vector_to_z
 from cryoextract.ops.symmetry import symmetry_operators
-from relion_oracle import require_relion
-from test_subparticles import extract_cli, particle_optics
+from relion_oracle import make_dataset, require_relion
+from test_subparticles import BOX, _one_particle_star, extract_cli, particle_optics
 
 APIX = 2.0
 SIGMA_A = 4.0
@@ -144,3 +144,28 @@ def test_aligned_subparticles_reconstruct_with_the_region_centred_and_vector_on_
     rotated = vector_to_z(REGION) @ MARKER / APIX
     assert np.linalg.norm(_blob_centre(aligned, rotated) - rotated) < 0.5
     assert np.linalg.norm(rotated - MARKER / APIX) > 3  # the two frames told apart
+
+
+def test_min_distance_with_subparticles_is_per_particle(tmp_path):
+    """Identity pose, C4 about z, a vector along z: the four copies project onto one centre,
+    so ``--min-distance-angstrom`` keeps one per particle; two particles 2 px apart are
+    both kept (the distance is between the sub-particles of one particle, not the picks')."""
+    data = make_dataset(tmp_path, kinds=("float32",), shape=(320, 320), n_picks=2, n_edge=0,
+                        box=BOX, dust=0)
+    star = _one_particle_star(data, "two.star", 100.0, 160.0)
+    table = starfile.read(data.root / star)
+    table["particles"] = pd.concat([table["particles"]] * 2, ignore_index=True)
+    table["particles"].loc[1, "rlnCoordinateX"] = 102.0
+    starfile.write(table, data.root / star, overwrite=True)
+    common = ("--micrographs", data.micrographs_star, "--coords", star, "--box", str(BOX),
+              "--no-report", "--quiet", "--symmetry-expand", "C4", "--recenter-xyz", "0",
+              "0", str(10 * data.apix))
+    for option in ("--min-distance-angstrom", "--subparticle-min-distance"):
+        out = f"Near{option}"
+        done = extract_cli(data.root, *common, option, str(5 * data.apix), "--out", out)
+        assert done.returncode == 0, done.stderr
+        kept = starfile.read(data.root / out / "particles.star")["particles"]
+        assert sorted(kept["ceSourceParticle"]) == [1, 2]
+        assert list(kept["ceSymmetryCopy"]) == [1, 1]
+    done = extract_cli(data.root, *common, "--out", "All")
+    assert len(starfile.read(data.root / "All" / "particles.star")["particles"]) == 8

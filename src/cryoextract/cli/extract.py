@@ -7,6 +7,7 @@ imports the library it wraps only when the command runs.
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import threading
 from pathlib import Path
@@ -155,7 +156,8 @@ def extract_command(
              "shift onto the centre), drop (lose it, as RELION).",
         rich_help_panel="Edges and sub-pixel")] = SubpixelMode.ORIGIN,
     min_distance_angstrom: Annotated[float | None, typer.Option(
-        help="Of picks closer than this, keep the best by --score-column.",
+        help="Of picks closer than this, keep the best by --score-column. With "
+             "sub-particles: between the sub-particles of one particle.",
         rich_help_panel="Selection")] = None,
     min_score: Annotated[float | None, typer.Option(
         help="Drop picks scoring below this in --score-column.",
@@ -233,6 +235,12 @@ def extract_command(
             symmetry_expand, recenter_xyz, _opt(subparticles), align_subparticles,
             subparticle_min_distance, helical_twist_deg=helical_twist_deg,
             helical_rise_angstrom=helical_rise_angstrom, helical_asu=helical_expand_asu)
+        if subparticle_spec is not None and subparticle_min_distance is None \
+                and min_distance_angstrom is not None:
+            # with sub-particles, the distance is between those of one particle
+            subparticle_spec = dataclasses.replace(
+                subparticle_spec, min_distance_angstrom=min_distance_angstrom)
+            min_distance_angstrom = None
         if helical_twist_deg is not None and not helix:
             helical_rise_angstrom = None  # the expansion's, not segments' (needs --helix)
         out_box = resolve_output_box(

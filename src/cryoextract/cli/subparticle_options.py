@@ -26,7 +26,8 @@ AlignOption = Annotated[bool, typer.Option(
 MinDistanceOption = Annotated[float | None, typer.Option(
     "--subparticle-min-distance", metavar="A",
     help="Drop a sub-particle whose projected centre is closer than this (A) to an "
-         "earlier kept one of the same particle.", rich_help_panel=PANEL)]
+         "earlier kept one of the same particle (--min-distance-angstrom does the same "
+         "when there are sub-particles).", rich_help_panel=PANEL)]
 TwistOption = Annotated[float | None, typer.Option(
     "--helical-twist-deg", metavar="DEG",
     help="Helical expansion instead of a point group (with --helical-rise-angstrom and "

@@ -67,7 +67,7 @@ class SubparticleSpec:
                            or any(not any(v) for v in self.vectors_angstrom)):
             raise ParameterError("--align-subparticles needs non-zero sub-particle vectors")
         if self.min_distance_angstrom is not None and not self.min_distance_angstrom > 0:
-            raise ParameterError("--subparticle-min-distance must be > 0, got "
+            raise ParameterError("the sub-particles' minimum distance must be > 0, got "
                                  f"{self.min_distance_angstrom}")
         self._check_helical()
 
@@ -104,8 +104,8 @@ class Expansion:
     def warnings(self) -> list[str]:
         if not self.overlapping:
             return []
-        return [f"{self.overlapping} sub-particles dropped: closer than "
-                "--subparticle-min-distance to another of their particle"]
+        return [f"{self.overlapping} sub-particles dropped: closer than the minimum "
+                "distance to another of their particle"]
 
 
 def expand_subparticles(picks: pd.DataFrame, spec: SubparticleSpec, source: str) -> Expansion:
