@@ -1,29 +1,9 @@
 """Realistic simulated cryo-EM data: micrographs, picks and a RELION 3.1 micrographs STAR.
 
-Image model of one micrograph (pixel ``(row, col)`` = ``(y, x)``, 0-based)::
-
-    micrograph = mean - signal + noise
-    signal     = irfft2(CTF * rfft2(sum of particle projections))
-
-The particles are projections of one random globular object (a few broad Gaussian
-"domains" plus many narrow Gaussian "atom clusters", about ``particle_diameter_angstrom``
-wide) in uniformly random 3D orientations, rendered at sub-pixel positions. The CTF is
-:func:`cryoextract.ops.ctf.ctf_2d` with RELION's sign (positive at low frequency for
-underfocus), so particles are *dark* on a light background, as in real micrographs;
-extracting with contrast inversion makes them white and gives RELION's model
-``image = CTF * projection``. The projections are rendered on a canvas padded by the CTF's
-delocalisation, so parts of edge particles outside the micrograph still scatter fringes
-into it and nothing wraps around.
-
-``snr`` is the variance of ``signal`` over the pixels within half a particle diameter of
-the true centres divided by the variance of the white Gaussian ``noise``. ``ice`` is
-CTF-filtered white density noise, stationary over the whole micrograph (amorphous ice), with
-``ice_fraction`` times the variance of ``noise``; it puts Thon rings into the power
-spectrum, as in real data. ``noise`` mimics
-a counting detector: ``mean`` is 90 electrons per pixel and the noise standard deviation
-``sqrt(90)``; ``uint16`` micrographs hold these values rounded to integer counts (far below
-32767, so a reader treating MRC mode 6 as signed, like RELION 3.1.3, sees the same
-numbers).
+:func:`simulate_dataset` draws one object (:mod:`.specimen`), then per micrograph a CTF,
+particle positions and the image (:mod:`.micrograph`, which describes the image model,
+``snr`` and ``ice_fraction``), and writes the micrographs, picks, ``micrographs.star``
+and ``truth.csv``.
 
 Everything is drawn from ``numpy.random.default_rng(seed)``: a fixed seed gives the same
 files, byte for byte except the STAR header comment's time stamp.
@@ -35,37 +15,25 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import mrcfile
 import numpy as np
 import pandas as pd
 import starfile
-from scipy import fft as sp_fft
 
 from cryoextract.errors import ParameterError
 from cryoextract.io.atomic import atomic_file, atomic_path
-from cryoextract.ops.ctf import (
-    CtfParams,
-    ctf_2d,
-    electron_wavelength_angstrom,
-    frequency_grid_angstrom,
+from cryoextract.ops.ctf import CtfParams
+from cryoextract.sim.micrograph import (
+    SimDtype,
+    place_particles,
+    random_ctf,
+    simulate_micrograph,
+    to_dtype,
 )
+from cryoextract.sim.specimen import random_object
 
 __all__ = ["SimulatedDataset", "simulate_dataset", "suggested_box_px", "write_truth"]
-
-SimDtype = Literal["float32", "float16", "uint16"]
-
-_MEAN_COUNTS_PER_PIXEL = 90.0
-_NOISE_STD = float(np.sqrt(_MEAN_COUNTS_PER_PIXEL))
-_EDGE_FRACTION = 0.15
-_MIN_SEPARATION_DIAMETERS = 0.8
-_N_DOMAINS = 14
-_N_FINE = 48
-_PLACEMENT_BATCH = 32
-_PLACEMENT_ROUNDS = 8
-_ICE_BFACTOR_ANGSTROM2 = 60.0
-_MIN_EXPONENT = -40.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -115,21 +83,6 @@ class SimulatedDataset:
     box_px: int
 
 
-@dataclass(frozen=True)
-class _GaussianObject:
-    """A 3D object as a sum of isotropic Gaussians; arrays (k, 3), (k,), (k,), in Å."""
-
-    centres_angstrom: np.ndarray
-    sigmas_angstrom: np.ndarray
-    weights: np.ndarray
-
-    @property
-    def radius_angstrom(self) -> float:
-        """Radius beyond which every Gaussian has fallen below exp(-8) of its peak."""
-        norms = np.linalg.norm(self.centres_angstrom, axis=1)
-        return float(np.max(norms + 4.0 * self.sigmas_angstrom))
-
-
 def suggested_box_px(particle_diameter_angstrom: float, pixel_size_angstrom: float) -> int:
     """Smallest even box of at least 1.5 particle diameters, in pixels."""
     return int(2 * np.ceil(0.75 * particle_diameter_angstrom / pixel_size_angstrom))
@@ -171,262 +124,6 @@ def _check_arguments(
             f"micrograph {tuple(shape_yx)} px is too small for {particle_diameter_angstrom} Å "
             f"particles at {pixel_size_angstrom} Å/px (box {box} px)"
         )
-
-
-def _random_object(
-    rng: np.random.Generator, diameter_angstrom: float, pixel_size_angstrom: float
-) -> _GaussianObject:
-    """A globular random object about ``diameter_angstrom`` wide."""
-
-    def in_ball(n: int, radius: float) -> np.ndarray:
-        direction = rng.normal(size=(n, 3))
-        direction /= np.linalg.norm(direction, axis=1, keepdims=True)
-        return direction * (radius * rng.uniform(size=(n, 1)) ** (1.0 / 3.0))
-
-    fine_min = max(2.5, 0.8 * pixel_size_angstrom)
-    centres = np.concatenate(
-        [in_ball(_N_DOMAINS, 0.27 * diameter_angstrom), in_ball(_N_FINE, 0.36 * diameter_angstrom)]
-    )
-    sigmas = np.concatenate(
-        [
-            rng.uniform(0.06, 0.11, _N_DOMAINS) * diameter_angstrom,
-            rng.uniform(fine_min, max(5.0, 2.0 * fine_min), _N_FINE),
-        ]
-    )
-    weights = np.concatenate([rng.uniform(0.6, 1.0, _N_DOMAINS), rng.uniform(0.3, 0.6, _N_FINE)])
-    return _GaussianObject(centres - centres.mean(axis=0), sigmas, weights)
-
-
-def _random_rotations(rng: np.random.Generator, n: int) -> np.ndarray:
-    """Uniformly distributed rotation matrices, shape (n, 3, 3)."""
-    q = rng.normal(size=(n, 4))
-    q /= np.linalg.norm(q, axis=1, keepdims=True)
-    w, x, y, z = q.T
-    return np.stack(
-        [
-            np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)], -1),
-            np.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)], -1),
-            np.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1),
-        ],
-        axis=1,
-    )
-
-
-def _edge_candidates(
-    rng: np.random.Generator, n: int, shape_yx: tuple[int, int], half_box: float
-) -> np.ndarray:
-    """Centres within ``half_box - 1`` px of a random edge, shape (n, 2) as (x, y)."""
-    ny, nx = shape_yx
-    distance = rng.uniform(0.0, half_box - 1.0, n)
-    side = rng.integers(0, 4, n)
-    x = rng.uniform(0.0, nx - 1.0, n)
-    y = rng.uniform(0.0, ny - 1.0, n)
-    x = np.where(side == 0, distance, np.where(side == 1, nx - 1.0 - distance, x))
-    y = np.where(side == 2, distance, np.where(side == 3, ny - 1.0 - distance, y))
-    return np.stack([x, y], axis=1)
-
-
-def _interior_candidates(
-    rng: np.random.Generator, n: int, shape_yx: tuple[int, int], half_box: float
-) -> np.ndarray:
-    """Centres whose box lies inside with a pixel to spare, shape (n, 2) as (x, y)."""
-    ny, nx = shape_yx
-    margin = half_box + 1.0
-    x = rng.uniform(margin, nx - 1.0 - margin, n)
-    y = rng.uniform(margin, ny - 1.0 - margin, n)
-    return np.stack([x, y], axis=1)
-
-
-def _place_particles(
-    rng: np.random.Generator,
-    n: int,
-    shape_yx: tuple[int, int],
-    box_px: int,
-    diameter_px: float,
-    edge_picks: bool,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Random non-overlapping centres (random sequential addition).
-
-    Returns
-    -------
-    positions_xy : np.ndarray
-        float64, shape (n, 2), columns (x, y), all inside ``[0, n - 1]``.
-    near_edge : np.ndarray
-        bool, shape (n,): a ``box_px`` box around the centre leaves the micrograph.
-    """
-    half_box = box_px / 2.0
-    n_edge = max(1, round(_EDGE_FRACTION * n)) if edge_picks and n > 0 else 0
-    min_distance = _MIN_SEPARATION_DIAMETERS * diameter_px
-    placed = np.empty((0, 2))
-    for index in range(n):
-        sampler = _edge_candidates if index < n_edge else _interior_candidates
-        for _ in range(_PLACEMENT_ROUNDS):
-            candidates = sampler(rng, _PLACEMENT_BATCH, shape_yx, half_box)
-            distances = np.linalg.norm(candidates[:, None, :] - placed[None, :, :], axis=2)
-            free = np.all(distances >= min_distance, axis=1)
-            if free.any():
-                break
-        chosen = candidates[int(np.argmax(free))] if free.any() else candidates[0]
-        placed = np.vstack([placed, chosen])
-    # Millipixel precision: the STAR picks (printed with 6 decimals) read back exactly.
-    placed = np.round(placed[rng.permutation(n)], 3)
-    ny, nx = shape_yx
-    edge_distance = (
-        np.minimum.reduce(
-            [placed[:, 0], placed[:, 1], nx - 1.0 - placed[:, 0], ny - 1.0 - placed[:, 1]]
-        )
-        if n
-        else np.empty(0)
-    )
-    return placed, edge_distance < half_box
-
-
-def _render_particle(
-    canvas: np.ndarray,
-    obj: _GaussianObject,
-    rotation: np.ndarray,
-    centre_yx: tuple[float, float],
-    pixel_size_angstrom: float,
-) -> None:
-    """Add the projection of ``obj`` rotated by ``rotation`` (3, 3) at a sub-pixel centre."""
-    rotated = obj.centres_angstrom @ rotation.T / pixel_size_angstrom  # (k, 3) in px
-    sigmas = obj.sigmas_angstrom / pixel_size_angstrom
-    amplitudes = obj.weights * sigmas  # peak of the projected Gaussian ∝ σ
-    half = int(np.ceil(obj.radius_angstrom / pixel_size_angstrom)) + 1
-    y0 = int(np.floor(centre_yx[0])) - half
-    x0 = int(np.floor(centre_yx[1])) - half
-    rows = slice(max(y0, 0), min(y0 + 2 * half + 1, canvas.shape[0]))
-    cols = slice(max(x0, 0), min(x0 + 2 * half + 1, canvas.shape[1]))
-    if rows.start >= rows.stop or cols.start >= cols.stop:
-        return
-    inv_two_var = 1.0 / (2.0 * sigmas[:, None] ** 2)
-    dy = np.arange(rows.start, rows.stop)[None, :] - (centre_yx[0] + rotated[:, 1:2])
-    dx = np.arange(cols.start, cols.stop)[None, :] - (centre_yx[1] + rotated[:, 0:1])
-    # Clipping the exponent keeps subnormal numbers (very slow in exp and BLAS) out.
-    gy = np.exp(np.maximum(-(dy * dy) * inv_two_var, _MIN_EXPONENT)) * amplitudes[:, None]
-    gx = np.exp(np.maximum(-(dx * dx) * inv_two_var, _MIN_EXPONENT))
-    # einsum's own loop, not BLAS: a threaded gemm stalls on small matrices on busy machines.
-    canvas[rows, cols] += np.einsum("ky,kx->yx", gy, gx)
-
-
-def _random_ctf(
-    rng: np.random.Generator,
-    defocus_range_angstrom: tuple[float, float],
-    astigmatism_range_angstrom: tuple[float, float],
-    voltage_kv: float,
-    spherical_aberration_mm: float,
-    amplitude_contrast: float,
-) -> CtfParams:
-    """One micrograph's CTF: uniform mean defocus, astigmatism and angle."""
-    mean = rng.uniform(*defocus_range_angstrom)
-    astigmatism = rng.uniform(*astigmatism_range_angstrom)
-    angle = rng.uniform(0.0, 180.0)
-    return CtfParams(
-        defocus_u_angstrom=round(mean + astigmatism / 2, 2),
-        defocus_v_angstrom=round(mean - astigmatism / 2, 2),
-        defocus_angle_degrees=round(angle, 2),
-        voltage_kv=float(voltage_kv),
-        spherical_aberration_mm=float(spherical_aberration_mm),
-        amplitude_contrast=float(amplitude_contrast),
-    )
-
-
-def _delocalisation_px(params: CtfParams, pixel_size_angstrom: float) -> int:
-    """Padding (px) covering the CTF's delocalisation up to Nyquist, plus the Cs term."""
-    wavelength = electron_wavelength_angstrom(params.voltage_kv)
-    nyquist = 1.0 / (2.0 * pixel_size_angstrom)
-    defocus = max(params.defocus_u_angstrom, params.defocus_v_angstrom)
-    cs = params.spherical_aberration_mm * 1e7
-    shift = wavelength * defocus * nyquist + cs * wavelength**3 * nyquist**3
-    return int(np.ceil(shift / pixel_size_angstrom)) + 8
-
-
-def _disc_mask(shape_yx: tuple[int, int], positions_xy: np.ndarray, radius_px: float) -> np.ndarray:
-    """True within ``radius_px`` of any centre; bool, shape (ny, nx)."""
-    mask = np.zeros(shape_yx, dtype=bool)
-    r = int(np.ceil(radius_px))
-    for x, y in positions_xy:
-        y0, x0 = max(int(y) - r, 0), max(int(x) - r, 0)
-        y1, x1 = min(int(y) + r + 2, shape_yx[0]), min(int(x) + r + 2, shape_yx[1])
-        yy, xx = np.ogrid[y0:y1, x0:x1]
-        mask[y0:y1, x0:x1] |= (yy - y) ** 2 + (xx - x) ** 2 <= radius_px**2
-    return mask
-
-
-def _micrograph_signal(
-    obj: _GaussianObject,
-    rotations: np.ndarray,
-    positions_xy: np.ndarray,
-    shape_yx: tuple[int, int],
-    ctf: CtfParams,
-    pixel_size_angstrom: float,
-) -> np.ndarray:
-    """CTF-filtered sum of projections, float64, shape (ny, nx); positive particles."""
-    ny, nx = shape_yx
-    pad = min(_delocalisation_px(ctf, pixel_size_angstrom), max(ny, nx))
-    canvas_shape = (
-        sp_fft.next_fast_len(ny + 2 * pad, real=True),
-        sp_fft.next_fast_len(nx + 2 * pad, real=True),
-    )
-    canvas = np.zeros(canvas_shape)
-    for rotation, (x, y) in zip(rotations, positions_xy, strict=True):
-        _render_particle(canvas, obj, rotation, (y + pad, x + pad), pixel_size_angstrom)
-    spectrum = sp_fft.rfft2(canvas)
-    spectrum *= ctf_2d(ctf, canvas_shape, pixel_size_angstrom)
-    filtered = sp_fft.irfft2(spectrum, s=canvas_shape)
-    return filtered[pad : pad + ny, pad : pad + nx]
-
-
-def _ice_texture(
-    rng: np.random.Generator, shape_yx: tuple[int, int], ctf: CtfParams, pixel_size_angstrom: float
-) -> np.ndarray:
-    """CTF-filtered white density noise (amorphous ice), unit variance, shape (ny, nx).
-
-    Stationary, so the FFT's wrap-around is invisible; it puts Thon rings into the power
-    spectrum of the whole micrograph.
-    """
-    spectrum = sp_fft.rfft2(rng.standard_normal(shape_yx))
-    ky, kx = frequency_grid_angstrom(shape_yx, pixel_size_angstrom)
-    spectrum *= ctf_2d(ctf, shape_yx, pixel_size_angstrom) * np.exp(
-        -_ICE_BFACTOR_ANGSTROM2 / 4.0 * (kx * kx + ky * ky)
-    )
-    ice = sp_fft.irfft2(spectrum, s=shape_yx)
-    std = float(ice.std())
-    return ice / std if std > 0 else ice
-
-
-def _to_dtype(image: np.ndarray, dtype: SimDtype) -> np.ndarray:
-    """Cast to the output type; ``uint16`` as rounded, clipped counts."""
-    if dtype == "uint16":
-        return np.clip(np.rint(image), 0, np.iinfo(np.uint16).max).astype(np.uint16)
-    return image.astype(dtype)
-
-
-def _simulate_micrograph(
-    rng: np.random.Generator,
-    obj: _GaussianObject,
-    positions_xy: np.ndarray,
-    shape_yx: tuple[int, int],
-    ctf: CtfParams,
-    pixel_size_angstrom: float,
-    diameter_px: float,
-    snr: float,
-    ice_fraction: float,
-) -> np.ndarray:
-    """One micrograph ``mean - signal + ice + noise``, float64, shape (ny, nx)."""
-    rotations = _random_rotations(rng, len(positions_xy))
-    signal = _micrograph_signal(obj, rotations, positions_xy, shape_yx, ctf, pixel_size_angstrom)
-    if len(positions_xy):
-        inside = signal[_disc_mask(shape_yx, positions_xy, diameter_px / 2.0)]
-        signal_std = float(inside.std()) if inside.size > 1 else 0.0
-        if signal_std > 0:
-            signal *= _NOISE_STD * np.sqrt(snr) / signal_std
-    image = _MEAN_COUNTS_PER_PIXEL - signal
-    if ice_fraction > 0:
-        ice = _ice_texture(rng, shape_yx, ctf, pixel_size_angstrom)
-        image += ice * (_NOISE_STD * np.sqrt(ice_fraction))
-    image += rng.standard_normal(shape_yx) * _NOISE_STD
-    return image
 
 
 def _write_mrc(path: Path, image: np.ndarray, pixel_size_angstrom: float) -> None:
@@ -600,8 +297,8 @@ def simulate_dataset(
         Range of ``U - V``, drawn uniformly per micrograph; the angle is uniform in
         [0, 180) degrees.
     snr
-        Signal variance within the particles over noise variance (see the module
-        docstring).
+        Signal variance within the particles over noise variance (see
+        :mod:`cryoextract.sim.micrograph`).
     ice_fraction
         Variance of the CTF-filtered ice background over the noise variance; 0 disables it.
     dtype
@@ -642,11 +339,11 @@ def simulate_dataset(
     rng = np.random.default_rng(seed)
     diameter_px = particle_diameter_angstrom / pixel_size_angstrom
     box_px = suggested_box_px(particle_diameter_angstrom, pixel_size_angstrom)
-    obj = _random_object(rng, particle_diameter_angstrom, pixel_size_angstrom)
+    obj = random_object(rng, particle_diameter_angstrom, pixel_size_angstrom)
 
     names, mic_paths, pick_paths, positions, edges, ctfs = [], [], [], [], [], []
     for index in range(1, n_micrographs + 1):
-        ctf = _random_ctf(
+        ctf = random_ctf(
             rng,
             defocus_range_angstrom,
             astigmatism_range_angstrom,
@@ -654,15 +351,15 @@ def simulate_dataset(
             spherical_aberration_mm,
             amplitude_contrast,
         )
-        xy, near_edge = _place_particles(
+        xy, near_edge = place_particles(
             rng, particles_per_micrograph, shape_yx, box_px, diameter_px, edge_picks
         )
-        image = _simulate_micrograph(
+        image = simulate_micrograph(
             rng, obj, xy, shape_yx, ctf, pixel_size_angstrom, diameter_px, snr, ice_fraction
         )
         name = f"Micrographs/mic_{index:03d}.mrc"
         pick_path = out_dir / "Picks" / f"mic_{index:03d}_autopick.star"
-        _write_mrc(out_dir / name, _to_dtype(image, dtype), pixel_size_angstrom)
+        _write_mrc(out_dir / name, to_dtype(image, dtype), pixel_size_angstrom)
         _write_picks(pick_path, xy, rng.uniform(0.2, 1.0, len(xy)))
         names.append(name)
         mic_paths.append(out_dir / name)
