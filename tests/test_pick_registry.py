@@ -2,13 +2,13 @@
 
 A format added to the registry alone is read by extension and content, accepted by
 ``--coords-format`` and written by ``write_picks`` and ``convert``; ``convert`` takes
-the output format from the output's extension; io/ only reads and writes. The values
-checked are the coordinates written into the files here, not our own readers' output.
+the output format from the output's extension (that io/ imports nothing above it is
+tests/test_layers.py). The values checked are the coordinates written into the files
+here, not our own readers' output.
 """
 
 from __future__ import annotations
 
-import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +24,6 @@ from cryoextract.io.pickformats.registry import PickFormat
 from cryoextract.io.pickformats.writers import write_picks
 from helpers import CBOX, POS, cli_env, one_line_error, written
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "cryoextract"
 XY = ["rlnCoordinateX", "rlnCoordinateY"]
 
 
@@ -138,24 +137,6 @@ def test_cli_choices_and_help_come_from_the_registry() -> None:
     help_text = next(p for p in extract.params if p.name == "coords_format").help
     for fmt in registry.PICK_FORMATS:
         assert f"{fmt.name} ({fmt.description})" in help_text
-
-
-def test_io_only_reads_and_writes() -> None:
-    """No io/ module imports the pipeline, the CLI or the report; of ops/, only the
-    rotations (cryoSPARC poses, docs/conventions.md)."""
-    assert not (SRC / "io" / "pickformats" / "conversion.py").exists()
-    for path in sorted((SRC / "io").rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module:
-                name = node.module
-            elif isinstance(node, ast.Import):
-                name = node.names[0].name
-            else:
-                continue
-            for layer in ("pipeline", "cli", "report", "sim"):
-                assert not name.startswith(f"cryoextract.{layer}"), (path, name)
-            if name.startswith("cryoextract.ops"):
-                assert name == "cryoextract.ops.rotations", (path, name)
 
 
 def _convert(args: list[str]) -> subprocess.CompletedProcess[str]:
