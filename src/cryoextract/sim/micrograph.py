@@ -28,6 +28,7 @@ numbers).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Literal
 
 import numpy as np
@@ -125,21 +126,18 @@ def random_ctf(
     rng: np.random.Generator,
     defocus_range_angstrom: tuple[float, float],
     astigmatism_range_angstrom: tuple[float, float],
-    voltage_kv: float,
-    spherical_aberration_mm: float,
-    amplitude_contrast: float,
+    optics: CtfParams,
 ) -> CtfParams:
-    """One micrograph's CTF: uniform mean defocus, astigmatism and angle."""
+    """One micrograph's CTF: ``optics`` (voltage, Cs, Q0) with a uniform mean defocus,
+    astigmatism and angle."""
     mean = rng.uniform(*defocus_range_angstrom)
     astigmatism = rng.uniform(*astigmatism_range_angstrom)
     angle = rng.uniform(0.0, 180.0)
-    return CtfParams(
+    return replace(
+        optics,
         defocus_u_angstrom=round(mean + astigmatism / 2, 2),
         defocus_v_angstrom=round(mean - astigmatism / 2, 2),
         defocus_angle_degrees=round(angle, 2),
-        voltage_kv=float(voltage_kv),
-        spherical_aberration_mm=float(spherical_aberration_mm),
-        amplitude_contrast=float(amplitude_contrast),
     )
 
 

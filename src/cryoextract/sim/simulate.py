@@ -148,23 +148,18 @@ def _write_picks(path: Path, positions_xy: np.ndarray, figure_of_merit: np.ndarr
 
 
 def _write_micrographs_star(
-    path: Path,
-    names: Sequence[str],
-    ctfs: Sequence[CtfParams],
+    path: Path, names: Sequence[str], ctfs: Sequence[CtfParams], optics: CtfParams,
     pixel_size_angstrom: float,
-    voltage_kv: float,
-    spherical_aberration_mm: float,
-    amplitude_contrast: float,
 ) -> None:
     """RELION 3.1 ``micrographs.star`` with an optics table and the micrographs' CTFs."""
-    optics = pd.DataFrame(
+    optics_table = pd.DataFrame(
         {
             "rlnOpticsGroupName": ["opticsGroup1"],
             "rlnOpticsGroup": [1],
             "rlnMicrographOriginalPixelSize": [float(pixel_size_angstrom)],
-            "rlnVoltage": [float(voltage_kv)],
-            "rlnSphericalAberration": [float(spherical_aberration_mm)],
-            "rlnAmplitudeContrast": [float(amplitude_contrast)],
+            "rlnVoltage": [optics.voltage_kv],
+            "rlnSphericalAberration": [optics.spherical_aberration_mm],
+            "rlnAmplitudeContrast": [optics.amplitude_contrast],
             "rlnMicrographPixelSize": [float(pixel_size_angstrom)],
         }
     )
@@ -181,7 +176,7 @@ def _write_micrographs_star(
         }
     )
     with atomic_path(path) as tmp:
-        starfile.write({"optics": optics, "micrographs": micrographs}, tmp, overwrite=True)
+        starfile.write({"optics": optics_table, "micrographs": micrographs}, tmp, overwrite=True)
 
 
 def write_truth(
@@ -332,6 +327,14 @@ def simulate_dataset(
         ice_fraction,
         dtype,
     )
+    optics = CtfParams(  # the defocus is drawn per micrograph (random_ctf)
+        defocus_u_angstrom=0.0,
+        defocus_v_angstrom=0.0,
+        defocus_angle_degrees=0.0,
+        voltage_kv=float(voltage_kv),
+        spherical_aberration_mm=float(spherical_aberration_mm),
+        amplitude_contrast=float(amplitude_contrast),
+    )
     out_dir = Path(out_dir)
     _prepare_out_dir(out_dir, overwrite)
     (out_dir / "Micrographs").mkdir(parents=True, exist_ok=True)
@@ -343,14 +346,7 @@ def simulate_dataset(
 
     names, mic_paths, pick_paths, positions, edges, ctfs = [], [], [], [], [], []
     for index in range(1, n_micrographs + 1):
-        ctf = random_ctf(
-            rng,
-            defocus_range_angstrom,
-            astigmatism_range_angstrom,
-            voltage_kv,
-            spherical_aberration_mm,
-            amplitude_contrast,
-        )
+        ctf = random_ctf(rng, defocus_range_angstrom, astigmatism_range_angstrom, optics)
         xy, near_edge = place_particles(
             rng, particles_per_micrograph, shape_yx, box_px, diameter_px, edge_picks
         )
@@ -369,15 +365,7 @@ def simulate_dataset(
         ctfs.append(ctf)
 
     star_path = out_dir / "micrographs.star"
-    _write_micrographs_star(
-        star_path,
-        names,
-        ctfs,
-        pixel_size_angstrom,
-        voltage_kv,
-        spherical_aberration_mm,
-        amplitude_contrast,
-    )
+    _write_micrographs_star(star_path, names, ctfs, optics, pixel_size_angstrom)
     truth_path = out_dir / "truth.csv"
     write_truth(truth_path, names, positions, edges)
     return SimulatedDataset(
