@@ -100,8 +100,8 @@ def simulated_extraction(root: Path, *, n_micrographs: int, shape_yx: tuple[int,
                          seed: int, write_cs: bool = False) -> tuple[Any, Path]:
     """A simulated dataset in ``root/data`` extracted (its own box, one worker) into
     ``root/out`` from the dataset's folder; returns ``(dataset, out)``."""
-    from cryoextract.pipeline.extract import extract
-    from cryoextract.pipeline.params import ExtractParams
+    from cryoextract.pipeline.extraction.extract import extract
+    from cryoextract.pipeline.extraction.params import ExtractParams
     from cryoextract.sim.simulate import simulate_dataset
 
     ds = simulate_dataset(root / "data", n_micrographs=n_micrographs, shape_yx=shape_yx,

@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import starfile
 
-from cryoextract.pipeline.extract import extract
-from cryoextract.pipeline.params import ExtractParams, HelixParams
+from cryoextract.pipeline.extraction.extract import extract
+from cryoextract.pipeline.extraction.params import ExtractParams, HelixParams
 from relion_oracle import Dataset, Particles, coordinate_file, load_particles, make_dataset
 
 BOX = 96

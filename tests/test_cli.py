@@ -25,7 +25,7 @@ import starfile
 
 import cryoextract
 from cryoextract import EdgeMode, ExtractParams, NormMode, ParameterError
-from cryoextract.pipeline.outputs import ExtractionSummary
+from cryoextract.pipeline.extraction.outputs import ExtractionSummary
 from cryoextract.sim.simulate import SimulatedDataset, simulate_dataset
 from helpers import cli_env, one_line_error, stack_of
 

@@ -20,8 +20,8 @@ from typer.testing import CliRunner
 
 from cryoextract.cli.app import app
 from cryoextract.io.star import read_star, write_star
-from cryoextract.pipeline.extract import extract
-from cryoextract.pipeline.params import ExtractParams
+from cryoextract.pipeline.extraction.extract import extract
+from cryoextract.pipeline.extraction.params import ExtractParams
 from cryoextract.sim.simulate import simulate_dataset
 from helpers import one_line_error
 

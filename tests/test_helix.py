@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import starfile
 
-from cryoextract.pipeline.params import HelixParams
+from cryoextract.pipeline.extraction.params import HelixParams
 from helix_oracle import (
     APIX,
     BG_RADIUS,

@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cryoextract.pipeline.extract import extract
-from cryoextract.pipeline.params import ExtractParams, HelixParams
+from cryoextract.pipeline.extraction.extract import extract
+from cryoextract.pipeline.extraction.params import ExtractParams, HelixParams
 from helix_oracle import (
     APIX,
     BG_RADIUS,
@@ -162,7 +162,7 @@ def test_cryosparc_filament_fields_in_and_out(plain: Dataset) -> None:
 def test_given_priors_turn_with_axis_fixes(plain: Dataset) -> None:
     """Segments with psi priors (a .cs with poses) given --swap-xy --flip-x --flip-y: their
     priors are those the moved segments' own order gives (the same .cs without poses)."""
-    from cryoextract.pipeline.params import PickTransform
+    from cryoextract.pipeline.extraction.params import PickTransform
 
     _filament_cs(plain.root / "posed.cs", plain)
     _filament_cs(plain.root / "unposed.cs", plain, pose=False)

@@ -1,4 +1,4 @@
-"""Pure array functions of ``cryoextract.ops`` and ``cryoextract.pipeline.params``.
+"""Pure array functions of ``cryoextract.ops`` and ``cryoextract.pipeline.extraction.params``.
 
 Every expected value comes from an independent oracle: an analytic result or a naive
 numpy re-implementation written here (never numbers copied from running our code).
@@ -21,7 +21,7 @@ from cryoextract.ops.boxes import (
 from cryoextract.ops.boxsize import is_efficient_box, nearest_efficient_boxes
 from cryoextract.ops.fourier import fourier_crop_2d
 from cryoextract.ops.normalize import NormMode, normalise
-from cryoextract.pipeline.params import ExtractParams, resolve_output_box
+from cryoextract.pipeline.extraction.params import ExtractParams, resolve_output_box
 
 
 # --------------------------------------------------------------------------- helpers

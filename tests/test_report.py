@@ -34,7 +34,7 @@ from cryoextract.errors import InputError
 from cryoextract.io.mrc import open_micrograph
 from cryoextract.io.star import read_star, write_star
 from cryoextract.ops import descriptors as D
-from cryoextract.pipeline.thumbnail_gate import ThumbnailShortlist
+from cryoextract.pipeline.extraction.thumbnail_gate import ThumbnailShortlist
 from cryoextract.report import micrograph_thumbnail, write_report
 from cryoextract.report.histogram import histogram_bins
 from cryoextract.sim.simulate import SimulatedDataset, simulate_dataset

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from cryoextract.pipeline.executors import DASK_PLUGIN
+from cryoextract.pipeline.extraction.executors import DASK_PLUGIN
 from cryoextract.sim.simulate import simulate_dataset
 from prereq import require_module
 
@@ -178,7 +178,7 @@ def test_full_disk_leaves_nothing_half_written_and_resume_finishes(dataset):
 
 def test_dask_cluster_equals_local_run_even_when_a_worker_dies(dataset):
     distributed = require_module("distributed")
-    from cryoextract.pipeline.dask_plugin import ExtractionWorker
+    from cryoextract.pipeline.extraction.dask_plugin import ExtractionWorker
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   host="127.0.0.1", dashboard_address=None) as cluster:
         proc = subprocess.run(command("dask", "--dask-scheduler", cluster.scheduler_address),
@@ -224,8 +224,8 @@ def test_dask_workers_that_cannot_take_the_plugin_give_one_line(monkeypatch):
     before any work, with a one-line error naming the scheduler."""
     distributed = require_module("distributed")
     from cryoextract.errors import ParameterError
-    from cryoextract.pipeline import dask_plugin
-    from cryoextract.pipeline.executors import run_tasks
+    from cryoextract.pipeline.extraction import dask_plugin
+    from cryoextract.pipeline.extraction.executors import run_tasks
 
     def broken(self, worker):
         raise AttributeError("Can't get attribute 'ExtractionWorker'\nsecond line")

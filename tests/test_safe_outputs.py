@@ -26,7 +26,7 @@ import pytest
 from conftest import write_mrc
 from cryoextract.io.names import safe_component, unique_components
 from cryoextract.io.star import read_star, write_star
-from cryoextract.pipeline.plan import unique_stack_names
+from cryoextract.pipeline.extraction.plan import unique_stack_names
 from cryoextract.sim.simulate import simulate_dataset
 from helpers import cli_env, one_line_error
 

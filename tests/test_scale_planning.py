@@ -12,7 +12,7 @@ quadratic step dominates could not pass. A time ratio over the threshold is meas
 once more and each size's faster run kept (the usual defence against a busy machine);
 memory is not noisy.
 
-* planning (``cryoextract.pipeline.extract.prepare_job``: read the micrographs STAR and
+* planning (``cryoextract.pipeline.extraction.extract.prepare_job``: read the micrographs STAR and
   a particles STAR of picks with ``rlnMicrographName``, split the picks, plan the tasks)
   for 2,500 micrographs / 250,000 picks and 10,000 / 1,000,000. The micrograph files
   do not exist: planning never opens them;
@@ -158,8 +158,9 @@ def _rss() -> int:
 
 
 def _measure_plan(root: Path) -> dict[str, float]:
-    from cryoextract.pipeline.extract import ExtractInputs, prepare_job
-    from cryoextract.pipeline.params import ExtractParams, JobPaths
+    from cryoextract.pipeline.extraction.extract import ExtractInputs, prepare_job
+    from cryoextract.pipeline.extraction.params import ExtractParams
+    from cryoextract.pipeline.frame import JobPaths
 
     os.chdir(root)
     inputs = ExtractInputs(micrographs="micrographs.star", coords="picks.star")

@@ -18,7 +18,7 @@ from helpers import cli_env
 
 #: never imported to show help or to parse arguments
 HEAVY = ("scipy", "pandas", "matplotlib", "numba", "mrcfile", "starfile", "markdown_it",
-         "cryoextract.pipeline.extract", "cryoextract.pipeline.task")
+         "cryoextract.pipeline.extraction.extract", "cryoextract.pipeline.extraction.task")
 
 _MARK = "@@modules "
 # the app as the console script runs it, then what the interpreter has imported

@@ -22,7 +22,7 @@ from cryoextract.io.subparticles import read_subparticle_vectors
 from cryoextract.ops.rotations import euler_to_matrix
 from cryoextract.ops.subparticles import aligned_orientations, separated, vector_to_z
 from cryoextract.ops.symmetry import symmetry_operators
-from cryoextract.pipeline.subparticles import SubparticleSpec, expand_subparticles
+from cryoextract.pipeline.extraction.subparticles import SubparticleSpec, expand_subparticles
 from helpers import cli_env, one_line_error, refused, written
 from prereq import require_module
 from relion_oracle import load_particles, make_dataset, pearson, require_relion

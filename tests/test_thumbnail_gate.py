@@ -10,8 +10,8 @@ import pytest
 
 from cryoextract import ExtractParams, extract
 from cryoextract.ops.thumbnail import Thumbnail
-from cryoextract.pipeline import task as task_module
-from cryoextract.pipeline.thumbnail_gate import ThumbnailGate, ThumbnailShortlist
+from cryoextract.pipeline.extraction import task as task_module
+from cryoextract.pipeline.extraction.thumbnail_gate import ThumbnailGate, ThumbnailShortlist
 from cryoextract.sim.simulate import simulate_dataset
 
 

@@ -15,8 +15,8 @@ _PUBLIC = {
     "ParameterError": "cryoextract.errors",
     "EdgeMode": "cryoextract.options",
     "NormMode": "cryoextract.options",
-    "extract": "cryoextract.pipeline.extract",
-    "ExtractParams": "cryoextract.pipeline.params",
+    "extract": "cryoextract.pipeline.extraction.extract",
+    "ExtractParams": "cryoextract.pipeline.extraction.params",
     "SubpixelMode": "cryoextract.options",
 }
 
@@ -35,8 +35,8 @@ __all__ = [
 if TYPE_CHECKING:
     from cryoextract.errors import CryoExtractError, InputError, ParameterError
     from cryoextract.options import EdgeMode, NormMode, SubpixelMode
-    from cryoextract.pipeline.extract import extract
-    from cryoextract.pipeline.params import ExtractParams
+    from cryoextract.pipeline.extraction.extract import extract
+    from cryoextract.pipeline.extraction.params import ExtractParams
 
 
 def _version() -> str:

@@ -3,7 +3,7 @@
 The CLI declares its options with these enums when it is imported, so showing ``--help``
 or parsing arguments needs this module only, never the numerics that act on the choice
 (which import numpy, scipy or pandas). The library re-exports each where it belongs
-(``SubpixelMode`` from :mod:`cryoextract.pipeline.params`).
+(``SubpixelMode`` from :mod:`cryoextract.pipeline.extraction.params`).
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperGroup
 
+from cryoextract.errors import os_error_message
 from cryoextract.io.pickformats.registry import describe, readable
 from cryoextract.options import PathStyle
 
@@ -53,7 +54,9 @@ class OneLineErrors(TyperGroup):
     """The app's command group. A usage error (an unknown option, a missing value, a
     choice not offered) is one line naming the option, ``error: cryoextract extract: No
     such option: --bogus ...``, exit code 2, like every other error; not typer's framed
-    box under the usage."""
+    box under the usage. An ``OSError`` a command lets through (an output folder that
+    cannot be created, a full disk, a file where a folder should be) is the same one
+    line, naming the file, exit code 2: never a traceback."""
 
     def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
              complete_var: str | None = None, standalone_mode: bool = True,
@@ -65,6 +68,9 @@ class OneLineErrors(TyperGroup):
         except typer.Abort:
             print_error("aborted")
             sys.exit(1)
+        except OSError as exc:  # a write or read no command caught: one line naming the file
+            print_error(os_error_message(exc))
+            sys.exit(EXIT_INPUT_ERROR)
         except typer.TyperException as exc:
             # no arguments at all: typer has printed the help already
             if type(exc).__name__ != "NoArgsIsHelpError":

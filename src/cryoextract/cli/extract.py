@@ -1,5 +1,5 @@
 """``cryoextract extract``: cut particles out of micrographs (a thin wrapper over
-:mod:`cryoextract.pipeline.extract`).
+:mod:`cryoextract.pipeline.extraction.extract`).
 
 Registered on the main app by :mod:`cryoextract.cli.app`; like every command module this
 imports the library it wraps only when the command runs.
@@ -41,9 +41,9 @@ from cryoextract.options import CtfCorrection, EdgeMode, NormMode, PathStyle, Su
 
 if TYPE_CHECKING:
     from cryoextract.cli.progress import JobProgress
-    from cryoextract.pipeline.extract import ExtractInputs, ExtractionSummary, RunOptions
-    from cryoextract.pipeline.params import ExtractParams
-    from cryoextract.pipeline.watch import WatchOptions
+    from cryoextract.pipeline.extraction.extract import ExtractInputs, ExtractionSummary, RunOptions
+    from cryoextract.pipeline.extraction.params import ExtractParams
+    from cryoextract.pipeline.extraction.watch import WatchOptions
 
 
 class ExtractCommand(TyperCommand):
@@ -51,7 +51,7 @@ class ExtractCommand(TyperCommand):
 
     typer has no option for a list of tuples; the option is declared a list and made to
     take three values per use here (its values are checked by
-    :func:`cryoextract.pipeline.subparticles.subparticle_options`).
+    :func:`cryoextract.pipeline.extraction.subparticles.subparticle_options`).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -226,10 +226,14 @@ def extract_command(
 ) -> None:
     """Cut particles out of micrographs at picked coordinates into stacks + a RELION STAR."""
     from cryoextract.cli.progress import JobProgress
-    from cryoextract.pipeline.params import ExtractParams, PickTransform, resolve_output_box
+    from cryoextract.pipeline.extraction.params import (
+        ExtractParams,
+        PickTransform,
+        resolve_output_box,
+    )
 
     try:
-        from cryoextract.pipeline.subparticles import subparticle_options
+        from cryoextract.pipeline.extraction.subparticles import subparticle_options
 
         subparticle_spec, recenter_point = subparticle_options(
             symmetry_expand, recenter_xyz, _opt(subparticles), align_subparticles,
@@ -267,13 +271,13 @@ def extract_command(
                                helical_outer_diameter_angstrom, helical_bimodal_psi),
         )
         # the extraction pipeline is imported only by the command that runs it
-        from cryoextract.pipeline.extract import (
+        from cryoextract.pipeline.extraction.extract import (
             REPORT_FAILED,
             ExtractInputs,
             RunOptions,
             extract,
         )
-        from cryoextract.pipeline.watch import WatchOptions
+        from cryoextract.pipeline.extraction.watch import WatchOptions
 
         with JobProgress(quiet=quiet, log_path=progress_log) as progress:
             if watch:
@@ -314,7 +318,7 @@ def extract_command(
 
 def _write_report(out_dir: Path, micrographs: str, quiet: bool) -> None:
     """The QC report after ``--watch``; a failure here never fails the extraction."""
-    from cryoextract.pipeline.extract import write_job_report
+    from cryoextract.pipeline.extraction.extract import write_job_report
 
     failed = write_job_report(out_dir, micrographs)
     if failed:
@@ -330,7 +334,7 @@ def _opt(value: Path | None) -> str | None:
 def _watch(inputs: ExtractInputs, out_dir: Path, params: ExtractParams, options: RunOptions,
            watch: WatchOptions, progress: JobProgress) -> ExtractionSummary:
     """Live mode until a signal or the idle timeout; Ctrl-C ends it cleanly."""
-    from cryoextract.pipeline.watch import watch_extraction
+    from cryoextract.pipeline.extraction.watch import watch_extraction
 
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set())

@@ -1,5 +1,5 @@
 """``extract``'s helical options (panel "Helical"), as ``Annotated`` aliases, and the
-:class:`~cryoextract.pipeline.params.HelixParams` they make."""
+:class:`~cryoextract.pipeline.extraction.params.HelixParams` they make."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 if TYPE_CHECKING:
-    from cryoextract.pipeline.params import HelixParams
+    from cryoextract.pipeline.extraction.params import HelixParams
 
 PANEL = "Helical"
 
@@ -38,7 +38,7 @@ def helix_params(helix: bool, tubes: bool, nr_asu: int, rise: float | None,
     """The helical parameters, or ``None`` without ``--helix`` (ParameterError when a
     helical option is given without it)."""
     from cryoextract.errors import ParameterError
-    from cryoextract.pipeline.params import HelixParams
+    from cryoextract.pipeline.extraction.params import HelixParams
 
     if not helix:
         if tubes or rise is not None or diameter is not None or bimodal or nr_asu != 1:

@@ -23,7 +23,7 @@ from rich.progress import (
 from cryoextract.cli.common import err
 
 if TYPE_CHECKING:
-    from cryoextract.pipeline.task import MicrographResult
+    from cryoextract.pipeline.extraction.task import MicrographResult
 
 
 @contextmanager

@@ -1,6 +1,6 @@
 """``extract``'s sub-particle options (panel "Sub-particles"), as ``Annotated`` aliases;
-:func:`cryoextract.pipeline.subparticles.subparticle_options` turns them into a
-:class:`~cryoextract.pipeline.subparticles.SubparticleSpec`."""
+:func:`cryoextract.pipeline.extraction.subparticles.subparticle_options` turns them into a
+:class:`~cryoextract.pipeline.extraction.subparticles.SubparticleSpec`."""
 
 from __future__ import annotations
 

@@ -18,6 +18,16 @@ EFFICIENT_BOX_SIZES: tuple[int, ...] = (
 )
 
 
+def check_box_size(size: int, what: str = "box") -> None:
+    """Raise ParameterError unless ``size`` is a positive even integer."""
+    if isinstance(size, bool) or int(size) != size:
+        raise ParameterError(f"{what} size must be an integer, got {size!r}")
+    if size <= 0:
+        raise ParameterError(f"{what} size must be > 0, got {size}")
+    if size % 2:
+        raise ParameterError(f"{what} size must be even, got {size}")
+
+
 #: a box beyond any detector: advice past it comes from values that are not real
 MAX_ADVISED_BOX_PX = 1 << 16
 

@@ -1,7 +1,8 @@
 """Re-centring: the one rule for moving a box onto a particle's refined centre.
 
-Used by extraction (``pipeline/positions.place_particles``), ``downsample --recenter`` and
-``subtract --recenter-*`` (docs/conventions.md, "Re-extraction and re-centring"). As
+Used by extraction (``pipeline/extraction/positions.place_particles``),
+``downsample --recenter`` and ``subtract --recenter-*`` (docs/conventions.md,
+"Re-extraction and re-centring"). As
 ``relion_preprocess --reextract_data_star --recenter`` (``src/preprocessing.cpp``): the
 offset of the particle from the box centre, ``o = origin_px - (A c)[:2]`` (``c`` an
 optional 3D point, ``A`` the particle's pose), is split into an integer shift

@@ -3,7 +3,7 @@
 A worker already holds each micrograph in memory; :func:`micrograph_thumbnail` turns it
 into a small uint8 image in about 15 ms (4096 x 4096 pixels, one core), which the job
 hands to :func:`cryoextract.report.write_report` (keeping only those the report will
-show: :class:`cryoextract.pipeline.thumbnail_gate.ThumbnailShortlist`) so that the
+show: :class:`cryoextract.pipeline.extraction.thumbnail_gate.ThumbnailShortlist`) so that the
 report never reads a micrograph again.
 Only numpy is imported here (no matplotlib, pandas or scipy).
 

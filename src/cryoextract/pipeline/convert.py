@@ -34,7 +34,7 @@ from cryoextract.io.star import star_warnings_into
 from cryoextract.ops.coordinates import off_micrograph_warning, transform_picks
 
 if TYPE_CHECKING:
-    from cryoextract.pipeline.params import HelixParams
+    from cryoextract.pipeline.extraction.params import HelixParams
 
 _MRC_EXTENSIONS = (".mrc", ".mrcs", ".st", ".map")
 _SIZE_COLUMNS = ("EstWidth", "EstHeight")
@@ -64,7 +64,8 @@ class ConvertOptions:
     micrographs: str | None = None
     suffix: str | None = None
     overwrite: bool = False
-    helix: HelixParams | None = None  # helical columns (pipeline/helical.helical_columns)
+    # helical columns (pipeline/extraction/helical.helical_columns)
+    helix: HelixParams | None = None
 
 
 @dataclass
@@ -306,7 +307,7 @@ def _transform(group: _Group, options: ConvertOptions, result: ConvertResult) ->
 
 
 def _helical(group: _Group, options: ConvertOptions, result: ConvertResult) -> pd.DataFrame:
-    from cryoextract.pipeline.helical import helical_columns
+    from cryoextract.pipeline.extraction.helical import helical_columns
 
     pixel_size = options.pixel_size_angstrom or group.pixel_size_angstrom
     if pixel_size is None:

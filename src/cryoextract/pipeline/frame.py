@@ -1,7 +1,8 @@
 """The job frame every writing command shares: the output folder's lock, claiming the
-folder, and the files every job writes last (summary, rejected rows), atomically.
+folder, where a job's files go (:class:`JobPaths`) and the files every job writes last
+(summary, rejected rows), atomically.
 
-Extraction (``pipeline/extract.py``, ``pipeline/watch.py``) and the particle-stack
+Extraction (``pipeline/extraction/``: ``extract.py``, ``watch.py``) and the particle-stack
 commands (``pipeline/stacks/``) take the same lock, ``OUT/.cryoextract/lock``:
 
 - it is an advisory ``flock`` on that file, so two runs started together can never both
@@ -22,6 +23,7 @@ import socket
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,12 +37,36 @@ __all__ = [
     "STATE_DIR",
     "JobLock",
     "JobLockedError",
+    "JobPaths",
     "claim_output",
     "holds_outputs",
     "write_tsv_atomic",
 ]
 
 STATE_DIR = ".cryoextract"
+
+
+@dataclass(frozen=True)
+class JobPaths:
+    """Where a job writes: stacks under ``Particles/``, one STAR, a summary."""
+
+    out_dir: Path
+
+    @property
+    def particles_dir(self) -> Path:
+        return self.out_dir / "Particles"
+
+    @property
+    def particles_star(self) -> Path:
+        return self.out_dir / "particles.star"
+
+    @property
+    def summary_json(self) -> Path:
+        return self.out_dir / "summary.json"
+
+    @property
+    def rejected_tsv(self) -> Path:
+        return self.out_dir / "rejected_particles.tsv"
 
 
 class JobLockedError(CryoExtractError):

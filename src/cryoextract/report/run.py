@@ -109,7 +109,7 @@ def _empty_rejected() -> pd.DataFrame:
                          "reason": []})
 
 
-#: ``ce`` columns that trace sub-particles to their source (pipeline/subparticles.py)
+#: ``ce`` columns that trace sub-particles to their source (pipeline/extraction/subparticles.py)
 NOT_DESCRIPTORS = frozenset({"ceSourceParticle", "ceSymmetryCopy", "ceSubparticle"})
 
 

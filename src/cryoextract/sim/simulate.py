@@ -88,6 +88,10 @@ def suggested_box_px(particle_diameter_angstrom: float, pixel_size_angstrom: flo
     return int(2 * np.ceil(0.75 * particle_diameter_angstrom / pixel_size_angstrom))
 
 
+#: the largest micrograph side simulated (a 16384 px square is 2 GiB in float64)
+MAX_SIDE_PX = 16384
+
+
 def _check_arguments(
     n_micrographs: int,
     shape_yx: tuple[int, int],
@@ -101,10 +105,19 @@ def _check_arguments(
     dtype: str,
 ) -> None:
     """Raise ParameterError for arguments the simulator cannot honour."""
-    if n_micrographs < 0 or particles_per_micrograph < 0:
-        raise ParameterError("numbers of micrographs and particles must be >= 0")
+    if n_micrographs < 1:  # a dataset of nothing is no dataset: nothing usable
+        raise ParameterError(f"number of micrographs must be >= 1, got {n_micrographs}")
+    if particles_per_micrograph < 0:
+        raise ParameterError("number of particles must be >= 0")
     if not (pixel_size_angstrom > 0 and particle_diameter_angstrom > 0 and snr > 0):
         raise ParameterError("pixel size, particle diameter and snr must be > 0")
+    for what, value in (("pixel size", pixel_size_angstrom),
+                        ("particle diameter", particle_diameter_angstrom), ("snr", snr)):
+        if not np.isfinite(value) or value < np.finfo(np.float64).tiny:
+            raise ParameterError(f"{what} must be a finite, normal number, got {value}")
+    if max(shape_yx) > MAX_SIDE_PX:
+        raise ParameterError(f"micrograph side must be at most {MAX_SIDE_PX} px, got "
+                             f"{max(shape_yx)}")
     if not ice_fraction >= 0:
         raise ParameterError(f"ice fraction must be >= 0, got {ice_fraction}")
     if dtype not in ("float32", "float16", "uint16"):
@@ -335,6 +348,8 @@ def simulate_dataset(
         spherical_aberration_mm=float(spherical_aberration_mm),
         amplitude_contrast=float(amplitude_contrast),
     )
+    if isinstance(seed, bool) or int(seed) != seed or seed < 0:
+        raise ParameterError(f"seed must be an integer >= 0, got {seed}")
     out_dir = Path(out_dir)
     _prepare_out_dir(out_dir, overwrite)
     (out_dir / "Micrographs").mkdir(parents=True, exist_ok=True)

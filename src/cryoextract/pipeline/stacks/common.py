@@ -23,8 +23,7 @@ from cryoextract.io.atomic import write_text_atomic
 from cryoextract.io.images import ImageLocations, locate_images
 from cryoextract.io.particles import ParticleTable
 from cryoextract.io.paths import PathNamer, PathStyle, located_names, rebase_image_names
-from cryoextract.pipeline.frame import claim_output, write_tsv_atomic
-from cryoextract.pipeline.params import JobPaths
+from cryoextract.pipeline.frame import JobPaths, claim_output, write_tsv_atomic
 
 __all__ = [
     "JsonSummary",

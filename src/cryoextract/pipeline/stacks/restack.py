@@ -22,9 +22,10 @@ from cryoextract.io.images import format_image_name, read_images
 from cryoextract.io.mrc import StackWriter
 from cryoextract.io.paths import PathStyle
 from cryoextract.io.star import write_star
+from cryoextract.ops.boxsize import check_box_size
 from cryoextract.ops.fourier import fourier_crop_2d
 from cryoextract.options import DEFAULT_BATCH_SIZE
-from cryoextract.pipeline.params import JobPaths, check_box_size
+from cryoextract.pipeline.frame import JobPaths
 from cryoextract.pipeline.stacks.common import (
     JsonSummary,
     check_batch_size,

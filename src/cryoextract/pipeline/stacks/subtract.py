@@ -37,7 +37,7 @@ from cryoextract.options import (
     OutputFormat,
     ScaleMode,
 )
-from cryoextract.pipeline.params import JobPaths
+from cryoextract.pipeline.frame import JobPaths
 from cryoextract.pipeline.stacks.common import (
     JsonSummary,
     claim_stack_output,

@@ -1,5 +1,5 @@
 """What a subtraction computes and writes, as one record validated when it is made
-(as :class:`~cryoextract.pipeline.params.ExtractParams` for extraction), and where it
+(as :class:`~cryoextract.pipeline.extraction.params.ExtractParams` for extraction), and where it
 reads from and how it runs, as two more.
 """
 
@@ -13,6 +13,7 @@ import numpy as np
 
 from cryoextract.errors import ParameterError
 from cryoextract.io.paths import PathStyle
+from cryoextract.ops.boxsize import check_box_size
 from cryoextract.ops.projection import DEFAULT_PADDING_FACTOR
 from cryoextract.options import (
     DEFAULT_BATCH_SIZE,
@@ -21,7 +22,6 @@ from cryoextract.options import (
     OutputFormat,
     ScaleMode,
 )
-from cryoextract.pipeline.params import check_box_size
 from cryoextract.pipeline.stacks.common import check_batch_size, resolved_workers
 
 __all__ = ["SubtractInputs", "SubtractParams", "SubtractRun"]

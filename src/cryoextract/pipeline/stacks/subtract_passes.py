@@ -21,7 +21,7 @@ from cryoextract.io.images import format_image_name
 from cryoextract.io.mrc import StackWriter
 from cryoextract.ops.projection import FourierVolume, fourier_volume
 from cryoextract.options import ScaleMode
-from cryoextract.pipeline.params import JobPaths
+from cryoextract.pipeline.frame import JobPaths
 from cryoextract.pipeline.stacks.subtract_inputs import SubtractJob
 from cryoextract.pipeline.stacks.subtract_maps import region_volume
 from cryoextract.pipeline.stacks.subtract_params import SubtractParams

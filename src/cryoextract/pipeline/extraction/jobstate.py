@@ -25,14 +25,14 @@ import pandas as pd
 from cryoextract.errors import ParameterError
 from cryoextract.io.atomic import atomic_file, write_text_atomic
 from cryoextract.io.mrc import stack_image_count
-from cryoextract.pipeline.frame import STATE_DIR
-from cryoextract.pipeline.params import ExtractParams
-from cryoextract.pipeline.task import (
+from cryoextract.pipeline.extraction.params import ExtractParams
+from cryoextract.pipeline.extraction.task import (
     MicrographResult,
     MicrographTask,
     os_error_result,
     run_task,
 )
+from cryoextract.pipeline.frame import STATE_DIR
 
 
 def _jsonable(value: Any) -> Any:

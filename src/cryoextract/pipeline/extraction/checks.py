@@ -15,7 +15,7 @@ from cryoextract.ops.boxsize import (
     nearest_efficient_boxes,
     smallest_efficient_box,
 )
-from cryoextract.pipeline.params import ExtractParams
+from cryoextract.pipeline.extraction.params import ExtractParams
 
 
 def box_size_warnings(params: ExtractParams) -> list[str]:

@@ -1,7 +1,7 @@
 """The extraction job: plan, run the per-micrograph tasks, keep what is done, write outputs.
 
 A job owns its output directory through a lock; each finished micrograph is recorded
-(``pipeline/jobstate.py``) so ``resume`` redoes only what an interrupted run left
+(``pipeline/extraction/jobstate.py``) so ``resume`` redoes only what an interrupted run left
 unfinished, and the STARs are written last, atomically.
 """
 
@@ -19,20 +19,26 @@ from cryoextract.errors import CryoExtractError, InputError, ParameterError, os_
 from cryoextract.io.atomic import TEMPORARY_GLOB
 from cryoextract.io.micrographs import MicrographSet, read_micrograph_set, with_ctffind
 from cryoextract.io.paths import PathStyle
-from cryoextract.pipeline.checks import (
+from cryoextract.pipeline.extraction.checks import (
     box_size_warnings,
     check_box_against_first_micrograph,
     delocalisation_warnings,
 )
-from cryoextract.pipeline.executors import run_tasks
-from cryoextract.pipeline.frame import STATE_DIR, JobLock, check_inputs_outside, holds_outputs
-from cryoextract.pipeline.helical import check_helix
-from cryoextract.pipeline.jobstate import JobState, job_definition
-from cryoextract.pipeline.outputs import ExtractionSummary, write_outputs
-from cryoextract.pipeline.params import ExtractParams, JobPaths, check_integer
-from cryoextract.pipeline.plan import PickSource, Plan, plan_tasks
-from cryoextract.pipeline.task import MicrographResult
-from cryoextract.pipeline.thumbnail_gate import ThumbnailGate, ThumbnailShortlist
+from cryoextract.pipeline.extraction.executors import run_tasks
+from cryoextract.pipeline.extraction.helical import check_helix
+from cryoextract.pipeline.extraction.jobstate import JobState, job_definition
+from cryoextract.pipeline.extraction.outputs import ExtractionSummary, write_outputs
+from cryoextract.pipeline.extraction.params import ExtractParams, check_integer
+from cryoextract.pipeline.extraction.plan import PickSource, Plan, plan_tasks
+from cryoextract.pipeline.extraction.task import MicrographResult
+from cryoextract.pipeline.extraction.thumbnail_gate import ThumbnailGate, ThumbnailShortlist
+from cryoextract.pipeline.frame import (
+    STATE_DIR,
+    JobLock,
+    JobPaths,
+    check_inputs_outside,
+    holds_outputs,
+)
 
 #: micrographs shown in the QC report
 REPORT_MICROGRAPHS = 4

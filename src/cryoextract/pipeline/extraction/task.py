@@ -47,12 +47,12 @@ from cryoextract.ops.descriptors import (
 )
 from cryoextract.ops.particles import ParticleRecipe, process_chunk
 from cryoextract.ops.thumbnail import Thumbnail, micrograph_thumbnail
-from cryoextract.pipeline.helical import located_picks, tube_psi, tube_radius_px
-from cryoextract.pipeline.params import ExtractParams, OutputSpec
-from cryoextract.pipeline.positions import Placement, place_particles
+from cryoextract.pipeline.extraction.helical import located_picks, tube_psi, tube_radius_px
+from cryoextract.pipeline.extraction.params import ExtractParams, OutputSpec
+from cryoextract.pipeline.extraction.positions import Placement, place_particles
+from cryoextract.pipeline.extraction.tables import with_columns
+from cryoextract.pipeline.extraction.thumbnail_gate import ThumbnailGate
 from cryoextract.pipeline.selection import selection_reasons
-from cryoextract.pipeline.tables import with_columns
-from cryoextract.pipeline.thumbnail_gate import ThumbnailGate
 
 # Boxes processed at once: bounds memory to about this many bytes of float32 pixels.
 # Small enough that the FFT and normalisation temporaries stay in cache.
@@ -200,7 +200,7 @@ def _extract(task: MicrographTask) -> MicrographResult:
 
 def set_thumbnail_gate(gate: ThumbnailGate | None) -> None:
     """Let this process's tasks skip thumbnails the report will not show (see
-    :mod:`cryoextract.pipeline.thumbnail_gate`); ``None``: always make them."""
+    :mod:`cryoextract.pipeline.extraction.thumbnail_gate`); ``None``: always make them."""
     global _GATE
     _GATE = gate
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from cryoextract.errors import CryoExtractError, ParameterError
 from cryoextract.io.micrographs import MicrographSet
-from cryoextract.pipeline.executors import run_tasks
-from cryoextract.pipeline.extract import (
+from cryoextract.pipeline.extraction.executors import run_tasks
+from cryoextract.pipeline.extraction.extract import (
     ExtractInputs,
     ProgressCallback,
     RunOptions,
@@ -27,11 +27,11 @@ from cryoextract.pipeline.extract import (
     prepare_out_dir,
     remove_temporaries,
 )
-from cryoextract.pipeline.frame import JobLock
-from cryoextract.pipeline.jobstate import JobState, job_definition
-from cryoextract.pipeline.outputs import ExtractionSummary, write_outputs
-from cryoextract.pipeline.params import ExtractParams, JobPaths, check_number
-from cryoextract.pipeline.task import MicrographResult, MicrographTask
+from cryoextract.pipeline.extraction.jobstate import JobState, job_definition
+from cryoextract.pipeline.extraction.outputs import ExtractionSummary, write_outputs
+from cryoextract.pipeline.extraction.params import ExtractParams, check_number
+from cryoextract.pipeline.extraction.task import MicrographResult, MicrographTask
+from cryoextract.pipeline.frame import JobLock, JobPaths
 
 
 @dataclasses.dataclass(frozen=True)

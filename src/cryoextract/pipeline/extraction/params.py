@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cryoextract.errors import ParameterError
 from cryoextract.ops.boxes import EdgeMode
+from cryoextract.ops.boxsize import check_box_size
 from cryoextract.ops.ctf_correct import CtfCorrection
 from cryoextract.ops.normalize import NormMode
 from cryoextract.options import SubpixelMode  # defined apart for the CLI
 
 if TYPE_CHECKING:
-    from cryoextract.pipeline.subparticles import SubparticleSpec
+    from cryoextract.pipeline.extraction.subparticles import SubparticleSpec
 
 
 @dataclass(frozen=True)
@@ -52,8 +52,8 @@ class ExtractParams:
     min_score: float | None = None
     max_per_micrograph: int | None = None
     score_column: str = "rlnAutopickFigureOfMerit"
-    helix: HelixParams | None = None  # helical segments (pipeline/helical.py)
-    subparticles: SubparticleSpec | None = None  # expansion (pipeline/subparticles.py)
+    helix: HelixParams | None = None  # helical segments (pipeline/extraction/helical.py)
+    subparticles: SubparticleSpec | None = None  # expansion (pipeline/extraction/subparticles.py)
 
     def __post_init__(self) -> None:
         check_box_size(self.box_px, "box")
@@ -233,16 +233,6 @@ def check_integer(value: int, what: str, *, at_least: int | None = None) -> None
         raise ParameterError(f"{what} must be >= {at_least}, got {value}")
 
 
-def check_box_size(size: int, what: str = "box") -> None:
-    """Raise ParameterError unless ``size`` is a positive even integer."""
-    if isinstance(size, bool) or int(size) != size:
-        raise ParameterError(f"{what} size must be an integer, got {size!r}")
-    if size <= 0:
-        raise ParameterError(f"{what} size must be > 0, got {size}")
-    if size % 2:
-        raise ParameterError(f"{what} size must be even, got {size}")
-
-
 def resolve_output_box(
     box_px: int,
     *,
@@ -280,26 +270,3 @@ def resolve_output_box(
         return None
     out = max(2, 2 * round(target / 2))
     return None if out == box_px else out
-
-
-@dataclass(frozen=True)
-class JobPaths:
-    """Where a job writes: stacks under ``Particles/``, one STAR, a summary."""
-
-    out_dir: Path
-
-    @property
-    def particles_dir(self) -> Path:
-        return self.out_dir / "Particles"
-
-    @property
-    def particles_star(self) -> Path:
-        return self.out_dir / "particles.star"
-
-    @property
-    def summary_json(self) -> Path:
-        return self.out_dir / "summary.json"
-
-    @property
-    def rejected_tsv(self) -> Path:
-        return self.out_dir / "rejected_particles.tsv"

@@ -1,6 +1,6 @@
 """Where tasks run: in this process, a local process pool, or a Dask cluster.
 
-Every executor runs the same :func:`~cryoextract.pipeline.jobstate.run_and_record` on
+Every executor runs the same :func:`~cryoextract.pipeline.extraction.jobstate.run_and_record` on
 the same tasks and yields results as they finish; workers write their stacks and
 finished-micrograph records themselves, the driver only gathers the rows.
 """
@@ -15,9 +15,13 @@ from contextlib import AbstractContextManager
 
 from cryoextract.errors import CryoExtractError, ParameterError, first_line
 from cryoextract.pipeline.allocator import keep_freed_memory
-from cryoextract.pipeline.jobstate import run_and_record
-from cryoextract.pipeline.task import MicrographResult, MicrographTask, set_thumbnail_gate
-from cryoextract.pipeline.thumbnail_gate import ThumbnailGate
+from cryoextract.pipeline.extraction.jobstate import run_and_record
+from cryoextract.pipeline.extraction.task import (
+    MicrographResult,
+    MicrographTask,
+    set_thumbnail_gate,
+)
+from cryoextract.pipeline.extraction.thumbnail_gate import ThumbnailGate
 
 # Dask reschedules the tasks of a worker that died; an error is retried this many times.
 DASK_RETRIES = 2
@@ -93,7 +97,7 @@ def _run_dask(tasks: list[MicrographTask], address: str) -> Iterator[MicrographR
         from distributed import Client
         from distributed import as_completed as dask_as_completed
 
-        from cryoextract.pipeline.dask_plugin import ExtractionWorker
+        from cryoextract.pipeline.extraction.dask_plugin import ExtractionWorker
     except ImportError:
         raise ParameterError(
             "--dask-scheduler needs Dask: pip install 'cryoextract[dask]'"

@@ -36,8 +36,8 @@ from cryoextract.ops.helix import (
     transform_psi_prior,
     trim_tube_ends,
 )
-from cryoextract.pipeline.params import ExtractParams, HelixParams
-from cryoextract.pipeline.positions import pick_coordinates, wants_recentring
+from cryoextract.pipeline.extraction.params import ExtractParams, HelixParams
+from cryoextract.pipeline.extraction.positions import pick_coordinates, wants_recentring
 
 FLIP_RATIO = "rlnAnglePsiFlipRatio"
 PITCH = "rlnHelicalTubePitch"

@@ -12,7 +12,7 @@ import pandas as pd
 from cryoextract.errors import InputError
 from cryoextract.ops.coordinates import transform_picks
 from cryoextract.ops.recenter import project_point, recentre
-from cryoextract.pipeline.params import ExtractParams, SubpixelMode
+from cryoextract.pipeline.extraction.params import ExtractParams, SubpixelMode
 
 ORIGIN_COLUMNS = ("rlnOriginXAngst", "rlnOriginYAngst")
 ANGLE_COLUMNS = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")

@@ -15,8 +15,9 @@ from cryoextract.io.micrographs import MicrographSet
 from cryoextract.io.paths import PathNamer, PathStyle, rebase_image_names
 from cryoextract.io.star import star_warnings_into, write_star
 from cryoextract.ops.ctf_correct import CtfCorrection
-from cryoextract.pipeline.params import ExtractParams, JobPaths, OutputSpec
-from cryoextract.pipeline.task import MicrographResult
+from cryoextract.pipeline.extraction.params import ExtractParams, OutputSpec
+from cryoextract.pipeline.extraction.task import MicrographResult
+from cryoextract.pipeline.frame import JobPaths
 
 
 @dataclass

@@ -19,8 +19,9 @@ from cryoextract.io.coords import (
 from cryoextract.io.micrographs import OPTICS_COLUMNS, PARTICLE_CARRIED_COLUMNS, MicrographSet
 from cryoextract.io.names import unique_components
 from cryoextract.io.star_text import value_problem
-from cryoextract.pipeline.params import ExtractParams, JobPaths
-from cryoextract.pipeline.task import MicrographTask
+from cryoextract.pipeline.extraction.params import ExtractParams
+from cryoextract.pipeline.extraction.task import MicrographTask
+from cryoextract.pipeline.frame import JobPaths
 
 
 @dataclass(frozen=True)
@@ -195,7 +196,7 @@ def _picks_by_micrograph(picks: PickSource, names: list[str], params: ExtractPar
     """Picks from one file, keyed by micrograph name; ``None`` for per-micrograph files.
 
     Symmetry expansion and sub-particles (``params.subparticles``) happen here, once on
-    the whole table (:mod:`cryoextract.pipeline.subparticles`).
+    the whole table (:mod:`cryoextract.pipeline.extraction.subparticles`).
     """
     if picks.coords_file is None:
         if params.subparticles is not None:
@@ -204,7 +205,7 @@ def _picks_by_micrograph(picks: PickSource, names: list[str], params: ExtractPar
         return None
     table = read_picks(picks.coords_file, picks.coords_format)
     if params.subparticles is not None:
-        from cryoextract.pipeline.subparticles import expand_subparticles
+        from cryoextract.pipeline.extraction.subparticles import expand_subparticles
 
         expansion = expand_subparticles(table, params.subparticles, str(picks.coords_file))
         table = expansion.picks
