@@ -6,6 +6,7 @@ they do not import :mod:`cryoextract.cli.app`, so either module may import the o
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated
 
@@ -72,11 +73,17 @@ def report_command(
     seed: Annotated[int, typer.Option(help="Seed of the random gallery.")] = 0,
 ) -> None:
     """Write OUT/report/index.html: galleries, micrographs with picks, histograms, summary."""
+    from cryoextract.pipeline.frame import STATE_DIR, JobLock
     from cryoextract.report import write_report
 
+    # a folder a cryoextract job made is written under that job's lock: no report while a
+    # run (extract, --watch, --resume) writes there, none while another report does
+    lock = JobLock(out_dir) if (out_dir / STATE_DIR).is_dir() else nullcontext()
     try:
-        page = write_report(out_dir, micrograph_dirs=micrograph_dir or (), n_random=particles,
-                            n_worst=worst, max_micrographs=micrographs, seed=seed)
+        with lock:
+            page = write_report(out_dir, micrograph_dirs=micrograph_dir or (),
+                                n_random=particles, n_worst=worst,
+                                max_micrographs=micrographs, seed=seed)
     except CryoExtractError as exc:
         fail(str(exc))
         return

@@ -1,0 +1,152 @@
+"""Issue 14: the job frame's promises on the paths the first fixes left open.
+
+Every command that writes, run as a user runs it (a subprocess in a project folder):
+
+- a write that fails (the output under a regular file, a report folder that is a
+  file, an output STAR where a folder is wanted) is one line naming the file, exit 2,
+  never a traceback, and changes nothing anywhere;
+- ``simulate`` refuses parameters that can never work before anything is written;
+- ``report`` on a folder whose job is running (its lock held) is refused;
+- ``convert`` never writes over one of its inputs, not even with ``--overwrite``;
+- ``extract --resume`` and ``extract --watch`` write only under their ``--out``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import write_mrc
+from cryoextract.io.star import read_star, write_star
+from cryoextract.sim.simulate import simulate_dataset
+from helpers import cli_env, one_line_error
+from test_safe_outputs import changes, outside, snapshot
+
+BOX = 48
+EXTRACT = ["extract", "--micrographs", "data/micrographs.star", "--coords-dir", "data/Picks",
+           "--coords-suffix", "_autopick.star", "--box", str(BOX), "--workers", "1",
+           "--quiet"]
+
+
+def run(root: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cryoextract", *args], cwd=root,
+                          capture_output=True, text=True, timeout=timeout, env=cli_env(),
+                          check=False)
+
+
+def ok(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0, f"{proc.args}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``proj/``: a dataset (``data/``), its extraction (``ext/``, with ``.cs``), the
+    particles with poses and a map, their subtraction (``sub/``), a copy of the
+    extraction whose ``report`` is a file (``rep/``) and a plain file ``afile``."""
+    root = tmp_path_factory.mktemp("safety") / "proj"
+    simulate_dataset(root / "data", n_micrographs=1, shape_yx=(256, 256),
+                     particles_per_micrograph=6, pixel_size_angstrom=2.0,
+                     particle_diameter_angstrom=60.0, seed=3)
+    (root / "afile").write_text("the user's own file\n")
+    ok(run(root, *EXTRACT, "--out", "ext", "--write-cs"))
+    blocks = read_star(root / "ext" / "particles.star")
+    n = len(blocks["particles"])
+    blocks["particles"] = blocks["particles"].assign(
+        rlnAngleRot=np.linspace(0, 90, n), rlnAngleTilt=45.0, rlnAnglePsi=0.0)
+    write_star(root / "posed.star", blocks)
+    write_mrc(root / "map.mrc", np.random.default_rng(0).normal(size=(BOX,) * 3), apix=2.0)
+    ok(run(root, "subtract", "--particles", "posed.star", "--map", "map.mrc", "--out", "sub",
+           "--workers", "1"))
+    (root / "rep").mkdir()
+    for name in ("particles.star", "summary.json", "rejected_particles.tsv"):
+        (root / "rep" / name).write_bytes((root / "ext" / name).read_bytes())
+    (root / "rep" / "report").write_text("a file where the report folder would go\n")
+    return root
+
+
+# every command that writes, its output where no folder can be made
+WRITE_FAILURES = {
+    "extract": [*EXTRACT, "--out", "afile/out"],
+    "restack": ["restack", "--particles", "ext/particles.star", "--out", "afile/out"],
+    "downsample": ["downsample", "--particles", "ext/particles.star", "--box", "32", "--out",
+                   "afile/out", "--workers", "1"],
+    "subtract": ["subtract", "--particles", "posed.star", "--map", "map.mrc", "--out",
+                 "afile/out", "--workers", "1"],
+    "revert": ["subtract", "--revert", "sub/particles.star", "--out", "afile/out"],
+    "select": ["select", "ext", "--where", "rlnCoordinateX > 0", "--out", "afile/sel.star"],
+    "select_folder": ["select", "ext", "--where", "rlnCoordinateX > 0", "--out",
+                      "ext/particles.cs"],
+    "convert": ["convert", "data/Picks/mic_001_autopick.star", "--to", "box", "--box",
+                str(BOX), "--out", "afile/picks.box"],
+    "convert_folder": ["convert", "data/Picks/mic_001_autopick.star", "--to", "box",
+                       "--box", str(BOX), "--out", "afile/picks"],
+    "simulate": ["simulate", "--out", "afile/sim", "--micrographs", "1", "--size", "256",
+                 "--pixel-size", "2"],
+    "report": ["report", "rep"],
+}
+
+
+@pytest.mark.parametrize("command", list(WRITE_FAILURES))
+def test_a_write_that_fails_is_one_line_and_changes_nothing(project: Path,
+                                                            command: str) -> None:
+    args = WRITE_FAILURES[command]
+    before = snapshot(project)
+    proc = run(project, *args)
+    line = one_line_error(proc.returncode, proc.stdout, proc.stderr)
+    named = "rep/report" if command == "report" else (
+        "ext/particles.cs" if command == "select_folder" else "afile")
+    assert named in line, line
+    assert changes(before, snapshot(project)) == set()
+
+
+@pytest.mark.parametrize(("option", "value", "named"), [
+    ("--pixel-size", "inf", "pixel size"), ("--pixel-size", "1e-320", "pixel size"),
+    ("--size", "100000000", "micrograph side"), ("--seed", "-1", "seed"),
+    ("--micrographs", "0", "number of micrographs"),
+])
+def test_simulate_refuses_what_can_never_work_before_writing(
+        tmp_path: Path, option: str, value: str, named: str) -> None:
+    args = {"--micrographs": "1", "--size": "256", "--pixel-size": "2", "--particles": "2"}
+    args[option] = value
+    proc = run(tmp_path, "simulate", "--out", "sim", *(x for kv in args.items() for x in kv))
+    line = one_line_error(proc.returncode, proc.stdout, proc.stderr)
+    assert named in line and value in line, line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_report_on_a_folder_whose_job_runs_is_refused(project: Path) -> None:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\n"
+         "from cryoextract.pipeline.frame import JobLock\n"
+         "with JobLock(sys.argv[1]):\n print('held', flush=True)\n time.sleep(60)\n",
+         str(project / "ext")], stdout=subprocess.PIPE, text=True, env=cli_env())
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        before = snapshot(project / "ext" / "report")
+        proc = run(project, "report", "ext")
+        line = one_line_error(proc.returncode, proc.stdout, proc.stderr)
+        assert "in use" in line and f"pid {holder.pid}" in line, line
+        assert changes(before, snapshot(project / "ext" / "report")) == set()
+    finally:
+        holder.kill()
+        holder.wait()
+    ok(run(project, "report", "ext"))  # the job gone, the report is written
+
+
+def test_extract_resume_and_watch_write_only_under_their_output(project: Path) -> None:
+    before = snapshot(project)
+    ok(run(project, *EXTRACT, "--out", "out_resume", "--resume"))
+    ok(run(project, *EXTRACT, "--out", "out_resume", "--resume"))
+    started = time.monotonic()
+    ok(run(project, *EXTRACT, "--out", "out_watch", "--watch", "--watch-timeout", "2",
+           "--settle", "0.2"))
+    assert time.monotonic() - started < 120
+    changed = changes(before, snapshot(project))
+    assert outside(changed, "out_resume", "out_watch") == []
+    for out in ("out_resume", "out_watch"):
+        assert (project / out / "particles.star").is_file()
