@@ -150,3 +150,20 @@ def test_extract_resume_and_watch_write_only_under_their_output(project: Path) -
     assert outside(changed, "out_resume", "out_watch") == []
     for out in ("out_resume", "out_watch"):
         assert (project / out / "particles.star").is_file()
+
+
+@pytest.mark.parametrize("case", ["file", "folder", "micrographs"])
+def test_convert_never_writes_over_an_input(project: Path, case: str) -> None:
+    """Not even with --overwrite: the picks read, or a micrograph (--suffix .mrc)."""
+    picks = "data/Picks/mic_001_autopick.star"
+    args = {
+        "file": [picks, "--to", "star", "--out", picks],
+        "folder": [picks, "--to", "star", "--out", "data/Picks"],  # mic_001_autopick.star
+        "micrographs": [picks, "--micrographs", "data/Micrographs/*.mrc", "--to", "star",
+                        "--suffix", ".mrc", "--out", "data/Micrographs"],
+    }[case]
+    before = snapshot(project)
+    proc = run(project, "convert", *args, "--overwrite")
+    line = one_line_error(proc.returncode, proc.stdout, proc.stderr)
+    assert "which convert would write" in line and "mic_001" in line, line
+    assert changes(before, snapshot(project)) == set()

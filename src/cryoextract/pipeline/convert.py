@@ -32,6 +32,7 @@ from cryoextract.io.pickformats.registry import (
 from cryoextract.io.pickformats.writers import write_picks
 from cryoextract.io.star import star_warnings_into
 from cryoextract.ops.coordinates import off_micrograph_warning, transform_picks
+from cryoextract.pipeline.frame import check_inputs_outside
 
 if TYPE_CHECKING:
     from cryoextract.pipeline.extraction.params import HelixParams
@@ -130,8 +131,11 @@ def convert_picks(inputs: Sequence[str | Path], options: ConvertOptions) -> Conv
     box_px = options.box_px
     if box_px is None and input_box is not None:
         box_px = input_box * _common_scale(groups, options)
+    sources = [*inputs, *(m.path for m in micrographs or ())]
+    if micrographs is not None and options.micrographs is not None:
+        sources.append(options.micrographs)  # the STAR (a glob names no file of its own)
     with star_warnings_into(result.warnings):  # values RELION reads differently
-        result.files = _write(groups, options, box_px)
+        result.files = _write(groups, options, box_px, sources)
     result.n_picks = sum(len(g.picks) for g in groups)
     result.n_micrographs = len(groups)
     moved_axes = options.swap_xy or options.flip_x or options.flip_y
@@ -322,7 +326,10 @@ def _helical(group: _Group, options: ConvertOptions, result: ConvertResult) -> p
 
 
 # --------------------------------------------------------------------------- writing
-def _write(groups: list[_Group], options: ConvertOptions, box_px: float | None) -> list[Path]:
+def _write(groups: list[_Group], options: ConvertOptions, box_px: float | None,
+           sources: Sequence[str | Path]) -> list[Path]:
+    """Write each output file; none may be one of ``sources`` (the picks and
+    micrographs read), with or without ``--overwrite``."""
     out, fmt = options.out, pick_format(str(options.to))
     single_file = fmt.one_file or (out.suffix.lower() in fmt.extensions and (
         fmt.many_micrographs or len(groups) == 1))
@@ -335,6 +342,7 @@ def _write(groups: list[_Group], options: ConvertOptions, box_px: float | None) 
         suffix = options.suffix if options.suffix is not None else fmt.extensions[0]
         targets = {out / f"{stem}{suffix}": [g]
                    for stem, g in zip(_file_stems(groups), groups, strict=True)}
+    check_inputs_outside(targets, sources, "convert would write")
     existing = [p for p in targets if p.exists()]
     if existing and not options.overwrite:
         raise InputError("output exists (give --overwrite)", existing[0])

@@ -218,9 +218,9 @@ def check_inputs_outside(outputs: Iterable[Path],
         source = Path(item).resolve()
         for target in targets:
             if source == target or source.is_relative_to(target):
-                raise ParameterError(
-                    f"input {item} lies in {target}, which {what}; "
-                    "choose another output directory")
+                where = "is" if source == target else "lies in"
+                raise ParameterError(f"input {item} {where} {target}, which {what}; "
+                                     "choose another --out")
 
 
 def write_tsv_atomic(path: Path, table: pd.DataFrame) -> None:
