@@ -35,7 +35,7 @@ demo: venv
 	@echo "demo output: $(DEMO)/extract (particles.star, Particles/*.mrcs, summary.json)"
 
 lint: venv
-	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m ruff check src tests benchmarks hatch_build.py
 
 test: venv relion lint
 	$(PY) -m pytest -q

@@ -25,7 +25,8 @@ trilinear interpolation (Friedel's law for ``x < 0``), as RELION's
 - the Nyquist row of an even ``N`` is ``ky = +N / 2`` (RELION's FFTW layout, as
   :mod:`cryoextract.ops.ctf`).
 
-The slices are interpolated by a compiled loop (:mod:`cryoextract.ops.slice_kernel`), which
+The slices are interpolated by a compiled loop (C, :mod:`cryoextract.ops.native`; numba,
+:mod:`cryoextract.ops.slice_kernel`, where the C one was not built), which
 also applies the shift phases and the CTF; spectra are complex64.
 """
 
@@ -354,10 +355,10 @@ def _slices(
         phase_x, phase_y = shift_phases(shifts_xy, n)
     out = np.zeros((fvol.channels, count, n * h), dtype=np.complex64)
     data = fvol.data
-    # imported on first use: numba and the compiled loop take 0.7 s to load
-    from cryoextract.ops.slice_kernel import fill_slices
+    # the C loop, or numba's (1.4 s of CPU to load) where it was not built
+    from cryoextract.ops.native import slice_filler
 
-    fill_slices(
+    slice_filler()(
         data.reshape(-1), fvol.channels, data.shape[1] * data.shape[2], data.shape[2],
         np.float32(fvol.padded_px // 2),
         np.ascontiguousarray(a[:, :2, :] * fvol.padding_factor, dtype=np.float32),
@@ -483,7 +484,8 @@ def project_spectra(
 
 @lru_cache(maxsize=1)
 def load_kernel() -> None:
-    """Compile (or load from numba's cache) the interpolation loop now; once per process.
+    """Load the interpolation loop now (the C library, or numba's compiled loop from its
+    cache where the library was not built); once per process.
 
     Call before forking workers, so that they inherit it instead of each loading it.
     """

@@ -1,0 +1,66 @@
+"""Build hook: compile the C inner loops of ``src/cryoextract/ops/native`` with the system
+C compiler when the package is built or installed (also ``pip install -e``).
+
+Each ``X.c`` becomes ``_X_<12 hex of the source's sha256>.so`` beside it, the name
+:func:`cryoextract.ops.native.library_path` looks for. Without a compiler the build goes
+on with a warning and cryoextract uses its numba versions of the loops (slower to start).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shlex
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+from hatchling.builders.hooks.plugin.interface import BuildHookInterface
+
+NATIVE = Path("src") / "cryoextract" / "ops" / "native"
+FLAGS = ["-O3", "-ffast-math", "-fPIC", "-shared", "-std=c99"]
+
+
+def library_name(source: Path) -> str:
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:12]
+    return f"_{source.stem}_{digest}.so"
+
+
+def compile_library(source: Path) -> Path | None:
+    """Compile ``source`` into its library (None, with a warning, when that fails)."""
+    target = source.with_name(library_name(source))
+    for stale in source.parent.glob(f"_{source.stem}_*.so"):
+        if stale != target:
+            stale.unlink()
+    if target.exists():
+        return target
+    compiler = shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")
+    partial = target.with_name(target.name + ".part")
+    command = [*compiler, *FLAGS, "-o", str(partial), str(source)]
+    try:
+        subprocess.run(command, check=True, capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.SubprocessError) as exc:
+        detail = getattr(exc, "stderr", None) or exc
+        print(f"warning: could not compile {source.name} ({detail}); cryoextract will use "
+              "numba for it", file=sys.stderr)
+        partial.unlink(missing_ok=True)
+        return None
+    partial.replace(target)
+    return target
+
+
+class NativeLoops(BuildHookInterface):
+    PLUGIN_NAME = "custom"
+
+    def initialize(self, version: str, build_data: dict) -> None:
+        if self.target_name != "wheel":
+            return
+        built = [compile_library(c) for c in sorted((Path(self.root) / NATIVE).glob("*.c"))]
+        if version == "editable":
+            return  # the libraries lie in the source tree the editable install points to
+        for library in filter(None, built):
+            build_data["force_include"][str(library)] = str(
+                library.relative_to(Path(self.root) / "src"))
+            build_data["pure_python"] = False
+            build_data["infer_tag"] = True
