@@ -6,7 +6,7 @@ DEMO ?= demo
 
 .PHONY: venv relion demo test lint bench clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml hatch_build.py $(wildcard src/cryoextract/ops/native/*.c)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,dask]'
 	touch $@
