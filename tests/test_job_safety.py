@@ -8,11 +8,13 @@ Every command that writes, run as a user runs it (a subprocess in a project fold
 - ``simulate`` refuses parameters that can never work before anything is written;
 - ``report`` on a folder whose job is running (its lock held) is refused;
 - ``convert`` never writes over one of its inputs, not even with ``--overwrite``;
-- ``extract --resume`` and ``extract --watch`` write only under their ``--out``.
+- ``extract --resume`` and ``extract --watch`` write only under their ``--out``;
+  ``--resume`` continues only a job of the same version.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -21,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import cryoextract
 from conftest import write_mrc
 from cryoextract.io.star import read_star, write_star
 from cryoextract.sim.simulate import simulate_dataset
@@ -167,3 +170,19 @@ def test_convert_never_writes_over_an_input(project: Path, case: str) -> None:
     line = one_line_error(proc.returncode, proc.stdout, proc.stderr)
     assert "which convert would write" in line and "mic_001" in line, line
     assert changes(before, snapshot(project)) == set()
+
+
+def test_resume_refuses_a_run_of_another_version(project: Path) -> None:
+    """--resume continues only a job of the same inputs, parameters and version."""
+    ok(run(project, *EXTRACT, "--out", "out_version", "--no-report"))
+    job = project / "out_version" / ".cryoextract" / "job.json"
+    definition = json.loads(job.read_text())
+    assert definition["version"] == cryoextract.__version__
+    job.write_text(json.dumps({**definition, "version": "0.0.1"}))
+    before = snapshot(project)
+    proc = run(project, *EXTRACT, "--out", "out_version", "--no-report", "--resume")
+    line = one_line_error(proc.returncode, proc.stdout, proc.stderr)
+    assert "0.0.1" in line and cryoextract.__version__ in line, line
+    assert changes(before, snapshot(project)) == set()
+    job.write_text(json.dumps(definition))  # the same version again: resumed
+    ok(run(project, *EXTRACT, "--out", "out_version", "--no-report", "--resume"))

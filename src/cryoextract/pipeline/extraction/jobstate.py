@@ -91,8 +91,12 @@ def inputs_fingerprint(task: MicrographTask) -> str:
 
 
 def job_definition(params: ExtractParams, inputs: dict[str, Any]) -> dict[str, Any]:
-    """What must be equal for ``--resume`` to continue a run: parameters and inputs."""
-    return {"params": _jsonable(params), "inputs": _jsonable(inputs)}
+    """What must be equal for ``--resume`` to continue a run: parameters, inputs and the
+    version of cryoextract (another version may cut other particles)."""
+    import cryoextract
+
+    return {"version": cryoextract.__version__, "params": _jsonable(params),
+            "inputs": _jsonable(inputs)}
 
 
 class JobState:
@@ -108,12 +112,18 @@ class JobState:
         job_file = self.root / "job.json"
         text = json.dumps(definition, indent=2, sort_keys=True)
         if resume and job_file.is_file():
-            if json.loads(job_file.read_text()) != json.loads(text):
+            before = json.loads(job_file.read_text())
+            if before == json.loads(text):
+                return
+            if before.get("version") != definition["version"]:
                 raise ParameterError(
-                    f"--resume: {self.root.parent} holds a run with other parameters or "
-                    f"inputs ({job_file}); use the same options, or --overwrite"
-                )
-            return
+                    f"--resume: {self.root.parent} holds a run of cryoextract "
+                    f"{before.get('version', 'of an earlier version')}, this is "
+                    f"{definition['version']} ({job_file}); use --overwrite, or a new --out")
+            raise ParameterError(
+                f"--resume: {self.root.parent} holds a run with other parameters or "
+                f"inputs ({job_file}); use the same options, or --overwrite"
+            )
         write_text_atomic(job_file, text)
 
     def _base(self, task: MicrographTask) -> Path:
