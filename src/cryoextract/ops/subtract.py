@@ -20,7 +20,6 @@ from functools import lru_cache
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy import ndimage
 
 from cryoextract.errors import ParameterError
 from cryoextract.ops import fft_threads
@@ -262,7 +261,7 @@ def inspect_mask(mask: np.ndarray) -> MaskReport:
     if low < -_RANGE_TOLERANCE or high > 1.0 + _RANGE_TOLERANCE:
         raise ParameterError(f"mask values must lie in [0, 1], found [{low:g}, {high:g}]")
     inside = values >= 0.5
-    eroded = ndimage.binary_erosion(inside, border_value=0)
+    eroded = _eroded(inside)
     surface = int(np.count_nonzero(inside & ~eroded))
     edge = int(np.count_nonzero((values > _EDGE_TOLERANCE) & (values < 1.0 - _EDGE_TOLERANCE)))
     width = edge / surface if surface else 0.0
@@ -305,5 +304,22 @@ def centre_of_mass_xyz(weights: np.ndarray) -> np.ndarray:
     total = values.sum()
     if not total > 0:
         raise ParameterError("cannot take the centre of mass of an empty mask")
-    z, y, x = ndimage.center_of_mass(values)
+    z, y, x = (np.dot(values.sum(axis=tuple(a for a in range(3) if a != axis)),
+                      np.arange(values.shape[axis], dtype=np.float64)) / total
+               for axis in range(3))
     return np.array([x, y, z], dtype=np.float64)
+
+
+def _eroded(inside: np.ndarray) -> np.ndarray:
+    """Binary erosion of a ``(z, y, x)`` boolean volume by the 6-neighbour cross, with
+    everything beyond the volume outside (``scipy.ndimage.binary_erosion(inside,
+    border_value=0)``, whose import costs 0.2 s)."""
+    padded = np.pad(inside, 1, constant_values=False)
+    eroded = inside.copy()
+    core = (slice(1, -1),) * 3
+    for axis in range(3):
+        for step in (-1, 1):
+            shifted = list(core)
+            shifted[axis] = slice(1 + step, padded.shape[axis] - 1 + step)
+            eroded &= padded[tuple(shifted)]
+    return eroded
