@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -251,3 +252,59 @@ def test_an_input_among_the_outputs_is_never_written_over(
     line = one_line_error(done.exit_code, done.stdout, done.stderr)
     assert "out/particles.star" in line, line
     assert star.read_bytes() == before
+
+
+def _two_optics_groups(dataset: Path, tmp_path: Path, first_apix: float,
+                       group_of: dict[str, int], second_apix: float) -> Path:
+    """The dataset's micrographs STAR with a second optics group (``second_apix``);
+    ``group_of`` puts micrographs in it; the first group gets ``first_apix``."""
+    star = read_star(dataset / "micrographs.star")
+    optics = star["optics"]
+    second = optics.copy()
+    second["rlnOpticsGroup"], second["rlnOpticsGroupName"] = 2, "opticsGroup2"
+    second["rlnMicrographPixelSize"] = second["rlnMicrographOriginalPixelSize"] = second_apix
+    optics["rlnMicrographPixelSize"] = optics["rlnMicrographOriginalPixelSize"] = first_apix
+    star["optics"] = pd.concat([optics, second], ignore_index=True)
+    mics = star["micrographs"]
+    mics["rlnOpticsGroup"] = [group_of.get(str(n), 1) for n in mics["rlnMicrographName"]]
+    path = tmp_path / "two_groups.star"
+    write_star(path, star)
+    return path
+
+
+def _extract_cli(star: Path, out: Path, *options: str):
+    return CliRunner().invoke(app, [
+        "extract", "--micrographs", str(star), "--coords-dir", "Picks", "--coords-suffix",
+        "_autopick.star", "--box", str(BOX), "--out", str(out), "--workers", "1",
+        "--quiet", "--no-report", "--no-descriptors", *options])
+
+
+def test_pixel_size_out_with_optics_groups_of_different_pixel_sizes_is_refused(
+        dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """2.0 A and 3.0 A micrographs binned to 4.0 A would need boxes of 24 and 36 px; a
+    job writes one box (RELION too): one line naming both groups, nothing written. The
+    box was once worked out from the first optics group alone."""
+    monkeypatch.chdir(dataset)
+    star = _two_optics_groups(dataset, tmp_path, 2.0, {"Micrographs/mic_002.mrc": 2}, 3.0)
+    out = tmp_path / "out"
+    done = _extract_cli(star, out, "--pixel-size-out", "4")
+    line = one_line_error(done.exit_code, done.stdout, done.stderr)
+    assert "--pixel-size-out" in line and str(star) in line, line
+    assert "opticsGroup1 2 A -> 24 px" in line and "opticsGroup2 3 A -> 36 px" in line, line
+    assert not out.exists()
+
+
+def test_pixel_size_out_is_worked_out_from_the_group_of_the_micrographs(
+        dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every micrograph in optics group 2 (2.0 A); group 1 (1.0 A), listed first, has
+    none: --pixel-size-out 4 is a 48 -> 24 px crop, exactly 4 A, as --bin-to 24."""
+    monkeypatch.chdir(dataset)
+    names = ("Micrographs/mic_001.mrc", "Micrographs/mic_002.mrc", "Micrographs/mic_003.mrc")
+    star = _two_optics_groups(dataset, tmp_path, 1.0, dict.fromkeys(names, 2), 2.0)
+    done = _extract_cli(star, tmp_path / "out", "--pixel-size-out", "4")
+    assert done.exit_code == 0, done.output
+    optics = read_star(tmp_path / "out" / "particles.star")["optics"]
+    assert list(optics["rlnImageSize"]) == [24]
+    assert list(optics["rlnImagePixelSize"]) == [4.0]
+    assert _extract_cli(star, tmp_path / "bin", "--bin-to", "24").exit_code == 0
+    assert _outputs(tmp_path / "out") == _outputs(tmp_path / "bin")

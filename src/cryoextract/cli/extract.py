@@ -229,6 +229,7 @@ def extract_command(
     from cryoextract.pipeline.extraction.params import (
         ExtractParams,
         PickTransform,
+        check_one_binning,
         resolve_output_box,
     )
 
@@ -247,14 +248,12 @@ def extract_command(
             min_distance_angstrom = None
         if helical_twist_deg is not None and not helix:
             helical_rise_angstrom = None  # the expansion's, not segments' (needs --helix)
-        out_box = resolve_output_box(
-            box, bin_to_px=bin_to, bin_factor=bin_factor,
-            pixel_size_out_angstrom=pixel_size_out,
-            pixel_size_angstrom=pixel_size if pixel_size_out is None else
-            _pixel_size_for_binning(micrographs, pixel_size),
-        )
+        check_one_binning(bin_to, bin_factor, pixel_size_out)
+        # --pixel-size-out: the job works the box out per optics group (plan.py)
+        out_box = resolve_output_box(box, bin_to_px=bin_to, bin_factor=bin_factor)
         params = ExtractParams(
-            box_px=box, out_box_px=out_box, norm=norm, bg_radius_px=bg_radius, invert=invert,
+            box_px=box, out_box_px=out_box, pixel_size_out_angstrom=pixel_size_out,
+            norm=norm, bg_radius_px=bg_radius, invert=invert,
             white_dust_sigma=white_dust, black_dust_sigma=black_dust, edge=edge,
             subpixel=subpixel, float16=float16, seed=seed,
             also_out_box_px=tuple(also_bin_to or ()), also_float16=also_float16,
@@ -352,15 +351,6 @@ def _ctf_on_micrograph(value: str) -> bool:
     if value not in ("box", "micrograph"):
         raise ParameterError(f"--ctf-on must be box or micrograph, got {value!r}")
     return value == "micrograph"
-
-
-def _pixel_size_for_binning(micrographs: str, pixel_size: float | None) -> float | None:
-    if pixel_size is not None:
-        return pixel_size
-    from cryoextract.io.micrographs import read_micrograph_set
-
-    optics = read_micrograph_set(micrographs).optics
-    return float(optics["rlnMicrographPixelSize"].iloc[0])
 
 
 def print_summary(summary: ExtractionSummary) -> None:

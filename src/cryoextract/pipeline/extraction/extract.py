@@ -29,7 +29,7 @@ from cryoextract.pipeline.extraction.helical import check_helix
 from cryoextract.pipeline.extraction.jobstate import JobState, job_definition
 from cryoextract.pipeline.extraction.outputs import ExtractionSummary, write_outputs
 from cryoextract.pipeline.extraction.params import ExtractParams, check_integer
-from cryoextract.pipeline.extraction.plan import PickSource, Plan, plan_tasks
+from cryoextract.pipeline.extraction.plan import PickSource, Plan, plan_tasks, resolve_output_size
 from cryoextract.pipeline.extraction.task import MicrographResult
 from cryoextract.pipeline.extraction.thumbnail_gate import ThumbnailGate, ThumbnailShortlist
 from cryoextract.pipeline.frame import (
@@ -181,6 +181,7 @@ def run_extraction(
         raise ParameterError("--overwrite and --resume exclude each other")
     paths = JobPaths(Path(out_dir).absolute())
     mic_set, plan, summary = prepare_job(inputs, params, paths)
+    params = plan.params  # the output box resolved for these micrographs
     if not plan.tasks:  # nothing to run: say why, write nothing
         name, reason = next(iter(plan.skipped.items()), ("", "the micrograph list is empty"))
         raise InputError(f"no micrograph to extract ({len(plan.skipped)} skipped; "
@@ -217,9 +218,14 @@ def run_extraction(
 def prepare_job(
     inputs: ExtractInputs, params: ExtractParams, paths: JobPaths
 ) -> tuple[MicrographSet, Plan, ExtractionSummary]:
-    """Read the micrograph list, check the parameters against it, plan the tasks."""
+    """Read the micrograph list, check the parameters against it, plan the tasks.
+
+    The plan carries the parameters of the tasks: ``params`` with the output box of
+    ``--pixel-size-out`` worked out for these micrographs (:func:`resolve_output_size`).
+    """
     mic_set = read_micrograph_set(inputs.micrographs,
                                   pixel_size_angstrom=inputs.pixel_size_angstrom)
+    params = resolve_output_size(mic_set, params)
     summary = ExtractionSummary(
         out_dir=str(paths.out_dir), particles_star=str(paths.particles_star),
         box_px=params.box_px, output_box_px=params.output_box_px,

@@ -24,10 +24,15 @@ class ExtractParams:
     Sizes are in pixels: ``box_px`` in micrograph pixels, ``out_box_px`` in output
     pixels (``None``: no downsampling). ``bg_radius_px`` is in output pixels
     (``None``: 0.375 of the output box, RELION GUI's default).
+    ``pixel_size_out_angstrom`` (``--pixel-size-out``) asks for the output box by its pixel
+    size instead: the job works it out from the micrograph pixel size of each optics group
+    when it reads the micrographs (:func:`~.plan.resolve_output_size`), before anything
+    is written, and carries on with ``out_box_px`` set.
     """
 
     box_px: int
     out_box_px: int | None = None
+    pixel_size_out_angstrom: float | None = None
     norm: NormMode = NormMode.RAMP
     bg_radius_px: float | None = None
     invert: bool = True
@@ -78,6 +83,9 @@ class ExtractParams:
             raise ParameterError("sub-particles are re-centred: drop --no-recenter")
         if self.recenter_xyz_angstrom is not None and self.recenter is False:
             raise ParameterError("--recenter-xyz needs re-centring; drop --no-recenter")
+        if self.pixel_size_out_angstrom is not None:
+            check_number(self.pixel_size_out_angstrom, "--pixel-size-out", above=0)
+            check_one_binning(self.out_box_px, None, self.pixel_size_out_angstrom)
         if self.out_box_px is not None:
             check_box_size(self.out_box_px, "output box")
             if self.out_box_px > self.box_px:
@@ -233,6 +241,14 @@ def check_integer(value: int, what: str, *, at_least: int | None = None) -> None
         raise ParameterError(f"{what} must be >= {at_least}, got {value}")
 
 
+def check_one_binning(bin_to_px: int | None, bin_factor: float | None,
+                      pixel_size_out_angstrom: float | None) -> None:
+    """ParameterError when more than one way of asking for downsampling is given."""
+    given = [v is not None for v in (bin_to_px, bin_factor, pixel_size_out_angstrom)]
+    if sum(given) > 1:
+        raise ParameterError("give at most one of --bin-to, --bin-factor, --pixel-size-out")
+
+
 def resolve_output_box(
     box_px: int,
     *,
@@ -246,9 +262,7 @@ def resolve_output_box(
     ``bin_factor`` and ``pixel_size_out_angstrom`` round to the nearest even box; the
     exact resulting pixel size is ``pixel_size * box / out_box`` (reported by the job).
     """
-    given = [v is not None for v in (bin_to_px, bin_factor, pixel_size_out_angstrom)]
-    if sum(given) > 1:
-        raise ParameterError("give at most one of --bin-to, --bin-factor, --pixel-size-out")
+    check_one_binning(bin_to_px, bin_factor, pixel_size_out_angstrom)
     if bin_to_px is not None:
         return None if bin_to_px == box_px else int(bin_to_px)
     if bin_factor is not None:

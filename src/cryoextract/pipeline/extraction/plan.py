@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -19,7 +20,7 @@ from cryoextract.io.coords import (
 from cryoextract.io.micrographs import OPTICS_COLUMNS, PARTICLE_CARRIED_COLUMNS, MicrographSet
 from cryoextract.io.names import unique_components
 from cryoextract.io.star_text import value_problem
-from cryoextract.pipeline.extraction.params import ExtractParams
+from cryoextract.pipeline.extraction.params import ExtractParams, resolve_output_box
 from cryoextract.pipeline.extraction.task import MicrographTask
 from cryoextract.pipeline.frame import JobPaths
 
@@ -48,9 +49,11 @@ class PickSource:
 
 @dataclass
 class Plan:
-    """Tasks to run, micrographs skipped before running (name -> reason), warnings."""
+    """Tasks to run, micrographs skipped before running (name -> reason), warnings, and
+    the parameters every task carries (the output box of ``--pixel-size-out`` resolved)."""
 
     tasks: list[MicrographTask]
+    params: ExtractParams
     skipped: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
@@ -79,7 +82,7 @@ def plan_tasks(
     if problem is not None:  # it goes into every rlnImageName
         raise ParameterError(f"output folder {str(paths.out_dir)!r} {problem}")
     first_of = _first_listing([str(p) for p in table["path"]])
-    plan = Plan(tasks=[])
+    plan = Plan(tasks=[], params=params)
     plan.warnings += _duplicate_warnings(names, first_of)
     kept = [i for i, first in enumerate(first_of) if first == i]
     stack_names = dict(zip(kept, unique_stack_names([names[i] for i in kept]), strict=True))
@@ -184,6 +187,41 @@ def _coordinate_files(picks: PickSource, names: list[str]) -> list[Path]:
         if path is not None:
             found.setdefault(os.path.realpath(path), path)
     return list(found.values())
+
+
+def resolve_output_size(micrographs: MicrographSet, params: ExtractParams) -> ExtractParams:
+    """``params`` with the output box of ``--pixel-size-out`` worked out, once per optics
+    group, from the micrograph pixel size of the groups the list uses.
+
+    A job writes one box (as RELION), so groups whose pixel sizes ask for different
+    boxes are refused: a ParameterError naming the groups, before anything is written.
+    Each group's exact output pixel size (``pixel size * box / output box``) is the one
+    the job reports and writes to its optics table.
+    """
+    wanted = params.pixel_size_out_angstrom
+    if wanted is None:
+        return params
+    optics = micrographs.optics.set_index("rlnOpticsGroup")
+    used = pd.unique(micrographs.micrographs["rlnOpticsGroup"])
+    boxes = {}
+    for group in used:
+        apix = float(optics.loc[group, "rlnMicrographPixelSize"])
+        out = resolve_output_box(params.box_px, pixel_size_out_angstrom=wanted,
+                                 pixel_size_angstrom=apix)
+        boxes[group] = (apix, params.box_px if out is None else out)
+    if not boxes:  # no micrograph listed: nothing will be extracted
+        return params
+    if len({box for _, box in boxes.values()}) > 1:
+        groups = ", ".join(
+            f"{optics.loc[g].get('rlnOpticsGroupName', g)} {apix:g} A -> {box} px"
+            for g, (apix, box) in boxes.items())
+        raise ParameterError(
+            f"--pixel-size-out {wanted:g} A asks for a different box in each optics group "
+            f"({groups}) of {micrographs.source}, and a job writes one box: extract the "
+            f"groups apart or give --bin-to")
+    box = next(iter(boxes.values()))[1]
+    return dataclasses.replace(params, pixel_size_out_angstrom=None,
+                               out_box_px=None if box == params.box_px else box)
 
 
 def _pixel_sizes(micrographs: MicrographSet) -> list[float]:

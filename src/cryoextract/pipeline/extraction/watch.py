@@ -83,15 +83,15 @@ def watch_extraction(
         while not stop.is_set():
             batch = _ready_tasks(inputs, params, paths, state, results, watch)
             if batch is not None:
-                mic_set, tasks = batch
+                mic_set, tasks, job_params = batch
                 if tasks:
                     last_new = time.monotonic()
                     for result in run_tasks(tasks, options.workers, options.dask_scheduler):
                         results[result.micrograph_name] = result
                         if on_progress is not None:
                             on_progress(result)
-                    remove_temporaries(paths.out_dir, params)
-                    summary = _publish(paths, mic_set, params, results, options)
+                    remove_temporaries(paths.out_dir, job_params)
+                    summary = _publish(paths, mic_set, job_params, results, options)
                     if on_batch is not None:
                         on_batch(summary)
             idle = time.monotonic() - last_new
@@ -104,10 +104,13 @@ def watch_extraction(
 def _ready_tasks(
     inputs: ExtractInputs, params: ExtractParams, paths: JobPaths, state: JobState,
     results: dict[str, MicrographResult], watch: WatchOptions,
-) -> tuple[MicrographSet, list[MicrographTask]] | None:
-    """Tasks of micrographs not done yet whose files have settled; None if unreadable now."""
+) -> tuple[MicrographSet, list[MicrographTask], ExtractParams] | None:
+    """Tasks of micrographs not done yet whose files have settled, and the parameters they
+    carry (:attr:`Plan.params`); None if unreadable now."""
     try:
         mic_set, plan, _ = prepare_job(inputs, params, paths)
+    except ParameterError:
+        raise  # parameters that cannot work with these micrographs: waiting changes nothing
     except CryoExtractError:
         return None  # e.g. the STAR is being written: try again at the next poll
     now = time.time()
@@ -122,9 +125,9 @@ def _ready_tasks(
         if _settled(task, now, watch.settle_s):
             ready.append(task)
     for task in ready:
-        for output in params.outputs:
+        for output in plan.params.outputs:
             task.stack_path(output).parent.mkdir(parents=True, exist_ok=True)
-    return mic_set, ready
+    return mic_set, ready, plan.params
 
 
 def _settled(task: MicrographTask, now: float, settle_s: float) -> bool:
