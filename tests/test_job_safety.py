@@ -186,3 +186,24 @@ def test_resume_refuses_a_run_of_another_version(project: Path) -> None:
     assert changes(before, snapshot(project)) == set()
     job.write_text(json.dumps(definition))  # the same version again: resumed
     ok(run(project, *EXTRACT, "--out", "out_version", "--no-report", "--resume"))
+
+
+@pytest.mark.parametrize("command", ["extract", "restack", "downsample", "subtract",
+                                     "revert"])
+def test_an_output_no_star_can_name_is_refused_before_the_job(project: Path,
+                                                              command: str) -> None:
+    """A newline in --out goes into every rlnImageName: one line (the newline shown
+    escaped), exit 2, before anything is written (restack, downsample and subtract
+    wrote their stacks, then failed on the STAR in two lines)."""
+    args = [a if a != "afile/out" else "o\nut" for a in WRITE_FAILURES[command]]
+    before = snapshot(project)
+    proc = run(project, *args)
+    line = one_line_error(proc.returncode, proc.stdout, proc.stderr)
+    assert "o\\nut" in line and "control character" in line, line
+    assert changes(before, snapshot(project)) == set()
+
+
+def test_a_file_name_with_a_newline_is_named_on_one_line(project: Path) -> None:
+    proc = run(project, "restack", "--particles", "no\nsuch.star", "--out", "out_nl")
+    line = one_line_error(proc.returncode, proc.stdout, proc.stderr)
+    assert "no\\nsuch.star" in line, line

@@ -41,13 +41,23 @@ def fail(message: str) -> None:
 
 
 def print_error(message: str) -> None:
-    """``error: <message>`` on stderr, on one line."""
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    """``error: <message>`` on stderr, on one line (control characters of a file name in
+    it, a newline say, shown escaped)."""
+    err.print(f"[bold red]error:[/] {escape(one_line(message))}", highlight=False,
+              soft_wrap=True)
+
+
+def one_line(message: str) -> str:
+    """``message`` with its control characters escaped (``\\n``), so it prints on one line."""
+    if message.isprintable():
+        return message
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
 
 
 def warn(message: str) -> None:
     """Print a warning on stderr."""
-    err.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    err.print(f"[yellow]warning:[/] {escape(one_line(message))}", highlight=False,
+              soft_wrap=True)
 
 
 class OneLineErrors(TyperGroup):

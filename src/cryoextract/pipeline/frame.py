@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from cryoextract.errors import CryoExtractError, ParameterError
 from cryoextract.io.atomic import TEMPORARY_GLOB, atomic_file
+from cryoextract.io.star_text import value_problem
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -185,6 +186,7 @@ def claim_output(
         Another run holds the folder.
     """
     outputs = [Path(p) for p in outputs]
+    check_output_name(out_dir)
     if holds_outputs(out_dir) and not overwrite:  # before anything is created there
         raise ParameterError(f"output directory {out_dir} exists and is not empty; "
                              "use --overwrite")
@@ -205,6 +207,14 @@ def claim_output(
             for tmp in folder.glob(TEMPORARY_GLOB):
                 tmp.unlink(missing_ok=True)
         yield
+
+
+def check_output_name(out_dir: Path) -> None:
+    """ParameterError for an output folder no STAR file can name (a newline in it): its
+    files' names go into the STARs the job writes, so it is refused before the job."""
+    problem = value_problem(str(out_dir))
+    if problem is not None:
+        raise ParameterError(f"output folder {str(out_dir)!r} {problem}")
 
 
 def check_inputs_outside(outputs: Iterable[Path],
