@@ -207,3 +207,20 @@ def test_a_file_name_with_a_newline_is_named_on_one_line(project: Path) -> None:
     proc = run(project, "restack", "--particles", "no\nsuch.star", "--out", "out_nl")
     line = one_line_error(proc.returncode, proc.stdout, proc.stderr)
     assert "no\\nsuch.star" in line, line
+
+
+def test_extract_overwrite_never_removes_micrographs_kept_in_its_output(
+        project: Path) -> None:
+    """--overwrite removes OUT/Particles: micrographs kept there were deleted, then
+    reported missing."""
+    particles = project / "kept" / "Particles"
+    particles.mkdir(parents=True)
+    (particles / "mic_001.mrc").write_bytes(
+        (project / "data" / "Micrographs" / "mic_001.mrc").read_bytes())
+    before = snapshot(project)
+    proc = run(project, *(a if a != "data/micrographs.star" else "kept/Particles/*.mrc"
+                          for a in EXTRACT), "--pixel-size", "2", "--out", "kept",
+               "--overwrite")
+    line = one_line_error(proc.returncode, proc.stdout, proc.stderr)
+    assert "kept/Particles/mic_001.mrc" in line and "the extraction writes" in line, line
+    assert changes(before, snapshot(project)) == set()

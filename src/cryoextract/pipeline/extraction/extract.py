@@ -11,7 +11,7 @@ import dataclasses
 import os
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -188,7 +188,7 @@ def run_extraction(
                          f"first: {name}: {reason})", inputs.micrographs)
     if options.resume:
         check_resumable(paths.out_dir)
-    check_inputs_spared(paths, params, inputs)
+    check_inputs_spared(paths, params, inputs, mic_set.micrographs["path"])
     try:
         paths.out_dir.mkdir(parents=True, exist_ok=True)
         with JobLock(paths.out_dir):
@@ -330,16 +330,18 @@ def check_resumable(out: Path) -> None:
             f"{STATE_DIR}/job.json); give a new --out, or --overwrite to replace them")
 
 
-def check_inputs_spared(paths: JobPaths, params: ExtractParams, inputs: ExtractInputs) -> None:
-    """No input (micrographs STAR, picks, CTFFIND folder) is among the files the job
-    writes or replaces (a re-extraction from OUT/particles.star into OUT, say)."""
+def check_inputs_spared(paths: JobPaths, params: ExtractParams, inputs: ExtractInputs,
+                        micrographs: Iterable[str] = ()) -> None:
+    """No input (micrographs STAR, picks, CTFFIND folder, the ``micrographs`` files) is
+    among the files the job writes or replaces (a re-extraction from OUT/particles.star
+    into OUT, say, or micrographs kept in OUT/Particles, which --overwrite removes)."""
     out = paths.out_dir
     written = [paths.particles_star, paths.summary_json, paths.rejected_tsv,
                out / "particles.cs", out / STATE_DIR, out / "report",
                *(out / o.subdir / name for o in params.outputs
                  for name in ("Particles", "particles.star", "particles.cs"))]
     check_inputs_outside(written, [inputs.micrographs if inputs.micrographs.endswith(
-        ".star") else None, inputs.coords, inputs.coords_dir, inputs.ctf_dir],
+        ".star") else None, inputs.coords, inputs.coords_dir, inputs.ctf_dir, *micrographs],
         "the extraction writes")
 
 
