@@ -224,3 +224,19 @@ def test_extract_overwrite_never_removes_micrographs_kept_in_its_output(
     line = one_line_error(proc.returncode, proc.stdout, proc.stderr)
     assert "kept/Particles/mic_001.mrc" in line and "the extraction writes" in line, line
     assert changes(before, snapshot(project)) == set()
+
+
+def test_overwrite_and_report_remove_only_their_own_files(project: Path) -> None:
+    """extract --overwrite removed every OUT/also_*px folder, the report every PNG in
+    OUT/report: a user's folder or picture there was lost."""
+    ok(run(project, *EXTRACT, "--out", "own", "--also-bin-to", "32"))
+    mine = [project / "own" / "also_my_notes_px" / "notes.txt",
+            project / "own" / "report" / "my_figure.png"]
+    for path in mine:
+        path.parent.mkdir(exist_ok=True)
+        path.write_text("the user's own file\n")
+    ok(run(project, *EXTRACT, "--out", "own", "--also-bin-to", "32", "--overwrite"))
+    ok(run(project, "report", "own"))
+    assert all(p.read_text() == "the user's own file\n" for p in mine)
+    assert (project / "own" / "also_32px" / "particles.star").is_file()
+    assert (project / "own" / "report" / "gallery_random.png").is_file()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import os
+import re
 import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
@@ -38,6 +39,8 @@ from cryoextract.report.run import (
 )
 
 REPORT_DIR = "report"
+#: the PNGs the report writes (a fresh report removes the last one's, no others)
+_OUR_PNG = re.compile(r"(?:gallery_.+|micrograph_\d+)\.png")
 #: descriptor columns whose worst values are the lowest (others: the highest)
 WORST_IS_LOW = frozenset({"ceEdgeDistanceAngstrom", "ceBackgroundMean"})
 #: descriptor columns with one value per micrograph (histogram over micrographs, no gallery)
@@ -108,8 +111,9 @@ def write_report(
     run = read_run(Path(out_dir))
     report_dir = run.out_dir / REPORT_DIR
     report_dir.mkdir(parents=True, exist_ok=True)
-    for stale in report_dir.glob("*.png"):
-        stale.unlink()
+    for stale in report_dir.glob("*.png"):  # ours only: a user's own picture stays
+        if _OUR_PNG.fullmatch(stale.name):
+            stale.unlink()
     sections = [
         _summary_section(run),
         _histogram_section(run),

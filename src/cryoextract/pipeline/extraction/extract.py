@@ -354,8 +354,9 @@ def prepare_out_dir(paths: JobPaths, params: ExtractParams, options: RunOptions)
                 f"--resume to continue an interrupted run")
         # remove only what a previous run wrote, so nothing stale is trusted
         shutil.rmtree(paths.particles_dir, ignore_errors=True)
-        for extra in out.glob("also_*px"):
-            shutil.rmtree(extra, ignore_errors=True)
+        for extra in out.glob("also_*px"):  # ours only (also_<box>px), not a user's
+            if re.fullmatch(r"also_\d+px", extra.name) and not extra.is_symlink():
+                shutil.rmtree(extra, ignore_errors=True)
         shutil.rmtree(out / STATE_DIR / "done", ignore_errors=True)
         (out / STATE_DIR / "job.json").unlink(missing_ok=True)
         for stale in (paths.particles_star, paths.summary_json, paths.rejected_tsv,
