@@ -240,3 +240,18 @@ def test_overwrite_and_report_remove_only_their_own_files(project: Path) -> None
     assert all(p.read_text() == "the user's own file\n" for p in mine)
     assert (project / "own" / "also_32px" / "particles.star").is_file()
     assert (project / "own" / "report" / "gallery_random.png").is_file()
+
+
+@pytest.mark.parametrize("command", ["extract", "restack"])
+def test_overwrite_never_writes_through_a_link_to_outside(project: Path,
+                                                          command: str) -> None:
+    """OUT/Particles a link to another folder: --overwrite replaces the link (extract
+    wrote its stacks into the folder it pointed to)."""
+    out, elsewhere = project / f"linked_{command}", project / f"elsewhere_{command}"
+    out.mkdir()
+    elsewhere.mkdir()
+    (out / "Particles").symlink_to(elsewhere)
+    args = [a if a != "afile/out" else out.name for a in WRITE_FAILURES[command]]
+    ok(run(project, *args, "--overwrite"))
+    assert list(elsewhere.iterdir()) == []
+    assert not (out / "Particles").is_symlink() and any((out / "Particles").iterdir())

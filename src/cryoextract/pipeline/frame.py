@@ -41,6 +41,7 @@ __all__ = [
     "JobPaths",
     "claim_output",
     "holds_outputs",
+    "remove_outputs",
     "write_tsv_atomic",
 ]
 
@@ -198,15 +199,21 @@ def claim_output(
             if not overwrite:  # a run that finished since the first look
                 raise ParameterError(f"output directory {out_dir} exists and is not empty; "
                                      "use --overwrite")
-            for stale in outputs:
-                if stale.is_dir() and not stale.is_symlink():
-                    shutil.rmtree(stale, ignore_errors=True)
-                else:
-                    stale.unlink(missing_ok=True)
+            remove_outputs(outputs)
         for folder in {out_dir, *(p for p in outputs if p.is_dir())}:
             for tmp in folder.glob(TEMPORARY_GLOB):
                 tmp.unlink(missing_ok=True)
         yield
+
+
+def remove_outputs(outputs: Iterable[Path]) -> None:
+    """Remove a previous run's outputs (files and folders); a link goes, not what it
+    points to, so that nothing is written through it to outside OUT."""
+    for stale in outputs:
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
 
 
 def check_output_name(out_dir: Path) -> None:

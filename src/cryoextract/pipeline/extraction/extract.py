@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from cryoextract.pipeline.frame import (
     JobPaths,
     check_inputs_outside,
     holds_outputs,
+    remove_outputs,
 )
 
 #: micrographs shown in the QC report
@@ -352,16 +352,13 @@ def prepare_out_dir(paths: JobPaths, params: ExtractParams, options: RunOptions)
             raise ParameterError(
                 f"output directory {out} exists and is not empty; use --overwrite, or "
                 f"--resume to continue an interrupted run")
-        # remove only what a previous run wrote, so nothing stale is trusted
-        shutil.rmtree(paths.particles_dir, ignore_errors=True)
-        for extra in out.glob("also_*px"):  # ours only (also_<box>px), not a user's
-            if re.fullmatch(r"also_\d+px", extra.name) and not extra.is_symlink():
-                shutil.rmtree(extra, ignore_errors=True)
-        shutil.rmtree(out / STATE_DIR / "done", ignore_errors=True)
-        (out / STATE_DIR / "job.json").unlink(missing_ok=True)
-        for stale in (paths.particles_star, paths.summary_json, paths.rejected_tsv,
-                      out / "particles.cs"):
-            stale.unlink(missing_ok=True)
+        # remove only what a previous run wrote, so nothing stale is trusted (a link
+        # goes, not what it points to); also_<box>px folders are ours, not a user's
+        remove_outputs([paths.particles_dir, out / STATE_DIR / "done",
+                        out / STATE_DIR / "job.json", paths.particles_star,
+                        paths.summary_json, paths.rejected_tsv, out / "particles.cs",
+                        *(p for p in out.glob("also_*px")
+                          if re.fullmatch(r"also_\d+px", p.name))])
     remove_temporaries(out, params)
     for output in params.outputs:
         (out / output.subdir / "Particles").mkdir(parents=True, exist_ok=True)
