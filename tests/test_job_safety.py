@@ -15,6 +15,7 @@ Every command that writes, run as a user runs it (a subprocess in a project fold
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -255,3 +256,15 @@ def test_overwrite_never_writes_through_a_link_to_outside(project: Path,
     ok(run(project, *args, "--overwrite"))
     assert list(elsewhere.iterdir()) == []
     assert not (out / "Particles").is_symlink() and any((out / "Particles").iterdir())
+
+
+def test_the_report_is_never_written_through_a_link(project: Path) -> None:
+    """OUT/report a link to another folder: the report replaces the link."""
+    shutil.copytree(project / "ext", project / "linked_report", symlinks=True)
+    elsewhere = project / "elsewhere_report"
+    elsewhere.mkdir()
+    shutil.rmtree(project / "linked_report" / "report")
+    (project / "linked_report" / "report").symlink_to(elsewhere)
+    ok(run(project, "report", "linked_report"))
+    assert list(elsewhere.iterdir()) == []
+    assert (project / "linked_report" / "report" / "index.html").is_file()

@@ -110,6 +110,8 @@ def write_report(
     started = time.perf_counter()
     run = read_run(Path(out_dir))
     report_dir = run.out_dir / REPORT_DIR
+    if report_dir.is_symlink():  # the report's own folder: never written through a link
+        report_dir.unlink()
     report_dir.mkdir(parents=True, exist_ok=True)
     for stale in report_dir.glob("*.png"):  # ours only: a user's own picture stays
         if _OUR_PNG.fullmatch(stale.name):
