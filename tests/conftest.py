@@ -7,6 +7,8 @@ The builders are plain functions (a test module's own helpers call them too:
   offsets, CTFs and half-sets, and their maps and stacks (subtraction, projection);
 - :func:`simulated_extraction`: a small extraction of a simulated dataset (select,
   report);
+- the ``sim`` fixture: two simulated micrographs with picks, per module
+  (:func:`extract_cli.simulated`, for the end-to-end extraction tests);
 - :func:`cli_app` and the ``cli`` fixture: commands run as the user runs them, through
   typer's runner.
 """
@@ -112,6 +114,14 @@ def simulated_extraction(root: Path, *, n_micrographs: int, shape_yx: tuple[int,
         extract("micrographs.star", out, ExtractParams(box_px=ds.box_px), coords_dir="Picks",
                 coords_suffix="_autopick.star", workers=1, write_cs=write_cs)
     return ds, out
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """:func:`extract_cli.simulated` in a folder of its own, made once per module."""
+    from extract_cli import simulated
+
+    return simulated(tmp_path_factory.mktemp("sim"))
 
 
 def cli_app(commands: Mapping[str, Callable[..., Any]]) -> typer.Typer:
