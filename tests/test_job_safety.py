@@ -268,3 +268,18 @@ def test_the_report_is_never_written_through_a_link(project: Path) -> None:
     ok(run(project, "report", "linked_report"))
     assert list(elsewhere.iterdir()) == []
     assert (project / "linked_report" / "report" / "index.html").is_file()
+
+
+def test_revert_whose_originals_are_all_gone_writes_nothing(project: Path) -> None:
+    """A STAR every name of which points nowhere is nothing usable: exit 2, not a STAR
+    and two warnings."""
+    blocks = read_star(project / "sub" / "particles.star")
+    particles = blocks["particles"]
+    particles["rlnImageOriginalName"] = particles["rlnImageOriginalName"].str.replace(
+        "ext/", "gone/", regex=False)
+    write_star(project / "sub_gone.star", blocks)
+    before = snapshot(project)
+    proc = run(project, "subtract", "--revert", "sub_gone.star", "--out", "out_gone")
+    line = one_line_error(proc.returncode, proc.stdout, proc.stderr)
+    assert line.startswith("error: sub_gone.star: none of the") and "gone/" in line, line
+    assert changes(before, snapshot(project)) == set()

@@ -39,6 +39,7 @@ __all__ = [
     "JobLock",
     "JobLockedError",
     "JobPaths",
+    "check_output_free",
     "claim_output",
     "holds_outputs",
     "remove_outputs",
@@ -187,10 +188,7 @@ def claim_output(
         Another run holds the folder.
     """
     outputs = [Path(p) for p in outputs]
-    check_output_name(out_dir)
-    if holds_outputs(out_dir) and not overwrite:  # before anything is created there
-        raise ParameterError(f"output directory {out_dir} exists and is not empty; "
-                             "use --overwrite")
+    check_output_free(out_dir, overwrite)  # before anything is created there
     if overwrite:
         check_inputs_outside(outputs, inputs)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -214,6 +212,16 @@ def remove_outputs(outputs: Iterable[Path]) -> None:
             shutil.rmtree(stale, ignore_errors=True)
         else:
             stale.unlink(missing_ok=True)
+
+
+def check_output_free(out_dir: Path, overwrite: bool) -> None:
+    """:func:`claim_output`'s first look, for a command that makes it before its own
+    checks: ParameterError for a folder no STAR can name, or one that holds anything
+    (without ``overwrite``)."""
+    check_output_name(out_dir)
+    if holds_outputs(out_dir) and not overwrite:
+        raise ParameterError(f"output directory {out_dir} exists and is not empty; "
+                             "use --overwrite")
 
 
 def check_output_name(out_dir: Path) -> None:

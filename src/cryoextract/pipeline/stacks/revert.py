@@ -17,7 +17,7 @@ from cryoextract.io.images import locate_images
 from cryoextract.io.particles import base_dirs
 from cryoextract.io.paths import PathNamer, PathStyle, rebase_found_names
 from cryoextract.io.star import find_block, read_star, write_star
-from cryoextract.pipeline.frame import claim_output
+from cryoextract.pipeline.frame import check_output_free, claim_output
 from cryoextract.pipeline.stacks.subtract_inputs import ORIGINAL_COLUMNS, SCALE_COLUMN
 
 
@@ -77,6 +77,7 @@ def revert_subtraction(
         raise InputError("no rlnImageOriginalName column: not a subtracted particles STAR", path)
     optics = tables.get("optics")
     out = Path(out_dir)
+    check_output_free(out, overwrite)  # a folder in use first, then what is usable
     target = out / "particles.star"
     summary = RevertSummary(particles_star=str(target), particles=len(particles))
     dirs = base_dirs(path, base_dir)
@@ -100,8 +101,8 @@ def revert_subtraction(
                                         if c in particles.columns])
     blocks = {"particles": particles}
     if optics is not None and optics is not particles:
-        blocks = {"optics": _reverted_optics(optics, particles, target, base_dir, summary),
-                  **blocks}
+        blocks = {"optics": _reverted_optics(optics, particles, target, base_dir, summary,
+                                             path), **blocks}
     with claim_output(out, overwrite=overwrite, outputs=[target], inputs=[path]):
         write_star(target, blocks)
     return summary
@@ -109,16 +110,21 @@ def revert_subtraction(
 
 def _reverted_optics(
     optics: pd.DataFrame, particles: pd.DataFrame, star: Path,
-    base_dir: str | os.PathLike[str] | None, summary: RevertSummary,
+    base_dir: str | os.PathLike[str] | None, summary: RevertSummary, source: Path,
 ) -> pd.DataFrame:
     """Optics with ``rlnImageSize`` of each group's first readable original image
-    (names as ``star``, the STAR being written, gives them)."""
+    (names as ``star``, the STAR being written, gives them). InputError naming
+    ``source`` when no original image is found: nothing usable would be written."""
     dirs = base_dirs(star, base_dir)
     locations = locate_images(particles["rlnImageName"].astype(str), dirs)
     summary.originals_missing = int((~locations.ok).sum())
     if summary.originals_missing:
+        first = locations.detail[int(np.argmin(locations.ok))]
+        if summary.originals_missing == len(particles):
+            raise InputError(f"none of the {len(particles)} original images can be found "
+                             f"(first: {first})", source)
         summary.warnings.append(f"{summary.originals_missing} original images not found "
-                                f"(first: {locations.detail[int(np.argmin(locations.ok))]})")
+                                f"(first: {first})")
     optics = optics.copy()
     groups = (particles["rlnOpticsGroup"].astype(int).to_numpy()
               if "rlnOpticsGroup" in particles.columns else np.ones(len(particles), int))
