@@ -9,6 +9,8 @@ The builders are plain functions (a test module's own helpers call them too:
   report);
 - the ``sim`` fixture: two simulated micrographs with picks, per module
   (:func:`extract_cli.simulated`, for the end-to-end extraction tests);
+- the ``two_domain`` fixture: a two-domain map, a mask and particles of it, per module
+  (:func:`subtract_sim.two_domain_dataset`, for the ``subtract`` tests);
 - :func:`cli_app` and the ``cli`` fixture: commands run as the user runs them, through
   typer's runner.
 """
@@ -122,6 +124,14 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> Any:
     from extract_cli import simulated
 
     return simulated(tmp_path_factory.mktemp("sim"))
+
+
+@pytest.fixture(scope="module")
+def two_domain(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """:func:`subtract_sim.two_domain_dataset` in a folder of its own, once per module."""
+    from subtract_sim import two_domain_dataset
+
+    return two_domain_dataset(tmp_path_factory.mktemp("two_domain"))
 
 
 def cli_app(commands: Mapping[str, Callable[..., Any]]) -> typer.Typer:
