@@ -283,3 +283,22 @@ def test_revert_whose_originals_are_all_gone_writes_nothing(project: Path) -> No
     line = one_line_error(proc.returncode, proc.stdout, proc.stderr)
     assert line.startswith("error: sub_gone.star: none of the") and "gone/" in line, line
     assert changes(before, snapshot(project)) == set()
+
+
+def test_watch_into_a_folder_no_cryoextract_run_made_is_refused(project: Path) -> None:
+    """--watch always resumes: into a RELION Extract job folder it replaced its
+    particles.star; --watch --overwrite (ignored before) replaces a run of other
+    parameters."""
+    job = project / "Extract" / "job007"
+    job.mkdir(parents=True)
+    (job / "particles.star").write_text("RELION's own\n")
+    watch = [*EXTRACT, "--watch", "--watch-timeout", "1", "--settle", "0.2"]
+    before = snapshot(project)
+    proc = run(project, *watch, "--out", "Extract/job007")
+    line = one_line_error(proc.returncode, proc.stdout, proc.stderr)
+    assert "no cryoextract run made" in line, line
+    assert changes(before, snapshot(project)) == set()
+    ok(run(project, *watch, "--out", "Extract/job007", "--overwrite"))
+    ok(run(project, *[a if a != str(BOX) else "64" for a in watch], "--out",
+           "Extract/job007", "--overwrite"))
+    assert json.loads((job / "summary.json").read_text())["box_px"] == 64

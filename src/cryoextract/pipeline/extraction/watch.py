@@ -23,6 +23,7 @@ from cryoextract.pipeline.extraction.extract import (
     ProgressCallback,
     RunOptions,
     check_inputs_spared,
+    check_resumable,
     prepare_job,
     prepare_out_dir,
     remove_temporaries,
@@ -70,12 +71,17 @@ def watch_extraction(
     options = options or RunOptions()
     watch = watch or WatchOptions()
     paths = JobPaths(Path(out_dir).absolute())
+    # a watch continues its folder's job (a folder no cryoextract run made is refused),
+    # or with --overwrite replaces it
+    resume = not options.overwrite
+    if resume:
+        check_resumable(paths.out_dir)
     check_inputs_spared(paths, params, inputs)
     paths.out_dir.mkdir(parents=True, exist_ok=True)
     with JobLock(paths.out_dir):
-        prepare_out_dir(paths, params, dataclasses.replace(options, resume=True))
+        prepare_out_dir(paths, params, dataclasses.replace(options, resume=resume))
         state = JobState(paths.out_dir)
-        state.start(job_definition(params, dataclasses.asdict(inputs)), resume=True)
+        state.start(job_definition(params, dataclasses.asdict(inputs)), resume=resume)
         results: dict[str, MicrographResult] = {}
         summary = ExtractionSummary(out_dir=str(paths.out_dir),
                                     particles_star=str(paths.particles_star))
