@@ -302,3 +302,20 @@ def test_watch_into_a_folder_no_cryoextract_run_made_is_refused(project: Path) -
     ok(run(project, *[a if a != str(BOX) else "64" for a in watch], "--out",
            "Extract/job007", "--overwrite"))
     assert json.loads((job / "summary.json").read_text())["box_px"] == 64
+
+
+@pytest.mark.parametrize("log", ["data/micrographs.star", "data/Picks/mic_001_autopick.star",
+                                 "data/Micrographs/mic_001.mrc"])
+def test_the_progress_log_never_appends_to_an_input(project: Path, log: str) -> None:
+    """--progress-log appended its JSON lines to whatever file it was given: the
+    micrographs STAR itself could no longer be read."""
+    before = snapshot(project)
+    proc = run(project, *EXTRACT, "--out", "out_log", "--progress-log", log)
+    line = one_line_error(proc.returncode, proc.stdout, proc.stderr)
+    assert f"--progress-log {log}" in line, line
+    assert changes(before, snapshot(project)) == set()
+    ok(run(project, *EXTRACT, "--out", "out_log", "--progress-log", "log.jsonl"))
+    ok(run(project, *EXTRACT, "--out", "out_log", "--resume", "--progress-log", "log.jsonl"))
+    assert json.loads((project / "log.jsonl").read_text().splitlines()[-1])["event"] == "end"
+    (project / "log.jsonl").unlink()
+    shutil.rmtree(project / "out_log")

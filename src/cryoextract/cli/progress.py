@@ -21,6 +21,7 @@ from rich.progress import (
 )
 
 from cryoextract.cli.common import err
+from cryoextract.errors import ParameterError
 
 if TYPE_CHECKING:
     from cryoextract.pipeline.extraction.task import MicrographResult
@@ -41,6 +42,28 @@ def particle_progress() -> Iterator[tuple[Callable[[int], None], Callable[[int],
                lambda k: progress.update(bar, completed=k, refresh=True))
 
 
+def check_progress_log(path: Path) -> None:
+    """ParameterError unless ``path`` is new, empty, or a progress log (its first line
+    one of our JSON records): lines are never appended to an input (a STAR, picks, a
+    micrograph) or any other file given by mistake."""
+    try:
+        with open(path, "rb") as stream:
+            first = stream.readline(1 << 16)
+    except FileNotFoundError:
+        return
+    except IsADirectoryError:
+        raise ParameterError(f"--progress-log {path} is a folder, not a file") from None
+    if not first.strip():
+        return
+    try:
+        record = json.loads(first)
+    except ValueError:
+        record = None
+    if not isinstance(record, dict) or "time" not in record:
+        raise ParameterError(f"--progress-log {path} holds something else than a progress "
+                             "log (its first line is not one of ours); give a new file")
+
+
 class JobProgress:
     """Callbacks for :func:`cryoextract.extract` that draw a bar and/or log JSON lines.
 
@@ -54,6 +77,8 @@ class JobProgress:
         self.done = 0
         self.total = 0
         self.particles = 0
+        if log_path:
+            check_progress_log(log_path)
         self._log: IO[str] | None = open(log_path, "a") if log_path else None
         self._bar = Progress(
             TextColumn("[progress.description]{task.description}"), BarColumn(),
