@@ -319,3 +319,15 @@ def test_the_progress_log_never_appends_to_an_input(project: Path, log: str) -> 
     assert json.loads((project / "log.jsonl").read_text().splitlines()[-1])["event"] == "end"
     (project / "log.jsonl").unlink()
     shutil.rmtree(project / "out_log")
+
+
+@pytest.mark.parametrize("suffix", ["/../../evil.star", "\\evil.star", "a\nb.star"])
+def test_convert_suffix_never_leaves_the_output_folder(project: Path, suffix: str) -> None:
+    """--suffix /../../evil.star wrote every micrograph's picks to one file outside
+    --out, each over the last."""
+    before = snapshot(project)
+    proc = run(project, "convert", "data/Picks/mic_001_autopick.star", "--to", "star",
+               "--suffix", suffix, "--out", "out_convert/sub")
+    line = one_line_error(proc.returncode, proc.stdout, proc.stderr)
+    assert "--suffix" in line, line
+    assert changes(before, snapshot(project)) == set()

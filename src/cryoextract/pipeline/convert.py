@@ -170,6 +170,11 @@ def _check_options(options: ConvertOptions) -> None:
             and options.helix is None:
         raise ParameterError("--pixel-size goes with --coords-pixel-size (the picks' pixel "
                              "size)")
+    suffix = options.suffix
+    if suffix is not None and (any(c in suffix for c in "/\\") or not suffix.isprintable()):
+        # each micrograph's file stays in --out under its own name
+        raise ParameterError(f"--suffix {suffix!r} must end a file name: no folder "
+                             "separator or control character")
     if options.micrograph_shape_yx is not None and min(options.micrograph_shape_yx) <= 0:
         raise ParameterError(f"--micrograph-shape must be positive, got "
                              f"{options.micrograph_shape_yx}")
