@@ -24,6 +24,7 @@ import starfile
 from cryoextract.errors import ParameterError
 from cryoextract.io.atomic import atomic_file, atomic_path
 from cryoextract.ops.ctf import CtfParams
+from cryoextract.pipeline.frame import JobLock, holds_outputs
 from cryoextract.sim.micrograph import (
     SimDtype,
     place_particles,
@@ -240,15 +241,18 @@ _OURS_MRC = re.compile(r"mic_\d{3,}\.mrc")
 _OURS_PICKS = re.compile(r"mic_\d{3,}_autopick\.star")
 
 
-def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
-    """Refuse a folder holding anything unless ``overwrite``; then remove our own files."""
+def _prepare_out_dir(out_dir: Path, overwrite: bool, *, remove: bool = True) -> None:
+    """Refuse a folder holding anything unless ``overwrite``; then (with ``remove``, under
+    the folder's lock) remove our own files."""
     if out_dir.exists() and not out_dir.is_dir():
         raise ParameterError(f"{out_dir} exists and is not a folder")
-    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+    if not holds_outputs(out_dir):  # nothing, or only our lock
         return
     if not overwrite:
         raise ParameterError(f"output folder {out_dir} exists and is not empty; use "
                              "--overwrite to replace the dataset in it")
+    if not remove:
+        return
     ours = [p for p in out_dir.glob("Micrographs/mic_*.mrc") if _OURS_MRC.fullmatch(p.name)]
     ours += [p for p in out_dir.glob("Picks/mic_*_autopick.star")
              if _OURS_PICKS.fullmatch(p.name)]
@@ -351,49 +355,51 @@ def simulate_dataset(
     if isinstance(seed, bool) or int(seed) != seed or seed < 0:
         raise ParameterError(f"seed must be an integer >= 0, got {seed}")
     out_dir = Path(out_dir)
-    _prepare_out_dir(out_dir, overwrite)
-    (out_dir / "Micrographs").mkdir(parents=True, exist_ok=True)
-    (out_dir / "Picks").mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    diameter_px = particle_diameter_angstrom / pixel_size_angstrom
-    box_px = suggested_box_px(particle_diameter_angstrom, pixel_size_angstrom)
-    obj = random_object(rng, particle_diameter_angstrom, pixel_size_angstrom)
+    _prepare_out_dir(out_dir, overwrite, remove=False)  # refused before anything is made
+    with JobLock(out_dir):  # two runs on one folder never both write there
+        _prepare_out_dir(out_dir, overwrite)  # again: a run may have finished since
+        (out_dir / "Micrographs").mkdir(parents=True, exist_ok=True)
+        (out_dir / "Picks").mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(seed)
+        diameter_px = particle_diameter_angstrom / pixel_size_angstrom
+        box_px = suggested_box_px(particle_diameter_angstrom, pixel_size_angstrom)
+        obj = random_object(rng, particle_diameter_angstrom, pixel_size_angstrom)
 
-    names, mic_paths, pick_paths, positions, edges, ctfs = [], [], [], [], [], []
-    for index in range(1, n_micrographs + 1):
-        ctf = random_ctf(rng, defocus_range_angstrom, astigmatism_range_angstrom, optics)
-        xy, near_edge = place_particles(
-            rng, particles_per_micrograph, shape_yx, box_px, diameter_px, edge_picks
-        )
-        image = simulate_micrograph(
-            rng, obj, xy, shape_yx, ctf, pixel_size_angstrom, diameter_px, snr, ice_fraction
-        )
-        name = f"Micrographs/mic_{index:03d}.mrc"
-        pick_path = out_dir / "Picks" / f"mic_{index:03d}_autopick.star"
-        _write_mrc(out_dir / name, to_dtype(image, dtype), pixel_size_angstrom)
-        _write_picks(pick_path, xy, rng.uniform(0.2, 1.0, len(xy)))
-        names.append(name)
-        mic_paths.append(out_dir / name)
-        pick_paths.append(pick_path)
-        positions.append(xy)
-        edges.append(near_edge)
-        ctfs.append(ctf)
+        names, mic_paths, pick_paths, positions, edges, ctfs = [], [], [], [], [], []
+        for index in range(1, n_micrographs + 1):
+            ctf = random_ctf(rng, defocus_range_angstrom, astigmatism_range_angstrom, optics)
+            xy, near_edge = place_particles(
+                rng, particles_per_micrograph, shape_yx, box_px, diameter_px, edge_picks
+            )
+            image = simulate_micrograph(
+                rng, obj, xy, shape_yx, ctf, pixel_size_angstrom, diameter_px, snr, ice_fraction
+            )
+            name = f"Micrographs/mic_{index:03d}.mrc"
+            pick_path = out_dir / "Picks" / f"mic_{index:03d}_autopick.star"
+            _write_mrc(out_dir / name, to_dtype(image, dtype), pixel_size_angstrom)
+            _write_picks(pick_path, xy, rng.uniform(0.2, 1.0, len(xy)))
+            names.append(name)
+            mic_paths.append(out_dir / name)
+            pick_paths.append(pick_path)
+            positions.append(xy)
+            edges.append(near_edge)
+            ctfs.append(ctf)
 
-    star_path = out_dir / "micrographs.star"
-    _write_micrographs_star(star_path, names, ctfs, optics, pixel_size_angstrom)
-    truth_path = out_dir / "truth.csv"
-    write_truth(truth_path, names, positions, edges)
-    return SimulatedDataset(
-        out_dir=out_dir,
-        micrographs_star=star_path,
-        micrograph_paths=tuple(mic_paths),
-        pick_paths=tuple(pick_paths),
-        micrograph_names=tuple(names),
-        truth_csv=truth_path,
-        positions_xy=tuple(positions),
-        near_edge=tuple(edges),
-        ctf_params=tuple(ctfs),
-        pixel_size_angstrom=float(pixel_size_angstrom),
-        shape_yx=shape_yx,
-        box_px=box_px,
-    )
+        star_path = out_dir / "micrographs.star"
+        _write_micrographs_star(star_path, names, ctfs, optics, pixel_size_angstrom)
+        truth_path = out_dir / "truth.csv"
+        write_truth(truth_path, names, positions, edges)
+        return SimulatedDataset(
+            out_dir=out_dir,
+            micrographs_star=star_path,
+            micrograph_paths=tuple(mic_paths),
+            pick_paths=tuple(pick_paths),
+            micrograph_names=tuple(names),
+            truth_csv=truth_path,
+            positions_xy=tuple(positions),
+            near_edge=tuple(edges),
+            ctf_params=tuple(ctfs),
+            pixel_size_angstrom=float(pixel_size_angstrom),
+            shape_yx=shape_yx,
+            box_px=box_px,
+        )
