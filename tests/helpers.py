@@ -10,6 +10,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import mrcfile
 import numpy as np
 import pytest
 
@@ -24,6 +25,18 @@ def written(path: Path, content: str | bytes) -> Path:
         path.write_bytes(content)
     else:
         path.write_text(content)
+    return path
+
+
+def mrc_written(path: Path, data: np.ndarray, voxel: float = 1.25,
+                ext: np.ndarray | None = None) -> Path:
+    """``path`` holding ``data`` as MRC (mrcfile), voxel size ``voxel`` Å, with the
+    extended header ``ext`` when given."""
+    with mrcfile.new(path, overwrite=True) as mrc:
+        mrc.set_data(data)
+        if ext is not None:
+            mrc.set_extended_header(ext)
+        mrc.voxel_size = voxel
     return path
 
 
