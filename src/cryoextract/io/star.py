@@ -62,7 +62,8 @@ def read_star(path: str | os.PathLike[str]) -> dict[str, pd.DataFrame]:
             plain = read_plain_star(text)
             if plain is not None:
                 blocks = plain
-            else:
+            else:  # starfile (pandas) fills a short row with empty values: refuse it here
+                check_loop_rows(path, text, every_row=True)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     blocks = starfile.read(path, always_dict=True)
@@ -104,8 +105,9 @@ def _lines(text: str) -> list[str]:
     return [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
 
 
-def check_loop_rows(path: Path, text: str | None = None) -> None:
-    """Raise InputError naming the line when a loop's last row is short (file cut off)."""
+def check_loop_rows(path: Path, text: str | None = None, *, every_row: bool = False) -> None:
+    """Raise InputError naming the line when a loop's last row (a file cut off), or with
+    ``every_row`` any row, has another number of values than the loop has columns."""
     if text is None:
         try:
             text = path.read_bytes().decode("utf-8", errors="replace")
@@ -137,6 +139,8 @@ def check_loop_rows(path: Path, text: str | None = None) -> None:
         elif in_header or columns:
             in_header = False
             last = (number, stripped)
+            if every_row:
+                check()
     check()
 
 

@@ -71,6 +71,9 @@ def _loop(lines: list[str], i: int) -> tuple[pd.DataFrame | None, int]:
     )
     if table.shape[1] != len(labels):
         return None, i
+    last = table.iloc[:, -1]
+    if not pd.api.types.is_numeric_dtype(last) and (last == "").any():  # a short row
+        return None, i
     table.columns = labels
     for label in labels:
         if table[label].dtype == object:
