@@ -90,9 +90,14 @@ def read_run(out_dir: Path) -> Run:
     summary = out_dir / "summary.json"
     if summary.is_file():
         try:
-            run.summary = json.loads(summary.read_text())
+            loaded = json.loads(summary.read_text())
         except (OSError, ValueError) as exc:
             run.notes.append(f"{summary}: unreadable ({exc})")
+        else:
+            if isinstance(loaded, dict):
+                run.summary = loaded
+            else:  # JSON, but not a run's summary
+                run.notes.append(f"{summary}: not a run summary (a JSON object)")
     else:
         run.notes.append(f"{summary} not found: no run summary")
     rejected = out_dir / "rejected_particles.tsv"
