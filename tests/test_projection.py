@@ -200,3 +200,20 @@ def test_projections_match_relion_project_both_half_sets(tmp_path):
         # the opposite origin sign does not match either
         flipped = project(fourier_volume(vol), a, -shifts, particle_ctfs(chosen))
         assert np.median([corr(x, y) for x, y in zip(flipped, relion, strict=True)]) < 0.9
+
+
+def test_overwrite_input_gives_the_same_volume_and_spares_other_dtypes() -> None:
+    """``overwrite_input`` only saves memory: the same coefficients; a float32 map is
+    used as scratch, a float64 one (converted anyway) is left as it was."""
+    rng = np.random.default_rng(5)
+    volume = ndimage.gaussian_filter(rng.random((24, 24, 24)), 2.0).astype(np.float32)
+    reference = fourier_volume(volume)
+    scratch = volume.copy()
+    consumed = fourier_volume(scratch, overwrite_input=True)
+    np.testing.assert_array_equal(consumed.data, reference.data)
+    assert not np.array_equal(scratch, volume)
+    double = volume.astype(np.float64)
+    kept = double.copy()
+    np.testing.assert_array_equal(fourier_volume(double, overwrite_input=True).data,
+                                  reference.data)
+    np.testing.assert_array_equal(double, kept)

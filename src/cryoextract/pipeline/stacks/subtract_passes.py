@@ -178,7 +178,11 @@ def _half_volumes(volume: np.ndarray, settings: PassSettings
     (None when the region is the whole map or with ``--scale none``)."""
     padding, workers = settings.params.padding_factor, settings.workers
     region = region_volume(volume, settings.mask, settings.params.mask_mode)
-    region_fv = fourier_volume(region, padding_factor=padding, workers=workers)
-    if settings.params.scale is ScaleMode.NONE or region is volume:
+    whole_map = region is volume
+    # the region is a product made here (unless it is the map): its memory is scratch
+    region_fv = fourier_volume(region, padding_factor=padding, workers=workers,
+                               overwrite_input=not whole_map)
+    del region
+    if settings.params.scale is ScaleMode.NONE or whole_map:
         return region_fv, None
     return region_fv, fourier_volume(volume, padding_factor=padding, workers=workers)
