@@ -331,3 +331,18 @@ def test_convert_suffix_never_leaves_the_output_folder(project: Path, suffix: st
     line = one_line_error(proc.returncode, proc.stdout, proc.stderr)
     assert "--suffix" in line, line
     assert changes(before, snapshot(project)) == set()
+
+
+@pytest.mark.parametrize("record", ["{cut", "[1]", "null", ""])
+def test_resume_with_a_job_record_it_cannot_read_is_one_line(project: Path,
+                                                             record: str) -> None:
+    """A job.json cut short or edited: a traceback (JSONDecodeError, AttributeError)."""
+    out = project / "out_record"
+    if not out.is_dir():
+        ok(run(project, *EXTRACT, "--out", out.name, "--no-report"))
+    (out / ".cryoextract" / "job.json").write_text(record)
+    before = snapshot(project)
+    proc = run(project, *EXTRACT, "--out", out.name, "--no-report", "--resume")
+    line = one_line_error(proc.returncode, proc.stdout, proc.stderr)
+    assert "job.json is not a job record" in line, line
+    assert changes(before, snapshot(project)) == set()

@@ -99,6 +99,19 @@ def job_definition(params: ExtractParams, inputs: dict[str, Any]) -> dict[str, A
             "inputs": _jsonable(inputs)}
 
 
+def _job_record(job_file: Path) -> dict[str, Any]:
+    """The recorded job definition; ParameterError when it is not one (a file cut short
+    or edited by hand: the run it records cannot be continued)."""
+    try:
+        record = json.loads(job_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        record = exc
+    if not isinstance(record, dict):
+        raise ParameterError(f"--resume: {job_file} is not a job record cryoextract can "
+                             "read; use --overwrite, or a new --out")
+    return record
+
+
 class JobState:
     """Finished-micrograph records of one output directory."""
 
@@ -112,7 +125,7 @@ class JobState:
         job_file = self.root / "job.json"
         text = json.dumps(definition, indent=2, sort_keys=True)
         if resume and job_file.is_file():
-            before = json.loads(job_file.read_text())
+            before = _job_record(job_file)
             if before == json.loads(text):
                 return
             if before.get("version") != definition["version"]:
