@@ -236,11 +236,13 @@ def check_inputs_outside(outputs: Iterable[Path],
                          inputs: Iterable[str | os.PathLike[str] | None],
                          what: str = "--overwrite would replace") -> None:
     """ParameterError when an input is, or lies in, an output the command replaces."""
-    targets = [Path(p).resolve() for p in outputs]
+    # os.path.realpath, not Path.resolve: a symlink loop among the inputs (a micrograph
+    # the task will report unreadable) makes Path.resolve raise RuntimeError on 3.11
+    targets = [Path(os.path.realpath(p)) for p in outputs]
     for item in inputs:
         if item is None:
             continue
-        source = Path(item).resolve()
+        source = Path(os.path.realpath(item))
         for target in targets:
             if source == target or source.is_relative_to(target):
                 where = "is" if source == target else "lies in"
