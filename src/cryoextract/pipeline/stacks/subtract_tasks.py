@@ -194,7 +194,8 @@ def kernel_loading_meanwhile(workers: int) -> Iterator[None]:
     For the map transforms, whose FFTs leave the GIL free: where the loop is numba's (the
     C library was not built, :mod:`cryoextract.ops.native`), its 1.4 s of loading then
     costs less wall time; the C library loads in milliseconds. Joined on leaving, before
-    any worker is forked; a failure to load is raised there. With one worker nothing runs in parallel, so nothing is started.
+    any worker is forked; a failure to load is raised there. With one worker nothing
+    runs in parallel, so nothing is started.
     """
     if workers <= 1:
         yield
