@@ -40,6 +40,10 @@ class Segments:
     track_length_px: np.ndarray
 
 
+#: most segments one tube is cut into (a step far below a pixel: the user's mistake)
+MAX_SEGMENTS_PER_TUBE = 1_000_000
+
+
 def segment_tube(
     start_xy: tuple[float, float], end_xy: tuple[float, float], step_px: float
 ) -> tuple[np.ndarray, np.ndarray, float]:
@@ -49,6 +53,12 @@ def segment_tube(
     along ``theta = atan2(dy, dx)`` until a position leaves the bounding box of the two
     end points. Positions accumulate by repeated addition as RELION does (so that
     results agree bit for bit).
+
+    Raises
+    ------
+    ValueError
+        More than :data:`MAX_SEGMENTS_PER_TUBE` segments (or a step that is no positive
+        number).
 
     Returns
     -------
@@ -61,6 +71,12 @@ def segment_tube(
     """
     x1, y1 = float(start_xy[0]), float(start_xy[1])
     x2, y2 = float(end_xy[0]), float(end_xy[1])
+    finite = math.isfinite(step_px) and step_px > 0
+    most = math.hypot(x2 - x1, y2 - y1) / step_px + 2 if finite else math.inf
+    if not most <= MAX_SEGMENTS_PER_TUBE:  # an infinite or NaN step too: never ends
+        raise ValueError(f"a step of {step_px:g} px cuts a tube of "
+                         f"{math.hypot(x2 - x1, y2 - y1):g} px into more than "
+                         f"{MAX_SEGMENTS_PER_TUBE} segments")
     theta = math.atan2(y2 - y1, x2 - x1)
     dx = step_px * math.cos(theta)
     dy = step_px * math.sin(theta)
@@ -69,7 +85,7 @@ def segment_tube(
     length = -step_px
     points: list[tuple[float, float]] = []
     lengths: list[float] = []
-    while True:
+    while len(points) <= most:  # a step lost in rounding (xp + dx == xp) ends too
         xp += dx
         yp += dy
         length += step_px

@@ -10,6 +10,8 @@ them back (:func:`cryoextract.ops.coordinates.suggest_axis_fix`).
 from __future__ import annotations
 
 import glob
+import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
@@ -37,6 +39,8 @@ from cryoextract.pipeline.frame import check_inputs_outside
 if TYPE_CHECKING:
     from cryoextract.pipeline.extraction.params import HelixParams
 
+#: the smallest normal float: a size below it is no size
+_TINY = sys.float_info.min
 _MRC_EXTENSIONS = (".mrc", ".mrcs", ".st", ".map")
 _SIZE_COLUMNS = ("EstWidth", "EstHeight")
 _ORIGIN_COLUMNS = ("rlnOriginX", "rlnOriginY", "rlnOriginXAngst", "rlnOriginYAngst")
@@ -166,6 +170,8 @@ def _check_options(options: ConvertOptions) -> None:
                         ("--pixel-size", options.pixel_size_angstrom)):
         if value is not None and not value > 0:
             raise ParameterError(f"{name} must be > 0, got {value}")
+        if value is not None and not _TINY <= value < math.inf:  # inf, a denormal
+            raise ParameterError(f"{name} must be a finite, normal number, got {value}")
     if options.pixel_size_angstrom is not None and options.coords_pixel_size_angstrom is None \
             and options.helix is None:
         raise ParameterError("--pixel-size goes with --coords-pixel-size (the picks' pixel "

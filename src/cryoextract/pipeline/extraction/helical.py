@@ -156,7 +156,12 @@ def _tube_segments(
         if rows.any():
             k = int(np.flatnonzero(rows)[0])
             raise InputError(f"rows {2 * k + 1}-{2 * k + 2}: {what}", source)
-    segments = segment_tubes(start_xy, end_xy, helix.step_px(pixel_size))
+    try:
+        segments = segment_tubes(start_xy, end_xy, helix.step_px(pixel_size))
+    except ValueError as exc:  # a rise far below a pixel
+        raise InputError(f"{exc} (--helical-rise-angstrom {helix.rise_angstrom:g} x "
+                         f"--helical-nr-asu {helix.nr_asu} at {pixel_size:g} A/px)",
+                         source) from exc
     ids = starts[TUBE_ID].to_numpy() if TUBE_ID in starts.columns \
         else np.arange(1, len(starts) + 1)
     table = pd.DataFrame({

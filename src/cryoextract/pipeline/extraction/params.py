@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -174,13 +175,12 @@ class HelixParams:
         if isinstance(self.nr_asu, bool) or int(self.nr_asu) != self.nr_asu \
                 or self.nr_asu < 1:
             raise ParameterError(f"--helical-nr-asu must be an integer >= 1, got {self.nr_asu}")
-        if self.rise_angstrom is not None and not self.rise_angstrom > 0:
-            raise ParameterError(f"--helical-rise-angstrom must be > 0, got {self.rise_angstrom}")
+        for what, value in (("--helical-rise-angstrom", self.rise_angstrom),
+                            ("--helical-outer-diameter", self.outer_diameter_angstrom)):
+            if value is not None and not sys.float_info.min <= value < math.inf:
+                raise ParameterError(f"{what} must be > 0 and finite, got {value}")
         if self.tubes and self.rise_angstrom is None:
             raise ParameterError("--helical-tubes needs --helical-rise-angstrom")
-        if self.outer_diameter_angstrom is not None and not self.outer_diameter_angstrom > 0:
-            raise ParameterError(f"--helical-outer-diameter must be > 0, got "
-                                 f"{self.outer_diameter_angstrom}")
 
     def step_px(self, pixel_size_angstrom: float) -> float:
         """Distance between segments, micrograph pixels (RELION's ``nr_asu * rise / apix``)."""
