@@ -19,7 +19,9 @@ import fcntl
 import json
 import os
 import shutil
+import signal
 import socket
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -41,6 +43,7 @@ __all__ = [
     "JobPaths",
     "check_output_free",
     "claim_output",
+    "die_with_parent",
     "holds_outputs",
     "remove_outputs",
     "write_tsv_atomic",
@@ -106,10 +109,12 @@ class JobLock:
             os.ftruncate(fd, 0)
             os.pwrite(fd, json.dumps(me).encode(), 0)
             self._fd = fd
+            _HELD.add(self)
             return self
         raise JobLockedError(f"cannot take the lock {self.path}")
 
     def __exit__(self, *_: object) -> None:
+        _HELD.discard(self)
         if self._fd is not None:
             self.path.unlink(missing_ok=True)  # while holding it: nobody else has it
             os.close(self._fd)
@@ -122,6 +127,48 @@ class JobLock:
                    f"{time.ctime(owner.get('started', 0))})")
         return JobLockedError(f"{self.path.parent.parent} is in use by another run{who}; "
                               f"wait for it, or remove {self.path} if that run is gone")
+
+
+#: the locks this process holds; a forked child (a worker) lets go of its copies
+_HELD: set[JobLock] = set()
+#: in a forked child, the process it was forked from
+_FORKED_FROM: int | None = None
+
+
+def _forget_locks() -> None:
+    """In a forked child: close the inherited lock descriptors, so that a worker left
+    behind by a killed run holds no lock (the parent's own hold is unchanged: a flock
+    lasts while any descriptor of it is open), and never removes the lock file."""
+    global _FORKED_FROM
+    _FORKED_FROM = os.getppid()
+    for lock in _HELD:
+        if lock._fd is not None:
+            os.close(lock._fd)
+            lock._fd = None
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_forget_locks)
+
+
+def die_with_parent() -> None:
+    """Worker initialiser: be killed when the process that forked it dies (Linux
+    ``PR_SET_PDEATHSIG``), so that a run killed with SIGTERM or SIGKILL leaves no worker
+    behind, writing into its folder; elsewhere nothing is done."""
+    if not sys.platform.startswith("linux"):
+        return
+    parent = _FORKED_FROM or os.getppid()
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # no prctl: nothing to be done
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 def _read_owner(fd: int) -> dict[str, Any] | None:

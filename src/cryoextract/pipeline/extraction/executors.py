@@ -22,6 +22,7 @@ from cryoextract.pipeline.extraction.task import (
     set_thumbnail_gate,
 )
 from cryoextract.pipeline.extraction.thumbnail_gate import ThumbnailGate
+from cryoextract.pipeline.frame import die_with_parent
 
 # Dask reschedules the tasks of a worker that died; an error is retried this many times.
 DASK_RETRIES = 2
@@ -86,7 +87,9 @@ def _import_before_fork() -> None:
 
 def _prepare_worker(gate: ThumbnailGate | None = None) -> None:
     """Set-up of a local pool process: the allocator, one BLAS thread for its life, the
-    report's thumbnail bar."""
+    report's thumbnail bar; it dies with the driver (a run killed with SIGTERM or
+    SIGKILL leaves no worker writing into OUT)."""
+    die_with_parent()
     keep_freed_memory()
     one_blas_thread()
     set_thumbnail_gate(gate)

@@ -39,6 +39,7 @@ from cryoextract.ops.projection import (
 from cryoextract.ops.rotations import euler_to_matrix, viewing_direction_order
 from cryoextract.ops.subtract import SubtractedBatch, subtract_images
 from cryoextract.pipeline.allocator import keep_freed_memory
+from cryoextract.pipeline.frame import die_with_parent
 from cryoextract.pipeline.stacks.subtract_ctf import GroupOptics, batch_ctf_images
 
 __all__ = [
@@ -161,8 +162,10 @@ _context: TaskContext | None = None
 
 def _install(context: TaskContext) -> None:
     """Worker initialiser: keep the context for :func:`_run_installed`; Ctrl-C is the
-    driver's to handle (it cancels the tasks and removes unpublished stacks)."""
+    driver's to handle (it cancels the tasks and removes unpublished stacks); the worker
+    dies with the driver (killed with SIGTERM or SIGKILL, it leaves no worker behind)."""
     global _context
+    die_with_parent()
     _context = context
     keep_freed_memory()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
