@@ -66,16 +66,20 @@ def test_c_and_numba_loops_agree(monkeypatch: pytest.MonkeyPatch, magnification)
     assert np.abs(limited - limited_ref).max() <= 2e-6 * scale
 
 
-def test_projecting_does_not_import_numba() -> None:
+def test_projecting_imports_no_numba_and_keeps_denormals() -> None:
+    """Loading the library changes no process state: a library built with -ffast-math
+    would turn on flush-to-zero for the whole process (denormals read as 0)."""
     code = ("import sys, numpy as np\n"
             "from cryoextract.ops.projection import fourier_volume, project_spectra\n"
             "fvol = fourier_volume(np.ones((8, 8, 8), np.float32))\n"
             "project_spectra(fvol, np.eye(3)[None])\n"
-            "print('numba' in sys.modules)\n")
+            "tiny = np.array([1e-40], np.float32)\n"
+            "print('numba' in sys.modules, bool((tiny * np.float32(0.5))[0] > 0),\n"
+            "      bool(np.float64(5e-324) / 2 == 0 and np.float64(5e-324) > 0))\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env=cli_env(), timeout=120, check=False)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "False"
+    assert done.stdout.split() == ["False", "True", "True"]
 
 
 def test_the_loop_refuses_arrays_it_cannot_trust() -> None:

@@ -7,7 +7,8 @@
  * (hatch_build.py) and loaded with ctypes by cryoextract.ops.native: no numba to import
  * (0.5 s) or to load from its cache (0.9 s) in every process that projects.
  *
- * Complex numbers are (re, im) float pairs; arrays are C-contiguous.
+ * Complex numbers are (re, im) float pairs; arrays are C-contiguous. Built without
+ * -ffast-math, whose start-up code would set flush-to-zero for the whole process.
  */
 #include <stdint.h>
 #include <stdlib.h>
