@@ -14,10 +14,12 @@ $(VENV)/.installed: pyproject.toml hatch_build.py $(wildcard src/cryoextract/ops
 venv: $(VENV)/.installed
 
 # RELION 3.1 (Debian package) is the tests' oracle; chromium renders the QC report in a
-# test. Without root or apt the tests that need them fail, naming what is missing.
+# test; a C compiler builds the projection loop when the venv is made (hatch_build.py).
+# Without root or apt the tests that need them fail, naming what is missing.
 relion:
 	@missing=""; \
 	command -v relion_preprocess >/dev/null 2>&1 || missing="$$missing relion"; \
+	command -v cc >/dev/null 2>&1 || missing="$$missing gcc libc6-dev"; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium fonts-liberation"; \
 	if [ -n "$$missing" ]; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo "sudo -n" ); \
@@ -37,7 +39,7 @@ demo: venv
 lint: venv
 	$(PY) -m ruff check src tests benchmarks hatch_build.py
 
-test: venv relion lint
+test: relion venv lint
 	$(PY) -m pytest -q
 
 bench: venv relion
