@@ -49,7 +49,7 @@ def test_two_simulate_runs_on_one_folder_never_both_write(tmp_path: Path) -> Non
         files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
         assert files == ["Micrographs/mic_001.mrc", "Micrographs/mic_002.mrc",
                          "Picks/mic_001_autopick.star", "Picks/mic_002_autopick.star",
-                         "micrographs.star", "truth.csv"], files
+                         "micrographs.star", "summary.json", "truth.csv"], files
 
 
 def _alive(pid: int) -> bool:

@@ -5,6 +5,13 @@ mapped with :func:`cryoextract.ops.coordinates.transform_picks` (scale, swap, fl
 written with :func:`cryoextract.io.pickformats.writers.write_picks`. Picks that fall
 off their micrograph afterwards earn a warning naming the axis option that would bring
 them back (:func:`cryoextract.ops.coordinates.suggest_axis_fix`).
+
+The output is held under the job frame's lock while it is written
+(:func:`cryoextract.pipeline.frame.output_lock`): a folder of per-micrograph files by its
+own ``OUT/.cryoextract/lock``, a single file ``--out x.star`` by a hidden
+``.x.star.lock`` beside it, removed afterwards. The summary goes to ``OUT/summary.json``,
+or for a single file to the sidecar ``x.star.summary.json`` (never a bare
+``summary.json`` beside it, which could replace an extraction's own).
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ import glob
 import math
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
@@ -34,7 +41,12 @@ from cryoextract.io.pickformats.registry import (
 from cryoextract.io.pickformats.writers import write_picks
 from cryoextract.io.star import star_warnings_into
 from cryoextract.ops.coordinates import off_micrograph_warning, transform_picks
-from cryoextract.pipeline.frame import check_inputs_outside
+from cryoextract.pipeline.frame import (
+    check_inputs_outside,
+    output_lock,
+    summary_path,
+    write_summary,
+)
 
 if TYPE_CHECKING:
     from cryoextract.pipeline.extraction.params import HelixParams
@@ -138,14 +150,14 @@ def convert_picks(inputs: Sequence[str | Path], options: ConvertOptions) -> Conv
     sources = [*inputs, *(m.path for m in micrographs or ())]
     if micrographs is not None and options.micrographs is not None:
         sources.append(options.micrographs)  # the STAR (a glob names no file of its own)
-    with star_warnings_into(result.warnings):  # values RELION reads differently
-        result.files = _write(groups, options, box_px, sources)
     result.n_picks = sum(len(g.picks) for g in groups)
     result.n_micrographs = len(groups)
     moved_axes = options.swap_xy or options.flip_x or options.flip_y
     if moved_axes and any(c in g.picks.columns for g in groups for c in _ORIGIN_COLUMNS):
         result.warnings.append("origin columns are carried unchanged: the axis options "
                                "move rlnCoordinateX/Y only")
+    with star_warnings_into(result.warnings):  # values RELION reads differently
+        result.files = _write(groups, options, box_px, sources, result)
     return result
 
 
@@ -338,9 +350,10 @@ def _helical(group: _Group, options: ConvertOptions, result: ConvertResult) -> p
 
 # --------------------------------------------------------------------------- writing
 def _write(groups: list[_Group], options: ConvertOptions, box_px: float | None,
-           sources: Sequence[str | Path]) -> list[Path]:
-    """Write each output file; none may be one of ``sources`` (the picks and
-    micrographs read), with or without ``--overwrite``."""
+           sources: Sequence[str | Path], result: ConvertResult) -> list[Path]:
+    """Write each output file, then the summary, under the output's lock; none may be
+    one of ``sources`` (the picks and micrographs read), with or without
+    ``--overwrite``."""
     out, fmt = options.out, pick_format(str(options.to))
     single_file = fmt.one_file or (out.suffix.lower() in fmt.extensions and (
         fmt.many_micrographs or len(groups) == 1))
@@ -353,16 +366,39 @@ def _write(groups: list[_Group], options: ConvertOptions, box_px: float | None,
         suffix = options.suffix if options.suffix is not None else fmt.extensions[0]
         targets = {out / f"{stem}{suffix}": [g]
                    for stem, g in zip(_file_stems(groups), groups, strict=True)}
-    check_inputs_outside(targets, sources, "convert would write")
-    existing = [p for p in targets if p.exists()]
-    if existing and not options.overwrite:
-        raise InputError("output exists (give --overwrite)", existing[0])
-    for path, members in targets.items():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        picks = _combined(members, with_names=single_file and (
-            len(members) > 1 or members[0].named or fmt.one_file))
-        write_picks(path, picks, fmt.name, box_px=box_px, micrograph_name=members[0].name)
+    summary_json = summary_path(out, single_file=single_file)
+    if summary_json in targets:  # a micrograph named "summary", --suffix .json
+        raise ParameterError(f"{summary_json} is the summary of the job: give another "
+                             "--suffix")
+    _check_targets([*targets, summary_json], sources, options.overwrite)
+    (out.parent if single_file else out).mkdir(parents=True, exist_ok=True)
+    with output_lock(out, single_file=single_file):  # two runs never both write
+        _check_targets([*targets, summary_json], sources, options.overwrite)  # again
+        for path, members in targets.items():
+            picks = _combined(members, with_names=single_file and (
+                len(members) > 1 or members[0].named or fmt.one_file))
+            write_picks(path, picks, fmt.name, box_px=box_px,
+                        micrograph_name=members[0].name)
+        write_summary(summary_json, "convert", inputs=sources, parameters=_parameters(
+            options, box_px), counts={"micrographs": result.n_micrographs,
+                                      "picks_in": result.n_picks, "picks_out": result.n_picks,
+                                      "files_out": len(targets)},
+            warnings=result.warnings, outputs=[str(p) for p in targets])
     return list(targets)
+
+
+def _check_targets(targets: list[Path], sources: Sequence[str | Path],
+                   overwrite: bool) -> None:
+    check_inputs_outside(targets, sources, "convert would write")
+    existing = [p for p in targets if p.exists() or p.is_symlink()]
+    if existing and not overwrite:
+        raise InputError("output exists (give --overwrite)", existing[0])
+
+
+def _parameters(options: ConvertOptions, box_px: float | None) -> dict[str, object]:
+    """The options of a conversion as its summary records them."""
+    record = {k: v for k, v in asdict(options).items() if k != "out"}
+    return {**record, "box_px": box_px}
 
 
 def _combined(groups: list[_Group], with_names: bool) -> pd.DataFrame:

@@ -11,6 +11,15 @@ commands (``pipeline/stacks/``) take the same lock, ``OUT/.cryoextract/lock``:
 - a lock file whose writer still runs but holds no ``flock`` (a run on another host, or
   one written by hand) is respected when its process is alive (same host), else taken
   over.
+
+A command whose output may be a single file (``select --out x.star``, ``convert --out
+x.star``) locks that file instead (:func:`output_lock`): the same lock on a hidden
+``.x.star.lock`` beside it, removed when the run ends, so that two runs on one file never
+both write it, and a run writing a file into someone's folder (an extraction's, say)
+does not lock that whole folder. Its summary is a sidecar ``x.star.summary.json``
+(:func:`summary_path`), never a bare ``summary.json`` beside it, which could replace the
+folder's own (an extraction's). A folder output gets ``OUT/summary.json``
+(:func:`write_summary`).
 """
 
 from __future__ import annotations
@@ -45,7 +54,10 @@ __all__ = [
     "claim_output",
     "die_with_parent",
     "holds_outputs",
+    "output_lock",
     "remove_outputs",
+    "summary_path",
+    "write_summary",
     "write_tsv_atomic",
 ]
 
@@ -84,6 +96,7 @@ class JobLock:
 
     def __init__(self, out_dir: Path):
         self.path = Path(out_dir) / STATE_DIR / "lock"
+        self.target = Path(out_dir)  # what the lock holds, for the messages
         self.stale_owner: dict[str, Any] | None = None
         self._fd: int | None = None
 
@@ -125,8 +138,45 @@ class JobLock:
         if owner:
             who = (f" (pid {owner.get('pid')} on {owner.get('host')}, started "
                    f"{time.ctime(owner.get('started', 0))})")
-        return JobLockedError(f"{self.path.parent.parent} is in use by another run{who}; "
+        return JobLockedError(f"{self.target} is in use by another run{who}; "
                               f"wait for it, or remove {self.path} if that run is gone")
+
+
+def output_lock(output: Path, *, single_file: bool) -> JobLock:
+    """The lock of a command's output: a folder's own (``OUT/.cryoextract/lock``), or for
+    a single output file ``FILE`` the same lock on ``.FILE.lock`` beside it (removed when
+    the run ends); see the module docstring."""
+    output = Path(output)
+    if not single_file:
+        return JobLock(output)
+    lock = JobLock(output.parent)
+    lock.path = output.parent / f".{output.name}.lock"
+    lock.target = output
+    return lock
+
+
+def summary_path(output: Path, *, single_file: bool) -> Path:
+    """Where a command's summary goes: ``OUT/summary.json`` for a folder, the sidecar
+    ``FILE.summary.json`` for a single output file."""
+    output = Path(output)
+    if single_file:
+        return output.with_name(f"{output.name}.summary.json")
+    return output / "summary.json"
+
+
+def write_summary(path: Path, command: str, *, inputs: Iterable[str | os.PathLike[str]],
+                  parameters: dict[str, Any], counts: dict[str, Any],
+                  warnings: Iterable[str] = (), **more: Any) -> None:
+    """A command's ``summary.json`` (see :func:`summary_path`), written atomically: the
+    command, its inputs, parameters, counts in and out, warnings and the cryoextract
+    version, and any ``more`` fields."""
+    import cryoextract
+
+    record = {"command": command, "cryoextract_version": cryoextract.__version__,
+              "inputs": [os.fspath(p) for p in inputs], "parameters": parameters,
+              "counts": counts, **more, "warnings": list(warnings)}
+    with atomic_file(path, "w", encoding="utf-8", newline="\n") as stream:
+        stream.write(json.dumps(record, indent=2, default=str) + "\n")
 
 
 #: the locks this process holds; a forked child (a worker) lets go of its copies

@@ -6,6 +6,11 @@ src="gallery_random.png">`` or, with picks or labels drawn over them, an inline
 ``<svg>`` holding ``<image href="micrograph_1.png">``). The page has no script, so it
 opens as a plain file in any browser and can be copied or zipped along with its folder.
 Nothing here imports matplotlib.
+
+The report is written into an extraction's folder, whose ``OUT/summary.json`` is the
+extraction's own (and what the report shows): the report's summary is therefore
+``OUT/report/summary.json`` (:func:`cryoextract.pipeline.frame.write_summary`), never
+``OUT/summary.json``.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from cryoextract.io.atomic import write_text_atomic
 from cryoextract.io.mrc import open_micrograph
 from cryoextract.io.names import unique_components
 from cryoextract.ops.thumbnail import Thumbnail, micrograph_thumbnail
+from cryoextract.pipeline.frame import write_summary
 from cryoextract.report import figures
 from cryoextract.report.histogram import histogram_svg
 from cryoextract.report.run import (
@@ -126,6 +132,18 @@ def write_report(
     ]
     page = report_dir / "index.html"
     write_text_atomic(page, _page(run, sections, time.perf_counter() - started))
+    inputs = [run.out_dir / name for name in ("particles.star", "summary.json",
+                                              "rejected_particles.tsv")]
+    write_summary(report_dir / "summary.json", "report",
+                  inputs=[p for p in inputs if p.is_file()],
+                  parameters={"micrograph_dirs": [str(d) for d in micrograph_dirs],
+                              "n_random": n_random, "n_worst": n_worst,
+                              "max_micrographs": max_micrographs, "seed": seed},
+                  counts={"particles_in": len(run.particles),
+                          "rejected_in": len(run.rejected),
+                          "images_out": sum(1 for p in report_dir.glob("*.png")
+                                            if _OUR_PNG.fullmatch(p.name))},
+                  warnings=run.notes, outputs=[str(page)])
     return page
 
 

@@ -24,7 +24,7 @@ import starfile
 from cryoextract.errors import ParameterError
 from cryoextract.io.atomic import atomic_file, atomic_path
 from cryoextract.ops.ctf import CtfParams
-from cryoextract.pipeline.frame import JobLock, holds_outputs
+from cryoextract.pipeline.frame import JobLock, holds_outputs, write_summary
 from cryoextract.sim.micrograph import (
     SimDtype,
     place_particles,
@@ -256,7 +256,8 @@ def _prepare_out_dir(out_dir: Path, overwrite: bool, *, remove: bool = True) -> 
     ours = [p for p in out_dir.glob("Micrographs/mic_*.mrc") if _OURS_MRC.fullmatch(p.name)]
     ours += [p for p in out_dir.glob("Picks/mic_*_autopick.star")
              if _OURS_PICKS.fullmatch(p.name)]
-    for path in [*ours, out_dir / "micrographs.star", out_dir / "truth.csv"]:
+    for path in [*ours, out_dir / "micrographs.star", out_dir / "truth.csv",
+                 out_dir / "summary.json"]:
         if path.is_symlink() or path.is_file():  # a link goes, not what it points to
             path.unlink()
 
@@ -287,9 +288,10 @@ def simulate_dataset(
     ----------
     out_dir
         Output folder (created). Writes ``Micrographs/mic_NNN.mrc``,
-        ``Picks/mic_NNN_autopick.star``, ``micrographs.star`` and ``truth.csv``
-        (NNN from 001). A folder that exists and is not empty is refused unless
-        ``overwrite``.
+        ``Picks/mic_NNN_autopick.star``, ``micrographs.star``, ``truth.csv``
+        (NNN from 001) and, last, ``summary.json`` (the job frame's,
+        :func:`cryoextract.pipeline.frame.write_summary`). A folder that exists and
+        is not empty is refused unless ``overwrite``.
     n_micrographs
         Number of micrographs.
     shape_yx
@@ -389,6 +391,20 @@ def simulate_dataset(
         _write_micrographs_star(star_path, names, ctfs, optics, pixel_size_angstrom)
         truth_path = out_dir / "truth.csv"
         write_truth(truth_path, names, positions, edges)
+        write_summary(out_dir / "summary.json", "simulate", inputs=(), parameters={
+            "n_micrographs": n_micrographs, "shape_yx": list(shape_yx),
+            "pixel_size_angstrom": pixel_size_angstrom,
+            "particles_per_micrograph": particles_per_micrograph,
+            "particle_diameter_angstrom": particle_diameter_angstrom,
+            "optics": {"voltage_kv": voltage_kv, "spherical_aberration_mm":
+                       spherical_aberration_mm, "amplitude_contrast": amplitude_contrast},
+            "defocus_range_angstrom": list(defocus_range_angstrom),
+            "astigmatism_range_angstrom": list(astigmatism_range_angstrom), "snr": snr,
+            "ice_fraction": ice_fraction, "dtype": dtype, "edge_picks": edge_picks,
+            "seed": seed}, counts={"micrographs_out": len(names),
+                                   "picks_out": sum(len(xy) for xy in positions)},
+            outputs=[str(star_path), str(truth_path), *map(str, mic_paths),
+                     *map(str, pick_paths)])
         return SimulatedDataset(
             out_dir=out_dir,
             micrographs_star=star_path,

@@ -189,6 +189,7 @@ def run_extraction(
     if options.resume:
         check_resumable(paths.out_dir)
     check_inputs_spared(paths, params, inputs, mic_set.micrographs["path"])
+    made, fresh = not paths.out_dir.exists(), not holds_outputs(paths.out_dir)
     try:
         paths.out_dir.mkdir(parents=True, exist_ok=True)
         with JobLock(paths.out_dir):
@@ -201,6 +202,8 @@ def run_extraction(
                                thumbnails)
             failed = [r for r in results if r.error is not None]
             if len(failed) == len(results):  # no STAR that a later step would trust
+                if fresh or options.overwrite:  # nothing of an earlier run: leave nothing
+                    remove_outputs(_half_made(paths, params))
                 raise CryoExtractError(f"no micrograph could be extracted ({len(failed)} "
                                        f"failed; first: {failed[0].error})")
             remove_temporaries(paths.out_dir, params)
@@ -212,7 +215,29 @@ def run_extraction(
     except OSError as exc:
         raise CryoExtractError(os_error_message(
             exc, when_full="; free some and run again with --resume")) from exc
+    except CryoExtractError:
+        if made:  # the folder this run made, if nothing is left in it (lock released)
+            _remove_if_empty(paths.out_dir / STATE_DIR, paths.out_dir)
+        raise
     return summary
+
+
+def _half_made(paths: JobPaths, params: ExtractParams) -> list[Path]:
+    """What a job that extracted nothing made: its stack folders (empty, or holding the
+    stacks of micrographs that failed half-way) and its state."""
+    out = paths.out_dir
+    return [*(out / o.subdir / "Particles" for o in params.outputs),
+            *(out / o.subdir for o in params.outputs if o.subdir),
+            out / STATE_DIR / "done", out / STATE_DIR / "job.json"]
+
+
+def _remove_if_empty(*folders: Path) -> None:
+    """Remove each folder in turn if it is empty (else leave it, and those after it)."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def prepare_job(
@@ -321,13 +346,26 @@ def write_job_report(
     return None
 
 
-def check_resumable(out: Path) -> None:
-    """``--resume`` only into a folder a cryoextract run made (or an empty one), checked
-    before anything is created there: e.g. a RELION Extract job folder is left alone."""
+def check_resumable(out: Path, flag: str = "--resume") -> None:
+    """``--resume`` (or ``--watch``, ``flag``, which the refusal names) only into a folder
+    a cryoextract run made (or an empty one), checked before anything is created there:
+    e.g. a RELION Extract job folder is left alone. A folder the run writes into that is
+    a symbolic link (``Particles``, ``report``, ``also_<box>px`` and its ``Particles``,
+    the job's state) is refused too: continuing would write through it, to wherever it
+    points (only ``--overwrite`` replaces a link, by removing it)."""
     if out.is_dir() and holds_outputs(out) and not (out / STATE_DIR / "job.json").is_file():
         raise ParameterError(
-            f"--resume: {out} holds files that no cryoextract run made (no "
+            f"{flag}: {out} holds files that no cryoextract run made (no "
             f"{STATE_DIR}/job.json); give a new --out, or --overwrite to replace them")
+    if not out.is_dir():
+        return
+    also = [p for p in out.glob("also_*px") if re.fullmatch(r"also_\d+px", p.name)]
+    for folder in (out / "Particles", out / "report", out / STATE_DIR,
+                   out / STATE_DIR / "done", *also, *(p / "Particles" for p in also)):
+        if folder.is_symlink():
+            raise ParameterError(
+                f"{flag}: {folder} is a symbolic link, which the run would write through; "
+                "remove it, or use --overwrite to replace it, or a new --out")
 
 
 def check_inputs_spared(paths: JobPaths, params: ExtractParams, inputs: ExtractInputs,

@@ -99,15 +99,16 @@ def job_definition(params: ExtractParams, inputs: dict[str, Any]) -> dict[str, A
             "inputs": _jsonable(inputs)}
 
 
-def _job_record(job_file: Path) -> dict[str, Any]:
-    """The recorded job definition; ParameterError when it is not one (a file cut short
-    or edited by hand: the run it records cannot be continued)."""
+def _job_record(job_file: Path, flag: str = "--resume") -> dict[str, Any]:
+    """The recorded job definition; ParameterError (starting with ``flag``, the option
+    that continues the run) when it is not one (a file cut short or edited by hand: the
+    run it records cannot be continued)."""
     try:
         record = json.loads(job_file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         record = exc
     if not isinstance(record, dict):
-        raise ParameterError(f"--resume: {job_file} is not a job record cryoextract can "
+        raise ParameterError(f"{flag}: {job_file} is not a job record cryoextract can "
                              "read; use --overwrite, or a new --out")
     return record
 
@@ -119,22 +120,25 @@ class JobState:
         self.root = Path(out_dir) / STATE_DIR
         self.done_dir = self.root / "done"
 
-    def start(self, definition: dict[str, Any], *, resume: bool) -> None:
-        """Record the job, or check on ``resume`` that it is the same job as before."""
+    def start(self, definition: dict[str, Any], *, resume: bool,
+              flag: str = "--resume") -> None:
+        """Record the job, or check on ``resume`` that it is the same job as before;
+        ``flag``: the option the user continued it with (``--resume``, ``--watch``), which
+        a refusal names."""
         self.done_dir.mkdir(parents=True, exist_ok=True)
         job_file = self.root / "job.json"
         text = json.dumps(definition, indent=2, sort_keys=True)
         if resume and job_file.is_file():
-            before = _job_record(job_file)
+            before = _job_record(job_file, flag)
             if before == json.loads(text):
                 return
             if before.get("version") != definition["version"]:
                 raise ParameterError(
-                    f"--resume: {self.root.parent} holds a run of cryoextract "
+                    f"{flag}: {self.root.parent} holds a run of cryoextract "
                     f"{before.get('version', 'of an earlier version')}, this is "
                     f"{definition['version']} ({job_file}); use --overwrite, or a new --out")
             raise ParameterError(
-                f"--resume: {self.root.parent} holds a run with other parameters or "
+                f"{flag}: {self.root.parent} holds a run with other parameters or "
                 f"inputs ({job_file}); use the same options, or --overwrite"
             )
         write_text_atomic(job_file, text)

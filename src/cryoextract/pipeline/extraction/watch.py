@@ -75,13 +75,14 @@ def watch_extraction(
     # or with --overwrite replaces it
     resume = not options.overwrite
     if resume:
-        check_resumable(paths.out_dir)
+        check_resumable(paths.out_dir, "--watch")
     check_inputs_spared(paths, params, inputs)
     paths.out_dir.mkdir(parents=True, exist_ok=True)
     with JobLock(paths.out_dir):
         prepare_out_dir(paths, params, dataclasses.replace(options, resume=resume))
         state = JobState(paths.out_dir)
-        state.start(job_definition(params, dataclasses.asdict(inputs)), resume=resume)
+        state.start(job_definition(params, dataclasses.asdict(inputs)), resume=resume,
+                    flag="--watch")
         results: dict[str, MicrographResult] = {}
         summary = ExtractionSummary(out_dir=str(paths.out_dir),
                                     particles_star=str(paths.particles_star))

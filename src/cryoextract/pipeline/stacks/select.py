@@ -3,6 +3,14 @@
 The condition is :func:`cryoextract.pipeline.selection.evaluate_where`'s; the new files
 point at the same stacks (nothing is copied). An existing output is replaced only with
 ``overwrite``, and an input (the STAR or the ``.cs``) never.
+
+The output is held under the job frame's lock while it is written
+(:func:`cryoextract.pipeline.frame.output_lock`): a folder ``--out`` (or the default
+``selected/``) by its own ``OUT/.cryoextract/lock``, a single file ``--out x.star`` by a
+hidden ``.x.star.lock`` beside it, removed afterwards (the folder it lies in may be
+someone else's, an extraction's). The summary goes to ``OUT/summary.json``, or for a
+single file to the sidecar ``x.star.summary.json`` (never a bare ``summary.json`` beside
+it, which could replace an extraction's own).
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from cryoextract.errors import InputError, ParameterError
 from cryoextract.io.cryosparc import load_cs, read_cs_particles, save_cs, write_cs
 from cryoextract.io.paths import PathNamer, PathStyle, locate
 from cryoextract.io.star import StarWarning, find_block, read_star, write_star
+from cryoextract.pipeline.frame import output_lock, summary_path, write_summary
 from cryoextract.pipeline.selection import evaluate_where
 
 __all__ = ["SelectionSummary", "select_particles"]
@@ -96,10 +105,35 @@ def select_particles(
         raise InputError(f"--where {where!r} matches none of the {len(particles)} "
                          "particles; nothing written", table_path)
     out_star = _output_star(table_path, out_path)
+    single_file = out_path is not None and out_star == Path(out_path)
+    output = out_star if single_file else out_star.parent
     out_cs = out_star.with_suffix(".cs") if cs_in is not None else None
-    _check_outputs([out_star] if out_cs is None else [out_star, out_cs],
-                   [p for p in (star_in, cs_in) if p is not None], overwrite)
+    summary_json = summary_path(output, single_file=single_file)
+    outputs = [p for p in (out_star, out_cs, summary_json) if p is not None]
+    sources = [p for p in (star_in, cs_in) if p is not None]
+    _check_outputs(outputs, sources, overwrite)  # before anything is made
     out_star.parent.mkdir(parents=True, exist_ok=True)
+    with output_lock(output, single_file=single_file):  # two runs never both write
+        _check_outputs(outputs, sources, overwrite)  # again: a run may have finished since
+        summary = _write_selection(blocks, particles_key, keep, where, table_path, cs_in,
+                                   out_star, out_cs, path_style)
+        write_summary(summary_json, "select", inputs=sources,
+                      parameters={"where": where, "path_style": path_style.value,
+                                  "overwrite": overwrite},
+                      counts={"particles_in": summary.particles_in,
+                              "particles_out": summary.particles_selected},
+                      warnings=summary.warnings, outputs=[
+                          p for p in (summary.particles_star, summary.particles_cs) if p])
+    return summary
+
+
+def _write_selection(
+    blocks: dict[str, pd.DataFrame], particles_key: str, keep: np.ndarray, where: str,
+    table_path: Path, cs_in: Path | None, out_star: Path, out_cs: Path | None,
+    path_style: PathStyle,
+) -> SelectionSummary:
+    """Write the selected rows (STAR, and ``.cs`` when ``out_cs``); what was done."""
+    particles = blocks[particles_key]
     summary = SelectionSummary(str(table_path), where, len(particles), int(keep.sum()),
                                str(out_star))
     rewrite = _PathRewriter(table_path.parent, PathNamer.for_star(out_star, path_style))
