@@ -73,7 +73,6 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG, /proc")
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_a_killed_run_leaves_no_worker_and_resumes(tmp_path: Path, sig: int) -> None:
     """Killed with SIGTERM or SIGKILL (not its process group), an extraction left its

@@ -9,7 +9,6 @@ file contains fewer columns than the number of labels".
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ import pytest
 from cryoextract.errors import InputError
 from cryoextract.io.star import read_star
 from helpers import cli_env, one_line_error
+from relion_oracle import require_relion
 
 HEADER = ("# written by hand\n\ndata_optics\n\nloop_\n_rlnOpticsGroup #1\n_rlnVoltage #2\n"
           "1 300\n\n\ndata_particles\n\nloop_\n_rlnImageName #1\n_rlnOpticsGroup #2\n"
@@ -61,8 +61,7 @@ def test_rows_of_the_right_length_read_as_before(tmp_path: Path) -> None:
 
 
 def test_relion_refuses_the_short_row_too(tmp_path: Path) -> None:
-    if shutil.which("relion_star_handler") is None:
-        pytest.skip("RELION not on PATH")
+    require_relion("relion_star_handler")
     path = _write(tmp_path / "particles.star", "plain")
     proc = subprocess.run(["relion_star_handler", "--i", str(path), "--o",
                            str(tmp_path / "out.star")], capture_output=True, text=True,
