@@ -115,3 +115,40 @@ def test_the_command_prints_python_warnings_on_one_line() -> None:
                           timeout=60, env=cli_env())
     assert done.returncode == 0
     assert done.stderr == "warning: a value RELION reads differently\n"
+
+
+_PRINT_ENV = ("import os, sys\n"
+              "from cryoextract.cli.launch import huge_pages_for_malloc\n"
+              "print('started', os.getpid())\n"
+              "huge_pages_for_malloc(sys.argv[1:])\n"
+              "print('tunables', os.environ.get('GLIBC_TUNABLES'))\n")
+
+
+def _launch(args: list[str], tunables: str | None = None) -> list[str]:
+    env = cli_env()
+    env.pop("GLIBC_TUNABLES", None)
+    if tunables is not None:
+        env["GLIBC_TUNABLES"] = tunables
+    done = subprocess.run([sys.executable, "-c", _PRINT_ENV, *args], capture_output=True,
+                          text=True, env=env, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
+def test_a_command_restarts_once_with_huge_pages_for_malloc() -> None:
+    """The launcher replaces the process once (same pid, the script run again) with
+    glibc's malloc tunable for transparent huge pages, keeping the user's tunables; not
+    for --help, and not again once it is set."""
+    with open("/sys/kernel/mm/transparent_hugepage/enabled") as mode:
+        huge_pages_on = "[never]" not in mode.read()
+    lines = _launch(["extract", "--box", "64"])
+    started = [line for line in lines if line.startswith("started")]
+    if huge_pages_on:
+        assert len(started) == 2 and started[0] == started[1]  # exec: same process
+        assert lines[-1] == "tunables glibc.malloc.hugetlb=1"
+        kept = _launch(["extract"], tunables="glibc.malloc.check=0")
+        assert kept[-1] == "tunables glibc.malloc.check=0:glibc.malloc.hugetlb=1"
+    else:
+        assert len(started) == 1 and lines[-1] == "tunables None"
+    assert _launch(["extract", "--help"])[-1] == "tunables None"
+    assert len(_launch(["x"], tunables="glibc.malloc.hugetlb=0")) == 2  # the user's choice

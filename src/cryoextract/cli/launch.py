@@ -57,8 +57,46 @@ def one_blas_thread_per_process() -> None:
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
+#: glibc's tunable (2.35+; older versions ignore it) for transparent huge pages in malloc
+_HUGE_PAGES = "glibc.malloc.hugetlb=1"
+_THP_MODE = "/sys/kernel/mm/transparent_hugepage/enabled"
+
+
+def huge_pages_for_malloc(argv: list[str] | None = None) -> None:
+    """Restart the process once with glibc's malloc asking for transparent huge pages.
+
+    A command's buffers (micrographs, boxes, transforms) are tens of MiB, freshly mapped
+    in every worker; each 4 KiB page is a page fault, which on virtual machines costs
+    10-20 µs: half of an extraction's faults and 5-15 % of its CPU time. glibc reads the
+    tunable only when a process starts, so the launcher sets it and replaces itself (one
+    ``exec`` of the bare interpreter, about 20 ms, before anything is imported). Not for
+    ``--help`` or no arguments, nor where the kernel's huge pages are off, nor when the
+    tunable is set already (the restarted process, or the user's own choice).
+    """
+    args = sys.argv[1:] if argv is None else argv
+    if (not sys.platform.startswith("linux") or not args or "--help" in args
+            or "-h" in args or "glibc.malloc.hugetlb" in os.environ.get("GLIBC_TUNABLES", "")):
+        return
+    try:
+        with open(_THP_MODE) as mode:
+            if "[never]" in mode.read():
+                return
+    except OSError:
+        return
+    command = getattr(sys, "orig_argv", None)
+    if not command or not sys.executable:
+        return
+    tunables = os.environ.get("GLIBC_TUNABLES")
+    os.environ["GLIBC_TUNABLES"] = f"{tunables}:{_HUGE_PAGES}" if tunables else _HUGE_PAGES
+    try:
+        os.execv(sys.executable, command)
+    except OSError:  # carry on as we are
+        return
+
+
 def main() -> None:
     """Console-script entry point (``cryoextract``)."""
+    huge_pages_for_malloc()
     one_blas_thread_per_process()
     defer_rich_markdown()
     one_line_warnings()
