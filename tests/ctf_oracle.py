@@ -41,17 +41,9 @@ def oracle_ctf(
         ky[ny // 2] = 0.5 / apix
     ky = ky[:, None]
     kx = (np.fft.rfftfreq(nx, apix) if rfft else np.fft.fftfreq(nx, apix))[None, :]
-    lam = 12.2643247 / np.sqrt(p.voltage_kv * 1e3 * (1 + p.voltage_kv * 1e3 * 0.978466e-6))
-    u2 = kx**2 + ky**2
-    azimuth = np.arctan2(ky, kx) - np.deg2rad(p.defocus_angle_degrees)
-    deltaf = (-(p.defocus_u_angstrom + p.defocus_v_angstrom) / 2
-              - (p.defocus_u_angstrom - p.defocus_v_angstrom) / 2 * np.cos(2 * azimuth))
-    k3 = np.arctan(p.amplitude_contrast / np.sqrt(1 - p.amplitude_contrast**2))
-    gamma = (np.pi * lam * deltaf * u2 + np.pi / 2 * p.spherical_aberration_mm * 1e7
-             * lam**3 * u2**2 - np.deg2rad(p.phase_shift_degrees) - k3)
-    ctf = -np.sin(gamma)
+    ctf = oracle_ctf_at(p, ky, kx)
     if damping:
-        ctf = ctf * np.exp(-p.bfactor_angstrom2 / 4 * u2)
+        ctf = ctf * np.exp(-p.bfactor_angstrom2 / 4 * (kx**2 + ky**2))
     return p.scale * ctf
 
 
@@ -77,7 +69,7 @@ def oracle_flip(p: CtfParams, n: int | tuple[int, int], apix: float) -> np.ndarr
     return p.scale * np.where(ctf < 0, -1.0, 1.0)
 
 
-def oracle_ctf_at(p: CtfParams, ky: np.ndarray, kx: float) -> np.ndarray:
+def oracle_ctf_at(p: CtfParams, ky: np.ndarray, kx: float | np.ndarray) -> np.ndarray:
     """Undamped CTF at the frequencies ``(ky, kx)`` (atan2 form)."""
     lam = 12.2643247 / np.sqrt(p.voltage_kv * 1e3 * (1 + p.voltage_kv * 1e3 * 0.978466e-6))
     u2 = kx**2 + ky**2

@@ -21,15 +21,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import cryoextract
-from conftest import write_mrc
 from cryoextract.io.star import read_star, write_star
 from cryoextract.sim.simulate import simulate_dataset
 from helpers import cli_env, one_line_error
-from test_safe_outputs import changes, outside, snapshot
+from test_safe_outputs import changes, outside, snapshot, subtract_extracted
 
 BOX = 48
 EXTRACT = ["extract", "--micrographs", "data/micrographs.star", "--coords-dir", "data/Picks",
@@ -58,14 +56,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
                      particle_diameter_angstrom=60.0, seed=3)
     (root / "afile").write_text("the user's own file\n")
     ok(run(root, *EXTRACT, "--out", "ext", "--write-cs"))
-    blocks = read_star(root / "ext" / "particles.star")
-    n = len(blocks["particles"])
-    blocks["particles"] = blocks["particles"].assign(
-        rlnAngleRot=np.linspace(0, 90, n), rlnAngleTilt=45.0, rlnAnglePsi=0.0)
-    write_star(root / "posed.star", blocks)
-    write_mrc(root / "map.mrc", np.random.default_rng(0).normal(size=(BOX,) * 3), apix=2.0)
-    ok(run(root, "subtract", "--particles", "posed.star", "--map", "map.mrc", "--out", "sub",
-           "--workers", "1"))
+    subtract_extracted(root)
     (root / "rep").mkdir()
     for name in ("particles.star", "summary.json", "rejected_particles.tsv"):
         (root / "rep" / name).write_bytes((root / "ext" / name).read_bytes())

@@ -66,6 +66,19 @@ def outside(changed: set[str], *outputs: str) -> list[str]:
     return sorted(p for p in changed if not any(under(p, o) for o in outputs))
 
 
+def subtract_extracted(root: Path) -> None:
+    """``subtract`` into ``root/sub`` of the particles of ``root/ext`` given poses
+    (``posed.star``), with a random map of their box (``map.mrc``)."""
+    blocks = read_star(root / "ext" / "particles.star")
+    n = len(blocks["particles"])
+    blocks["particles"] = blocks["particles"].assign(
+        rlnAngleRot=np.linspace(0, 90, n), rlnAngleTilt=45.0, rlnAnglePsi=0.0)
+    write_star(root / "posed.star", blocks)
+    write_mrc(root / "map.mrc", np.random.default_rng(0).normal(size=(BOX,) * 3), apix=2.0)
+    ok(run(root, "subtract", "--particles", "posed.star", "--map", "map.mrc", "--out", "sub",
+           "--workers", "1"))
+
+
 def run(root: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "cryoextract", *args], cwd=root,
                           capture_output=True, text=True, timeout=600, env=cli_env(),
@@ -92,15 +105,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ok(run(root, "extract", "--micrographs", "data/micrographs.star", "--coords-dir",
            "data/Picks", "--coords-suffix", "_autopick.star", "--box", str(BOX), "--out",
            "ext", "--workers", "1", "--write-cs", "--quiet"))
-    # for subtract: the extracted particles with poses, and a map of their box
-    blocks = read_star(root / "ext" / "particles.star")
-    n = len(blocks["particles"])
-    blocks["particles"] = blocks["particles"].assign(
-        rlnAngleRot=np.linspace(0, 90, n), rlnAngleTilt=45.0, rlnAnglePsi=0.0)
-    write_star(root / "posed.star", blocks)
-    write_mrc(root / "map.mrc", np.random.default_rng(0).normal(size=(BOX,) * 3), apix=2.0)
-    ok(run(root, "subtract", "--particles", "posed.star", "--map", "map.mrc", "--out", "sub",
-           "--workers", "1"))
+    subtract_extracted(root)
     return root
 
 
