@@ -92,5 +92,8 @@ def test_the_loop_refuses_arrays_it_cannot_trust() -> None:
             np.ones((1, 16), np.float32))
     with pytest.raises(TypeError, match="out must be"):
         fill(*args, np.zeros((1, 1, 16), np.complex128))
+    strided = np.zeros(128, np.complex64)[::2]  # never copied silently: refused
+    with pytest.raises(TypeError, match="voxels must be"):
+        fill(strided, *args[1:], np.zeros((1, 1, 16), np.complex64))
     with pytest.raises(TypeError, match="shapes"):
         fill(*args, np.zeros((2, 1, 16), np.complex64))

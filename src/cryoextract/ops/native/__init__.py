@@ -73,14 +73,18 @@ def _c_filler() -> SliceFiller | None:
         phase_y: np.ndarray, ctf: np.ndarray, out: np.ndarray,
     ) -> None:
         """ctypes call of ``fill_slices.c`` (arguments as the numba version's)."""
-        voxels, axes, flat, rows, cols, kx, ky, phase_x, phase_y, ctf = (
+        # the volume and the output are used in place (a copy of the volume would cost
+        # hundreds of MiB per call); the small per-call arrays are made contiguous
+        for name, array, ndim in (("voxels", voxels, 1), ("out", out, 3)):
+            if array.dtype != np.complex64 or array.ndim != ndim \
+                    or not array.flags.c_contiguous:
+                raise TypeError(f"fill_slices: {name} must be a C-contiguous {ndim}D "
+                                f"complex64 array, got {array.dtype} {array.shape}")
+        axes, flat, rows, cols, kx, ky, phase_x, phase_y, ctf = (
             np.ascontiguousarray(array, dtype=dtype) for array, dtype in (
-                (voxels, np.complex64), (axes, np.float32), (flat, np.int64),
-                (rows, np.int64), (cols, np.int64), (kx, np.float32), (ky, np.float32),
-                (phase_x, np.complex64), (phase_y, np.complex64), (ctf, np.float32)))
-        if out.dtype != np.complex64 or out.ndim != 3 or not out.flags.c_contiguous:
-            raise TypeError(f"fill_slices: out must be a C-contiguous 3D complex64 array, "
-                            f"got {out.dtype} {out.shape}")
+                (axes, np.float32), (flat, np.int64), (rows, np.int64), (cols, np.int64),
+                (kx, np.float32), (ky, np.float32), (phase_x, np.complex64),
+                (phase_y, np.complex64), (ctf, np.float32)))
         poses, points = axes.shape[0], flat.shape[0]
         if (axes.ndim != 3 or axes.shape[1:] != (2, 3) or out.shape[:2] != (channels, poses)
                 or phase_x.ndim != 2 or phase_y.ndim != 2 or ctf.ndim != 2
