@@ -7,6 +7,8 @@ itself, from the text, never from our readers.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -77,6 +79,18 @@ def cli_env() -> dict[str, str]:
     env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",
                COLUMNS="200", PYTHONIOENCODING="utf-8")
     return env
+
+
+def cli_run(root: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``python -m cryoextract ARGS`` in ``root`` (:func:`cli_env`), output captured."""
+    return subprocess.run([sys.executable, "-m", "cryoextract", *args], cwd=root,
+                          capture_output=True, text=True, timeout=timeout, env=cli_env(),
+                          check=False)
+
+
+def cli_ok(proc: subprocess.CompletedProcess) -> None:
+    """Assert a CLI run succeeded, showing its output when it did not."""
+    assert proc.returncode == 0, f"{proc.args}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
 
 
 def one_line_error(returncode: int, stdout: str, stderr: str, where: str = "") -> str:

@@ -24,8 +24,6 @@ import fcntl
 import json
 import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,7 +33,9 @@ import starfile
 
 import cryoextract
 from cryoextract.sim.simulate import simulate_dataset
-from helpers import cli_env, one_line_error
+from helpers import cli_ok as ok
+from helpers import cli_run as run
+from helpers import one_line_error
 from test_safe_outputs import changes, snapshot
 
 N_PICKS = 6
@@ -43,15 +43,6 @@ EXTRACT = ["extract", "--micrographs", "data/micrographs.star", "--coords-dir", 
            "--coords-suffix", "_autopick.star", "--box", "48", "--workers", "1", "--quiet"]
 PICKS = "data/Picks/mic_001_autopick.star"
 
-
-def run(root: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cryoextract", *args], cwd=root,
-                          capture_output=True, text=True, timeout=300, env=cli_env(),
-                          check=False)
-
-
-def ok(proc: subprocess.CompletedProcess) -> None:
-    assert proc.returncode == 0, f"{proc.args}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,8 @@ import cryoextract
 from cryoextract.io.star import read_star, write_star
 from cryoextract.sim.simulate import simulate_dataset
 from helpers import cli_env, one_line_error
+from helpers import cli_ok as ok
+from helpers import cli_run as run
 from test_safe_outputs import changes, outside, snapshot, subtract_extracted
 
 BOX = 48
@@ -34,15 +36,6 @@ EXTRACT = ["extract", "--micrographs", "data/micrographs.star", "--coords-dir", 
            "--coords-suffix", "_autopick.star", "--box", str(BOX), "--workers", "1",
            "--quiet"]
 
-
-def run(root: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cryoextract", *args], cwd=root,
-                          capture_output=True, text=True, timeout=timeout, env=cli_env(),
-                          check=False)
-
-
-def ok(proc: subprocess.CompletedProcess) -> None:
-    assert proc.returncode == 0, f"{proc.args}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +26,9 @@ from cryoextract.io.names import safe_component, unique_components
 from cryoextract.io.star import read_star, write_star
 from cryoextract.pipeline.extraction.plan import unique_stack_names
 from cryoextract.sim.simulate import simulate_dataset
-from helpers import cli_env, one_line_error
+from helpers import cli_ok as ok
+from helpers import cli_run as run
+from helpers import one_line_error
 
 BOX = 48
 SENTINEL = b"the user's own file\n"
@@ -78,15 +78,6 @@ def subtract_extracted(root: Path) -> None:
     ok(run(root, "subtract", "--particles", "posed.star", "--map", "map.mrc", "--out", "sub",
            "--workers", "1"))
 
-
-def run(root: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cryoextract", *args], cwd=root,
-                          capture_output=True, text=True, timeout=600, env=cli_env(),
-                          check=False)
-
-
-def ok(proc: subprocess.CompletedProcess) -> None:
-    assert proc.returncode == 0, f"{proc.args}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
 
 
 @pytest.fixture(scope="module")
