@@ -222,6 +222,13 @@ def test_kernel_loading_meanwhile_runs_the_body_and_raises_a_load_failure_after(
 
     monkeypatch.setattr(tasks, "load_kernel", broken)
     ran = []
+    with tasks.kernel_loading_meanwhile(2):  # the C library: no thread, nothing loaded
+        ran.append(True)
+    assert ran == [True] and loads == []
+    ran.clear()
+    import cryoextract.ops.native as native
+
+    monkeypatch.setattr(native, "kernel_backend", lambda: "numba")
     with pytest.raises(ImportError, match="numba is broken"):
         with tasks.kernel_loading_meanwhile(2):
             ran.append(True)

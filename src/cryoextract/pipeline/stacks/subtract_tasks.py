@@ -198,9 +198,11 @@ def kernel_loading_meanwhile(workers: int) -> Iterator[None]:
     C library was not built, :mod:`cryoextract.ops.native`), its 1.4 s of loading then
     costs less wall time; the C library loads in milliseconds. Joined on leaving, before
     any worker is forked; a failure to load is raised there. With one worker nothing
-    runs in parallel, so nothing is started.
+    runs in parallel, and the C library needs no thread: nothing is started.
     """
-    if workers <= 1:
+    from cryoextract.ops.native import kernel_backend
+
+    if workers <= 1 or kernel_backend() == "c":
         yield
         return
     failure: list[BaseException] = []
