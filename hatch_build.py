@@ -1,15 +1,16 @@
 """Build hook: compile the C inner loops of ``src/cryoextract/ops/native`` with the system
 C compiler when the package is built or installed (also ``pip install -e``).
 
-Each ``X.c`` becomes ``_X_<12 hex of the source's sha256>.so`` beside it, the name
+Each ``X.c`` becomes the library ``naming.py`` beside it names (``_X_<12 hex of the
+source's sha256>.so``), the name
 :func:`cryoextract.ops.native.library_path` looks for. Without a compiler the build goes
 on with a warning and cryoextract uses its numba versions of the loops (slower to start).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
+import runpy
 import shlex
 import subprocess
 import sys
@@ -24,13 +25,10 @@ NATIVE = Path("src") / "cryoextract" / "ops" / "native"
 FLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared", "-std=c99"]
 
 
-def library_name(source: Path) -> str:
-    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:12]
-    return f"_{source.stem}_{digest}.so"
-
-
 def compile_library(source: Path) -> Path | None:
-    """Compile ``source`` into its library (None, with a warning, when that fails)."""
+    """Compile ``source`` into its library (None, with a warning, when that fails), named
+    by ``naming.py`` beside it, the rule the package loads by."""
+    library_name = runpy.run_path(str(source.with_name("naming.py")))["library_name"]
     target = source.with_name(library_name(source))
     for stale in source.parent.glob(f"_{source.stem}_*.so"):
         if stale != target:

@@ -11,13 +11,14 @@ rounding) but costs 1.4 s of CPU to import and load in every process.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+
+from cryoextract.ops.native.naming import library_name
 
 __all__ = ["SOURCE", "kernel_backend", "library_path", "slice_filler"]
 
@@ -28,10 +29,9 @@ SliceFiller = Callable[..., None]
 
 
 def library_path(source: Path = SOURCE) -> Path:
-    """Where the library built from ``source`` lies: ``_<stem>_<12 hex of sha256>.so``
-    beside it (``hatch_build.py`` names it the same way)."""
-    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:12]
-    return source.with_name(f"_{source.stem}_{digest}.so")
+    """Where the library built from ``source`` lies (:func:`.naming.library_name`, the
+    rule ``hatch_build.py`` builds by)."""
+    return source.with_name(library_name(source))
 
 
 def kernel_backend() -> str:
