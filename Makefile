@@ -9,6 +9,7 @@ DEMO ?= demo
 $(VENV)/.installed: pyproject.toml hatch_build.py $(wildcard src/cryoextract/ops/native/*.c)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,dask]'
+	$(PY) -m compileall -q src/cryoextract
 	touch $@
 
 venv: $(VENV)/.installed

@@ -21,6 +21,8 @@ from helpers import cli_env
 def test_the_library_is_built_from_this_source() -> None:
     assert native.library_path().exists(), "make venv (pip install -e .) builds it"
     assert native.kernel_backend() == "c"
+    assert native.library_path(native.NORMALISE_SOURCE).exists()
+    assert native.normaliser() is not None
 
 
 def _smooth_map(n: int, seed: int) -> np.ndarray:

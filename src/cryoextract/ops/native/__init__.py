@@ -1,12 +1,16 @@
-"""Compiled inner loops in C, loaded with ctypes; numba where they were not built.
+"""Compiled inner loops in C, loaded with ctypes; numba or numpy where they were not built.
 
-``fill_slices.c`` is compiled when the package is built or installed (``hatch_build.py``
-at the repository root, with the system C compiler) into ``_fill_slices_<hash>.so`` next
-to it, the hash being that of the C source: a library built from another version of the
-source is never loaded. Where it is missing (no compiler at install time) or
-``CRYOEXTRACT_KERNEL=numba`` is set, :func:`slice_filler` returns the numba version
-(:mod:`cryoextract.ops.slice_kernel`), which computes the same values (to float32
-rounding) but costs 1.4 s of CPU to import and load in every process.
+Each ``X.c`` here is compiled when the package is built or installed (``hatch_build.py``
+at the repository root, with the system C compiler) into ``_X_<hash>.so`` next to it,
+the hash being that of the C source: a library built from another version of the source
+is never loaded. Where one is missing (no compiler at install time) or
+``CRYOEXTRACT_KERNEL=numba`` is set (``=numpy`` for the normalisation), the callers use
+their Python versions, which compute the same values (to float32 rounding):
+
+- ``fill_slices.c``: :func:`slice_filler`, else numba's
+  (:mod:`cryoextract.ops.slice_kernel`, 1.4 s of CPU to import and load per process);
+- ``normalise.c``: :func:`normaliser`, else None and
+  :func:`cryoextract.ops.normalize.normalise` runs its numpy path (5-7x slower).
 """
 
 from __future__ import annotations
@@ -15,15 +19,19 @@ import os
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from cryoextract.ops.native.naming import library_name
 
-__all__ = ["SOURCE", "kernel_backend", "library_path", "slice_filler"]
+__all__ = ["NORMALISE_SOURCE", "SOURCE", "kernel_backend", "library_path", "normaliser",
+           "slice_filler"]
 
 #: the C source of the slice loop
 SOURCE = Path(__file__).with_name("fill_slices.c")
+#: the C source of the background normalisation
+NORMALISE_SOURCE = Path(__file__).with_name("normalise.c")
 
 SliceFiller = Callable[..., None]
 
@@ -50,15 +58,26 @@ def slice_filler() -> SliceFiller:
     return fill_slices  # type: ignore[no-any-return]
 
 
-@lru_cache(maxsize=1)
-def _c_filler() -> SliceFiller | None:
-    if os.environ.get("CRYOEXTRACT_KERNEL", "").lower() == "numba":
+@lru_cache(maxsize=4)
+def _library(source: Path) -> Any:
+    """The ``ctypes.CDLL`` built from ``source``; None when it was not built or
+    ``CRYOEXTRACT_KERNEL`` asks for the Python versions."""
+    if os.environ.get("CRYOEXTRACT_KERNEL", "").lower() in ("numba", "numpy"):
         return None
     import ctypes
 
     try:
-        library = ctypes.CDLL(str(library_path()))
+        return ctypes.CDLL(str(library_path(source)))
     except OSError:
+        return None
+
+
+@lru_cache(maxsize=1)
+def _c_filler() -> SliceFiller | None:
+    import ctypes
+
+    library = _library(SOURCE)
+    if library is None:
         return None
     function = library.fill_slices
     p, i64, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
@@ -102,3 +121,49 @@ def _c_filler() -> SliceFiller | None:
             raise MemoryError("fill_slices: no memory for the slice loop's scratch arrays")
 
     return fill_slices
+
+
+Normaliser = Callable[..., np.ndarray]
+
+
+@lru_cache(maxsize=1)
+def normaliser() -> Normaliser | None:
+    """``normalise_images(images, weights, x, y, gram_inverse, count, fit_ramp, sign,
+    min_std)``: ``normalise.c`` on an ``(n, h, w)`` C-contiguous float32 stack in place,
+    returning the ``(n,)`` bool flat flags; None where the library was not built."""
+    import ctypes
+
+    library = _library(NORMALISE_SOURCE)
+    if library is None:
+        return None
+    function = library.normalise_images
+    p, i64, f64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
+    function.argtypes = [p, i64, i64, i64, p, p, p, p, p, f64, ctypes.c_int, f64, f64, p]
+    function.restype = None
+
+    def normalise_images(
+        images: np.ndarray, weights: np.ndarray, x: np.ndarray, y: np.ndarray,
+        gram_inverse: np.ndarray, count: float, fit_ramp: bool, sign: float,
+        min_std: float,
+    ) -> np.ndarray:
+        """ctypes call of ``normalise.c`` (arrays as :class:`~cryoextract.ops.normalize`'s
+        region holds them)."""
+        if images.dtype != np.float32 or images.ndim != 3 or not images.flags.c_contiguous \
+                or not images.flags.writeable:
+            raise TypeError(f"normalise_images: images must be a writeable C-contiguous 3D "
+                            f"float32 array, got {images.dtype} {images.shape}")
+        n, h, w = images.shape
+        weights = np.ascontiguousarray(weights, dtype=np.float32)
+        x, y, gram_inverse = (np.ascontiguousarray(a, dtype=np.float64)
+                              for a in (x, y, gram_inverse))
+        x_float = x.astype(np.float32)
+        if weights.shape != (h, w) or x.shape != (w,) or y.shape != (h,) \
+                or gram_inverse.shape != (3, 3):
+            raise TypeError("normalise_images: array shapes do not fit together")
+        flat = np.zeros(n, dtype=np.uint8)
+        function(images.ctypes.data, n, h, w, weights.ctypes.data, x.ctypes.data,
+                 x_float.ctypes.data, y.ctypes.data, gram_inverse.ctypes.data, count,
+                 int(fit_ramp), sign, min_std, flat.ctypes.data)
+        return flat.astype(bool)
+
+    return normalise_images
