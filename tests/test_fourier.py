@@ -60,16 +60,32 @@ def test_fourier_crop_of_cosines_is_exact_cosine_on_coarse_grid() -> None:
     assert np.max(np.abs(out - expected)) < 1e-5
 
 
-@pytest.fixture(params=["fftw", "scipy"])
-def fft_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run a test through FFTW (pyFFTW, a dependency) and through the scipy fallback."""
+def _use_backend(monkeypatch: pytest.MonkeyPatch, backend: str) -> None:
+    """``fftw``: FFTW with the rows unpacked in C (``ops/native/real_rows.c``);
+    ``fftw-real``: FFTW's own real transform of the rows (where the C library was not
+    built); ``scipy``: the fallback without pyFFTW. Plans made before are dropped."""
+    import cryoextract.ops.native as native
     from cryoextract.ops import fourier
 
-    if request.param == "fftw":
-        assert fourier.fftw_available(), "pyFFTW is a dependency: pip install pyfftw"
-    else:
+    fourier._PLANS.__dict__.clear()
+    if backend == "scipy":
         monkeypatch.setattr(fourier, "fftw_available", lambda: False)
-    return str(request.param)
+        return
+    assert fourier.fftw_available(), "pyFFTW is a dependency: pip install pyfftw"
+    if backend == "fftw-real":
+        monkeypatch.setattr(native, "real_rows_unpacker", lambda: None)
+    else:
+        assert native.real_rows_unpacker() is not None, "make venv builds real_rows.c"
+
+
+@pytest.fixture(params=["fftw", "fftw-real", "scipy"])
+def fft_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test through each way of transforming (:func:`_use_backend`)."""
+    from cryoextract.ops import fourier
+
+    _use_backend(monkeypatch, request.param)
+    yield str(request.param)
+    fourier._PLANS.__dict__.clear()
 
 
 @pytest.mark.parametrize(("n", "m"), [(64, 32), (64, 48), (100, 34), (64, 2), (32, 30)])
@@ -82,17 +98,25 @@ def test_fourier_crop_equals_naive_implementation(n: int, m: int, fft_backend: s
     assert np.max(np.abs(out - expected)) < 1e-5
 
 
-def test_fftw_crop_equals_scipy(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Both backends, several outputs and sub-pixel shifts: the same coefficients."""
+@pytest.mark.parametrize("backend", ["fftw", "fftw-real"])
+def test_fftw_crop_equals_scipy(monkeypatch: pytest.MonkeyPatch, backend: str) -> None:
+    """Both ways through FFTW against scipy, several outputs (one uncropped: every
+    column of the rows' transforms) and sub-pixel shifts: the same coefficients."""
     from cryoextract.ops import fourier
 
     rng = np.random.default_rng(7)
     images = rng.normal(size=(9, 96, 96)).astype(np.float32)
+    boxes = list(rng.integers(0, 65535, size=(9, 96, 96)).astype(np.uint16))
     shifts = rng.uniform(-1, 1, size=(9, 2))
-    fftw = fourier.fourier_crop_many(images, (48, 96, 32), shifts_xy=shifts)
-    monkeypatch.setattr(fourier, "fftw_available", lambda: False)
+    with monkeypatch.context() as patch:
+        _use_backend(patch, backend)
+        fftw = fourier.fourier_crop_many(images, (48, 96, 32), shifts_xy=shifts)
+        fftw_boxes = fourier.fourier_crop_boxes(boxes, (40,))
+    _use_backend(monkeypatch, "scipy")
     plain = fourier.fourier_crop_many(images, (48, 96, 32), shifts_xy=shifts)
-    for a, b in zip(fftw, plain, strict=True):
+    plain_boxes = fourier.fourier_crop_boxes(boxes, (40,))
+    fourier._PLANS.__dict__.clear()
+    for a, b in zip([*fftw, *fftw_boxes], [*plain, *plain_boxes], strict=True):
         assert a.shape == b.shape and a.dtype == np.float32
         assert np.max(np.abs(a - b)) < 2e-6 * np.abs(b).max()
 

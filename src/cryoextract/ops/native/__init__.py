@@ -4,13 +4,16 @@ Each ``X.c`` here is compiled when the package is built or installed (``hatch_bu
 at the repository root, with the system C compiler) into ``_X_<hash>.so`` next to it,
 the hash being that of the C source: a library built from another version of the source
 is never loaded. Where one is missing (no compiler at install time) or
-``CRYOEXTRACT_KERNEL=numba`` is set (``=numpy`` for the normalisation), the callers use
-their Python versions, which compute the same values (to float32 rounding):
+``CRYOEXTRACT_KERNEL=numba`` (or ``=numpy``; either turns off every library) is set,
+the callers use their Python versions, which compute the same values (to float32
+rounding):
 
 - ``fill_slices.c``: :func:`slice_filler`, else numba's
   (:mod:`cryoextract.ops.slice_kernel`, 1.4 s of CPU to import and load per process);
 - ``normalise.c``: :func:`normaliser`, else None and
-  :func:`cryoextract.ops.normalize.normalise` runs its numpy path (5-7x slower).
+  :func:`cryoextract.ops.normalize.normalise` runs its numpy path (3x slower);
+- ``real_rows.c``: :func:`real_rows_unpacker`, else None and
+  :mod:`cryoextract.ops.fourier` transforms rows with FFTW's real transform (2x slower).
 """
 
 from __future__ import annotations
@@ -25,13 +28,15 @@ import numpy as np
 
 from cryoextract.ops.native.naming import library_name
 
-__all__ = ["NORMALISE_SOURCE", "SOURCE", "kernel_backend", "library_path", "normaliser",
-           "slice_filler"]
+__all__ = ["NORMALISE_SOURCE", "REAL_ROWS_SOURCE", "SOURCE", "kernel_backend", "library_path",
+           "normaliser", "real_rows_unpacker", "slice_filler"]
 
 #: the C source of the slice loop
 SOURCE = Path(__file__).with_name("fill_slices.c")
 #: the C source of the background normalisation
 NORMALISE_SOURCE = Path(__file__).with_name("normalise.c")
+#: the C source of the rows' real DFTs from half-length complex ones
+REAL_ROWS_SOURCE = Path(__file__).with_name("real_rows.c")
 
 SliceFiller = Callable[..., None]
 
@@ -167,3 +172,27 @@ def normaliser() -> Normaliser | None:
         return flat.astype(bool)
 
     return normalise_images
+
+
+@lru_cache(maxsize=1)
+def real_rows_unpacker() -> Callable[[int, int, int, int, int, int, int], None] | None:
+    """``unpack_real_rows(packed, rows, m, twiddle, keep, out, out_stride)`` of
+    ``real_rows.c``, on raw addresses; None where the library was not built.
+
+    ``packed`` is the address of ``(rows, m)`` complex64 DFTs of the rows' sample pairs,
+    ``twiddle`` of ``(keep,)`` complex64 ``exp(-2 pi i k / (2 m))``, ``out`` of
+    ``(rows, out_stride)`` complex64 whose first ``keep <= m + 1`` columns receive the
+    rows' real DFTs. The caller owns those buffers and checks them once
+    (:class:`cryoextract.ops.fourier`'s plans): this runs once per box, where checking
+    the arrays would cost more than the call.
+    """
+    import ctypes
+
+    library = _library(REAL_ROWS_SOURCE)
+    if library is None:
+        return None
+    function = library.unpack_real_rows
+    p, i64 = ctypes.c_void_p, ctypes.c_int64
+    function.argtypes = [p, i64, i64, p, i64, p, i64]
+    function.restype = None
+    return function  # type: ignore[no-any-return]
