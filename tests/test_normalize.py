@@ -106,6 +106,10 @@ def test_ramp_normalisation_at_any_width(box: int, radius: float) -> None:
     images = stack.copy()
     normalise(images, NormMode.RAMP, radius_px=radius, invert=True)
     assert np.max(np.abs(images + expected)) < 5e-4  # float32 input of 5000 +- 3
+    background = images[:, _naive_background(box, radius)].astype(np.float64)
+    # no bias from rounding the large offset: mean 0 and std 1 far below the noise's
+    assert np.abs(background.mean(axis=1)).max() < 1e-6
+    assert np.abs(background.std(axis=1) - 1).max() < 1e-5
 
 
 def test_mean_normalisation_keeps_the_ramp() -> None:

@@ -82,8 +82,6 @@ void normalise_images(float *images, int64_t n, int64_t h, int64_t w,
             sum_y += row_v * y[row];
             sum_vv += row_vv;
         }
-        mean = (double)centre;
-
         double a = 0.0, b = 0.0, c, variance;
         if (fit_ramp) {
             const double rhs[3] = {sum_x, sum_y, sum_v};
@@ -109,9 +107,11 @@ void normalise_images(float *images, int64_t n, int64_t h, int64_t w,
         const float scale = (float)(sign / std), slope = (float)a;
         for (int64_t row = 0; row < h; row++) {
             float *line = pixels + row * w;
-            const float offset = (float)(mean + b * y[row] + c);
+            /* centred first, in float32 as the sums saw the values: the plane, fitted
+             * to the centred values, is then small and rounds finely */
+            const float offset = (float)(b * y[row] + c);
             for (int64_t col = 0; col < w; col++)
-                line[col] = (line[col] - offset - slope * xf[col]) * scale;
+                line[col] = ((line[col] - centre) - offset - slope * xf[col]) * scale;
         }
     }
 }
