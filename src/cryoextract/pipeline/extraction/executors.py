@@ -7,6 +7,7 @@ finished-micrograph records themselves, the driver only gathers the rows.
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 from collections.abc import Iterator
@@ -54,12 +55,17 @@ def run_tasks(
             set_thumbnail_gate(None)
         return
     _import_before_fork()
-    with ProcessPoolExecutor(
-        max_workers=min(workers, len(tasks)), initializer=_prepare_worker, initargs=(gate,)
-    ) as pool:
-        futures = [pool.submit(run_and_record, task) for task in tasks]
-        for future in as_completed(futures):
-            yield future.result()
+    gc.freeze()  # the pool forks every worker at the first submit (fork start method)
+    try:
+        with ProcessPoolExecutor(
+            max_workers=min(workers, len(tasks)), initializer=_prepare_worker, initargs=(gate,)
+        ) as pool:
+            futures = [pool.submit(run_and_record, task) for task in tasks]
+            gc.unfreeze()
+            for future in as_completed(futures):
+                yield future.result()
+    finally:
+        gc.unfreeze()
 
 
 def one_blas_thread() -> AbstractContextManager[object]:
@@ -76,13 +82,25 @@ def one_blas_thread() -> AbstractContextManager[object]:
 
 
 def _import_before_fork() -> None:
-    """Import once in the driver what every forked worker would import on its own
-    (pyFFTW and threadpoolctl: about 30 ms per worker)."""
+    """Import and load once in the driver what every forked worker would import or load
+    on its own (pyFFTW, threadpoolctl, pyarrow's feather writer, numpy.rec, the compiled
+    loops: 30-50 ms and a thousand page faults per worker).
+
+    The driver then freezes its objects (``gc.freeze``) while the pool forks: a
+    worker's garbage collections never walk the objects it inherited, and so never write
+    to (and copy) the driver's memory pages, most of them huge pages (the launcher's
+    malloc tunable). Unfrozen again once the workers exist.
+    """
+    import numpy.rec  # noqa: F401
+    import pyarrow.feather  # noqa: F401
     import threadpoolctl  # noqa: F401
 
+    from cryoextract.ops import native
     from cryoextract.ops.fourier import fftw_available
 
     fftw_available()
+    native.normaliser()
+    native.real_rows_unpacker()
 
 
 def _prepare_worker(gate: ThumbnailGate | None = None) -> None:
