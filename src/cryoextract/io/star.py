@@ -14,7 +14,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import starfile
 
 from cryoextract.errors import InputError, ParameterError, first_line
 from cryoextract.io.atomic import atomic_file
@@ -63,6 +62,8 @@ def read_star(path: str | os.PathLike[str]) -> dict[str, pd.DataFrame]:
             if plain is not None:
                 blocks = plain
             else:  # starfile (pandas) fills a short row with empty values: refuse it here
+                import starfile  # 20 ms to import: only for files the plain reader leaves
+
                 check_loop_rows(path, text, every_row=True)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
