@@ -18,14 +18,15 @@ from helpers import cli_env
 
 #: never imported to show help or to parse arguments
 HEAVY = ("scipy", "pandas", "matplotlib", "numba", "mrcfile", "starfile", "markdown_it",
+         "pygments",
          "cryoextract.pipeline.extraction.extract", "cryoextract.pipeline.extraction.task")
 
 _MARK = "@@modules "
 # the app as the console script runs it, then what the interpreter has imported
 _SCRIPT = f"""
 import json, sys
-from cryoextract.cli.launch import defer_rich_markdown
-defer_rich_markdown()
+from cryoextract.cli.launch import defer_rich_modules
+defer_rich_modules()
 from cryoextract.cli.app import app
 try:
     app(sys.argv[1:], prog_name="cryoextract")
@@ -81,14 +82,14 @@ def test_refused_arguments_import_no_numerics(args: list[str]) -> None:
     assert not _heavy(modules), _heavy(modules)
 
 
-def test_help_is_the_same_with_markdown_deferred_and_markdown_still_works() -> None:
-    """The launcher's stand-in for ``rich.markdown`` changes no help text, and a
-    ``Markdown`` made through it is the real one."""
+def test_help_is_the_same_with_rich_deferred_and_rich_still_works() -> None:
+    """The launcher's stand-ins for ``rich.markdown`` and ``rich.traceback`` change no help
+    text, and a ``Markdown`` or ``Traceback`` made through them is the real one."""
     script = """
 import sys
-from cryoextract.cli.launch import defer_rich_markdown
+from cryoextract.cli.launch import defer_rich_modules
 if sys.argv[1] == "defer":
-    defer_rich_markdown()
+    defer_rich_modules()
 from typer.testing import CliRunner
 from cryoextract.cli.app import app
 print(CliRunner().invoke(app, ["extract", "--help"], env={"COLUMNS": "120"}).output)
@@ -98,6 +99,14 @@ if sys.argv[1] == "defer":
     import rich.markdown
     assert type(made) is rich.markdown.Markdown, type(made)
     assert sys.modules["rich.markdown"] is rich.markdown and hasattr(rich.markdown, "Heading")
+    try:
+        1 / 0
+    except ZeroDivisionError as exc:  # a pretty traceback through the stand-in class
+        shown = typer.rich_utils.Traceback.from_exception(type(exc), exc, exc.__traceback__)
+    from rich.traceback import install  # any other name loads the real module too
+    import rich.traceback
+    assert type(shown) is rich.traceback.Traceback and callable(install)
+    assert sys.modules["rich.traceback"] is rich.traceback
 """
     texts = []
     for mode in ("defer", "plain"):

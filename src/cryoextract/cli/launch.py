@@ -1,37 +1,62 @@
 """The command's entry point: prepares the process, then runs the typer app.
 
 typer's help formatter imports ``rich.markdown`` (and markdown-it, about 50 ms of a
-0.25 s start-up) as soon as it is imported, for help texts in Markdown mode, which this
-command line does not use. Until something asks for it, a stand-in module takes its
-place; creating a ``Markdown`` through it imports the real module, which then replaces
-the stand-in. Nothing changes for a process that imported ``rich.markdown`` before.
+0.25 s start-up) and ``rich.traceback`` (with pygments' styles, 15 ms) as soon as it is
+imported, for Markdown help texts and pretty tracebacks, neither of which this command
+line shows. Until something uses them, stand-in modules take their place; using the
+stand-in's class (or any other name of the module) imports the real module, which then
+replaces the stand-in. Nothing changes for a process that imported them before.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import types
+from typing import Any
 
 
-class _DeferredMarkdown:
-    """Stand-in for ``rich.markdown.Markdown``: makes the real one on first use."""
+class _Deferred(type):
+    """Metaclass of a stand-in class: making one, or any attribute, loads the real one."""
 
-    def __new__(cls, *args: object, **kwargs: object) -> object:
-        if sys.modules.get("rich.markdown") is _STAND_IN:
-            del sys.modules["rich.markdown"]
-        from rich.markdown import Markdown
+    _real: Any
 
-        return Markdown(*args, **kwargs)
+    def __call__(cls, *args: object, **kwargs: object) -> object:
+        return cls._real()(*args, **kwargs)
 
-
-_STAND_IN = types.ModuleType("rich.markdown", "deferred by cryoextract.cli.launch")
-_STAND_IN.Markdown = _DeferredMarkdown  # type: ignore[attr-defined]
+    def __getattr__(cls, name: str) -> object:
+        return getattr(cls._real(), name)
 
 
-def defer_rich_markdown() -> None:
-    """Put the stand-in in place unless ``rich.markdown`` is imported already."""
-    sys.modules.setdefault("rich.markdown", _STAND_IN)
+def _stand_in(module_name: str, class_name: str) -> types.ModuleType:
+    """A module ``module_name`` whose ``class_name`` and other names load the real one."""
+    stand_in = types.ModuleType(module_name, "deferred by cryoextract.cli.launch")
+
+    def real_module() -> types.ModuleType:
+        if sys.modules.get(module_name) is stand_in:
+            del sys.modules[module_name]
+        return importlib.import_module(module_name)
+
+    def other_name(name: str) -> object:
+        if name.startswith("__"):  # the import system's probes (__path__, ...)
+            raise AttributeError(name)
+        return getattr(real_module(), name)
+
+    stand_in.__getattr__ = other_name  # type: ignore[attr-defined]
+    setattr(stand_in, class_name, _Deferred(class_name, (), {
+        "_real": staticmethod(lambda: getattr(real_module(), class_name))}))
+    return stand_in
+
+
+_STAND_INS = {name: _stand_in(name, cls) for name, cls in (
+    ("rich.markdown", "Markdown"), ("rich.traceback", "Traceback"))}
+
+
+def defer_rich_modules() -> None:
+    """Put the stand-ins in place, for the modules not imported already."""
+    for name, stand_in in _STAND_INS.items():
+        sys.modules.setdefault(name, stand_in)
 
 
 def one_line_warnings() -> None:
@@ -98,7 +123,7 @@ def main() -> None:
     """Console-script entry point (``cryoextract``)."""
     huge_pages_for_malloc()
     one_blas_thread_per_process()
-    defer_rich_markdown()
+    defer_rich_modules()
     one_line_warnings()
     from cryoextract.cli.app import main as run
 

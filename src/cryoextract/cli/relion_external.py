@@ -367,9 +367,9 @@ def error(message: str) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     """Console script ``cryoextract-relion``: exit 0 and ``RELION_JOB_EXIT_SUCCESS``, or
     exit 2 with a one-line error and ``RELION_JOB_EXIT_FAILURE``."""
-    from cryoextract.cli.launch import defer_rich_markdown
+    from cryoextract.cli.launch import defer_rich_modules
 
-    defer_rich_markdown()  # as the cryoextract command: typer need not import it
+    defer_rich_modules()  # as the cryoextract command: typer need not import them
     try:
         args, extras = parse_relion_args(sys.argv[1:] if argv is None else argv)
     except JobError as exc:
