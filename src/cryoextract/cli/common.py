@@ -68,6 +68,16 @@ class OneLineErrors(TyperGroup):
     cannot be created, a full disk, a file where a folder should be) is the same one
     line, naming the file, exit code 2: never a traceback."""
 
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        """The command to run, its plain options converted without pydantic
+        (:mod:`cryoextract.cli.coercion`)."""
+        from cryoextract.cli.coercion import fast_coercion
+
+        name, command, rest = super().resolve_command(ctx, args)
+        if command is not None:
+            fast_coercion(command, ctx)
+        return name, command, rest
+
     def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
              complete_var: str | None = None, standalone_mode: bool = True,
              **extra: Any) -> Any:
