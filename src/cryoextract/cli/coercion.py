@@ -47,8 +47,11 @@ def fast_coercion(command: Any, ctx: Any = None) -> None:
         if descriptor is None or descriptor.file_annotation is not None \
                 or not _supported(descriptor.annotation, descriptor.parameter_info):
             continue
-        param._runtime_param = runtime(descriptor.parameter_info, descriptor.annotation,
-                                       descriptor)
+        try:
+            param._runtime_param = runtime(descriptor.parameter_info, descriptor.annotation,
+                                           descriptor)
+        except TypeError:  # typer's RuntimeParam is not the one this was written for
+            return
 
 
 def _runtime_class(base: type, build: Any) -> type:
