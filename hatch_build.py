@@ -36,16 +36,21 @@ def compile_library(source: Path) -> Path | None:
     compiler = shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")
     partial = target.with_name(target.name + ".part")
     command = [*compiler, *FLAGS, "-o", str(partial), str(source)]
-    try:
-        subprocess.run(command, check=True, capture_output=True, text=True, timeout=300)
-    except (OSError, subprocess.SubprocessError) as exc:
-        detail = getattr(exc, "stderr", None) or exc
-        print(f"warning: could not compile {source.name} ({detail}); cryoextract will use "
-              "numba for it", file=sys.stderr)
-        partial.unlink(missing_ok=True)
-        return None
-    partial.replace(target)
-    return target
+    # a loop compiled for several instruction sets (target_clones) needs the toolchain's
+    # ifunc support; without it, once more for the baseline only
+    for extra in ([], ["-DCRYOEXTRACT_NO_CLONES"]):
+        try:
+            subprocess.run([*command, *extra], check=True, capture_output=True, text=True,
+                           timeout=300)
+        except (OSError, subprocess.SubprocessError) as exc:
+            detail = getattr(exc, "stderr", None) or exc
+        else:
+            partial.replace(target)
+            return target
+    print(f"warning: could not compile {source.name} ({detail}); cryoextract will use "
+          "numba for it", file=sys.stderr)
+    partial.unlink(missing_ok=True)
+    return None
 
 
 class NativeLoops(BuildHookInterface):

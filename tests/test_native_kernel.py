@@ -99,3 +99,58 @@ def test_the_loop_refuses_arrays_it_cannot_trust() -> None:
         fill(strided, *args[1:], np.zeros((1, 1, 16), np.complex64))
     with pytest.raises(TypeError, match="shapes"):
         fill(*args, np.zeros((2, 1, 16), np.complex64))
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as stream:
+            for line in stream:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def test_every_instruction_set_build_gives_the_same_bits(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The installed library picks the best of its x86-64-v4 / v3 / baseline clones when
+    it is loaded; each of them, built alone here, must give the installed library's
+    projections bit for bit (ISO C: no FMA contraction, no reassociation), so a job's
+    output does not depend on the CPU that ran it."""
+    import shutil
+    import sysconfig
+
+    compiler = shutil.which("cc") or shutil.which(sysconfig.get_config_var("CC") or "gcc")
+    assert compiler is not None, "make relion installs gcc"
+    n, count = 40, 25
+    rng = np.random.default_rng(7)
+    fvol = fourier_volume(_smooth_map(n, 5))
+    rotations = euler_to_matrix(*rng.uniform(-180, 180, (3, count)))
+    shifts = rng.normal(0, 2, (count, 2))
+    ctf = rng.uniform(-1, 1, (count, n, n // 2 + 1)).astype(np.float32)
+    installed = project_spectra(fvol, rotations, shifts, ctf)
+    assert np.abs(installed).max() > 0
+    flags = _cpu_flags()
+    builds = {"baseline": []}
+    if {"avx2", "fma", "bmi2"} <= flags:
+        builds["x86-64-v3"] = ["-march=x86-64-v3"]
+    if {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags:
+        builds["x86-64-v4"] = ["-march=x86-64-v4"]
+    source = native.SOURCE
+    for name, extra in builds.items():
+        library = tmp_path / f"fill_{name}.so"
+        subprocess.run([compiler, "-O3", "-fno-math-errno", "-fno-trapping-math", "-fPIC",
+                        "-shared", "-std=c99", "-DCRYOEXTRACT_NO_CLONES", *extra, "-o",
+                        str(library), str(source)], check=True, capture_output=True)
+        with monkeypatch.context() as patch:
+            patch.setattr(native, "library_path", lambda _source=source, path=library: path)
+            native._library.cache_clear()
+            native._c_filler.cache_clear()
+            try:
+                alone = project_spectra(fvol, rotations, shifts, ctf)
+            finally:
+                native._library.cache_clear()
+                native._c_filler.cache_clear()
+        assert alone.tobytes() == installed.tobytes(), name
