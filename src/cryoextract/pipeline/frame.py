@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 from cryoextract.errors import CryoExtractError, ParameterError
 from cryoextract.io.atomic import TEMPORARY_GLOB, atomic_file
 from cryoextract.io.star_text import value_problem
+from cryoextract.pipeline.trash import discard, discard_leftovers, is_trash, wait_all
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -99,6 +100,7 @@ class JobLock:
         self.target = Path(out_dir)  # what the lock holds, for the messages
         self.stale_owner: dict[str, Any] | None = None
         self._fd: int | None = None
+        self._deleting: list[Any] = []  # rm processes of discarded outputs
 
     def __enter__(self) -> JobLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -123,10 +125,22 @@ class JobLock:
             os.pwrite(fd, json.dumps(me).encode(), 0)
             self._fd = fd
             _HELD.add(self)
+            if self.path.parent.name == STATE_DIR:  # trash a killed run left
+                self._deleting += discard_leftovers(self.path.parent)
             return self
         raise JobLockedError(f"cannot take the lock {self.path}")
 
+    def discard(self, outputs: Iterable[Path]) -> None:
+        """Remove a previous run's ``outputs`` of this folder without waiting: renamed
+        away at once, deleted while the job runs (:mod:`cryoextract.pipeline.trash`);
+        the lock waits for the deletion when it is released."""
+        process = discard(self.path.parent, outputs)
+        if process is not None:
+            self._deleting.append(process)
+
     def __exit__(self, *_: object) -> None:
+        deleting, self._deleting = self._deleting, []
+        wait_all(deleting)
         _HELD.discard(self)
         if self._fd is not None:
             self.path.unlink(missing_ok=True)  # while holding it: nobody else has it
@@ -254,13 +268,14 @@ def _alive(owner: dict[str, Any]) -> bool:
 
 
 def holds_outputs(out: Path) -> bool:
-    """Anything in ``out`` but our own lock."""
+    """Anything in ``out`` but our own lock (and trash being deleted, :mod:`.trash`)."""
     if not out.is_dir():
         return False
     for entry in out.iterdir():
         if entry.name != STATE_DIR:
             return True
-        if entry.is_dir() and any(e.name != "lock" for e in entry.iterdir()):
+        if entry.is_dir() and any(e.name != "lock" and not is_trash(e.name)
+                                  for e in entry.iterdir()):
             return True
     return False
 
@@ -289,12 +304,12 @@ def claim_output(
     if overwrite:
         check_inputs_outside(outputs, inputs)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with JobLock(out_dir):
+    with JobLock(out_dir) as lock:
         if holds_outputs(out_dir):
             if not overwrite:  # a run that finished since the first look
                 raise ParameterError(f"output directory {out_dir} exists and is not empty; "
                                      "use --overwrite")
-            remove_outputs(outputs)
+            lock.discard(outputs)
         for folder in {out_dir, *(p for p in outputs if p.is_dir())}:
             for tmp in folder.glob(TEMPORARY_GLOB):
                 tmp.unlink(missing_ok=True)

@@ -192,8 +192,8 @@ def run_extraction(
     made, fresh = not paths.out_dir.exists(), not holds_outputs(paths.out_dir)
     try:
         paths.out_dir.mkdir(parents=True, exist_ok=True)
-        with JobLock(paths.out_dir):
-            prepare_out_dir(paths, params, options)
+        with JobLock(paths.out_dir) as lock:
+            prepare_out_dir(paths, params, options, lock)
             state = JobState(paths.out_dir)
             state.start(job_definition(params, dataclasses.asdict(inputs)),
                         resume=options.resume)
@@ -383,7 +383,10 @@ def check_inputs_spared(paths: JobPaths, params: ExtractParams, inputs: ExtractI
         "the extraction writes")
 
 
-def prepare_out_dir(paths: JobPaths, params: ExtractParams, options: RunOptions) -> None:
+def prepare_out_dir(paths: JobPaths, params: ExtractParams, options: RunOptions,
+                    lock: JobLock) -> None:
+    """Under ``lock``: an earlier run's outputs discarded (``--overwrite``: renamed away,
+    deleted while the job runs), temporaries removed, the stack folders made."""
     out = paths.out_dir
     if holds_outputs(out) and not options.resume:
         if not options.overwrite:
@@ -392,7 +395,7 @@ def prepare_out_dir(paths: JobPaths, params: ExtractParams, options: RunOptions)
                 f"--resume to continue an interrupted run")
         # remove only what a previous run wrote, so nothing stale is trusted (a link
         # goes, not what it points to); also_<box>px folders are ours, not a user's
-        remove_outputs([paths.particles_dir, out / STATE_DIR / "done",
+        lock.discard([paths.particles_dir, out / STATE_DIR / "done",
                         out / STATE_DIR / "job.json", paths.particles_star,
                         paths.summary_json, paths.rejected_tsv, out / "particles.cs",
                         *(p for p in out.glob("also_*px")

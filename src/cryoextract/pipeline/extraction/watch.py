@@ -78,8 +78,8 @@ def watch_extraction(
         check_resumable(paths.out_dir, "--watch")
     check_inputs_spared(paths, params, inputs)
     paths.out_dir.mkdir(parents=True, exist_ok=True)
-    with JobLock(paths.out_dir):
-        prepare_out_dir(paths, params, dataclasses.replace(options, resume=resume))
+    with JobLock(paths.out_dir) as lock:
+        prepare_out_dir(paths, params, dataclasses.replace(options, resume=resume), lock)
         state = JobState(paths.out_dir)
         state.start(job_definition(params, dataclasses.asdict(inputs)), resume=resume,
                     flag="--watch")

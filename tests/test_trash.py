@@ -1,0 +1,110 @@
+"""``--overwrite`` discards an earlier run's outputs without waiting for their deletion
+(``pipeline/trash.py``): renamed away at once, deleted by a process while the job runs,
+waited for when the lock is released. Nothing of the old run is readable under its old
+names once the job has claimed the folder, nothing outside OUT is touched (a link goes,
+not what it points to), and a trash folder a killed run left is deleted by the next run
+and never counts as an output."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from cryoextract.pipeline import trash
+from cryoextract.pipeline.frame import STATE_DIR, JobLock, claim_output, holds_outputs
+from extract_cli import ok, run_one, simulated
+
+
+def _old_run(out: Path, outside: Path) -> list[Path]:
+    """A previous run's outputs in ``out``, one of them a link to a file outside it."""
+    (out / "Particles").mkdir(parents=True)
+    for i in range(3):
+        (out / "Particles" / f"stack_{i}.mrcs").write_bytes(os.urandom(1 << 16))
+    (out / "particles.star").write_text("data_\n")
+    outside.write_text("precious")
+    (out / "summary.json").symlink_to(outside)
+    return [out / "Particles", out / "particles.star", out / "summary.json"]
+
+
+def test_overwrite_discards_outputs_at_once_and_deletes_them_by_the_end(tmp_path: Path) -> None:
+    out, outside = tmp_path / "OUT", tmp_path / "elsewhere.txt"
+    outputs = _old_run(out, outside)
+    (out / "notes.txt").write_text("the user's")  # not an output: kept
+    with claim_output(out, overwrite=True, outputs=outputs):
+        for path in outputs:  # gone from their names before the job writes anything
+            assert not os.path.lexists(path)
+        (out / "particles.star").write_text("new\n")
+    assert (out / "particles.star").read_text() == "new\n"
+    assert outside.read_text() == "precious"  # the link went, not its target
+    assert (out / "notes.txt").read_text() == "the user's"
+    assert sorted(p.name for p in (out / STATE_DIR).iterdir()) == []  # no trash, no lock
+
+
+def test_the_deletion_runs_in_another_process_while_the_lock_is_held(tmp_path: Path) -> None:
+    out = tmp_path / "OUT"
+    outputs = _old_run(out, tmp_path / "x.txt")
+    with JobLock(out) as lock:
+        lock.discard(outputs)
+        processes = list(lock._deleting)
+        assert len(processes) == 1 and processes[0].args[:3] == ["rm", "-rf", "--"]
+        folder = Path(processes[0].args[-1])
+        assert folder.parent == out / STATE_DIR and trash.is_trash(folder.name)
+        assert not holds_outputs(out)  # what is being deleted is no output
+    assert processes[0].returncode == 0
+    assert not folder.exists()
+
+
+def test_trash_a_killed_run_left_is_no_output_and_the_next_run_deletes_it(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "OUT"
+    left = out / STATE_DIR / "trash-4242-0"
+    (left / "0-Particles").mkdir(parents=True)
+    (left / "0-Particles" / "a.mrcs").write_bytes(b"x" * 1000)
+    assert not holds_outputs(out)  # a run without --overwrite is not refused for it
+    with claim_output(out, overwrite=False, outputs=[out / "particles.star"]):
+        pass
+    assert not left.exists()
+
+
+def test_without_rm_the_outputs_are_removed_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_rm(*_args: object, **_kwargs: object) -> None:
+        raise FileNotFoundError("rm")
+
+    monkeypatch.setattr(subprocess, "Popen", no_rm)
+    out, outside = tmp_path / "OUT", tmp_path / "elsewhere.txt"
+    outputs = _old_run(out, outside)
+    assert trash.discard(out / STATE_DIR, outputs) is None
+    assert not any(os.path.lexists(p) for p in outputs)
+    assert list((out / STATE_DIR).iterdir()) == []
+    assert outside.read_text() == "precious"
+
+
+def test_a_failed_deletion_is_finished_in_the_driver(tmp_path: Path) -> None:
+    folder = tmp_path / "trash-1-0"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "f").write_text("x")
+    failing = subprocess.Popen(["sh", "-c", "exit 3", "rm", str(folder)])
+    failing.args = ["rm", "-rf", "--", str(folder)]
+    trash.wait_all([failing])
+    assert not folder.exists()
+
+
+def test_extract_overwrite_gives_the_same_outputs_as_a_new_folder(tmp_path: Path) -> None:
+    """The whole command: --overwrite over an earlier run (another box) writes what a run
+    into a new folder writes (stacks byte for byte), and leaves no trash behind."""
+    sim = simulated(tmp_path / "sim")
+    ok(run_one(sim.base(tmp_path / "A", "--no-report", "--bin-to", "32", workers=2)))
+    ok(run_one(sim.base(tmp_path / "A", "--no-report", "--overwrite", workers=2)))
+    ok(run_one(sim.base(tmp_path / "B", "--no-report", workers=2)))
+    stacks_a = sorted((tmp_path / "A" / "Particles").iterdir())
+    stacks_b = sorted((tmp_path / "B" / "Particles").iterdir())
+    assert [p.name for p in stacks_a] == [p.name for p in stacks_b] and stacks_a
+    for a, b in zip(stacks_a, stacks_b, strict=True):
+        assert a.read_bytes() == b.read_bytes()
+    assert not [p for p in (tmp_path / "A" / STATE_DIR).iterdir() if trash.is_trash(p.name)]
