@@ -77,3 +77,61 @@ def test_no_thread_outlives_a_transform():
     before, after, with_pool = map(int, proc.stdout.split())
     assert with_pool > before  # the pool that our code must not start
     assert after == before
+
+
+def test_pocketfft_alone_gives_scipy_fft_bit_for_bit_without_importing_it():
+    """In a fresh process the transforms load scipy's pocketfft module on its own (not
+    ``import scipy.fft``, 0.1 s); every result is scipy.fft's to the bit, and a later
+    ``import scipy.fft`` works on the very same module."""
+    code = textwrap.dedent("""
+        import sys
+        import numpy as np
+        from cryoextract.ops import fft_threads as f
+        rng = np.random.default_rng(3)
+        images = rng.standard_normal((6, 20, 24)).astype(np.float32)
+        spectra = f.rfft2(images)
+        results = {
+            "rfft2": spectra, "irfft2": f.irfft2(spectra, s=(20, 24)),
+            "rfft0": f.rfft(images, axis=0), "fft1": f.fft(spectra, axis=1),
+            "fft0": f.fft(spectra.copy(), axis=0, overwrite_x=True),
+            "rfft2_64": f.rfft2(images.astype(np.float64)),
+        }
+        print("scipy.fft" in sys.modules, f._pocketfft() is not None)
+        # what pocketfft is not handed as such goes through scipy.fft itself
+        results["irfft2_odd"] = f.irfft2(spectra, s=(20, 23))
+        results["rfft2_int"] = f.rfft2(np.arange(48).reshape(6, 8))
+        import scipy.fft as sf
+        from scipy.fft._pocketfft import pypocketfft
+        print(pypocketfft is f._pocketfft())
+        expected = {
+            "rfft2": sf.rfft2(images), "irfft2": sf.irfft2(spectra, s=(20, 24)),
+            "irfft2_odd": sf.irfft2(spectra, s=(20, 23)), "rfft0": sf.rfft(images, axis=0),
+            "fft1": sf.fft(spectra, axis=1), "fft0": sf.fft(spectra, axis=0),
+            "rfft2_64": sf.rfft2(images.astype(np.float64)),
+            "rfft2_int": sf.rfft2(np.arange(48).reshape(6, 8)),
+        }
+        print(all(results[k].dtype == v.dtype and results[k].tobytes() == v.tobytes()
+                  for k, v in expected.items()))
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "True", "True", "True"]
+
+
+def test_a_changed_private_module_falls_back_to_scipy_fft(monkeypatch):
+    class Changed:  # a scipy whose pypocketfft takes other arguments
+        def r2c(self, *args):
+            raise TypeError("r2c(): incompatible function arguments")
+
+    monkeypatch.delitem(sys.modules, fft_threads._POCKETFFT, raising=False)
+    monkeypatch.delitem(sys.modules, "scipy.fft")
+    monkeypatch.setattr(fft_threads, "_load_pocketfft", lambda: Changed())
+    fft_threads._pocketfft.cache_clear()
+    try:
+        assert fft_threads._pocketfft() is None
+    finally:
+        fft_threads._pocketfft.cache_clear()
+    monkeypatch.undo()
+    images = np.random.default_rng(0).standard_normal((3, 8, 8)).astype(np.float32)
+    np.testing.assert_array_equal(fft_threads.rfft2(images), scipy.fft.rfft2(images))
