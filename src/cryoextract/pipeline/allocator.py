@@ -10,7 +10,6 @@ in our own worker processes, never at import.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -21,13 +20,19 @@ _TRIM_THRESHOLD_BYTES = 2**30
 
 def keep_freed_memory() -> bool:
     """Tune glibc's allocator for this process; False where it is not glibc."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
     try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
+        # the C library the interpreter runs on, among the process's loaded symbols
+        # (ctypes.util.find_library would run `ldconfig -p` in every worker)
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
+        from ctypes.util import find_library
+
+        name = find_library("c")
+        try:
+            mallopt = ctypes.CDLL(name).mallopt if name else None
+        except (OSError, AttributeError):
+            mallopt = None
+    if mallopt is None:
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)) and bool(
         mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_BYTES)
