@@ -22,6 +22,7 @@ would give it (another dtype, byte order, alignment or shape), scipy.fft itself.
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
@@ -109,13 +110,20 @@ def _scipy_fft() -> ModuleType:
 
 
 _POCKETFFT = "scipy.fft._pocketfft.pypocketfft"
+_LOADING = threading.Lock()
 
 
-@lru_cache(maxsize=1)
 def _pocketfft() -> Any:
     """scipy's ``pypocketfft`` module, loaded without ``import scipy.fft`` when that is not
     imported yet; None (scipy.fft is used) when it cannot be found, loaded, or its results
-    on a known input are not the expected ones (a scipy whose private module changed)."""
+    on a known input are not the expected ones (a scipy whose private module changed).
+    Loaded once, whichever threads ask first."""
+    with _LOADING:
+        return _pocketfft_once()
+
+
+@lru_cache(maxsize=1)
+def _pocketfft_once() -> Any:
     if _POCKETFFT in sys.modules:
         module = sys.modules[_POCKETFFT]
     elif "scipy.fft" in sys.modules:
