@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cryoextract.io.cryosparc import load_cs, read_cs_particles, read_cs_picks
-from cryoextract.io.mrc import open_micrograph
+from cryoextract.io.mrc_micrograph import open_micrograph
 from fuzzing import (
     EXAMPLES,
     FUZZ,

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from cryoextract.errors import MicrographError
-from cryoextract.io.mrc import StackWriter, open_micrograph, read_stack, write_stack
+from cryoextract.io.mrc import StackWriter, read_stack, write_stack
+from cryoextract.io.mrc_micrograph import open_micrograph
 from helpers import mrc_written, written
 from shared_data import REAL, require_paths
 
@@ -147,6 +148,64 @@ def test_missing_and_stack_micrographs_raise(tmp_path: Path) -> None:
 def _validate(path: Path) -> bool:
     with contextlib.redirect_stdout(io.StringIO()):
         return bool(mrcfile.validate(str(path), print_file=io.StringIO()))
+
+
+def test_big_endian_micrograph(tmp_path: Path) -> None:
+    """mrcfile's byte order from the machine stamp: a big-endian file reads the same."""
+    data = np.random.default_rng(4).normal(size=(9, 12)).astype(">f4")
+    path = tmp_path / "big.mrc"
+    with mrcfile.new(path) as mrc:
+        mrc.set_data(data)
+    with mrcfile.open(path, header_only=True) as mrc:
+        assert mrc.header.mode.dtype.byteorder == ">"
+    with open_micrograph(path) as (image, header):
+        assert header.shape_yx == (9, 12)
+        np.testing.assert_array_equal(image, data.astype(np.float32))
+
+
+def test_micrographs_share_the_threads_memory_and_never_each_others(tmp_path: Path) -> None:
+    """One thread reads every micrograph into the same memory (no new pages per
+    micrograph); one opened inside another's block gets its own; an error frees it."""
+    rng = np.random.default_rng(5)
+    small = rng.integers(0, 65535, (30, 40)).astype(np.uint16)
+    large = rng.normal(size=(50, 60)).astype(np.float32)
+    paths = [mrc_written(tmp_path / "s.mrc", small), mrc_written(tmp_path / "l.mrc", large)]
+    with open_micrograph(paths[1]) as (image, _):
+        where = image.__array_interface__["data"][0]
+    with open_micrograph(paths[0]) as (image, _):
+        assert image.__array_interface__["data"][0] == where  # the same memory again
+        np.testing.assert_array_equal(image, small)
+        assert not image.flags.writeable
+        with open_micrograph(paths[1]) as (inner, _):
+            assert inner.__array_interface__["data"][0] != where
+            np.testing.assert_array_equal(inner, large)
+        np.testing.assert_array_equal(image, small)  # untouched by the inner read
+    cut = tmp_path / "cut.mrc"
+    cut.write_bytes(paths[1].read_bytes()[:1024 + 100])
+    with pytest.raises(MicrographError, match=r"cut\.mrc.*Expected 12000 bytes in data "
+                                              r"block but could only read 100"):
+        with open_micrograph(cut):
+            pass
+    with open_micrograph(paths[1]) as (image, _):  # the memory is free again
+        assert image.__array_interface__["data"][0] == where
+        np.testing.assert_array_equal(image, large)
+
+
+def test_threads_read_micrographs_at_once(tmp_path: Path) -> None:
+    """Each thread has its own memory: micrographs read in parallel stay apart."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(6)
+    arrays = [rng.normal(size=(64, 64)).astype(np.float32) for _ in range(8)]
+    paths = [mrc_written(tmp_path / f"t{i}.mrc", a) for i, a in enumerate(arrays)]
+
+    def total(i: int) -> float:
+        with open_micrograph(paths[i]) as (image, _):
+            copy = np.array(image)
+        return float(np.abs(copy - arrays[i]).max())
+
+    with ThreadPoolExecutor(4) as pool:
+        assert max(pool.map(total, list(range(8)) * 4)) == 0.0
 
 
 @pytest.mark.parametrize("float16", [False, True])

@@ -31,7 +31,7 @@ from typer.testing import CliRunner
 from conftest import simulated_extraction
 from cryoextract import ExtractParams, extract
 from cryoextract.errors import InputError
-from cryoextract.io.mrc import open_micrograph
+from cryoextract.io.mrc_micrograph import open_micrograph
 from cryoextract.io.star import read_star, write_star
 from cryoextract.ops import descriptors as D
 from cryoextract.pipeline.extraction.thumbnail_gate import ThumbnailShortlist

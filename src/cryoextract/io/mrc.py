@@ -1,4 +1,4 @@
-"""MRC micrographs in, MRC particle stacks out (via mrcfile)."""
+"""MRC micrographs in (:mod:`.mrc_micrograph`), MRC particle stacks out (via mrcfile)."""
 
 from __future__ import annotations
 
@@ -16,74 +16,12 @@ import mrcfile.mrcfile
 import mrcfile.utils
 import numpy as np
 
-from cryoextract.errors import InputError, MicrographError, first_line
+from cryoextract.errors import InputError, first_line
 from cryoextract.io.atomic import temporary_path
+from cryoextract.io.mrc_micrograph import READABLE_DTYPES
 
-# MRC modes we read: 0 int8, 1 int16, 2 float32, 6 uint16, 12 float16.
-READABLE_DTYPES = (np.int8, np.int16, np.float32, np.uint16, np.float16)
 #: values summed per row (in their own dtype) by ImageStats before the float64 total
 STATS_ROW = 1024
-
-
-@dataclass(frozen=True)
-class MicrographHeader:
-    """What the header says: shape ``(ny, nx)``, dtype and pixel size (0.0 if unset)."""
-
-    shape_yx: tuple[int, int]
-    dtype: np.dtype
-    pixel_size_angstrom: float
-
-
-@contextmanager
-def open_micrograph(path: str | os.PathLike[str]) -> Iterator[tuple[np.ndarray, MicrographHeader]]:
-    """Read a 2D micrograph in one go (never per particle).
-
-    Use as ``with open_micrograph(path) as (data, header): ...``. One sequential read
-    is faster than page faults of a memory map when boxes cover much of the image.
-
-    Yields
-    ------
-    data : np.ndarray
-        ``(ny, nx)`` read-only array in the file's dtype (uint16 for mode 6).
-    header : MicrographHeader
-
-    Raises
-    ------
-    MicrographError
-        Missing, not MRC, truncated, unsupported mode or not a single 2D image.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise MicrographError("micrograph not found", path)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            handle = mrcfile.open(path, mode="r", permissive=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise MicrographError(f"not a readable MRC file ({first_line(exc)})", path) from exc
-    with handle:
-        yield _checked_data(handle, path)
-
-
-def _checked_data(
-    handle: mrcfile.mrcfile.MrcFile, path: Path
-) -> tuple[np.ndarray, MicrographHeader]:
-    data = handle.data
-    if data is None:
-        raise MicrographError("MRC file has no data block", path)
-    if data.ndim == 3 and data.shape[0] == 1:
-        data = data[0]
-    if data.ndim != 2:
-        raise MicrographError(f"expected a single 2D micrograph, got shape {data.shape}", path)
-    if data.dtype.type not in READABLE_DTYPES:
-        raise MicrographError(f"unsupported MRC data type {data.dtype}", path)
-    voxel = handle.voxel_size
-    header = MicrographHeader(
-        shape_yx=(int(data.shape[0]), int(data.shape[1])),
-        dtype=data.dtype,
-        pixel_size_angstrom=float(voxel.x),
-    )
-    return data, header
 
 
 @dataclass(frozen=True)

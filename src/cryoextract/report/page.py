@@ -27,7 +27,7 @@ import numpy as np
 
 from cryoextract.errors import CryoExtractError
 from cryoextract.io.atomic import write_text_atomic
-from cryoextract.io.mrc import open_micrograph
+from cryoextract.io.mrc_micrograph import open_micrograph
 from cryoextract.io.names import unique_components
 from cryoextract.ops.thumbnail import Thumbnail, micrograph_thumbnail
 from cryoextract.pipeline.frame import write_summary

@@ -19,7 +19,8 @@ import pandas as pd
 from cryoextract.errors import CryoExtractError, MicrographError
 from cryoextract.io.coords import read_picks
 from cryoextract.io.micrographs import OPTICS_COLUMNS
-from cryoextract.io.mrc import StackWriter, open_micrograph
+from cryoextract.io.mrc import StackWriter
+from cryoextract.io.mrc_micrograph import open_micrograph
 from cryoextract.ops.boxes import (
     REASON_BAD_COORDINATE,
     REASON_EDGE,
