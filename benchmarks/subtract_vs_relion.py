@@ -33,7 +33,10 @@ the command's processes, and the largest high-water mark (``VmHWM``) of any one 
 (a worker's memory, shared pages included); then checks that both remove the same
 projections (per-particle correlation of ``input - output``) and, with ``--scale-test``,
 that our peak memory does not grow with the number of particles. A last table gathers
-the sizes and the issue-18 goals.
+the sizes and the issue-18 goals. Before each run, what the previous round of the same
+command wrote is removed, and every file written so far is synced to disk (not timed,
+for RELION and ours alike: the kernel's writeback of one run's gigabytes would otherwise
+take CPU from the next).
 
 Run from the repository root::
 
@@ -144,6 +147,20 @@ def ours_command(star: str, out: str, workers: int, scale: str, mask: str = "mas
             "--workers", str(workers), "--out", out, "--overwrite"]
 
 
+def clear_output(root: Path, command: list[str]) -> None:
+    """Remove what an earlier round of ``command`` wrote (ours: ``--out DIR``; RELION's
+    ``--o NAME``: ``NAME.mrcs`` and ``NAME.star``), outside the timing, as
+    ``extract_vs_relion.py`` does: each timed run writes into nothing, and none pays for
+    deleting the previous round's gigabytes (RELION by truncating its stack, ours in the
+    background)."""
+    if "--out" in command:
+        shutil.rmtree(root / command[command.index("--out") + 1], ignore_errors=True)
+    elif "--o" in command:
+        name = command[command.index("--o") + 1]
+        for suffix in (".mrcs", ".star"):
+            (root / f"{name}{suffix}").unlink(missing_ok=True)
+
+
 def relion_command(star: str, out: str) -> list[str]:
     return ["relion_project", "--i", "map.mrc", "--mask", "mask.mrc", "--ang", star, "--ctf",
             "--subtract_exp", "--o", out]
@@ -247,6 +264,8 @@ def _run_size(root: Path, box: int, count: int, workers: int, args: argparse.Nam
     warm_up: dict[str, Result] = {}
     for repeat in range(args.repeats + 1):
         for name, command in runs.items():
+            clear_output(root, command)  # not timed, for every tool alike
+            os.sync()  # the previous run's dirty pages written back before, not during
             result = run_measured(name, command, root, proportional=not repeat)
             if repeat:  # the first round warms the page cache
                 results[name].append(result)
