@@ -8,7 +8,9 @@ the same "Expected N bytes" check of a truncated file). A fresh buffer per micro
 (mrcfile's ``bytearray``) is zero-filled and then filled again by the read, and its
 pages are new to the process each time the allocator cannot reuse them: on virtual
 machines, where a page fault (or a huge page's allocation) is slow, 10-90 ms for a
-4096² micrograph, against 3-4 ms to read into memory already in place.
+4096² micrograph, against 3-4 ms to read into memory already in place. The buffer lives as
+long as its thread: one largest micrograph per worker process, or per thread of a Dask
+worker (kept between jobs, like the worker's other caches).
 """
 
 from __future__ import annotations
