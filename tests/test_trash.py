@@ -70,6 +70,19 @@ def test_trash_a_killed_run_left_is_no_output_and_the_next_run_deletes_it(
     assert not left.exists()
 
 
+def test_a_linked_state_folder_gets_nothing_moved_into_it(tmp_path: Path) -> None:
+    """OUT/.cryoextract a link to elsewhere: the outputs are removed in place, nothing is
+    moved out of OUT, and trash-like folders there are not touched."""
+    out, elsewhere = tmp_path / "OUT", tmp_path / "elsewhere"
+    outputs = _old_run(out, tmp_path / "x.txt")
+    (elsewhere / "trash-1-0").mkdir(parents=True)
+    (out / STATE_DIR).symlink_to(elsewhere, target_is_directory=True)
+    assert trash.discard(out / STATE_DIR, outputs) is None
+    assert not any(os.path.lexists(p) for p in outputs)
+    assert trash.discard_leftovers(out / STATE_DIR) == []
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["trash-1-0"]
+
+
 def test_without_rm_the_outputs_are_removed_at_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

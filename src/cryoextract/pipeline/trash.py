@@ -39,12 +39,16 @@ def discard(state_dir: Path, outputs: Iterable[Path]) -> Any | None:
 
     Returns the deleting process (``subprocess.Popen``) to wait for, or None when
     nothing was moved. Whatever cannot be renamed there (another file system: a mount
-    point) is removed here and now, as is everything when ``rm`` cannot be started.
+    point) is removed here and now, as is everything when ``rm`` cannot be started or
+    ``state_dir`` is a link (it may lead out of OUT: nothing is moved there).
     """
     trash = state_dir / f"{TRASH_PREFIX}{os.getpid()}-{next(_serial)}"
     moved = False
     for output in outputs:
         if not os.path.lexists(output):
+            continue
+        if state_dir.is_symlink():
+            remove_now(output)
             continue
         if not moved:
             state_dir.mkdir(parents=True, exist_ok=True)
@@ -58,7 +62,10 @@ def discard(state_dir: Path, outputs: Iterable[Path]) -> Any | None:
 
 
 def discard_leftovers(state_dir: Path) -> list[Any]:
-    """Start deleting the trash folders that killed runs left in ``state_dir``."""
+    """Start deleting the trash folders that killed runs left in ``state_dir`` (not
+    through a link)."""
+    if state_dir.is_symlink():
+        return []
     try:
         names = [e.name for e in os.scandir(state_dir) if is_trash(e.name) and e.is_dir()]
     except OSError:
