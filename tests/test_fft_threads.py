@@ -135,3 +135,11 @@ def test_a_changed_private_module_falls_back_to_scipy_fft(monkeypatch):
     monkeypatch.undo()
     images = np.random.default_rng(0).standard_normal((3, 8, 8)).astype(np.float32)
     np.testing.assert_array_equal(fft_threads.rfft2(images), scipy.fft.rfft2(images))
+
+
+def test_an_axis_out_of_range_is_refused_as_scipy_fft_does():
+    x = np.ones((4, 8), np.float32)
+    with pytest.raises((IndexError, ValueError)):
+        fft_threads.rfft(x, axis=2)
+    with pytest.raises((IndexError, ValueError)):
+        fft_threads.fft(x.astype(np.complex64), axis=-3)

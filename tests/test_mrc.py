@@ -191,6 +191,26 @@ def test_micrographs_share_the_threads_memory_and_never_each_others(tmp_path: Pa
         np.testing.assert_array_equal(image, large)
 
 
+@pytest.mark.parametrize(("nx", "ny"), [(250_000, 200_000), (2**31 - 1, 2**31 - 1), (-1, 64),
+                                      (0, 64)])
+def test_a_corrupt_header_is_refused_before_any_memory_is_taken(
+    tmp_path: Path, nx: int, ny: int
+) -> None:
+    """A header claiming a data block larger than the file (or no pixels at all) is one
+    MicrographError naming the file, also in a thread that has read micrographs before."""
+    good = mrc_written(tmp_path / "good.mrc", np.ones((64, 64), np.float32))
+    with open_micrograph(good):
+        pass
+    raw = bytearray(good.read_bytes())
+    raw[0:4] = np.int32(nx).tobytes()
+    raw[4:8] = np.int32(ny).tobytes()
+    bad = tmp_path / "bad.mrc"
+    bad.write_bytes(bytes(raw))
+    with pytest.raises(MicrographError, match=r"bad\.mrc"):
+        with open_micrograph(bad):
+            pass
+
+
 def test_threads_read_micrographs_at_once(tmp_path: Path) -> None:
     """Each thread has its own memory: micrographs read in parallel stay apart."""
     from concurrent.futures import ThreadPoolExecutor

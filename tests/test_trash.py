@@ -50,6 +50,7 @@ def test_the_deletion_runs_in_another_process_while_the_lock_is_held(tmp_path: P
         lock.discard(outputs)
         processes = list(lock._deleting)
         assert len(processes) == 1 and processes[0].args[:3] == ["rm", "-rf", "--"]
+        assert os.getsid(processes[0].pid) != os.getsid(0)  # not stopped by the job's Ctrl-C
         folder = Path(processes[0].args[-1])
         assert folder.parent == out / STATE_DIR and trash.is_trash(folder.name)
         assert not holds_outputs(out)  # what is being deleted is no output
@@ -81,6 +82,38 @@ def test_a_linked_state_folder_gets_nothing_moved_into_it(tmp_path: Path) -> Non
     assert not any(os.path.lexists(p) for p in outputs)
     assert trash.discard_leftovers(out / STATE_DIR) == []
     assert sorted(p.name for p in elsewhere.iterdir()) == ["trash-1-0"]
+
+
+def test_a_leftover_of_a_run_with_the_same_pid_is_no_obstacle(tmp_path: Path) -> None:
+    """In a container every run may have pid 1: a killed run's trash folder named with
+    this pid never collides with the new one."""
+    out = tmp_path / "OUT"
+    outputs = _old_run(out, tmp_path / "x.txt")
+    for n in range(3):
+        (out / STATE_DIR / f"trash-{os.getpid()}-{n}").mkdir(parents=True)
+    with JobLock(out) as lock:
+        lock.discard(outputs)
+        assert not any(os.path.lexists(p) for p in outputs)
+    assert sorted(p.name for p in (out / STATE_DIR).iterdir()) == []
+
+
+def test_on_a_nearly_full_disk_the_outputs_are_deleted_before_the_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the disk could not hold the old outputs and the new ones together, they go
+    at once, as before (nothing in the background)."""
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage",
+                        lambda _path: usage(10 * trash.FREE_MARGIN_BYTES, 0,
+                                            trash.FREE_MARGIN_BYTES + 1000))
+    out = tmp_path / "OUT"
+    outputs = _old_run(out, tmp_path / "x.txt")  # 3 x 64 KiB of stacks: more than 1000 B
+    assert trash.discard(out / STATE_DIR, outputs) is None
+    assert not any(os.path.lexists(p) for p in outputs)
+    assert list((out / STATE_DIR).iterdir()) == []
 
 
 def test_without_rm_the_outputs_are_removed_at_once(

@@ -90,11 +90,19 @@ def open_micrograph(path: str | os.PathLike[str]) -> Iterator[tuple[np.ndarray, 
         raise MicrographError(f"not a readable MRC file ({first_line(exc)})", path) from exc
     if len(shape) == 3 and shape[0] == 1:
         shape = shape[1:]
-    if len(shape) != 2:
+    if len(shape) != 2 or min(shape) < 1:
         raise MicrographError(f"expected a single 2D micrograph, got shape {shape}", path)
     if dtype.type not in READABLE_DTYPES:
         raise MicrographError(f"unsupported MRC data type {dtype}", path)
-    nbytes = int(np.prod(shape)) * dtype.itemsize
+    nbytes = shape[0] * shape[1] * dtype.itemsize
+    try:
+        available = max(0, path.stat().st_size - offset)
+    except OSError as exc:
+        raise MicrographError(f"not a readable MRC file ({first_line(exc)})", path) from exc
+    if nbytes > available:  # a truncated file or a corrupt header: nothing is allocated
+        raise MicrographError(
+            f"not a readable MRC file (Expected {nbytes} bytes in data block but could only "
+            f"read {available})", path)
     shared = not _buffer.busy
     memory = _memory(nbytes) if shared else np.empty(nbytes, np.uint8)
     if shared:

@@ -66,14 +66,14 @@ _FORWARD, _BACKWARD = 0, 2
 
 def _rfft(x: np.ndarray, *, axis: int) -> np.ndarray:
     kernel = _pocketfft()
-    if kernel is None or not _as_scipy_gives(x, "f") or x.ndim == 0:
+    if kernel is None or not _as_scipy_gives(x, "f") or not -x.ndim <= axis < x.ndim:
         return _scipy_fft().rfft(x, axis=axis)
     return kernel.r2c(x, (axis % x.ndim,), True, _FORWARD, None, 1)  # type: ignore[no-any-return]
 
 
 def _fft(x: np.ndarray, *, axis: int, overwrite_x: bool = False) -> np.ndarray:
     kernel = _pocketfft()
-    if kernel is None or not _as_scipy_gives(x, "c") or x.ndim == 0:
+    if kernel is None or not _as_scipy_gives(x, "c") or not -x.ndim <= axis < x.ndim:
         return _scipy_fft().fft(x, axis=axis, overwrite_x=overwrite_x)
     out = x if overwrite_x else None
     return kernel.c2c(x, (axis % x.ndim,), True, _FORWARD, out, 1)  # type: ignore[no-any-return]

@@ -24,7 +24,7 @@ def keep_freed_memory() -> bool:
         # the C library the interpreter runs on, among the process's loaded symbols
         # (ctypes.util.find_library would run `ldconfig -p` in every worker)
         mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # TypeError: Windows takes no None
         from ctypes.util import find_library
 
         name = find_library("c")

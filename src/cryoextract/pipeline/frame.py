@@ -140,12 +140,14 @@ class JobLock:
 
     def __exit__(self, *_: object) -> None:
         deleting, self._deleting = self._deleting, []
-        wait_all(deleting)
-        _HELD.discard(self)
-        if self._fd is not None:
-            self.path.unlink(missing_ok=True)  # while holding it: nobody else has it
-            os.close(self._fd)
-            self._fd = None
+        try:
+            wait_all(deleting)
+        finally:  # released even if the wait is interrupted
+            _HELD.discard(self)
+            if self._fd is not None:
+                self.path.unlink(missing_ok=True)  # while holding it: nobody else has it
+                os.close(self._fd)
+                self._fd = None
 
     def _locked(self, owner: dict[str, Any] | None) -> JobLockedError:
         who = ""

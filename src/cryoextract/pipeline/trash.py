@@ -16,16 +16,18 @@ A process, not a thread: the extraction forks its workers while the deletion run
 
 from __future__ import annotations
 
-import itertools
 import os
 import shutil
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 #: names of trash folders in a state folder
 TRASH_PREFIX = "trash-"
-_serial = itertools.count()
+#: free space the new outputs may need beyond the old ones' size before the old ones are
+#: deleted at once instead (a nearly full disk: the old behaviour, nothing held twice)
+FREE_MARGIN_BYTES = 1 << 30
 
 
 def is_trash(name: str) -> bool:
@@ -42,23 +44,49 @@ def discard(state_dir: Path, outputs: Iterable[Path]) -> Any | None:
     point) is removed here and now, as is everything when ``rm`` cannot be started or
     ``state_dir`` is a link (it may lead out of OUT: nothing is moved there).
     """
-    trash = state_dir / f"{TRASH_PREFIX}{os.getpid()}-{next(_serial)}"
-    moved = False
+    trash: Path | None = None
     for output in outputs:
         if not os.path.lexists(output):
             continue
         if state_dir.is_symlink():
             remove_now(output)
             continue
-        if not moved:
+        if trash is None:  # a new name, whatever a killed run with this pid left
             state_dir.mkdir(parents=True, exist_ok=True)
-            trash.mkdir()
-            moved = True
+            trash = Path(tempfile.mkdtemp(prefix=f"{TRASH_PREFIX}{os.getpid()}-",
+                                          dir=state_dir))
         try:
             os.rename(output, trash / f"{len(os.listdir(trash))}-{output.name}")
         except OSError:
             remove_now(output)
-    return delete_in_background(trash) if moved else None
+    if trash is None:
+        return None
+    if _short_of_space(trash):
+        remove_now(trash)
+        return None
+    return delete_in_background(trash)
+
+
+def _short_of_space(folder: Path) -> bool:
+    """Whether the disk holding ``folder`` has less free space than its contents' size
+    plus :data:`FREE_MARGIN_BYTES` (the new outputs then need the old ones' space)."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return False
+    held = 0
+    stack = [folder]
+    while stack and held + FREE_MARGIN_BYTES <= free:
+        try:
+            with os.scandir(stack.pop()) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(Path(entry.path))
+                    else:
+                        held += entry.stat(follow_symlinks=False).st_blocks * 512
+        except OSError:
+            continue
+    return held + FREE_MARGIN_BYTES > free
 
 
 def discard_leftovers(state_dir: Path) -> list[Any]:
@@ -79,9 +107,11 @@ def delete_in_background(folder: Path) -> Any | None:
     import subprocess
 
     try:
+        # its own session: a Ctrl-C for the job does not stop the deletion half-way
         return subprocess.Popen(["rm", "-rf", "--", str(folder.absolute())],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, close_fds=True)
+                                stderr=subprocess.DEVNULL, close_fds=True,
+                                start_new_session=True)
     except OSError:
         remove_now(folder)
         return None
