@@ -131,6 +131,33 @@ def test_without_rm_the_outputs_are_removed_at_once(
     assert outside.read_text() == "precious"
 
 
+def test_an_output_that_can_be_neither_moved_nor_removed_stops_the_claim(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stale file the job could not get rid of would be taken for its own output: the
+    claim fails (one-line OSError at the command) instead of carrying on."""
+    out = tmp_path / "OUT"
+    outputs = _old_run(out, tmp_path / "x.txt")
+    stuck = out / "particles.star"
+
+    def no_rename(src: object, dst: object) -> None:
+        raise OSError(18, "Invalid cross-device link", str(src))
+
+    real_unlink = Path.unlink
+
+    def unlink(path: Path, missing_ok: bool = False) -> None:
+        if path == stuck:
+            raise PermissionError(13, "Permission denied", str(path))
+        real_unlink(path, missing_ok=missing_ok)
+
+    monkeypatch.setattr(trash.os, "rename", no_rename)
+    monkeypatch.setattr(Path, "unlink", unlink)
+    with pytest.raises(PermissionError):
+        with claim_output(out, overwrite=True, outputs=outputs):
+            pytest.fail("the job must not start")
+    assert stuck.exists()
+
+
 def test_a_failed_deletion_is_finished_in_the_driver(tmp_path: Path) -> None:
     folder = tmp_path / "trash-1-0"
     (folder / "sub").mkdir(parents=True)

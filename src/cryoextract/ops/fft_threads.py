@@ -94,12 +94,17 @@ def _irfft2(x: np.ndarray, *, s: tuple[int, int], overwrite_x: bool = False) -> 
     return kernel.c2r(x, (x.ndim - 2, x.ndim - 1), s[1], False, _BACKWARD, None, 1)  # type: ignore[no-any-return]
 
 
+#: the dtypes scipy.fft hands to pocketfft as they are (native byte order: a dtype of the
+#: other order does not compare equal), by kind: ``"f"`` real, ``"c"`` complex
+_AS_IS = {"f": (np.dtype(np.float32), np.dtype(np.float64)),
+          "c": (np.dtype(np.complex64), np.dtype(np.complex128))}
+
+
 def _as_scipy_gives(x: np.ndarray, kind: str) -> bool:
-    """Whether scipy.fft would hand ``x`` to pocketfft as it is (a native, aligned array of
-    float32/64 for ``"f"``, complex64/128 for ``"c"``); others go through scipy.fft."""
-    return (isinstance(x, np.ndarray) and x.dtype.kind == kind and x.dtype.itemsize >= 4
-            * (2 if kind == "c" else 1) and x.dtype.isnative and x.flags.aligned
-            and x.dtype.type not in (np.longdouble, np.clongdouble) and x.size > 0)
+    """Whether scipy.fft would hand ``x`` to pocketfft as it is (a non-empty aligned array
+    of one of :data:`_AS_IS`); others go through scipy.fft."""
+    return (isinstance(x, np.ndarray) and x.dtype in _AS_IS[kind] and x.flags.aligned
+            and x.size > 0)
 
 
 def _scipy_fft() -> ModuleType:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import shutil
 import signal
 import socket
 import sys
@@ -41,7 +40,13 @@ from typing import TYPE_CHECKING, Any
 from cryoextract.errors import CryoExtractError, ParameterError
 from cryoextract.io.atomic import TEMPORARY_GLOB, atomic_file
 from cryoextract.io.star_text import value_problem
-from cryoextract.pipeline.trash import discard, discard_leftovers, is_trash, wait_all
+from cryoextract.pipeline.trash import (
+    discard,
+    discard_leftovers,
+    is_trash,
+    remove_now,
+    wait_all,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -322,10 +327,7 @@ def remove_outputs(outputs: Iterable[Path]) -> None:
     """Remove a previous run's outputs (files and folders); a link goes, not what it
     points to, so that nothing is written through it to outside OUT."""
     for stale in outputs:
-        if stale.is_dir() and not stale.is_symlink():
-            shutil.rmtree(stale, ignore_errors=True)
-        else:
-            stale.unlink(missing_ok=True)
+        remove_now(stale)
 
 
 def check_output_free(out_dir: Path, overwrite: bool) -> None:

@@ -4,8 +4,8 @@
 the pages of hundreds of MiB to many GiB of files, 0.1 s per 400 MiB on a fast machine,
 minutes for a big job on a network file system, before the first particle. Here each
 output is renamed at once into a trash folder of the job's state folder
-(``OUT/.cryoextract/trash-<pid>-<n>``: same file system, so the rename is atomic and
-instant), and a separate ``rm -rf`` process deletes it while the job runs; the job waits
+(``OUT/.cryoextract/trash-<pid>-<random>``: same file system, so the rename is atomic
+and instant), and a separate ``rm -rf`` process deletes it while the job runs; the job waits
 for it when it releases its lock (:class:`cryoextract.pipeline.frame.JobLock`). The
 outputs are gone from their names before the job writes anything, so nothing stale is
 ever read. A trash folder a killed run left behind is deleted the same way by the next
@@ -118,14 +118,13 @@ def delete_in_background(folder: Path) -> Any | None:
 
 
 def remove_now(path: Path) -> None:
-    """Remove a file, link or folder (not what a link points to); errors are ignored."""
+    """Remove a file, link or folder now (a link goes, not what it points to, so nothing
+    outside OUT is touched). A folder's errors are ignored; a file that cannot be removed
+    raises OSError: it would be taken for this run's output."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:
-        try:
-            path.unlink(missing_ok=True)
-        except OSError:
-            pass
+        path.unlink(missing_ok=True)
 
 
 def wait_all(processes: Iterable[Any]) -> None:

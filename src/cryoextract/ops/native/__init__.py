@@ -77,18 +77,30 @@ def _library(source: Path) -> Any:
         return None
 
 
+def _c_function(source: Path, name: str, argtypes: str, restype: Any) -> Any:
+    """Function ``name`` of the library built from ``source``, with its ctypes signature
+    (``argtypes``: one letter per argument, ``p`` pointer, ``q`` int64, ``i`` int, ``f``
+    float, ``d`` double); None where the library is not loaded."""
+    import ctypes
+
+    library = _library(source)
+    if library is None:
+        return None
+    kinds = {"p": ctypes.c_void_p, "q": ctypes.c_int64, "i": ctypes.c_int,
+             "f": ctypes.c_float, "d": ctypes.c_double}
+    function = getattr(library, name)
+    function.argtypes = [kinds[letter] for letter in argtypes]
+    function.restype = restype
+    return function
+
+
 @lru_cache(maxsize=1)
 def _c_filler() -> SliceFiller | None:
     import ctypes
 
-    library = _library(SOURCE)
-    if library is None:
+    function = _c_function(SOURCE, "fill_slices", "pqqqfpqpppqpppqpqpqqpq", ctypes.c_int)
+    if function is None:
         return None
-    function = library.fill_slices
-    p, i64, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
-    function.argtypes = [p, i64, i64, i64, f32, p, i64, p, p, p, i64, p, p, p, i64, p, i64,
-                         p, i64, i64, p, i64]
-    function.restype = ctypes.c_int
 
     def fill_slices(
         voxels: np.ndarray, channels: int, plane_stride: int, row_stride: int,
@@ -136,15 +148,9 @@ def normaliser() -> Normaliser | None:
     """``normalise_images(images, weights, x, y, gram_inverse, count, fit_ramp, sign,
     min_std)``: ``normalise.c`` on an ``(n, h, w)`` C-contiguous float32 stack in place,
     returning the ``(n,)`` bool flat flags; None where the library was not built."""
-    import ctypes
-
-    library = _library(NORMALISE_SOURCE)
-    if library is None:
+    function = _c_function(NORMALISE_SOURCE, "normalise_images", "pqqqpppppdiddp", None)
+    if function is None:
         return None
-    function = library.normalise_images
-    p, i64, f64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
-    function.argtypes = [p, i64, i64, i64, p, p, p, p, p, f64, ctypes.c_int, f64, f64, p]
-    function.restype = None
 
     def normalise_images(
         images: np.ndarray, weights: np.ndarray, x: np.ndarray, y: np.ndarray,
@@ -186,13 +192,4 @@ def real_rows_unpacker() -> Callable[[int, int, int, int, int, int, int], None] 
     (:class:`cryoextract.ops.fourier`'s plans): this runs once per box, where checking
     the arrays would cost more than the call.
     """
-    import ctypes
-
-    library = _library(REAL_ROWS_SOURCE)
-    if library is None:
-        return None
-    function = library.unpack_real_rows
-    p, i64 = ctypes.c_void_p, ctypes.c_int64
-    function.argtypes = [p, i64, i64, p, i64, p, i64]
-    function.restype = None
-    return function  # type: ignore[no-any-return]
+    return _c_function(REAL_ROWS_SOURCE, "unpack_real_rows", "pqqpqpq", None)  # type: ignore[no-any-return]
